@@ -1,0 +1,301 @@
+//! Configuration: one typed tree, read once from TOML, validated, passed down.
+//!
+//! Every key has a default (see [`Config::default`] and `config/aether.toml`, which documents each
+//! one and is parsed by a test). Unknown keys are errors, so a typo never silently falls back to a
+//! default. Relative paths are relative to the working directory.
+
+use std::{
+    fmt, fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::ledger::SyncMode;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: the HTTP + WebSocket listener.
+    pub server: ServerConfig,
+    /// `[ledger]`: where and how writes are persisted.
+    pub ledger: LedgerConfig,
+    /// `[limits]`: upstream's SecurityLimits, same names and defaults.
+    pub limits: Limits,
+    /// `[auth]`: shared-secret auth for browsers.
+    pub auth: AuthConfig,
+    /// `[mesh]`: this node's identity and federation.
+    pub mesh: MeshConfig,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the one HTTP listener (static files, `/ws`, `/healthz`). Port 0 picks a free
+    /// port; the bound address is logged. Default `127.0.0.1:8211`.
+    pub bind: SocketAddr,
+    /// Directory of the static files served at `/`. Default `static`.
+    pub static_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { bind: SocketAddr::from(([127, 0, 0, 1], 8211)), static_dir: PathBuf::from("static") }
+    }
+}
+
+/// `[ledger]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// The JSON-lines ledger file. Default `data/aether.jsonl`.
+    pub path: PathBuf,
+    /// `"always"` (default: fdatasync before anything is observable) or `"none"`.
+    pub sync: SyncMode,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("data/aether.jsonl"), sync: SyncMode::Always }
+    }
+}
+
+/// `[limits]`: upstream's `SecurityLimits`, with its names and defaults.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest inbound WebSocket message (all its frames together); larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest inbound message that is parsed; larger is dropped.
+    pub max_message_bytes: usize,
+    /// Largest key, in UTF-8 bytes; larger is dropped.
+    pub max_key_bytes: usize,
+    /// Largest value, in UTF-8 bytes of its compact JSON; larger is dropped.
+    pub max_value_bytes: usize,
+    /// Most simultaneous WebSocket connections; more are closed with 1013.
+    pub max_connections_total: usize,
+    /// Most simultaneous WebSocket connections from one source address; more are closed with 1013.
+    pub max_connections_per_source: usize,
+    /// Sustained messages per second per connection (token bucket refill).
+    pub messages_per_second: f64,
+    /// Burst of messages per connection (token bucket capacity); overrun closes with 1008.
+    pub messages_burst: u32,
+    /// Seconds a client has to authenticate (first-frame auth).
+    pub handshake_timeout_s: f64,
+    /// Capacity of the mesh's seen-stamp dedup cache.
+    pub max_seen_stamps: usize,
+    /// Capacity of the diagnostic op log.
+    pub max_oplog_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 256 * 1024,
+            max_message_bytes: 64 * 1024,
+            max_key_bytes: 256,
+            max_value_bytes: 32 * 1024,
+            max_connections_total: 256,
+            max_connections_per_source: 32,
+            messages_per_second: 100.0,
+            messages_burst: 200,
+            handshake_timeout_s: 5.0,
+            max_seen_stamps: 100_000,
+            max_oplog_size: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// [`Limits::handshake_timeout_s`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.handshake_timeout_s)
+    }
+}
+
+/// `[auth]`.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared secret browsers must present (`?auth_token=` or a first `auth` frame). Empty: no auth.
+    pub token: String,
+}
+
+impl fmt::Debug for AuthConfig {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig").field("token", &if self.token.is_empty() { "" } else { "<redacted>" }).finish()
+    }
+}
+
+/// `[mesh]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// This node's id, written into every stamp it issues. Must be unique in a federation.
+    /// Default `alpha` (upstream's demo node).
+    pub node_id: String,
+    /// Listener for peers (federation). Not available in this release: must stay unset.
+    pub bind: Option<SocketAddr>,
+    /// Peers to dial (federation). Not available in this release: must stay empty.
+    pub peers: Vec<String>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self { node_id: "alpha".to_owned(), bind: None, peers: Vec::new() }
+    }
+}
+
+/// Why a configuration file cannot be used. Each displays as one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, bad value).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Line, key and what is wrong.
+        message: String,
+    },
+    /// A value parses but makes no sense.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file (or `<defaults>`).
+        path: PathBuf,
+        /// Key and what is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, and the line and key where there is one.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`, reporting errors against `path`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|err| ConfigError::Parse { path: path.to_owned(), message: describe(&err, text) })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        Ok(config)
+    }
+
+    /// Semantic checks that parsing cannot make.
+    ///
+    /// # Errors
+    /// A message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let positive = [
+            ("max_frame_bytes", l.max_frame_bytes),
+            ("max_message_bytes", l.max_message_bytes),
+            ("max_key_bytes", l.max_key_bytes),
+            ("max_value_bytes", l.max_value_bytes),
+            ("max_connections_total", l.max_connections_total),
+            ("max_connections_per_source", l.max_connections_per_source),
+            ("messages_burst", l.messages_burst as usize),
+            ("max_seen_stamps", l.max_seen_stamps),
+            ("max_oplog_size", l.max_oplog_size),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("[limits] {key} must be greater than 0"));
+        }
+        for (key, v) in [("messages_per_second", l.messages_per_second), ("handshake_timeout_s", l.handshake_timeout_s)]
+        {
+            if !(v.is_finite() && v > 0.0 && v < 1e9) {
+                return Err(format!("[limits] {key} must be a positive number of reasonable size, got {v}"));
+            }
+        }
+        if self.mesh.node_id.is_empty() || self.mesh.node_id.len() > 128 {
+            return Err("[mesh] node_id must be 1 to 128 bytes".to_owned());
+        }
+        if self.mesh.bind.is_some() || !self.mesh.peers.is_empty() {
+            return Err("[mesh] bind/peers: federation is not available in this release; remove them".to_owned());
+        }
+        if self.ledger.path.as_os_str().is_empty() {
+            return Err("[ledger] path must not be empty".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// One line from a TOML error: line number, key and section where known, and the message.
+fn describe(err: &toml::de::Error, text: &str) -> String {
+    let message = err.message().trim().replace('\n', " ");
+    let Some(span) = err.span() else { return message };
+    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let section = text
+        .lines()
+        .take(line_no)
+        .filter_map(|l| l.trim().strip_prefix('[').and_then(|l| l.split_once(']')).map(|(s, _)| s.trim()))
+        .last();
+    match (key, section) {
+        (Some(key), Some(section)) => format!("line {line_no}: key `{key}` in [{section}]: {message}"),
+        (Some(key), None) => format!("line {line_no}: key `{key}`: {message}"),
+        _ => format!("line {line_no}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("", Path::new("x.toml")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse("[server]\nbnd = \"127.0.0.1:1\"\n", Path::new("c.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("c.toml: line 2: key `bnd` in [server]"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Config::parse("[limits]\nmax_key_bytes = \"big\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("key `max_key_bytes` in [limits]"), "{err}");
+        let err = Config::parse("[limits]\nmax_key_bytes = 0\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("max_key_bytes must be greater than 0"), "{err}");
+        let err = Config::parse("[ledger]\nsync = \"sometimes\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("key `sync` in [ledger]"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/aether.toml");
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn token_never_shows_in_debug_output() {
+        let config = Config::parse("[auth]\ntoken = \"hunter2\"\n", Path::new("c.toml")).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

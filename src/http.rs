@@ -1,0 +1,92 @@
+//! The one HTTP listener: `/healthz`, the WebSocket (at `/ws` and at any path an upgrade request
+//! names, as upstream accepts), and the static files.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use actix_web::{
+    HttpRequest, HttpResponse, guard,
+    http::header,
+    web::{self, ServiceConfig},
+};
+
+use crate::{ledger, relay::Relay, session, state};
+
+/// How long `/healthz` waits for each singleton.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Registers every route on `cfg`.
+pub fn configure(cfg: &mut ServiceConfig, relay: &Relay) {
+    cfg.app_data(web::Data::new(relay.clone()))
+        .route("/healthz", web::get().to(healthz))
+        .route("/ws", web::get().to(websocket))
+        .service(web::resource("/{tail:.*}").guard(guard::fn_guard(|ctx| is_upgrade(ctx.head()))).to(websocket))
+        .service(
+            actix_files::Files::new("/", relay.static_dir.as_path())
+                .index_file("index.html")
+                .use_etag(true)
+                .use_last_modified(true),
+        );
+}
+
+fn is_upgrade(head: &actix_web::dev::RequestHead) -> bool {
+    head.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The first non-empty `auth_token` query value (upstream ignores blank ones).
+fn query_token(query: &str) -> Option<String> {
+    web::Query::<Vec<(String, String)>>::from_query(query)
+        .ok()?
+        .into_inner()
+        .into_iter()
+        .find(|(k, v)| k == "auth_token" && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
+async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>) -> actix_web::Result<HttpResponse> {
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(relay.deps.limits.max_frame_bytes);
+    let source = req.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let slot = relay.connections.acquire(source);
+    if slot.is_none() {
+        log::info!("connection from {source} refused: connection cap reached");
+    }
+    actix_web::rt::spawn(session::run(relay.deps.clone(), session, stream, slot, query_token(req.query_string())));
+    Ok(response)
+}
+
+async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
+    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe)).await;
+    let ledger = tokio::time::timeout(HEALTH_TIMEOUT, relay.ledger.send(ledger::Probe)).await;
+    match (state, ledger) {
+        (Ok(Ok(info)), Ok(Ok(ledger_bytes))) => HttpResponse::Ok().json(serde_json::json!({
+            "status": "ok",
+            "keys": info.keys,
+            "clients": info.clients,
+            "pending_writes": info.pending_writes,
+            "ledger_bytes": ledger_bytes,
+        })),
+        (state, ledger) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "unavailable",
+            "state": matches!(state, Ok(Ok(_))),
+            "ledger": matches!(ledger, Ok(Ok(_))),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_token_takes_first_non_blank_value() {
+        assert_eq!(query_token("auth_token=&auth_token=a%20b&x=1"), Some("a b".to_owned()));
+        assert_eq!(query_token("x=1"), None);
+        assert_eq!(query_token(""), None);
+    }
+}

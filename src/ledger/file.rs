@@ -1,0 +1,370 @@
+//! The ledger file: exclusive ownership, replay with torn-tail repair, and durable appends.
+//!
+//! Plain Rust and blocking I/O: the [`LedgerActor`](super::LedgerActor) runs it on its own thread.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::record::{self, RawStamp};
+use crate::lww::{Op, OpKind};
+
+/// When an appended batch counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// `fdatasync` every batch before any client or peer sees it (the default). A crash of the
+    /// process, the OS or the power loses nothing anyone was shown.
+    Always,
+    /// Hand each batch to the OS (`write`) before anyone sees it, never `fdatasync`. A crash of the
+    /// process loses nothing; an OS crash or power loss can lose the last seconds of writes.
+    None,
+}
+
+/// What replay found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Records read from the ledger and merged.
+    pub records: u64,
+    /// Unparseable lines skipped (the file keeps them).
+    pub corrupt: u64,
+    /// Bytes of a torn last line cut off the file.
+    pub truncated_bytes: u64,
+    /// Entries loaded from the snapshot file.
+    pub snapshot_entries: u64,
+    /// Wall time replay took, in milliseconds.
+    pub millis: u64,
+}
+
+/// Why the ledger cannot be opened or appended to.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// An I/O call on a ledger file failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the ledger's lock.
+    #[error("ledger {0} is in use by another process (lock file {0}.lock is held)")]
+    Locked(PathBuf),
+    /// The snapshot file exists but cannot be loaded; booting without it could lose state.
+    #[error("snapshot {path} cannot be loaded: {reason}")]
+    Snapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An earlier failure left the file in an unknown state; appends are refused until restart.
+    #[error("ledger {0} failed earlier and refuses writes until the relay restarts")]
+    Poisoned(PathBuf),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LedgerError + 'a {
+    move |source| LedgerError::Io { what, path: path.to_owned(), source }
+}
+
+/// The path of the lock file for `ledger`.
+pub fn lock_path(ledger: &Path) -> PathBuf {
+    suffixed(ledger, ".lock")
+}
+
+/// The path of upstream's snapshot file for `ledger`: `<ledger>.snapshot.json`.
+pub fn snapshot_path(ledger: &Path) -> PathBuf {
+    suffixed(ledger, ".snapshot.json")
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// An open ledger, owned exclusively by this process.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    file: File,
+    /// Length of the durable prefix: everything before it was appended successfully.
+    len: u64,
+    sync: SyncMode,
+    poisoned: bool,
+    /// Held for the lifetime of the ledger; the OS releases the lock when it closes.
+    _lock: File,
+}
+
+impl Ledger {
+    /// Locks and opens the ledger at `path` (creating it and its directory), loads the snapshot
+    /// file beside it if there is one, then replays every record through `apply`, in file order.
+    ///
+    /// A torn last line (no newline) is cut off and the cut made durable; a corrupt line in the
+    /// middle is skipped and counted.
+    ///
+    /// # Errors
+    /// [`LedgerError`] if the file cannot be locked, opened, read or repaired, or the snapshot
+    /// file is unreadable.
+    pub fn open(path: &Path, sync: SyncMode, mut apply: impl FnMut(Op)) -> Result<(Ledger, ReplayStats), LedgerError> {
+        let started = Instant::now();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io_err("cannot create directory for", path))?;
+        }
+        let lock_file = lock_path(path);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_file)
+            .map_err(io_err("cannot open lock file", &lock_file))?;
+        lock.try_lock().map_err(|_| LedgerError::Locked(path.to_owned()))?;
+
+        let mut stats = ReplayStats {
+            snapshot_entries: load_snapshot(&snapshot_path(path), &mut apply)?,
+            ..ReplayStats::default()
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_err("cannot open ledger", path))?;
+        let len = replay(path, &file, &mut stats, &mut apply)?;
+        stats.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok((Ledger { path: path.to_owned(), file, len, sync, poisoned: false, _lock: lock }, stats))
+    }
+
+    /// Appends `bytes` (whole records) and, in [`SyncMode::Always`], makes them durable.
+    ///
+    /// On failure the file is cut back to its last durable length, so a failed batch never shows
+    /// up at the next boot; if even that fails, the ledger refuses all later appends.
+    ///
+    /// # Errors
+    /// [`LedgerError::Io`] for the failed call, [`LedgerError::Poisoned`] after an unrepaired one.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        let result =
+            self.file.write_all(bytes).map_err(io_err("cannot write", &self.path)).and_then(|()| match self.sync {
+                SyncMode::Always => self.file.sync_data().map_err(io_err("cannot fdatasync", &self.path)),
+                SyncMode::None => Ok(()),
+            });
+        match result {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                if self.file.set_len(self.len).and_then(|()| self.file.sync_all()).is_err() {
+                    self.poisoned = true;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Bytes in the ledger file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the ledger file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The ledger's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sync mode appends use.
+    pub fn sync_mode(&self) -> SyncMode {
+        self.sync
+    }
+}
+
+/// Reads every line of `file`; returns the length of the good prefix (after any repair).
+fn replay(path: &Path, file: &File, stats: &mut ReplayStats, apply: &mut impl FnMut(Op)) -> Result<u64, LedgerError> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(512);
+    let mut offset = 0u64;
+    let mut line_no = 0u64;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io_err("cannot read ledger", path))?;
+        if n == 0 {
+            return Ok(offset);
+        }
+        line_no += 1;
+        if line.last() != Some(&b'\n') {
+            // A torn last write: cut it off and make the cut durable before anyone relies on it.
+            log::warn!("ledger {}: torn last line {line_no} ({n} bytes) cut off", path.display());
+            file.set_len(offset).map_err(io_err("cannot truncate torn tail of", path))?;
+            file.sync_all().map_err(io_err("cannot fsync", path))?;
+            stats.truncated_bytes = n as u64;
+            return Ok(offset);
+        }
+        offset += n as u64;
+        match record::decode(&line[..n - 1]) {
+            Ok(op) => {
+                stats.records += 1;
+                apply(op);
+            }
+            Err(err) => {
+                stats.corrupt += 1;
+                if stats.corrupt <= 10 {
+                    log::warn!("ledger {}: line {line_no} skipped: {err}", path.display());
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SnapshotFile {
+    version: Value,
+    #[serde(default)]
+    entries: Vec<SnapshotEntry>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotEntry {
+    key: String,
+    #[serde(default)]
+    value: Value,
+    #[serde(default)]
+    tombstone: bool,
+    stamp: RawStamp,
+}
+
+/// Loads upstream's snapshot file (version 1) if it exists; returns how many entries it had.
+fn load_snapshot(path: &Path, apply: &mut impl FnMut(Op)) -> Result<u64, LedgerError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(LedgerError::Io { what: "cannot read snapshot", path: path.to_owned(), source }),
+    };
+    let bad = |reason: String| LedgerError::Snapshot { path: path.to_owned(), reason };
+    let snapshot: SnapshotFile = serde_json::from_slice(&bytes).map_err(|err| bad(err.to_string()))?;
+    if snapshot.version != 1 {
+        return Err(bad(format!("unsupported version {}", snapshot.version)));
+    }
+    let count = snapshot.entries.len() as u64;
+    for entry in snapshot.entries {
+        let kind = if entry.tombstone { OpKind::Del } else { OpKind::Set };
+        let value = if entry.tombstone { Value::Null } else { entry.value };
+        apply(Op { kind, key: entry.key, value, stamp: entry.stamp.into() });
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{hlc::Stamp, lww::LwwMap};
+
+    fn open(path: &Path) -> (Ledger, ReplayStats, LwwMap) {
+        let mut map = LwwMap::new();
+        let (ledger, stats) = Ledger::open(path, SyncMode::Always, |op| {
+            map.apply(op);
+        })
+        .unwrap();
+        (ledger, stats, map)
+    }
+
+    #[test]
+    fn appended_records_replay_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ledger.jsonl");
+        let (mut ledger, stats, _) = open(&path);
+        assert_eq!(stats, ReplayStats { millis: stats.millis, ..ReplayStats::default() });
+        let mut bytes = Vec::new();
+        record::encode(&Op::set("a", json!({"x": 1}), Stamp::new(1, 0, "n")), &mut bytes);
+        record::encode(&Op::del("a", Stamp::new(2, 0, "n")), &mut bytes);
+        record::encode(&Op::set("b", Value::Null, Stamp::new(3, 0, "n")), &mut bytes);
+        ledger.append(&bytes).unwrap();
+        drop(ledger);
+        let (_, stats, map) = open(&path);
+        assert_eq!(stats.records, 3);
+        assert_eq!(map.get("a"), None);
+        assert_eq!(map.get("b"), Some(&Value::Null));
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_corrupt_middle_line_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let good = "{\"kind\":\"set\",\"key\":\"k\",\"value\":1,\"stamp\":{\"p\":1,\"l\":0,\"n\":\"a\"}}\n";
+        let torn = "{\"kind\":\"set\",\"key\":\"t\",\"va";
+        fs::write(&path, format!("{good}garbage\n{good}{torn}")).unwrap();
+        let (mut ledger, stats, map) = open(&path);
+        assert_eq!((stats.records, stats.corrupt, stats.truncated_bytes), (2, 1, torn.len() as u64));
+        assert_eq!(map.get("k"), Some(&json!(1)));
+        let expected_len = (2 * good.len() + "garbage\n".len()) as u64;
+        assert_eq!(fs::metadata(&path).unwrap().len(), expected_len);
+        // Appends continue cleanly after the repaired tail.
+        let mut bytes = Vec::new();
+        record::encode(&Op::set("z", json!(2), Stamp::new(9, 0, "a")), &mut bytes);
+        ledger.append(&bytes).unwrap();
+        drop(ledger);
+        let (_, stats, map) = open(&path);
+        assert_eq!((stats.records, stats.truncated_bytes), (3, 0));
+        assert_eq!(map.get("z"), Some(&json!(2)));
+    }
+
+    #[test]
+    fn a_second_owner_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let (_held, _, _) = open(&path);
+        let err = Ledger::open(&path, SyncMode::Always, |_| {}).unwrap_err();
+        assert!(matches!(err, LedgerError::Locked(_)), "{err}");
+    }
+
+    #[test]
+    fn upstream_snapshot_file_loads_before_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let snapshot = json!({"version": 1, "compacted_at": 5, "ledger_path": "l.jsonl",
+            "max_stamp": {"p": 20, "l": 0, "n": "a"},
+            "stats": {"records_read": 3, "skipped_corrupt": 0, "live_keys": 1, "tombstones": 1},
+            "entries": [
+                {"key": "gone", "value": null, "tombstone": true, "stamp": {"p": 10, "l": 0, "n": "a"}},
+                {"key": "kept", "value": [1, 2], "tombstone": false, "stamp": {"p": 20, "l": 0, "n": "a"}}]});
+        fs::write(snapshot_path(&path), serde_json::to_vec_pretty(&snapshot).unwrap()).unwrap();
+        // A late op with a stamp below the snapshot's max_stamp still applies (no frontier skip).
+        let mut f = File::create(&path).unwrap();
+        writeln!(f, "{{\"kind\":\"set\",\"key\":\"late\",\"value\":true,\"stamp\":{{\"p\":5,\"l\":0,\"n\":\"b\"}}}}")
+            .unwrap();
+        let (_, stats, map) = open(&path);
+        assert_eq!((stats.snapshot_entries, stats.records), (2, 1));
+        assert_eq!(map.get("kept"), Some(&json!([1, 2])));
+        assert_eq!(map.get("late"), Some(&json!(true)));
+        assert!(map.register("gone").is_some_and(|r| r.tombstone));
+    }
+
+    #[test]
+    fn unreadable_snapshot_refuses_to_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        fs::write(snapshot_path(&path), b"{\"version\": 2}").unwrap();
+        let err = Ledger::open(&path, SyncMode::Always, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("unsupported version 2"), "{err}");
+    }
+}

@@ -1,0 +1,42 @@
+//! aether-actix: a real-time state-sync relay on actix.
+//!
+//! Browsers keep their state in a Last-Writer-Wins map stamped by hybrid logical clocks; this
+//! server stamps and merges their writes, persists each to an append-only, fsynced JSON-lines
+//! ledger, relays it to every tab, and replays the ledger at boot. It speaks the browser protocol of
+//! Aether-Core 0.4.0 (Python) exactly and reads its ledgers.
+//!
+//! # Layout
+//!
+//! Core, plain Rust without actix:
+//! - [`hlc`]: stamps and the hybrid logical clock.
+//! - [`lww`]: ops, registers and the Last-Writer-Wins map.
+//! - [`ledger`]: the JSONL record codec, the ledger file (replay, torn-tail repair, durable append)
+//!   and `LedgerActor`, the single thread that appends (group commit).
+//! - [`protocol`]: v1 wire frames, parsed once at the edge and encoded once per broadcast.
+//! - [`limits`]: token bucket and connection counter.
+//! - [`config`]: the typed TOML configuration.
+//!
+//! Actors and I/O:
+//! - [`state`]: `StateActor`, the singleton that stamps, merges, batches to the ledger and fans
+//!   out durable ops to every session's bounded queue.
+//! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
+//! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`).
+//! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod hlc;
+pub mod http;
+pub mod ledger;
+pub mod limits;
+pub mod lww;
+pub mod protocol;
+pub mod relay;
+pub mod session;
+pub mod state;
+
+pub use config::Config;
+pub use relay::{Error, Relay, run};

@@ -1,0 +1,310 @@
+//! Protocol v1: upstream's browser wire protocol, parsed once at the edge and encoded once per
+//! broadcast.
+//!
+//! Inbound text becomes a [`ClientFrame`] or a [`Dropped`] reason; nothing here closes connections
+//! (that is the session's call). Outbound frames have upstream's exact field sets and order.
+
+use bytestring::ByteString;
+use serde_json::{Map, Value};
+
+use crate::{
+    config::Limits,
+    lww::{Op, OpKind},
+};
+
+/// Deepest nesting of arrays and objects accepted inside a value.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// A valid client message.
+#[derive(Debug, PartialEq)]
+pub enum ClientFrame {
+    /// `{"type":"set","key":K,"value":V}`; a missing value is `null`.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Value,
+    },
+    /// `{"type":"delete","key":K}`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// `{"type":"presence","x":X,"y":Y}`, coordinates coerced as upstream's `int()` does.
+    Presence {
+        /// Horizontal position.
+        x: i64,
+        /// Vertical position.
+        y: i64,
+    },
+    /// `{"type":"auth","token":T}`.
+    Auth {
+        /// The presented token, if it is a string.
+        token: Option<String>,
+    },
+}
+
+/// Why an inbound message was dropped (the connection stays open).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Dropped {
+    /// Larger than `max_message_bytes`.
+    MessageTooLarge,
+    /// Not JSON (including `NaN`, `Infinity`, numbers that overflow, nesting deeper than the parser allows).
+    NotJson,
+    /// JSON, but not an object.
+    NotObject,
+    /// Missing, empty, non-string or over-long key.
+    BadKey,
+    /// Value larger than `max_value_bytes` or nested deeper than [`MAX_VALUE_DEPTH`].
+    BadValue,
+    /// Presence coordinates that are not integers.
+    BadPresence,
+    /// A `type` this server does not know.
+    UnknownType,
+}
+
+impl Dropped {
+    /// Short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::MessageTooLarge => "message_too_large",
+            Dropped::NotJson => "not_json",
+            Dropped::NotObject => "not_object",
+            Dropped::BadKey => "bad_key",
+            Dropped::BadValue => "bad_value",
+            Dropped::BadPresence => "bad_presence",
+            Dropped::UnknownType => "unknown_type",
+        }
+    }
+}
+
+/// Parses one inbound text message under `limits`, in upstream's order of checks.
+///
+/// # Errors
+/// [`Dropped`] with the reason the message is ignored.
+pub fn parse(text: &str, limits: &Limits) -> Result<ClientFrame, Dropped> {
+    if text.len() > limits.max_message_bytes {
+        return Err(Dropped::MessageTooLarge);
+    }
+    let Value::Object(mut msg) = serde_json::from_str::<Value>(text).map_err(|_| Dropped::NotJson)? else {
+        return Err(Dropped::NotObject);
+    };
+    match msg.get("type").and_then(Value::as_str) {
+        Some("presence") => {
+            let x = coerce_int(msg.get("x")).ok_or(Dropped::BadPresence)?;
+            let y = coerce_int(msg.get("y")).ok_or(Dropped::BadPresence)?;
+            return Ok(ClientFrame::Presence { x, y });
+        }
+        Some("auth") => {
+            let token = msg.remove("token").and_then(|t| if let Value::String(t) = t { Some(t) } else { None });
+            return Ok(ClientFrame::Auth { token });
+        }
+        _ => {}
+    }
+    let key = take_key(&mut msg, limits)?;
+    match msg.get("type").and_then(Value::as_str) {
+        Some("set") => {
+            let value = msg.remove("value").unwrap_or(Value::Null);
+            check_value(&value, limits)?;
+            Ok(ClientFrame::Set { key, value })
+        }
+        Some("delete") => Ok(ClientFrame::Delete { key }),
+        _ => Err(Dropped::UnknownType),
+    }
+}
+
+fn take_key(msg: &mut Map<String, Value>, limits: &Limits) -> Result<String, Dropped> {
+    match msg.remove("key") {
+        Some(Value::String(key)) if !key.is_empty() && key.len() <= limits.max_key_bytes => Ok(key),
+        _ => Err(Dropped::BadKey),
+    }
+}
+
+/// Checks a value's size (raw UTF-8 bytes of its compact JSON, unlike upstream's escaped count)
+/// and nesting depth.
+///
+/// # Errors
+/// [`Dropped::BadValue`].
+pub fn check_value(value: &Value, limits: &Limits) -> Result<(), Dropped> {
+    if depth(value) > MAX_VALUE_DEPTH || json_len(value) > limits.max_value_bytes {
+        return Err(Dropped::BadValue);
+    }
+    Ok(())
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Length of the compact JSON text of `value`, in UTF-8 bytes.
+pub fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // A Value always serializes; on the impossible error the count is merely short.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// Upstream's `int(msg.get(field, 0))`: integers as they are, floats truncated, integer strings
+/// parsed, booleans as 0/1, missing as 0; anything else (null, `"1.5"`, objects) is not a coordinate.
+fn coerce_int(value: Option<&Value>) -> Option<i64> {
+    match value {
+        None => Some(0),
+        Some(Value::Bool(b)) => Some(i64::from(*b)),
+        Some(Value::Number(n)) => n.as_i64().or_else(|| {
+            let f = n.as_f64()?;
+            (f.is_finite() && f.abs() < 9.2e18).then_some(f.trunc() as i64)
+        }),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(_) => None,
+    }
+}
+
+fn frame(value: &Value) -> ByteString {
+    ByteString::from(value.to_string())
+}
+
+/// `{"type":"hello","id":ID,"color":COLOR}`.
+pub fn hello(id: &str, color: &str) -> ByteString {
+    frame(&serde_json::json!({"type": "hello", "id": id, "color": color}))
+}
+
+/// `{"type":"snapshot","data":{K:V,…}}` from live entries.
+pub fn snapshot<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> ByteString {
+    let data: Map<String, Value> = entries.map(|(k, v)| (k.clone(), v.clone())).collect();
+    frame(&serde_json::json!({"type": "snapshot", "data": data}))
+}
+
+/// `{"type":"set","key":K,"value":V}` or `{"type":"delete","key":K}` for an applied op.
+pub fn op_frame(op: &Op) -> ByteString {
+    match op.kind {
+        OpKind::Set => frame(&serde_json::json!({"type": "set", "key": op.key, "value": op.value})),
+        OpKind::Del => frame(&serde_json::json!({"type": "delete", "key": op.key})),
+    }
+}
+
+/// `{"type":"presence","id":ID,"color":COLOR,"x":X,"y":Y}`.
+pub fn presence(id: &str, color: &str, x: i64, y: i64) -> ByteString {
+    frame(&serde_json::json!({"type": "presence", "id": id, "color": color, "x": x, "y": y}))
+}
+
+/// `{"type":"presence-leave","id":ID}`.
+pub fn presence_leave(id: &str) -> ByteString {
+    frame(&serde_json::json!({"type": "presence-leave", "id": id}))
+}
+
+/// Upstream's client colour: `hsl(H, 78%, 62%)` with `H = int(sha1(id).hex[:6], 16) % 360`.
+pub fn color_for(id: &str) -> String {
+    let digest = openssl::sha::sha1(id.as_bytes());
+    let h = (u32::from(digest[0]) << 16 | u32::from(digest[1]) << 8 | u32::from(digest[2])) % 360;
+    format!("hsl({h}, 78%, 62%)")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::hlc::Stamp;
+
+    fn p(text: &str) -> Result<ClientFrame, Dropped> {
+        parse(text, &Limits::default())
+    }
+
+    #[test]
+    fn parses_the_four_message_types() {
+        assert_eq!(
+            p(r#"{"type":"set","key":"k","value":{"a":[1]}}"#),
+            Ok(ClientFrame::Set { key: "k".into(), value: json!({"a":[1]}) })
+        );
+        assert_eq!(p(r#"{"type":"set","key":"k"}"#), Ok(ClientFrame::Set { key: "k".into(), value: Value::Null }));
+        assert_eq!(p(r#"{"type":"delete","key":"k"}"#), Ok(ClientFrame::Delete { key: "k".into() }));
+        assert_eq!(p(r#"{"type":"presence","x":1.9,"y":"7"}"#), Ok(ClientFrame::Presence { x: 1, y: 7 }));
+        assert_eq!(p(r#"{"type":"presence","x":true}"#), Ok(ClientFrame::Presence { x: 1, y: 0 }));
+        assert_eq!(p(r#"{"type":"auth","token":"t"}"#), Ok(ClientFrame::Auth { token: Some("t".into()) }));
+    }
+
+    #[test]
+    fn duplicate_fields_last_one_wins_as_in_python() {
+        assert_eq!(
+            p(r#"{"type":"set","key":"k","value":1,"type":"delete"}"#),
+            Ok(ClientFrame::Delete { key: "k".into() })
+        );
+    }
+
+    #[test]
+    fn drops_bad_input_with_a_reason() {
+        let cases = [
+            ("nope", Dropped::NotJson),
+            ("[1,2,3]", Dropped::NotObject),
+            ("5", Dropped::NotObject),
+            (r#"{"type":"set","key":"k","value":NaN}"#, Dropped::NotJson),
+            (r#"{"type":"set","key":"k","value":1e400}"#, Dropped::NotJson),
+            (r#"{"type":"presence","x":1e400}"#, Dropped::NotJson),
+            (r#"{"type":"set","value":1}"#, Dropped::BadKey),
+            (r#"{"type":"set","key":"","value":1}"#, Dropped::BadKey),
+            (r#"{"type":"delete","key":5}"#, Dropped::BadKey),
+            (r#"{"type":"bogus","key":"k"}"#, Dropped::UnknownType),
+            (r#"{"key":"k"}"#, Dropped::UnknownType),
+            (r#"{"type":"presence","x":null}"#, Dropped::BadPresence),
+            (r#"{"type":"presence","x":"1.5"}"#, Dropped::BadPresence),
+        ];
+        for (text, reason) in cases {
+            assert_eq!(p(text), Err(reason), "{text}");
+        }
+        let deep = format!(r#"{{"type":"set","key":"k","value":{}1{}}}"#, "[".repeat(65), "]".repeat(65));
+        assert_eq!(p(&deep), Err(Dropped::BadValue));
+        let ok = format!(r#"{{"type":"set","key":"k","value":{}1{}}}"#, "[".repeat(64), "]".repeat(64));
+        assert!(p(&ok).is_ok());
+        let deeper = format!(r#"{{"type":"set","key":"k","value":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(p(&deeper), Err(Dropped::NotJson));
+    }
+
+    #[test]
+    fn key_and_value_caps_count_raw_utf8_bytes() {
+        let limits = Limits::default();
+        assert!(p(&format!(r#"{{"type":"delete","key":"{}"}}"#, "k".repeat(256))).is_ok());
+        assert_eq!(p(&format!(r#"{{"type":"delete","key":"{}"}}"#, "k".repeat(257))), Err(Dropped::BadKey));
+        // 6000 × é is 12 000 UTF-8 bytes: accepted (upstream measured 36 000 escaped bytes).
+        let value = Value::String("é".repeat(6000));
+        assert_eq!(check_value(&value, &limits), Ok(()));
+        let exact = Value::String("x".repeat(limits.max_value_bytes - 2));
+        assert_eq!(json_len(&exact), limits.max_value_bytes);
+        assert_eq!(check_value(&exact, &limits), Ok(()));
+        let over = Value::String("x".repeat(limits.max_value_bytes - 1));
+        assert_eq!(check_value(&over, &limits), Err(Dropped::BadValue));
+    }
+
+    #[test]
+    fn outbound_frames_have_upstreams_exact_shape() {
+        assert_eq!(&*hello("i", "c"), r#"{"type":"hello","id":"i","color":"c"}"#);
+        assert_eq!(
+            &*op_frame(&Op::set("k", json!({"b":1,"a":2}), Stamp::new(1, 0, "n"))),
+            r#"{"type":"set","key":"k","value":{"b":1,"a":2}}"#
+        );
+        assert_eq!(&*op_frame(&Op::del("k", Stamp::new(1, 0, "n"))), r#"{"type":"delete","key":"k"}"#);
+        assert_eq!(&*presence("i", "c", 1, -2), r#"{"type":"presence","id":"i","color":"c","x":1,"y":-2}"#);
+        assert_eq!(&*presence_leave("i"), r#"{"type":"presence-leave","id":"i"}"#);
+        let (a, b) = ("a".to_string(), json!(null));
+        assert_eq!(&*snapshot([(&a, &b)].into_iter()), r#"{"type":"snapshot","data":{"a":null}}"#);
+    }
+
+    #[test]
+    fn color_matches_upstreams_formula() {
+        // sha1("abc") = a9993e36…, and 0xa9993e % 360 = 174.
+        assert_eq!(color_for("abc"), "hsl(174, 78%, 62%)");
+    }
+}

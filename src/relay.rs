@@ -1,0 +1,142 @@
+//! Boot and shutdown: replays the ledger, starts the singletons, serves HTTP until a signal.
+
+use std::{net::TcpListener, path::PathBuf, sync::Arc, time::Duration};
+
+use actix::{Addr, Arbiter, Supervisor};
+use actix_web::{App, HttpServer};
+use tokio::sync::Semaphore;
+
+use crate::{
+    config::Config,
+    hlc::Clock,
+    http,
+    ledger::{self, Ledger, LedgerActor, LedgerError},
+    limits::ConnectionCounter,
+    lww::LwwMap,
+    session::Deps,
+    state::{self, StateActor},
+};
+
+/// Writes accepted but not yet durable, across all clients: past this, writers wait.
+pub const MAX_PENDING_WRITES: usize = 65_536;
+
+/// Why the relay cannot start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The ledger cannot be opened or replayed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The listener failed.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Handles to a running relay; cheap to clone into every HTTP worker.
+#[derive(Clone)]
+pub struct Relay {
+    /// What sessions need.
+    pub deps: Deps,
+    /// The ledger singleton (for health probes).
+    pub ledger: Addr<LedgerActor>,
+    /// Open WebSocket connections, per source.
+    pub connections: ConnectionCounter,
+    /// Where static files come from.
+    pub static_dir: Arc<PathBuf>,
+}
+
+impl Relay {
+    /// Opens and replays the ledger, then starts the ledger and state singletons. Must run inside
+    /// an actix `System`. Blocks while replaying: nothing is served before state is complete.
+    ///
+    /// # Errors
+    /// [`Error::Ledger`] when the ledger cannot be opened or replayed.
+    pub fn start(config: &Config) -> Result<Relay, Error> {
+        let mut clock = Clock::new(config.mesh.node_id.clone());
+        let mut map = LwwMap::new();
+        let (ledger, stats) = Ledger::open(&config.ledger.path, config.ledger.sync, |op| {
+            clock.witness(&op.stamp);
+            map.apply(op);
+        })?;
+        log::info!(
+            "ledger {} replayed in {} ms: {} records, {} snapshot entries, {} corrupt lines skipped, {} torn bytes cut; {} live keys",
+            config.ledger.path.display(),
+            stats.millis,
+            stats.records,
+            stats.snapshot_entries,
+            stats.corrupt,
+            stats.truncated_bytes,
+            map.live_len(),
+        );
+        if matches!(config.ledger.sync, ledger::SyncMode::None) {
+            log::warn!("[ledger] sync = \"none\": an OS crash or power loss can lose recent writes");
+        }
+        let ledger = LedgerActor::start(ledger);
+        let state_ledger = ledger.clone();
+        let state =
+            Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| StateActor::new(clock, map, state_ledger));
+        let limits = Arc::new(config.limits.clone());
+        let static_dir = Arc::new(config.server.static_dir.clone());
+        if !static_dir.is_dir() {
+            log::warn!("static_dir {} is not a directory; only /ws and /healthz will answer", static_dir.display());
+        }
+        Ok(Relay {
+            deps: Deps {
+                state,
+                token: (!config.auth.token.is_empty()).then(|| Arc::from(config.auth.token.as_str())),
+                admission: Arc::new(Semaphore::new(MAX_PENDING_WRITES)),
+                limits: Arc::clone(&limits),
+            },
+            ledger,
+            connections: ConnectionCounter::new(limits.max_connections_total, limits.max_connections_per_source),
+            static_dir,
+        })
+    }
+
+    /// Makes everything accepted durable, sends it, and closes every client with 1001.
+    pub async fn shutdown(&self) {
+        let _ = self.deps.state.send(state::Shutdown).await;
+    }
+}
+
+/// Serves the relay on `listener` until SIGINT or SIGTERM, then shuts down gracefully.
+///
+/// # Errors
+/// [`Error`] when the ledger cannot be opened or the server fails.
+pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
+    let relay = Relay::start(&config)?;
+    let addr = listener.local_addr()?;
+    let app_relay = relay.clone();
+    let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
+    log::info!("listening on http://{addr} (WebSocket at ws://{addr}/ws)");
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        let signal = wait_for_signal().await;
+        log::info!("{signal}: shutting down");
+        handle.pause().await;
+        relay.shutdown().await;
+        handle.stop(true).await;
+    });
+    server.await?;
+    // Give the state arbiter a moment to finish logging; everything accepted is already durable.
+    actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    log::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => {
+            log::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending().await
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! One WebSocket connection: auth, registration, inbound parsing and limits, outbound writing.
+//!
+//! Each connection is one task (an actor in the "task + handle" sense) driving an `actix-ws`
+//! session; this is the only module that knows how a socket is driven. The task reaches the
+//! [`StateActor`] through its address and receives frames through a bounded queue, so a client that
+//! stops reading fills only its own queue and is then closed (see [`crate::state`]).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::Addr;
+use actix_web::web::{Bytes, BytesMut};
+use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, ProtocolError, Session};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::{
+    config::Limits,
+    limits::{ConnectionSlot, TokenBucket},
+    protocol::{self, ClientFrame},
+    state::{Join, Leave, Outbound, Presence, StateActor, Write, close},
+};
+
+/// Outbound queue length per connection, in broadcast batches; a client this far behind is closed.
+pub const OUTBOUND_QUEUE: usize = 256;
+/// How often we ping an idle client.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Silence (no frame at all, pongs included) after which a client is considered gone.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// What every session shares.
+#[derive(Clone)]
+pub struct Deps {
+    /// The state singleton.
+    pub state: Addr<StateActor>,
+    /// The configured limits.
+    pub limits: Arc<Limits>,
+    /// The shared secret, when auth is on.
+    pub token: Option<Arc<str>>,
+    /// Admission slots for writes not yet durable: bounds the ledger queue and slows writers
+    /// when the disk falls behind.
+    pub admission: Arc<Semaphore>,
+}
+
+/// Why a session ends: a close frame to send, if any.
+type End = Option<(u16, &'static str)>;
+
+/// Runs one connection to its end. `slot` is `None` when the connection caps are reached;
+/// `query_token` is the `?auth_token=` value, if one was given.
+pub async fn run(
+    deps: Deps,
+    mut session: Session,
+    mut stream: MessageStream,
+    slot: Option<ConnectionSlot>,
+    query_token: Option<String>,
+) {
+    let Some(_slot) = slot else {
+        return close_with(session, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
+    };
+    if let Some(token) = deps.token.clone()
+        && !authenticate(&token, query_token, &mut session, &mut stream, &deps.limits).await
+    {
+        return close_with(session, Some((close::POLICY, "auth failed"))).await;
+    }
+
+    let id = Uuid::new_v4();
+    let color = protocol::color_for(&id.to_string());
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (kick_tx, kick_rx) = oneshot::channel();
+    let joined = deps.state.send(Join { id, color, tx, kick: kick_tx }).await.unwrap_or(false);
+    if !joined {
+        return close_with(session, Some((close::GOING_AWAY, "server shutting down"))).await;
+    }
+    let mut conn = Connection { id, deps, bucket: None, partial: None };
+    let end = conn.pump(&mut session, &mut stream, rx, kick_rx).await;
+    conn.deps.state.do_send(Leave { id });
+    close_with(session, end).await;
+}
+
+async fn close_with(session: Session, end: End) {
+    let reason = end.map(|(code, text)| CloseReason {
+        code: CloseCode::from(code),
+        description: (!text.is_empty()).then(|| text.to_owned()),
+    });
+    // A client that stopped reading cannot take a close frame either; do not wait for it.
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(reason)).await;
+}
+
+/// Constant-time token check that reveals neither content nor length.
+pub fn token_matches(expected: &str, presented: &str) -> bool {
+    let a = openssl::sha::sha256(expected.as_bytes());
+    let b = openssl::sha::sha256(presented.as_bytes());
+    openssl::memcmp::eq(&a, &b)
+}
+
+/// Query token if given (a wrong one fails at once, as upstream), else a first `auth` frame
+/// within the handshake timeout.
+async fn authenticate(
+    token: &str,
+    query_token: Option<String>,
+    session: &mut Session,
+    stream: &mut MessageStream,
+    limits: &Limits,
+) -> bool {
+    if let Some(presented) = query_token {
+        return token_matches(token, &presented);
+    }
+    let first = tokio::time::timeout(limits.handshake_timeout(), async {
+        loop {
+            match stream.recv().await {
+                Some(Ok(Message::Ping(bytes))) => {
+                    let _ = session.pong(&bytes).await;
+                }
+                Some(Ok(Message::Pong(_) | Message::Nop)) => {}
+                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+                Some(Ok(Message::Binary(bytes))) => return String::from_utf8(bytes.to_vec()).ok(),
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    match first {
+        Ok(Some(text)) => matches!(
+            protocol::parse(&text, limits),
+            Ok(ClientFrame::Auth { token: Some(presented) }) if token_matches(token, &presented)
+        ),
+        _ => false,
+    }
+}
+
+struct Connection {
+    id: Uuid,
+    deps: Deps,
+    /// `None` until the first message, which upstream lets through without a token.
+    bucket: Option<TokenBucket>,
+    /// A fragmented message being reassembled: (is text, bytes so far).
+    partial: Option<(bool, BytesMut)>,
+}
+
+enum Event {
+    Kicked((u16, &'static str)),
+    Out(Option<Outbound>),
+    In(Option<Result<Message, ProtocolError>>),
+    Tick,
+}
+
+impl Connection {
+    /// Moves frames both ways until the connection ends; returns the close to send.
+    async fn pump(
+        &mut self,
+        session: &mut Session,
+        stream: &mut MessageStream,
+        mut rx: mpsc::Receiver<Outbound>,
+        mut kick: oneshot::Receiver<(u16, &'static str)>,
+    ) -> End {
+        let mut ticker = tokio::time::interval(PING_INTERVAL);
+        ticker.tick().await; // the first tick is immediate
+        let mut last_heard = Instant::now();
+        loop {
+            let event = tokio::select! {
+                biased;
+                Ok(reason) = &mut kick => Event::Kicked(reason),
+                out = rx.recv() => Event::Out(out),
+                msg = stream.recv() => Event::In(msg),
+                _ = ticker.tick() => Event::Tick,
+            };
+            match event {
+                Event::Kicked(reason) => return Some(reason),
+                Event::Out(None) => return None,
+                Event::Out(Some(Outbound::Close(code, reason))) => return Some((code, reason)),
+                Event::Out(Some(Outbound::Frames(frames))) => {
+                    let write = async {
+                        for frame in frames.iter() {
+                            session.text(frame.clone()).await?;
+                        }
+                        Ok::<(), actix_ws::Closed>(())
+                    };
+                    tokio::select! {
+                        biased;
+                        Ok(reason) = &mut kick => return Some(reason),
+                        written = write => if written.is_err() { return None },
+                    }
+                }
+                Event::In(None) => return None,
+                Event::In(Some(Err(ProtocolError::Overflow))) => return Some((close::TOO_BIG, "message too big")),
+                Event::In(Some(Err(err))) => {
+                    log::debug!("client {}: protocol error: {err}", self.id);
+                    return Some((close::PROTOCOL, "protocol error"));
+                }
+                Event::In(Some(Ok(msg))) => {
+                    last_heard = Instant::now();
+                    if let Some(end) = self.inbound(msg, session).await {
+                        return end;
+                    }
+                }
+                Event::Tick => {
+                    if last_heard.elapsed() > CLIENT_TIMEOUT {
+                        return Some((close::KEEPALIVE, "keepalive timeout"));
+                    }
+                    if session.ping(b"").await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one inbound WebSocket message; `Some` ends the connection.
+    async fn inbound(&mut self, msg: Message, session: &mut Session) -> Option<End> {
+        let max = self.deps.limits.max_frame_bytes;
+        let text: Bytes = match msg {
+            Message::Text(text) => text.into_bytes(),
+            Message::Binary(bytes) => bytes,
+            Message::Continuation(item) => {
+                let (is_first, is_text, chunk, last) = match item {
+                    Item::FirstText(b) => (true, true, b, false),
+                    Item::FirstBinary(b) => (true, false, b, false),
+                    Item::Continue(b) => (false, false, b, false),
+                    Item::Last(b) => (false, false, b, true),
+                };
+                if is_first {
+                    self.partial = Some((is_text, BytesMut::new()));
+                }
+                let Some((_, buf)) = self.partial.as_mut() else {
+                    return Some(Some((close::PROTOCOL, "protocol error")));
+                };
+                if buf.len() + chunk.len() > max {
+                    return Some(Some((close::TOO_BIG, "message too big")));
+                }
+                buf.extend_from_slice(&chunk);
+                if !last {
+                    return None;
+                }
+                let (_, buf) = self.partial.take()?;
+                buf.freeze()
+            }
+            Message::Ping(bytes) => {
+                return session.pong(&bytes).await.err().map(|_| None);
+            }
+            Message::Pong(_) | Message::Nop => return None,
+            Message::Close(_) => return Some(Some((close::NORMAL, ""))),
+        };
+        match &mut self.bucket {
+            None => {
+                let limits = &self.deps.limits;
+                self.bucket = Some(TokenBucket::new(limits.messages_burst, limits.messages_per_second));
+            }
+            Some(bucket) => {
+                if !bucket.try_take() {
+                    log::info!("client {} exceeded its rate budget, closing", self.id);
+                    return Some(Some((close::POLICY, "rate limit")));
+                }
+            }
+        }
+        let Ok(text) = std::str::from_utf8(&text) else {
+            log::debug!("client {}: dropped non-UTF-8 binary message", self.id);
+            return None;
+        };
+        match protocol::parse(text, &self.deps.limits) {
+            Ok(ClientFrame::Set { key, value }) => self.write(key, Some(value)).await,
+            Ok(ClientFrame::Delete { key }) => self.write(key, None).await,
+            Ok(ClientFrame::Presence { x, y }) => self.deps.state.do_send(Presence { id: self.id, x, y }),
+            Ok(ClientFrame::Auth { .. }) => {}
+            Err(reason) => log::debug!("client {}: dropped message ({})", self.id, reason.as_str()),
+        }
+        None
+    }
+
+    async fn write(&self, key: String, value: Option<serde_json::Value>) {
+        // Waits while the ledger is this many writes behind: the writer is slowed, nothing is
+        // buffered without bound. The semaphore is never closed, so acquire cannot fail.
+        if let Ok(permit) = Arc::clone(&self.deps.admission).acquire_owned().await {
+            self.deps.state.do_send(Write { key, value, permit });
+        }
+    }
+}
