@@ -1,0 +1,287 @@
+//! Test harness: the real `aether-actix` binary on a free loopback port with a temporary ledger,
+//! and a blocking WebSocket client with timeouts.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tungstenite::{Message, WebSocket, protocol::CloseFrame};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running relay process.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub dir: Arc<TempDir>,
+    pub config: PathBuf,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the relay with `extra` TOML appended to a config that binds 127.0.0.1:0 and keeps
+    /// its ledger in a fresh temporary directory.
+    pub fn start(extra: &str) -> Server {
+        Self::start_in(Arc::new(tempfile::tempdir().expect("tempdir")), extra)
+    }
+
+    /// Starts the relay on the ledger in `dir` (to restart after a crash).
+    pub fn start_in(dir: Arc<TempDir>, extra: &str) -> Server {
+        let config = dir.path().join("aether.toml");
+        let ledger = dir.path().join("ledger.jsonl");
+        let text = format!(
+            "[server]\nbind = \"127.0.0.1:0\"\nstatic_dir = {static_dir:?}\n\n[ledger]\npath = {ledger:?}\n\n{extra}\n",
+            static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static"),
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aether-actix"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn aether-actix");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr.parse().expect("bound address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("relay did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Server { addr, dir, config, child, log }
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.dir.path().join("ledger.jsonl")
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Everything the relay logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Opens a client and reads `hello` + `snapshot`.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.url())
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) -> Arc<TempDir> {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+        Arc::clone(&self.dir)
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread drain the last lines.
+                thread::sleep(Duration::from_millis(50));
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "relay did not exit after SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET `path`; returns (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough for /healthz and static files.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    /// A close frame with this code and reason.
+    Frame(u16, String),
+    /// The TCP connection ended without a close frame.
+    Eof,
+}
+
+/// A blocking WebSocket client.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    pub hello: Value,
+    pub snapshot: Value,
+}
+
+impl Client {
+    /// Connects to `url` and reads the first two frames, which must be hello and snapshot.
+    pub fn connect(url: &str) -> Client {
+        let mut ws = Self::raw(url);
+        let hello = recv_json(&mut ws);
+        let snapshot = recv_json(&mut ws);
+        assert_eq!(hello["type"], "hello", "first frame: {hello}");
+        assert_eq!(snapshot["type"], "snapshot", "second frame: {snapshot}");
+        Client { ws, hello, snapshot }
+    }
+
+    /// Connects without reading anything.
+    pub fn raw(url: &str) -> WebSocket<TcpStream> {
+        let authority = url.trim_start_matches("ws://").split('/').next().unwrap();
+        let stream = TcpStream::connect(authority).expect("tcp connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
+        ws
+    }
+
+    pub fn id(&self) -> String {
+        self.hello["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string());
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    pub fn set(&mut self, key: &str, value: Value) {
+        self.send(json!({"type": "set", "key": key, "value": value}));
+    }
+
+    pub fn delete(&mut self, key: &str) {
+        self.send(json!({"type": "delete", "key": key}));
+    }
+
+    /// The next JSON frame.
+    pub fn recv(&mut self) -> Value {
+        recv_json(&mut self.ws)
+    }
+
+    /// Reads frames until one matches; returns it.
+    pub fn recv_until(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no matching frame within {WAIT:?}");
+            let frame = self.recv();
+            if pred(&frame) {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits for the echo of a set of `key`.
+    pub fn recv_set(&mut self, key: &str) -> Value {
+        self.recv_until(|f| f["type"] == "set" && f["key"] == key)
+    }
+
+    /// Reads until the connection ends; returns how.
+    pub fn closed(&mut self) -> Closed {
+        wait_closed(&mut self.ws)
+    }
+
+    /// True if no frame arrives within `wait`.
+    pub fn silent_for(&mut self, wait: Duration) -> bool {
+        self.ws.get_mut().set_read_timeout(Some(wait)).unwrap();
+        let result = match self.ws.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                true
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => true,
+            _ => false,
+        };
+        self.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+        result
+    }
+}
+
+/// The next text frame as JSON (pings and pongs skipped).
+pub fn recv_json(ws: &mut WebSocket<TcpStream>) -> Value {
+    loop {
+        match ws.read().expect("read frame") {
+            Message::Text(text) => return serde_json::from_str(&text).expect("frame is JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Reads until the connection ends; returns the close frame if any.
+pub fn wait_closed(ws: &mut WebSocket<TcpStream>) -> Closed {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "connection not closed within {WAIT:?}");
+        match ws.read() {
+            Ok(Message::Close(Some(CloseFrame { code, reason }))) => {
+                return Closed::Frame(u16::from(code), reason.to_string());
+            }
+            Ok(Message::Close(None)) => return Closed::Frame(1005, String::new()),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                panic!("connection not closed within {WAIT:?}")
+            }
+            Err(_) => return Closed::Eof,
+        }
+    }
+}
+
+/// Polls `cond` until it holds (or fails after [`WAIT`]).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,168 @@
+//! Durability against the real binary: kill -9 under load, upstream ledgers, graceful shutdown.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    fs,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+};
+
+use common::{Client, Closed, Server};
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+const FAST: &str = "[limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\n";
+
+/// Many concurrent writers, `kill -9` while writes are in flight, restart on the same ledger:
+/// every write any client was shown is still there.
+#[test]
+fn nothing_any_client_was_shown_is_lost_by_kill_9() {
+    let server = Server::start(FAST);
+    let shown = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (url, shown) = (server.url(), Arc::clone(&shown));
+            thread::spawn(move || {
+                let mut client = Client::connect(&url);
+                let mut seen: HashMap<String, Value> = HashMap::new();
+                'outer: for round in 0.. {
+                    for i in 0..16 {
+                        let key = format!("w{w}:{}", round * 16 + i);
+                        let text = json!({"type": "set", "key": key, "value": round * 16 + i}).to_string();
+                        if client.ws.send(Message::text(text)).is_err() {
+                            break 'outer;
+                        }
+                    }
+                    // Read until our own 16 echoes are back, recording everything we are shown.
+                    let mut own = 0;
+                    while own < 16 {
+                        let Ok(Message::Text(text)) = client.ws.read() else { break 'outer };
+                        let frame: Value = serde_json::from_str(&text).unwrap();
+                        let key = frame["key"].as_str().unwrap().to_owned();
+                        if key.starts_with(&format!("w{w}:")) {
+                            own += 1;
+                        }
+                        seen.insert(key, frame["value"].clone());
+                        shown.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    common::wait_until("clients to be shown 3000 writes", || shown.load(Ordering::Relaxed) >= 3000);
+    let dir = server.kill9();
+    let mut all_shown: HashMap<String, Value> = HashMap::new();
+    for writer in writers {
+        all_shown.extend(writer.join().unwrap());
+    }
+    assert!(all_shown.len() >= 375, "writers saw {} distinct writes", all_shown.len());
+
+    let restarted = Server::start_in(dir, FAST);
+    let data = restarted.client().snapshot["data"].clone();
+    let missing: Vec<&String> = all_shown.iter().filter(|(k, v)| data.get(k.as_str()) != Some(v)).map(|(k, _)| k).collect();
+    assert!(missing.is_empty(), "{} shown writes lost after kill -9, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    // The restarted relay keeps accepting writes after whatever the crash left behind.
+    let mut c = restarted.client();
+    c.set("after:restart", json!(1));
+    c.recv_set("after:restart");
+}
+
+/// A ledger written by upstream 0.4.0, damaged the two ways crashes and bugs damage it, loads.
+#[test]
+fn upstream_ledger_with_null_corrupt_line_and_torn_tail_replays() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let upstream = include_str!("fixtures/upstream-0.4.0.jsonl");
+    let mut lines: Vec<&str> = upstream.lines().collect();
+    lines.insert(3, "{\"kind\":\"set\",\"key\":\"broken\",\"val");
+    let torn = "{\"kind\":\"set\",\"key\":\"torn\",\"value\":1,\"stamp\":{\"p\":17959042513330";
+    let ledger = dir.path().join("ledger.jsonl");
+    fs::write(&ledger, format!("{}\n{torn}", lines.join("\n"))).unwrap();
+    let good_len = fs::metadata(&ledger).unwrap().len() - torn.len() as u64;
+
+    let server = Server::start_in(Arc::clone(&dir), "");
+    let data = server.client().snapshot["data"].clone();
+    assert_eq!(
+        data,
+        json!({
+            "board:title": "Ünïcødé ✓ 🚀",
+            "card:1": {"title": "first", "order": 1, "tags": ["a", "b"]},
+            "count": 42,
+            "float": 1.5e-7,
+            "nothing": null,
+        })
+    );
+    assert_eq!(fs::metadata(&ledger).unwrap().len(), good_len, "torn tail cut off");
+    let log = server.log();
+    assert!(log.contains("8 records") && log.contains("1 corrupt lines skipped"), "{log}");
+    // New writes carry on in upstream's record format after the repaired tail.
+    let mut c = server.client();
+    c.set("count", json!(43));
+    c.recv_set("count");
+    let text = fs::read_to_string(&ledger).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "set");
+    assert_eq!(last["value"], 43);
+    assert_eq!(last["stamp"]["n"], "alpha");
+    assert!(last["stamp"]["p"].as_u64().unwrap() > 1_795_904_251_333_083_606, "clock moved past replayed stamps");
+}
+
+#[test]
+fn null_values_survive_a_restart() {
+    let server = Server::start("");
+    let mut c = server.client();
+    c.set("n", Value::Null);
+    c.recv_set("n");
+    let dir = server.kill9();
+    let restarted = Server::start_in(dir, "");
+    assert_eq!(restarted.client().snapshot["data"], json!({"n": null}));
+}
+
+/// SIGTERM: accepted writes are made durable and sent, clients get 1001, exit status 0.
+#[test]
+fn sigterm_flushes_closes_clients_with_1001_and_exits_0() {
+    let server = Server::start(FAST);
+    let mut watcher = server.client();
+    let mut writer = server.client();
+    for i in 0..200 {
+        writer.set(&format!("k{i}"), json!(i));
+    }
+    watcher.recv_set("k0"); // writes are flowing
+    let dir = Arc::clone(&server.dir);
+    let (status, log) = server.terminate();
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    // Everything the watcher received before the close is durable; the close code is 1001.
+    let mut received = vec![json!(0)];
+    let closed = loop {
+        match watcher.ws.read() {
+            Ok(Message::Text(text)) => received.push(serde_json::from_str::<Value>(&text).unwrap()["value"].clone()),
+            Ok(Message::Close(Some(frame))) => break Closed::Frame(frame.code.into(), frame.reason.to_string()),
+            Ok(_) => {}
+            Err(_) => break Closed::Eof,
+        }
+    };
+    assert_eq!(closed, Closed::Frame(1001, "server shutting down".into()));
+    let restarted = Server::start_in(dir, "");
+    let data = restarted.client().snapshot["data"].clone();
+    for (i, value) in received.iter().enumerate() {
+        assert_eq!(&data[format!("k{i}")], value);
+    }
+}
+
+#[test]
+fn a_second_relay_on_the_same_ledger_is_refused() {
+    let server = Server::start("");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_aether-actix"))
+        .arg("--config")
+        .arg(&server.config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+}
