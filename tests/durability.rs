@@ -65,8 +65,14 @@ fn nothing_any_client_was_shown_is_lost_by_kill_9() {
 
     let restarted = Server::start_in(dir, FAST);
     let data = restarted.client().snapshot["data"].clone();
-    let missing: Vec<&String> = all_shown.iter().filter(|(k, v)| data.get(k.as_str()) != Some(v)).map(|(k, _)| k).collect();
-    assert!(missing.is_empty(), "{} shown writes lost after kill -9, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<&String> =
+        all_shown.iter().filter(|(k, v)| data.get(k.as_str()) != Some(v)).map(|(k, _)| k).collect();
+    assert!(
+        missing.is_empty(),
+        "{} shown writes lost after kill -9, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     // The restarted relay keeps accepting writes after whatever the crash left behind.
     let mut c = restarted.client();
     c.set("after:restart", json!(1));

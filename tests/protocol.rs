@@ -42,7 +42,10 @@ fn hello_then_snapshot_with_exact_fields() {
 
 fn uuid_like(v: &Value) -> bool {
     let s = v.as_str().unwrap_or("");
-    s.len() == 36 && s.chars().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+    s.len() == 36
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
 }
 
 #[test]
@@ -58,7 +61,7 @@ fn hello_and_snapshot_come_first_even_while_others_write() {
     });
     for _ in 0..30 {
         // Client::connect asserts frames #1 and #2 are hello and snapshot.
-        let mut c = server.client();
+        let c = server.client();
         // Whatever the snapshot lacked arrives afterwards as set frames, never before it.
         let seen: usize = c.snapshot["data"].as_object().unwrap().len();
         assert!(seen <= 150);
@@ -268,7 +271,11 @@ fn rate_limit_closes_the_abuser_with_1008_and_spares_the_bystander() {
     let server = Server::start("[limits]\nmessages_burst = 20\nmessages_per_second = 5.0\n");
     let (mut abuser, mut bystander) = (server.client(), server.client());
     for i in 0..40 {
-        if abuser.ws.send(Message::text(json!({"type": "set", "key": format!("burst:{i}"), "value": i}).to_string())).is_err() {
+        if abuser
+            .ws
+            .send(Message::text(json!({"type": "set", "key": format!("burst:{i}"), "value": i}).to_string()))
+            .is_err()
+        {
             break;
         }
     }

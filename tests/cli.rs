@@ -1,0 +1,66 @@
+//! The command line: flags, configuration errors and their exit codes.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aether-actix")).args(args).output().expect("run aether-actix")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_and_version() {
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--config <FILE>") && text.contains("127.0.0.1:8211"), "{text}");
+    let version = run(&["--version"]);
+    assert!(version.status.success());
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("aether-actix {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn config_errors_are_one_line_naming_file_and_key_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nbnd = \"127.0.0.1:0\"\n", "line 2: key `bnd` in [server]: unknown field `bnd`"),
+        ("[server]\nbind = \"not an address\"\n", "key `bind` in [server]"),
+        ("[limits]\nmessages_burst = -1\n", "key `messages_burst` in [limits]"),
+        ("[limits]\nmax_frame_bytes = 0\n", "[limits] max_frame_bytes must be greater than 0"),
+        ("[ledger]\nsync = \"maybe\"\n", "key `sync` in [ledger]"),
+        ("[nope]\n", "unknown field `nope`"),
+        ("[server\n", "line 1"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let output = run(&["--config", path.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        let err = stderr(&output);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(path.to_str().unwrap()) && err.contains(expected), "{text:?} gave {err}");
+    }
+    let missing = run(&["--config", "/nonexistent/aether.toml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("/nonexistent/aether.toml: cannot read"), "{}", stderr(&missing));
+    let unknown_flag = run(&["--bogus"]);
+    assert_eq!(unknown_flag.status.code(), Some(2));
+}
+
+#[test]
+fn unreadable_ledger_location_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nbind = \"127.0.0.1:0\"\n[ledger]\npath = {:?}\n", blocker.join("l.jsonl")),
+    )
+    .unwrap();
+    let output = run(&["--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("cannot create directory for"), "{}", stderr(&output));
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs, then checks formatting and
+# lints, and runs every test (unit, property, integration against the real binary).
+# Usage: tests/run.sh            (from anywhere; it works in the repository root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+pkg-config --exists openssl 2>/dev/null || need_apt+=(pkg-config libssl-dev)
+if ((${#need_apt[@]})); then
+  echo "==> installing ${need_apt[*]} (Debian packages)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --check
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --locked
