@@ -69,6 +69,8 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
             "keys": info.keys,
             "clients": info.clients,
             "pending_writes": info.pending_writes,
+            "durable_writes": info.durable_writes,
+            "ledger_batches": info.ledger_batches,
             "ledger_bytes": ledger_bytes,
         })),
         (state, ledger) => HttpResponse::ServiceUnavailable().json(serde_json::json!({

@@ -177,23 +177,56 @@ fn frame(value: &Value) -> ByteString {
     ByteString::from(value.to_string())
 }
 
+/// Appends the compact JSON of `value` to `out`.
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // A String or a serde_json::Value always serializes into a Vec (no I/O, string map keys).
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+fn into_frame(out: Vec<u8>) -> ByteString {
+    // serde_json writes UTF-8 only; the fallback is unreachable and merely avoids a panic path.
+    String::from_utf8(out).map(ByteString::from).unwrap_or_default()
+}
+
 /// `{"type":"hello","id":ID,"color":COLOR}`.
 pub fn hello(id: &str, color: &str) -> ByteString {
     frame(&serde_json::json!({"type": "hello", "id": id, "color": color}))
 }
 
-/// `{"type":"snapshot","data":{K:V,…}}` from live entries.
+/// `{"type":"snapshot","data":{K:V,…}}` from live entries, written without copying the values.
 pub fn snapshot<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> ByteString {
-    let data: Map<String, Value> = entries.map(|(k, v)| (k.clone(), v.clone())).collect();
-    frame(&serde_json::json!({"type": "snapshot", "data": data}))
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"type\":\"snapshot\",\"data\":{");
+    for (i, (key, value)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json(&mut out, key);
+        out.push(b':');
+        push_json(&mut out, value);
+    }
+    out.extend_from_slice(b"}}");
+    into_frame(out)
 }
 
-/// `{"type":"set","key":K,"value":V}` or `{"type":"delete","key":K}` for an applied op.
+/// `{"type":"set","key":K,"value":V}` or `{"type":"delete","key":K}` for an applied op, written
+/// without copying the value.
 pub fn op_frame(op: &Op) -> ByteString {
+    let mut out = Vec::with_capacity(op.key.len() + 64);
     match op.kind {
-        OpKind::Set => frame(&serde_json::json!({"type": "set", "key": op.key, "value": op.value})),
-        OpKind::Del => frame(&serde_json::json!({"type": "delete", "key": op.key})),
+        OpKind::Set => {
+            out.extend_from_slice(b"{\"type\":\"set\",\"key\":");
+            push_json(&mut out, &op.key);
+            out.extend_from_slice(b",\"value\":");
+            push_json(&mut out, &op.value);
+        }
+        OpKind::Del => {
+            out.extend_from_slice(b"{\"type\":\"delete\",\"key\":");
+            push_json(&mut out, &op.key);
+        }
     }
+    out.push(b'}');
+    into_frame(out)
 }
 
 /// `{"type":"presence","id":ID,"color":COLOR,"x":X,"y":Y}`.
@@ -298,8 +331,12 @@ mod tests {
         assert_eq!(&*op_frame(&Op::del("k", Stamp::new(1, 0, "n"))), r#"{"type":"delete","key":"k"}"#);
         assert_eq!(&*presence("i", "c", 1, -2), r#"{"type":"presence","id":"i","color":"c","x":1,"y":-2}"#);
         assert_eq!(&*presence_leave("i"), r#"{"type":"presence-leave","id":"i"}"#);
-        let (a, b) = ("a".to_string(), json!(null));
-        assert_eq!(&*snapshot([(&a, &b)].into_iter()), r#"{"type":"snapshot","data":{"a":null}}"#);
+        let (a, b, c, d) = ("a".to_string(), json!(null), "é\"".to_string(), json!({"x": [1.5, "é"]}));
+        assert_eq!(
+            &*snapshot([(&a, &b), (&c, &d)].into_iter()),
+            r#"{"type":"snapshot","data":{"a":null,"é\"":{"x":[1.5,"é"]}}}"#
+        );
+        assert_eq!(&*snapshot(std::iter::empty()), r#"{"type":"snapshot","data":{}}"#);
     }
 
     #[test]

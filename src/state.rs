@@ -85,6 +85,10 @@ pub struct StateActor {
     snapshot_cache: Option<ByteString>,
     /// Set once shutdown began: the waiters to answer when everything accepted is durable and sent.
     stopping: Option<Vec<oneshot::Sender<()>>>,
+    /// Writes made durable since start.
+    durable_writes: u64,
+    /// Ledger appends (each one fdatasync in `sync = "always"`) since start.
+    batches: u64,
 }
 
 impl StateActor {
@@ -99,6 +103,8 @@ impl StateActor {
             members: HashMap::new(),
             snapshot_cache: None,
             stopping: None,
+            durable_writes: 0,
+            batches: 0,
         }
     }
 
@@ -123,6 +129,8 @@ impl StateActor {
         let permits = self.in_flight.take();
         match reply {
             Ok(Appended { ops, result: Ok(()), .. }) => {
+                self.batches += 1;
+                self.durable_writes += ops.len() as u64;
                 let frames: Arc<[ByteString]> = ops.iter().map(protocol::op_frame).collect();
                 let mut changed = false;
                 for op in ops {
@@ -349,6 +357,10 @@ pub struct StateInfo {
     pub clients: usize,
     /// Writes accepted but not yet durable.
     pub pending_writes: usize,
+    /// Writes made durable since start.
+    pub durable_writes: u64,
+    /// Ledger appends since start; far fewer than writes under concurrency (group commit).
+    pub ledger_batches: u64,
 }
 
 impl Handler<Probe> for StateActor {
@@ -360,6 +372,8 @@ impl Handler<Probe> for StateActor {
             registers: self.map.len(),
             clients: self.members.len(),
             pending_writes: self.queue.len() + self.in_flight.as_ref().map_or(0, Vec::len),
+            durable_writes: self.durable_writes,
+            ledger_batches: self.batches,
         })
     }
 }

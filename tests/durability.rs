@@ -172,3 +172,29 @@ fn a_second_relay_on_the_same_ledger_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("in use by another process"), "{stderr}");
 }
+
+/// Many concurrent writers share fsyncs: the relay appends far fewer batches than writes.
+#[test]
+fn concurrent_writers_share_fsyncs_group_commit() {
+    let server = Server::start(FAST);
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let url = server.url();
+            thread::spawn(move || {
+                let mut c = Client::connect(&url);
+                for i in 0..50 {
+                    c.set(&format!("g{w}:{i}"), json!(i));
+                }
+                c.recv_set(&format!("g{w}:49"));
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let health: Value = serde_json::from_str(&server.get("/healthz").1).unwrap();
+    let (writes, batches) = (health["durable_writes"].as_u64().unwrap(), health["ledger_batches"].as_u64().unwrap());
+    assert_eq!(writes, 32 * 50);
+    eprintln!("{writes} writes in {batches} batches");
+    assert!(batches * 4 <= writes, "{batches} batches for {writes} writes: fsyncs are not shared");
+}
