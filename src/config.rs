@@ -13,7 +13,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::ledger::SyncMode;
+use crate::{ledger::SyncMode, proxy::TrustedProxies};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -27,6 +27,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[auth]`: shared-secret auth for browsers.
     pub auth: AuthConfig,
+    /// `[tls]`: serve `https://` and `wss://` on the listener.
+    pub tls: TlsConfig,
     /// `[mesh]`: this node's identity and federation.
     pub mesh: MeshConfig,
 }
@@ -40,11 +42,34 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Directory of the static files served at `/`. Default `static`.
     pub static_dir: PathBuf,
+    /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` / `X-Real-IP` headers are
+    /// believed for per-source caps and logs. Default: none.
+    pub trusted_proxies: Vec<String>,
+    /// Browser origins allowed to open the WebSocket (e.g. `https://app.example.com`). A request
+    /// with another `Origin` is refused with 403 before the upgrade; requests without `Origin`
+    /// (non-browser clients) are allowed. Default: empty, any origin.
+    pub allowed_origins: Vec<String>,
+    /// Seconds between pings to each client. A client that sends nothing at all (pongs included)
+    /// for twice this plus `handshake_timeout_s` is closed with 1011. Default 20.
+    pub ping_interval_s: f64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { bind: SocketAddr::from(([127, 0, 0, 1], 8211)), static_dir: PathBuf::from("static") }
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8211)),
+            static_dir: PathBuf::from("static"),
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            ping_interval_s: 20.0,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::ping_interval_s`] as a duration.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.ping_interval_s)
     }
 }
 
@@ -117,19 +142,38 @@ impl Limits {
     }
 }
 
+/// Environment variable that, when set and non-empty, supplies the auth token.
+pub const TOKEN_ENV: &str = "AETHER_AUTH_TOKEN";
+
 /// `[auth]`.
 #[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Shared secret browsers must present (`?auth_token=` or a first `auth` frame). Empty: no auth.
     pub token: String,
+    /// File holding the token (surrounding whitespace ignored), so the secret need not sit in the
+    /// config. Exclusive with `token`. `AETHER_AUTH_TOKEN` in the environment overrides both.
+    pub token_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for AuthConfig {
     /// Never prints the secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthConfig").field("token", &if self.token.is_empty() { "" } else { "<redacted>" }).finish()
+        f.debug_struct("AuthConfig")
+            .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .field("token_file", &self.token_file)
+            .finish()
     }
+}
+
+/// `[tls]`: both or neither.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
 }
 
 /// `[mesh]`.
@@ -237,6 +281,40 @@ impl Config {
         if self.ledger.path.as_os_str().is_empty() {
             return Err("[ledger] path must not be empty".to_owned());
         }
+        let ping = self.server.ping_interval_s;
+        if !(ping.is_finite() && (0.05..=3600.0).contains(&ping)) {
+            return Err(format!("[server] ping_interval_s must be between 0.05 and 3600, got {ping}"));
+        }
+        if let Err(err) = TrustedProxies::parse(&self.server.trusted_proxies) {
+            return Err(format!("[server] trusted_proxies: {err}"));
+        }
+        if let Some(origin) = self.server.allowed_origins.iter().find(|o| !o.contains("://") || o.ends_with('/')) {
+            return Err(format!("[server] allowed_origins: {origin:?} is not an origin like \"https://example.com\""));
+        }
+        if !self.auth.token.is_empty() && self.auth.token_file.is_some() {
+            return Err("[auth] set token or token_file, not both".to_owned());
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("[tls] cert and key go together".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Fills `[auth] token` from `AETHER_AUTH_TOKEN` or `[auth] token_file`, in that order.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the token file cannot be read, [`ConfigError::Invalid`] when it is
+    /// empty.
+    pub fn resolve_secrets(&mut self, env_token: Option<String>) -> Result<(), ConfigError> {
+        if let Some(token) = env_token.filter(|t| !t.trim().is_empty()) {
+            self.auth.token = token.trim().to_owned();
+        } else if let Some(path) = &self.auth.token_file {
+            let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            if text.trim().is_empty() {
+                return Err(ConfigError::Invalid { path: path.clone(), message: "the token file is empty".into() });
+            }
+            self.auth.token = text.trim().to_owned();
+        }
         Ok(())
     }
 }
@@ -291,6 +369,36 @@ mod tests {
     fn shipped_example_parses_to_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/aether.toml");
         assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn server_lists_are_validated() {
+        let bad = [
+            ("[server]\ntrusted_proxies = [\"10.0.0.0/40\"]\n", "trusted_proxies"),
+            ("[server]\nallowed_origins = [\"example.com\"]\n", "allowed_origins"),
+            ("[server]\nping_interval_s = 0.0\n", "ping_interval_s"),
+            ("[auth]\ntoken = \"a\"\ntoken_file = \"/x\"\n", "not both"),
+            ("[tls]\ncert = \"/c.pem\"\n", "go together"),
+        ];
+        for (text, expected) in bad {
+            let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn token_comes_from_env_then_file_then_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        fs::write(&file, "  from-file\n").unwrap();
+        let mut config = Config::parse(&format!("[auth]\ntoken_file = {file:?}\n"), Path::new("c.toml")).unwrap();
+        config.resolve_secrets(None).unwrap();
+        assert_eq!(config.auth.token, "from-file");
+        config.resolve_secrets(Some("from-env".into())).unwrap();
+        assert_eq!(config.auth.token, "from-env");
+        fs::write(&file, "\n").unwrap();
+        let mut config = Config::parse(&format!("[auth]\ntoken_file = {file:?}\n"), Path::new("c.toml")).unwrap();
+        assert!(config.resolve_secrets(None).unwrap_err().to_string().contains("empty"));
     }
 
     #[test]

@@ -48,10 +48,23 @@ fn query_token(query: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+fn header<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>) -> actix_web::Result<HttpResponse> {
+    let peer = req.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let source = relay.proxies.client_addr(
+        peer,
+        header(&req, header::X_FORWARDED_FOR),
+        header(&req, header::HeaderName::from_static("x-real-ip")),
+    );
+    if !relay.origin_allowed(header(&req, header::ORIGIN)) {
+        log::info!("WebSocket from {source} refused: origin {:?} not allowed", header(&req, header::ORIGIN));
+        return Ok(HttpResponse::Forbidden().body("origin not allowed\n"));
+    }
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream.max_frame_size(relay.deps.limits.max_frame_bytes);
-    let source = req.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
     let slot = relay.connections.acquire(source);
     if slot.is_none() {
         log::info!("connection from {source} refused: connection cap reached");

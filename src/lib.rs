@@ -14,6 +14,7 @@
 //!   and `LedgerActor`, the single thread that appends (group commit).
 //! - [`protocol`]: v1 wire frames, parsed once at the edge and encoded once per broadcast.
 //! - [`limits`]: token bucket and connection counter.
+//! - [`proxy`]: trusted reverse proxies and the client address behind them.
 //! - [`config`]: the typed TOML configuration.
 //!
 //! Actors and I/O:
@@ -34,6 +35,7 @@ pub mod ledger;
 pub mod limits;
 pub mod lww;
 pub mod protocol;
+pub mod proxy;
 pub mod relay;
 pub mod session;
 pub mod state;

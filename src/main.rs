@@ -18,15 +18,20 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match &cli.config {
-        Some(path) => match Config::load(path) {
-            Ok(config) => config,
-            Err(err) => {
-                eprintln!("aether-actix: {err}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let loaded = match &cli.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
+    };
+    let config = loaded.and_then(|mut config| {
+        config.resolve_secrets(std::env::var(aether_actix::config::TOKEN_ENV).ok())?;
+        Ok(config)
+    });
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("aether-actix: {err}");
+            return ExitCode::from(2);
+        }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let listener = match TcpListener::bind(config.server.bind) {

@@ -4,15 +4,17 @@ use std::{net::TcpListener, path::PathBuf, sync::Arc, time::Duration};
 
 use actix::{Addr, Arbiter, Supervisor};
 use actix_web::{App, HttpServer};
+use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslFiletype, SslMethod};
 use tokio::sync::Semaphore;
 
 use crate::{
-    config::Config,
+    config::{Config, TlsConfig},
     hlc::Clock,
     http,
     ledger::{self, Ledger, LedgerActor, LedgerError},
     limits::ConnectionCounter,
     lww::LwwMap,
+    proxy::TrustedProxies,
     session::Deps,
     state::{self, StateActor},
 };
@@ -29,6 +31,9 @@ pub enum Error {
     /// The listener failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error("[tls] {0}")]
+    Tls(String),
 }
 
 /// Handles to a running relay; cheap to clone into every HTTP worker.
@@ -42,6 +47,10 @@ pub struct Relay {
     pub connections: ConnectionCounter,
     /// Where static files come from.
     pub static_dir: Arc<PathBuf>,
+    /// Proxies whose forwarding headers are believed.
+    pub proxies: Arc<TrustedProxies>,
+    /// Origins allowed to open the WebSocket, lowercased; empty allows any.
+    pub allowed_origins: Arc<[String]>,
 }
 
 impl Relay {
@@ -85,11 +94,24 @@ impl Relay {
                 token: (!config.auth.token.is_empty()).then(|| Arc::from(config.auth.token.as_str())),
                 admission: Arc::new(Semaphore::new(MAX_PENDING_WRITES)),
                 limits: Arc::clone(&limits),
+                ping_interval: config.server.ping_interval(),
             },
             ledger,
             connections: ConnectionCounter::new(limits.max_connections_total, limits.max_connections_per_source),
             static_dir,
+            // validate() already parsed these, so the fallback is never taken.
+            proxies: Arc::new(TrustedProxies::parse(&config.server.trusted_proxies).unwrap_or_default()),
+            allowed_origins: config.server.allowed_origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
         })
+    }
+
+    /// May a WebSocket with this `Origin` header (if any) connect?
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true, // not a browser: Origin exists to stop cross-site pages, not scripts
+            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(origin) => self.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin.trim())),
+        }
     }
 
     /// Makes everything accepted durable, sends it, and closes every client with 1001.
@@ -108,10 +130,18 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     let app_relay = relay.clone();
     let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
         .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run();
-    log::info!("listening on http://{addr} (WebSocket at ws://{addr}/ws)");
+        .shutdown_timeout(5);
+    let server = match tls_acceptor(&config.tls)? {
+        Some(acceptor) => {
+            log::info!("listening on https://{addr} (WebSocket at wss://{addr}/ws)");
+            server.listen_openssl(listener, acceptor)?
+        }
+        None => {
+            log::info!("listening on http://{addr} (WebSocket at ws://{addr}/ws)");
+            server.listen(listener)?
+        }
+    }
+    .run();
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         let signal = wait_for_signal().await;
@@ -125,6 +155,20 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     log::info!("stopped");
     Ok(())
+}
+
+/// The TLS acceptor for `[tls]`, if configured.
+fn tls_acceptor(tls: &TlsConfig) -> Result<Option<SslAcceptorBuilder>, Error> {
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { return Ok(None) };
+    let fail = |what: &str, path: &std::path::Path, err: openssl::error::ErrorStack| {
+        Error::Tls(format!("{what} {}: {err}", path.display()))
+    };
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+        .map_err(|err| Error::Tls(format!("cannot set up TLS: {err}")))?;
+    builder.set_certificate_chain_file(cert).map_err(|e| fail("cannot load certificate", cert, e))?;
+    builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| fail("cannot load key", key, e))?;
+    builder.check_private_key().map_err(|e| fail("key does not match the certificate in", cert, e))?;
+    Ok(Some(builder))
 }
 
 async fn wait_for_signal() -> &'static str {

@@ -25,10 +25,6 @@ use crate::{
 
 /// Outbound queue length per connection, in broadcast batches; a client this far behind is closed.
 pub const OUTBOUND_QUEUE: usize = 256;
-/// How often we ping an idle client.
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-/// Silence (no frame at all, pongs included) after which a client is considered gone.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// What every session shares.
 #[derive(Clone)]
@@ -42,6 +38,15 @@ pub struct Deps {
     /// Admission slots for writes not yet durable: bounds the ledger queue and slows writers
     /// when the disk falls behind.
     pub admission: Arc<Semaphore>,
+    /// How often each client is pinged (`[server] ping_interval_s`).
+    pub ping_interval: Duration,
+}
+
+impl Deps {
+    /// Silence (no frame at all, pongs included) after which a client is considered gone.
+    pub fn client_timeout(&self) -> Duration {
+        2 * self.ping_interval + self.limits.handshake_timeout()
+    }
 }
 
 /// Why a session ends: a close frame to send, if any.
@@ -144,6 +149,7 @@ enum Event {
     Out(Option<Outbound>),
     In(Option<Result<Message, ProtocolError>>),
     Tick,
+    Silent,
 }
 
 impl Connection {
@@ -155,8 +161,12 @@ impl Connection {
         mut rx: mpsc::Receiver<Outbound>,
         mut kick: oneshot::Receiver<(u16, &'static str)>,
     ) -> End {
-        let mut ticker = tokio::time::interval(PING_INTERVAL);
-        ticker.tick().await; // the first tick is immediate
+        // The first tick is immediate: a ping right after hello + snapshot, which every WebSocket
+        // stack answers with a pong, proves the client alive within the handshake timeout.
+        let mut ticker = tokio::time::interval(self.deps.ping_interval);
+        let deadline = tokio::time::sleep(self.deps.limits.handshake_timeout());
+        tokio::pin!(deadline);
+        let mut heard = false;
         let mut last_heard = Instant::now();
         loop {
             let event = tokio::select! {
@@ -165,6 +175,7 @@ impl Connection {
                 out = rx.recv() => Event::Out(out),
                 msg = stream.recv() => Event::In(msg),
                 _ = ticker.tick() => Event::Tick,
+                () = &mut deadline, if !heard => Event::Silent,
             };
             match event {
                 Event::Kicked(reason) => return Some(reason),
@@ -190,13 +201,15 @@ impl Connection {
                     return Some((close::PROTOCOL, "protocol error"));
                 }
                 Event::In(Some(Ok(msg))) => {
+                    heard = true;
                     last_heard = Instant::now();
                     if let Some(end) = self.inbound(msg, session).await {
                         return end;
                     }
                 }
+                Event::Silent => return Some((close::POLICY, "handshake timeout")),
                 Event::Tick => {
-                    if last_heard.elapsed() > CLIENT_TIMEOUT {
+                    if last_heard.elapsed() > self.deps.client_timeout() {
                         return Some((close::KEEPALIVE, "keepalive timeout"));
                     }
                     if session.ping(b"").await.is_err() {

@@ -41,9 +41,13 @@ fn nothing_any_client_was_shown_is_lost_by_kill_9() {
                     // Read until our own 16 echoes are back, recording everything we are shown.
                     let mut own = 0;
                     while own < 16 {
-                        let Ok(Message::Text(text)) = client.ws.read() else { break 'outer };
+                        let text = match client.ws.read() {
+                            Ok(Message::Text(text)) => text,
+                            Ok(_) => continue, // pings
+                            Err(_) => break 'outer,
+                        };
                         let frame: Value = serde_json::from_str(&text).unwrap();
-                        let key = frame["key"].as_str().unwrap().to_owned();
+                        let key = frame["key"].as_str().unwrap_or_else(|| panic!("unexpected {frame}")).to_owned();
                         if key.starts_with(&format!("w{w}:")) {
                             own += 1;
                         }
@@ -139,19 +143,27 @@ fn sigterm_flushes_closes_clients_with_1001_and_exits_0() {
         writer.set(&format!("k{i}"), json!(i));
     }
     watcher.recv_set("k0"); // writes are flowing
+    // Keep reading (and answering pings) while the relay shuts down.
+    let reader = thread::spawn(move || {
+        let mut received = vec![json!(0)];
+        loop {
+            match watcher.ws.read() {
+                Ok(Message::Text(text)) => {
+                    received.push(serde_json::from_str::<Value>(&text).unwrap()["value"].clone())
+                }
+                Ok(Message::Close(Some(frame))) => {
+                    return (received, Closed::Frame(frame.code.into(), frame.reason.to_string()));
+                }
+                Ok(_) => {}
+                Err(_) => return (received, Closed::Eof),
+            }
+        }
+    });
     let dir = Arc::clone(&server.dir);
     let (status, log) = server.terminate();
     assert!(status.success(), "exit status {status:?}; log:\n{log}");
     // Everything the watcher received before the close is durable; the close code is 1001.
-    let mut received = vec![json!(0)];
-    let closed = loop {
-        match watcher.ws.read() {
-            Ok(Message::Text(text)) => received.push(serde_json::from_str::<Value>(&text).unwrap()["value"].clone()),
-            Ok(Message::Close(Some(frame))) => break Closed::Frame(frame.code.into(), frame.reason.to_string()),
-            Ok(_) => {}
-            Err(_) => break Closed::Eof,
-        }
-    };
+    let (received, closed) = reader.join().unwrap();
     assert_eq!(closed, Closed::Frame(1001, "server shutting down".into()));
     let restarted = Server::start_in(dir, "");
     let data = restarted.client().snapshot["data"].clone();

@@ -47,7 +47,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aether-actix"))
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("AETHER_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -58,7 +58,7 @@ impl Server {
         let sink = Arc::clone(&log);
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(rest) = line.split("listening on http").nth(1).and_then(|r| r.split("://").nth(1)) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
                     let _ = tx.send(addr);
                 }
