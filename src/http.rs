@@ -48,7 +48,7 @@ fn query_token(query: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-fn header<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+fn header(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
