@@ -81,6 +81,7 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
             "status": "ok",
             "keys": info.keys,
             "clients": info.clients,
+            "connections": relay.connections.total(),
             "pending_writes": info.pending_writes,
             "durable_writes": info.durable_writes,
             "ledger_batches": info.ledger_batches,

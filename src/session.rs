@@ -196,6 +196,9 @@ impl Connection {
                 }
                 Event::In(None) => return None,
                 Event::In(Some(Err(ProtocolError::Overflow))) => return Some((close::TOO_BIG, "message too big")),
+                Event::In(Some(Err(ProtocolError::Io(err)))) if err.kind() == std::io::ErrorKind::InvalidData => {
+                    return Some((close::INVALID_DATA, "invalid utf-8"));
+                }
                 Event::In(Some(Err(err))) => {
                     log::debug!("client {}: protocol error: {err}", self.id);
                     return Some((close::PROTOCOL, "protocol error"));

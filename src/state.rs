@@ -47,8 +47,10 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
-    /// Protocol error (e.g. invalid UTF-8 in a text frame).
+    /// Protocol error: broken WebSocket framing.
     pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Auth failed, or rate limit exceeded.
     pub const POLICY: u16 = 1008;
     /// Message larger than `max_frame_bytes`.

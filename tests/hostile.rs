@@ -2,9 +2,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    net::TcpStream,
+    time::{Duration, Instant},
+};
 
-use common::{Closed, Server};
+use common::{Client, Closed, Server};
 use serde_json::json;
 use tungstenite::Message;
 
@@ -39,7 +42,7 @@ fn a_client_that_stops_reading_is_closed_and_nobody_waits_for_it() {
         });
         worst = worst.max(t.elapsed());
         // Keep the writer's own socket drained so only `stalled` falls behind.
-        while !writer.silent_for(Duration::from_millis(1)) {}
+        while writer.next_within(Duration::from_millis(1)).is_some() {}
     }
     assert!(worst < Duration::from_secs(2), "a bystander round trip took {worst:?} while a client stalled");
     // The stalled client finds, after whatever was already buffered, a 1013 or an ended connection.
@@ -55,4 +58,96 @@ fn a_client_that_stops_reading_is_closed_and_nobody_waits_for_it() {
     if !left {
         bystander.recv_until(|f| f["type"] == "presence-leave" && f["id"] == stalled_id);
     }
+}
+
+/// A thousand connections abandoned at every stage of the handshake, from one source, leave no
+/// slot behind: a normal client connects afterwards.
+#[test]
+fn a_thousand_aborted_handshakes_leak_no_connection_slot() {
+    use std::io::Write;
+    let server =
+        Server::start("[limits]\nmax_connections_per_source = 4\nhandshake_timeout_s = 2.0\n[auth]\ntoken = \"t\"\n");
+    let url = server.url();
+    for i in 0..1000 {
+        match i % 4 {
+            // Half an HTTP request, then gone.
+            0 => {
+                let mut tcp = TcpStream::connect(server.addr).unwrap();
+                let _ = tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: webs");
+            }
+            // Upgraded, then gone while the relay waits for the auth frame (upstream leaked here).
+            1 => drop(Client::try_raw(&url, &[])),
+            // Upgraded, half an auth frame, then gone.
+            2 => {
+                if let Ok(mut ws) = Client::try_raw(&url, &[]) {
+                    let _ = ws.get_mut().write_all(&[0x81, 0xfe, 0x00]);
+                }
+            }
+            // Authenticated, then gone without a close frame.
+            _ => {
+                if let Ok(mut ws) = Client::try_raw(&format!("{url}?auth_token=t"), &[]) {
+                    let _ = ws.read();
+                }
+            }
+        }
+    }
+    common::wait_until("every slot to be released", || server.health("connections") == 0);
+    let mut client = Client::connect(&format!("{url}?auth_token=t"));
+    client.set("still:open", json!(true));
+    client.recv_set("still:open");
+}
+
+/// A connection that never answers is closed after the handshake timeout; an idle tab, whose
+/// WebSocket stack answers pings, stays.
+#[test]
+fn a_silent_connection_is_closed_but_an_idle_tab_stays() {
+    let server = Server::start("[limits]\nhandshake_timeout_s = 1.0\n[server]\nping_interval_s = 0.3\n");
+    let started = Instant::now();
+    let mut silent = common::raw_upgrade(server.addr, "/ws");
+    let mut idle = server.client();
+    // The idle tab reads (its stack answers pings) but sends nothing itself for 3 s; all it hears
+    // about is the silent one leaving.
+    while started.elapsed() < Duration::from_secs(3) {
+        if let Some(frame) = idle.next_within(Duration::from_millis(100)) {
+            assert_eq!(frame["type"], "presence-leave", "{frame}");
+        }
+    }
+    idle.set("still", json!("here"));
+    assert_eq!(idle.recv(), json!({"type": "set", "key": "still", "value": "here"}));
+    // The silent one never answered the ping: hello, snapshot, ping, then closed.
+    let frames = common::read_raw_frames(&mut silent);
+    assert_eq!(frames.iter().map(|f| f.0).take(3).collect::<Vec<_>>(), [0x1, 0x1, 0x9], "text, text, ping");
+    assert_eq!(common::raw_close(&frames), Closed::Frame(1008, "handshake timeout".into()));
+}
+
+#[test]
+fn origin_allow_list_refuses_other_sites_before_the_upgrade() {
+    let server = Server::start("[server]\nallowed_origins = [\"https://app.example.com\"]\n");
+    let url = server.url();
+    assert_eq!(Client::try_raw(&url, &[("Origin", "https://evil.example")]).err(), Some(403));
+    assert_eq!(Client::try_raw(&url, &[("Origin", "null")]).err(), Some(403));
+    Client::connect_with(&url, &[("Origin", "https://app.example.com")]);
+    Client::connect_with(&url, &[("Origin", "HTTPS://APP.EXAMPLE.COM")]);
+    // Non-browser clients send no Origin at all.
+    Client::connect(&url);
+}
+
+#[test]
+fn forwarded_addresses_count_per_source_only_from_trusted_proxies() {
+    let limits = "[limits]\nmax_connections_per_source = 2\n";
+    let trusting = Server::start(&format!("{limits}[server]\ntrusted_proxies = [\"127.0.0.1\"]\n"));
+    let url = trusting.url();
+    let xff = |ip: &'static str| [("X-Forwarded-For", ip)];
+    let _a1 = Client::connect_with(&url, &xff("198.51.100.1"));
+    let _a2 = Client::connect_with(&url, &xff("203.0.113.5, 198.51.100.1"));
+    let mut a3 = Client::try_raw(&url, &xff("198.51.100.1")).unwrap();
+    assert_eq!(common::wait_closed(&mut a3), Closed::Frame(1013, "server busy".into()));
+    let _b = Client::connect_with(&url, &[("X-Real-IP", "198.51.100.2")]);
+
+    let untrusting = Server::start(limits);
+    let url = untrusting.url();
+    let _c1 = Client::connect_with(&url, &xff("198.51.100.1"));
+    let _c2 = Client::connect_with(&url, &xff("198.51.100.2"));
+    let mut c3 = Client::try_raw(&url, &xff("198.51.100.3")).unwrap();
+    assert_eq!(common::wait_closed(&mut c3), Closed::Frame(1013, "server busy".into()), "spoofed headers ignored");
 }

@@ -39,10 +39,19 @@ impl Server {
     pub fn start_in(dir: Arc<TempDir>, extra: &str) -> Server {
         let config = dir.path().join("aether.toml");
         let ledger = dir.path().join("ledger.jsonl");
-        let text = format!(
-            "[server]\nbind = \"127.0.0.1:0\"\nstatic_dir = {static_dir:?}\n\n[ledger]\npath = {ledger:?}\n\n{extra}\n",
-            static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static"),
-        );
+        let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+        let sections = [
+            ("[server]\n", format!("bind = \"127.0.0.1:0\"\nstatic_dir = {static_dir:?}\n")),
+            ("[ledger]\n", format!("path = {ledger:?}\n")),
+        ];
+        // Base keys go into `extra`'s own section when it has one (TOML forbids repeating it).
+        let mut text = extra.to_owned();
+        for (header, keys) in sections {
+            text = match text.find(header) {
+                Some(at) => format!("{}{header}{keys}{}", &text[..at], &text[at + header.len()..]),
+                None => format!("{header}{keys}\n{text}"),
+            };
+        }
         std::fs::write(&config, text).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_aether-actix"))
             .arg("--config")
@@ -122,6 +131,13 @@ impl Server {
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path)
     }
+
+    /// A numeric field of `/healthz`.
+    pub fn health(&self, field: &str) -> u64 {
+        let body = self.get("/healthz").1;
+        let health: Value = serde_json::from_str(&body).expect("healthz JSON");
+        health[field].as_u64().unwrap_or_else(|| panic!("no {field} in {body}"))
+    }
 }
 
 impl Drop for Server {
@@ -173,12 +189,42 @@ impl Client {
 
     /// Connects without reading anything.
     pub fn raw(url: &str) -> WebSocket<TcpStream> {
+        Self::try_raw(url, &[]).expect("websocket handshake")
+    }
+
+    /// Connects with extra request headers; the HTTP status on refusal.
+    pub fn try_raw(url: &str, headers: &[(&str, &str)]) -> Result<WebSocket<TcpStream>, u16> {
         let authority = url.trim_start_matches("ws://").split('/').next().unwrap();
         let stream = TcpStream::connect(authority).expect("tcp connect");
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
-        ws
+        Self::handshake(url, headers, stream)
+    }
+
+    /// The WebSocket handshake over an already connected stream.
+    pub fn handshake(url: &str, headers: &[(&str, &str)], stream: TcpStream) -> Result<WebSocket<TcpStream>, u16> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("request");
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        match tungstenite::client(request, stream) {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(err) => panic!("handshake failed: {err}"),
+        }
+    }
+
+    /// Connects with extra request headers and reads `hello` + `snapshot`.
+    pub fn connect_with(url: &str, headers: &[(&str, &str)]) -> Client {
+        let mut ws = Self::try_raw(url, headers).expect("websocket handshake");
+        let (hello, snapshot) = (recv_json(&mut ws), recv_json(&mut ws));
+        assert_eq!((hello["type"].as_str(), snapshot["type"].as_str()), (Some("hello"), Some("snapshot")));
+        Client { ws, hello, snapshot }
     }
 
     pub fn id(&self) -> String {
@@ -228,17 +274,23 @@ impl Client {
         wait_closed(&mut self.ws)
     }
 
-    /// True if no frame arrives within `wait`.
-    pub fn silent_for(&mut self, wait: Duration) -> bool {
-        self.ws.get_mut().set_read_timeout(Some(wait)).unwrap();
-        let result = match self.ws.read() {
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-            {
-                true
+    /// The next JSON frame if one arrives within `wait` (pings are answered and skipped).
+    pub fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = Instant::now() + wait;
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
+            match self.ws.read() {
+                Ok(Message::Text(text)) => break Some(serde_json::from_str(&text).expect("frame is JSON")),
+                Ok(Message::Ping(_) | Message::Pong(_)) if Instant::now() < deadline => continue,
+                Ok(Message::Ping(_) | Message::Pong(_)) => break None,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    break None;
+                }
+                other => panic!("connection ended: {other:?}"),
             }
-            Ok(Message::Ping(_) | Message::Pong(_)) => true,
-            _ => false,
         };
         self.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
         result
@@ -283,5 +335,59 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A WebSocket upgrade done by hand over plain TCP, for clients that must not answer pings.
+pub fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
+    use std::io::{Read, Write};
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("read response head");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+/// Reads server frames (unmasked) until the connection ends; returns (opcode, payload) pairs.
+pub fn read_raw_frames(tcp: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let _ = tcp.read_to_end(&mut bytes);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        let opcode = bytes[at] & 0x0f;
+        let (len, header) = match bytes[at + 1] & 0x7f {
+            126 => (u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize, 4),
+            127 => (u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        let end = (at + header + len).min(bytes.len());
+        frames.push((opcode, bytes[at + header..end].to_vec()));
+        at = end;
+    }
+    frames
+}
+
+/// The close frame among raw frames, as a [`Closed`].
+pub fn raw_close(frames: &[(u8, Vec<u8>)]) -> Closed {
+    match frames.iter().find(|(op, _)| *op == 0x8) {
+        Some((_, payload)) if payload.len() >= 2 => Closed::Frame(
+            u16::from_be_bytes([payload[0], payload[1]]),
+            String::from_utf8_lossy(&payload[2..]).into_owned(),
+        ),
+        Some(_) => Closed::Frame(1005, String::new()),
+        None => Closed::Eof,
     }
 }
