@@ -125,13 +125,15 @@ impl Relay {
 /// # Errors
 /// [`Error`] when the ledger cannot be opened or the server fails.
 pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
+    // Check TLS files before the (possibly long) replay, so a typo fails at once.
+    let tls = tls_acceptor(&config.tls)?;
     let relay = Relay::start(&config)?;
     let addr = listener.local_addr()?;
     let app_relay = relay.clone();
     let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
         .disable_signals()
         .shutdown_timeout(5);
-    let server = match tls_acceptor(&config.tls)? {
+    let server = match tls {
         Some(acceptor) => {
             log::info!("listening on https://{addr} (WebSocket at wss://{addr}/ws)");
             server.listen_openssl(listener, acceptor)?

@@ -1,0 +1,108 @@
+//! TLS on the listener: wss:// with a certificate the test makes.
+
+mod common;
+
+use std::{fs, net::TcpStream, path::Path};
+
+use common::Server;
+use openssl::{
+    asn1::Asn1Time,
+    bn::BigNum,
+    hash::MessageDigest,
+    pkey::PKey,
+    rsa::Rsa,
+    ssl::{SslConnector, SslMethod, SslStream},
+    x509::{X509, X509NameBuilder, extension::SubjectAlternativeName},
+};
+use serde_json::{Value, json};
+use tungstenite::{Message, WebSocket};
+
+/// Writes a self-signed certificate for `localhost` / 127.0.0.1 and its key into `dir`.
+fn make_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "localhost").unwrap();
+    let name = name.build();
+    let mut cert = X509::builder().unwrap();
+    cert.set_version(2).unwrap();
+    cert.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap()).unwrap();
+    cert.set_subject_name(&name).unwrap();
+    cert.set_issuer_name(&name).unwrap();
+    cert.set_pubkey(&key).unwrap();
+    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    cert.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    let san = SubjectAlternativeName::new().dns("localhost").ip("127.0.0.1").build(&cert.x509v3_context(None, None));
+    cert.append_extension(san.unwrap()).unwrap();
+    cert.sign(&key, MessageDigest::sha256()).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    fs::write(&cert_path, cert.build().to_pem().unwrap()).unwrap();
+    fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (cert_path, key_path)
+}
+
+fn wss_connect(server: &Server, ca: Option<&Path>) -> Result<WebSocket<SslStream<TcpStream>>, String> {
+    let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
+    if let Some(ca) = ca {
+        connector.set_ca_file(ca).unwrap();
+    }
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(common::WAIT)).unwrap();
+    let tls = connector.build().connect("localhost", tcp).map_err(|err| err.to_string())?;
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    tungstenite::client(url, tls).map(|(ws, _)| ws).map_err(|err| err.to_string())
+}
+
+fn next_text(ws: &mut WebSocket<SslStream<TcpStream>>) -> Value {
+    loop {
+        if let Message::Text(text) = ws.read().unwrap() {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+#[test]
+fn wss_with_a_generated_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = make_certificate(certs.path());
+    let server = Server::start(&format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n"));
+    assert!(server.log().contains("listening on https://"), "{}", server.log());
+
+    let mut a = wss_connect(&server, Some(&cert)).expect("TLS client trusting the certificate");
+    let mut b = wss_connect(&server, Some(&cert)).unwrap();
+    assert_eq!(next_text(&mut a)["type"], "hello");
+    assert_eq!(next_text(&mut a)["type"], "snapshot");
+    next_text(&mut b);
+    next_text(&mut b);
+    a.send(Message::text(json!({"type": "set", "key": "secure", "value": true}).to_string())).unwrap();
+    assert_eq!(next_text(&mut b), json!({"type": "set", "key": "secure", "value": true}));
+
+    // A client that does not trust the certificate refuses it; plain ws:// gets no WebSocket.
+    let untrusted = wss_connect(&server, None).err().expect("verification must fail");
+    assert!(untrusted.contains("certificate verify failed"), "{untrusted}");
+    let plain = TcpStream::connect(server.addr).unwrap();
+    plain.set_read_timeout(Some(common::WAIT)).unwrap();
+    assert!(tungstenite::client(server.url(), plain).is_err());
+}
+
+#[test]
+fn unusable_certificate_stops_the_relay_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = make_certificate(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, wrong_key) = make_certificate(other.path());
+    let config = dir.path().join("c.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\n[ledger]\npath = {:?}\n[tls]\ncert = {cert:?}\nkey = {wrong_key:?}\n",
+            dir.path().join("l.jsonl")
+        ),
+    )
+    .unwrap();
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_aether-actix")).arg("--config").arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("[tls] cannot load key") && stderr.contains("key values mismatch"), "{stderr}");
+    assert!(!stderr.contains("replayed"), "TLS is checked before the ledger is touched: {stderr}");
+}
