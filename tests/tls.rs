@@ -77,7 +77,7 @@ fn wss_with_a_generated_certificate() {
     assert_eq!(next_text(&mut b), json!({"type": "set", "key": "secure", "value": true}));
 
     // A client that does not trust the certificate refuses it; plain ws:// gets no WebSocket.
-    let untrusted = wss_connect(&server, None).err().expect("verification must fail");
+    let untrusted = wss_connect(&server, None).expect_err("verification must fail");
     assert!(untrusted.contains("certificate verify failed"), "{untrusted}");
     let plain = TcpStream::connect(server.addr).unwrap();
     plain.set_read_timeout(Some(common::WAIT)).unwrap();
