@@ -196,7 +196,9 @@ impl Connection {
                 }
                 Event::In(None) => return None,
                 Event::In(Some(Err(ProtocolError::Overflow))) => return Some((close::TOO_BIG, "message too big")),
-                Event::In(Some(Err(ProtocolError::Io(err)))) if err.kind() == std::io::ErrorKind::InvalidData => {
+                Event::In(Some(Err(ProtocolError::Io(err))))
+                    if err.get_ref().is_some_and(|inner| inner.is::<std::str::Utf8Error>()) =>
+                {
                     return Some((close::INVALID_DATA, "invalid utf-8"));
                 }
                 Event::In(Some(Err(err))) => {
