@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{Client, Closed, Server};
+use common::{Closed, Server};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
