@@ -248,6 +248,7 @@ pub fn color_for(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
@@ -343,5 +344,61 @@ mod tests {
     fn color_matches_upstreams_formula() {
         // sha1("abc") = a9993e36…, and 0xa9993e % 360 = 174.
         assert_eq!(color_for("abc"), "hsl(174, 78%, 62%)");
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+            prop::sample::select(vec!["set", "delete", "presence", "auth", "type", "key", "value"])
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(
+                    (prop::sample::select(vec!["type", "key", "value", "x", "y", "token", "z"]), inner),
+                    0..6
+                )
+                .prop_map(|pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Arbitrary text never panics the parser.
+        #[test]
+        fn fuzz_arbitrary_text_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = p(&String::from_utf8_lossy(&bytes));
+        }
+
+        /// Arbitrary JSON never panics the parser, and whatever it accepts respects every limit.
+        #[test]
+        fn fuzz_arbitrary_json_accepts_only_what_the_limits_allow(value in arb_json()) {
+            let limits = Limits { max_key_bytes: 8, max_value_bytes: 64, ..Limits::default() };
+            match parse(&value.to_string(), &limits) {
+                Ok(ClientFrame::Set { key, value }) => {
+                    prop_assert!(!key.is_empty() && key.len() <= 8);
+                    prop_assert!(json_len(&value) <= 64 && depth(&value) <= MAX_VALUE_DEPTH);
+                }
+                Ok(ClientFrame::Delete { key }) => prop_assert!(!key.is_empty() && key.len() <= 8),
+                Ok(ClientFrame::Presence { .. } | ClientFrame::Auth { .. }) | Err(_) => {}
+            }
+        }
+
+        /// Every well-formed set parses back to exactly what was sent.
+        #[test]
+        fn fuzz_valid_sets_round_trip(key in "[a-z:0-9é]{1,20}", value in arb_json()) {
+            let text = json!({"type": "set", "key": key, "value": value}).to_string();
+            let parsed = p(&text);
+            if json_len(&value) <= Limits::default().max_value_bytes && depth(&value) <= MAX_VALUE_DEPTH {
+                prop_assert_eq!(parsed, Ok(ClientFrame::Set { key, value }));
+            }
+        }
     }
 }
