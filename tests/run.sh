@@ -4,9 +4,11 @@
 # Usage: tests/run.sh            (from anywhere; it works in the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"   # Debian puts nginx in /usr/sbin
 
 need_apt=()
 pkg-config --exists openssl 2>/dev/null || need_apt+=(pkg-config libssl-dev)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)   # tests/nginx.rs
 if ((${#need_apt[@]})); then
   echo "==> installing ${need_apt[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -4,41 +4,10 @@ mod common;
 
 use std::{fs, net::TcpStream, path::Path};
 
-use common::Server;
-use openssl::{
-    asn1::Asn1Time,
-    bn::BigNum,
-    hash::MessageDigest,
-    pkey::PKey,
-    rsa::Rsa,
-    ssl::{SslConnector, SslMethod, SslStream},
-    x509::{X509, X509NameBuilder, extension::SubjectAlternativeName},
-};
+use common::{Server, make_certificate};
+use openssl::ssl::{SslConnector, SslMethod, SslStream};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
-
-/// Writes a self-signed certificate for `localhost` / 127.0.0.1 and its key into `dir`.
-fn make_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", "localhost").unwrap();
-    let name = name.build();
-    let mut cert = X509::builder().unwrap();
-    cert.set_version(2).unwrap();
-    cert.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap()).unwrap();
-    cert.set_subject_name(&name).unwrap();
-    cert.set_issuer_name(&name).unwrap();
-    cert.set_pubkey(&key).unwrap();
-    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    cert.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
-    let san = SubjectAlternativeName::new().dns("localhost").ip("127.0.0.1").build(&cert.x509v3_context(None, None));
-    cert.append_extension(san.unwrap()).unwrap();
-    cert.sign(&key, MessageDigest::sha256()).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    fs::write(&cert_path, cert.build().to_pem().unwrap()).unwrap();
-    fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    (cert_path, key_path)
-}
 
 fn wss_connect(server: &Server, ca: Option<&Path>) -> Result<WebSocket<SslStream<TcpStream>>, String> {
     let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
