@@ -461,3 +461,14 @@ fn readme_protocol_block_matches_the_running_server() {
         assert_eq!(&actual, fields, "fields of {ty}");
     }
 }
+
+#[test]
+fn auth_token_can_live_in_a_file() {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("token");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let server = Server::start(&format!("[auth]\ntoken_file = {file:?}\n"));
+    Client::connect(&format!("{}?auth_token=from-a-file", server.url()));
+    let mut refused = Client::raw(&format!("{}?auth_token=wrong", server.url()));
+    assert_eq!(wait_closed(&mut refused), Closed::Frame(1008, "auth failed".into()));
+}
