@@ -115,6 +115,9 @@ pub struct Limits {
     pub max_seen_stamps: usize,
     /// Capacity of the diagnostic op log.
     pub max_oplog_size: usize,
+    /// Bytes of frames queued for one client before it counts as too slow and is closed with
+    /// 1013 (not in upstream, which stalled everyone instead). Default 8 MiB.
+    pub max_outbound_bytes: usize,
 }
 
 impl Default for Limits {
@@ -131,6 +134,7 @@ impl Default for Limits {
             handshake_timeout_s: 5.0,
             max_seen_stamps: 100_000,
             max_oplog_size: 10_000,
+            max_outbound_bytes: 8 << 20,
         }
     }
 }
@@ -262,6 +266,7 @@ impl Config {
             ("messages_burst", l.messages_burst as usize),
             ("max_seen_stamps", l.max_seen_stamps),
             ("max_oplog_size", l.max_oplog_size),
+            ("max_outbound_bytes", l.max_outbound_bytes),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {key} must be greater than 0"));

@@ -12,7 +12,7 @@ use actix_web::{
     web::{self, ServiceConfig},
 };
 
-use crate::{ledger, relay::Relay, session, state};
+use crate::{ledger, metrics::Live, relay::Relay, session, state};
 
 /// How long `/healthz` waits for each singleton.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -21,6 +21,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn configure(cfg: &mut ServiceConfig, relay: &Relay) {
     cfg.app_data(web::Data::new(relay.clone()))
         .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
         .route("/ws", web::get().to(websocket))
         .service(web::resource("/{tail:.*}").guard(guard::fn_guard(|ctx| is_upgrade(ctx.head()))).to(websocket))
         .service(
@@ -93,6 +94,19 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
             "ledger": matches!(ledger, Ok(Ok(_))),
         })),
     }
+}
+
+async fn metrics(relay: web::Data<Relay>) -> HttpResponse {
+    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe)).await;
+    let ledger = tokio::time::timeout(HEALTH_TIMEOUT, relay.ledger.send(ledger::Probe)).await;
+    let mut live = Live { connections: relay.connections.total(), ..Live::default() };
+    if let Ok(Ok(info)) = state {
+        (live.clients, live.keys, live.pending_writes) = (info.clients, info.keys, info.pending_writes);
+    }
+    if let Ok(Ok(bytes)) = ledger {
+        live.ledger_bytes = bytes;
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(relay.deps.metrics.render(live))
 }
 
 #[cfg(test)]

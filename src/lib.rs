@@ -16,12 +16,14 @@
 //! - [`limits`]: token bucket and connection counter.
 //! - [`proxy`]: trusted reverse proxies and the client address behind them.
 //! - [`config`]: the typed TOML configuration.
+//! - [`metrics`]: counters and histograms for `/metrics` (Prometheus text format).
+//! - [`outbox`]: a connection's outbound queue, bounded in bytes.
 //!
 //! Actors and I/O:
 //! - [`state`]: `StateActor`, the singleton that stamps, merges, batches to the ledger and fans
 //!   out durable ops to every session's bounded queue.
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
-//! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`).
+//! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
 
 #![forbid(unsafe_code)]
@@ -34,6 +36,8 @@ pub mod http;
 pub mod ledger;
 pub mod limits;
 pub mod lww;
+pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod proxy;
 pub mod relay;

@@ -14,6 +14,7 @@ use crate::{
     ledger::{self, Ledger, LedgerActor, LedgerError},
     limits::ConnectionCounter,
     lww::LwwMap,
+    metrics::Metrics,
     proxy::TrustedProxies,
     session::Deps,
     state::{self, StateActor},
@@ -79,10 +80,13 @@ impl Relay {
         if matches!(config.ledger.sync, ledger::SyncMode::None) {
             log::warn!("[ledger] sync = \"none\": an OS crash or power loss can lose recent writes");
         }
+        let metrics = Arc::new(Metrics::default());
+        metrics.replayed(stats.records, std::time::Duration::from_millis(stats.millis));
         let ledger = LedgerActor::start(ledger);
-        let state_ledger = ledger.clone();
-        let state =
-            Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| StateActor::new(clock, map, state_ledger));
+        let (state_ledger, state_metrics) = (ledger.clone(), Arc::clone(&metrics));
+        let state = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            StateActor::new(clock, map, state_ledger, state_metrics)
+        });
         let limits = Arc::new(config.limits.clone());
         let static_dir = Arc::new(config.server.static_dir.clone());
         if !static_dir.is_dir() {
@@ -95,6 +99,7 @@ impl Relay {
                 admission: Arc::new(Semaphore::new(MAX_PENDING_WRITES)),
                 limits: Arc::clone(&limits),
                 ping_interval: config.server.ping_interval(),
+                metrics,
             },
             ledger,
             connections: ConnectionCounter::new(limits.max_connections_total, limits.max_connections_per_source),
@@ -114,9 +119,14 @@ impl Relay {
         }
     }
 
-    /// Makes everything accepted durable, sends it, and closes every client with 1001.
+    /// Makes everything accepted durable, sends it, and closes every client with 1001; returns
+    /// once every connection has ended (or after 5 s).
     pub async fn shutdown(&self) {
         let _ = self.deps.state.send(state::Shutdown).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.connections.total() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -132,6 +142,8 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     let app_relay = relay.clone();
     let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
         .disable_signals()
+        // Frames must leave as soon as they are written, not when Nagle's algorithm says so.
+        .tcp_nodelay(true)
         .shutdown_timeout(5);
     let server = match tls {
         Some(acceptor) => {

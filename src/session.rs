@@ -13,18 +13,17 @@ use std::{
 use actix::Addr;
 use actix_web::web::{Bytes, BytesMut};
 use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, ProtocolError, Session};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use uuid::Uuid;
 
 use crate::{
     config::Limits,
     limits::{ConnectionSlot, TokenBucket},
+    metrics::{Inbound, Metrics},
+    outbox::{Outbound, OutboxReceiver, outbox},
     protocol::{self, ClientFrame},
-    state::{Join, Leave, Outbound, Presence, StateActor, Write, close},
+    state::{Join, Leave, Presence, StateActor, Write, close},
 };
-
-/// Outbound queue length per connection, in broadcast batches; a client this far behind is closed.
-pub const OUTBOUND_QUEUE: usize = 256;
 
 /// What every session shares.
 #[derive(Clone)]
@@ -40,6 +39,8 @@ pub struct Deps {
     pub admission: Arc<Semaphore>,
     /// How often each client is pinged (`[server] ping_interval_s`).
     pub ping_interval: Duration,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Deps {
@@ -61,36 +62,56 @@ pub async fn run(
     slot: Option<ConnectionSlot>,
     query_token: Option<String>,
 ) {
+    deps.metrics.connection_opened();
     let Some(_slot) = slot else {
-        return close_with(session, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
+        return close_with(&deps, session, &mut stream, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
     };
     if let Some(token) = deps.token.clone()
         && !authenticate(&token, query_token, &mut session, &mut stream, &deps.limits).await
     {
-        return close_with(session, Some((close::POLICY, "auth failed"))).await;
+        return close_with(&deps, session, &mut stream, Some((close::POLICY, "auth failed"))).await;
     }
 
     let id = Uuid::new_v4();
     let color = protocol::color_for(&id.to_string());
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (outbox, rx) = outbox(deps.limits.max_outbound_bytes);
     let (kick_tx, kick_rx) = oneshot::channel();
-    let joined = deps.state.send(Join { id, color, tx, kick: kick_tx }).await.unwrap_or(false);
+    let joined = deps.state.send(Join { id, color, outbox, kick: kick_tx }).await.unwrap_or(false);
     if !joined {
-        return close_with(session, Some((close::GOING_AWAY, "server shutting down"))).await;
+        return close_with(&deps, session, &mut stream, Some((close::GOING_AWAY, "server shutting down"))).await;
     }
     let mut conn = Connection { id, deps, bucket: None, partial: None };
     let end = conn.pump(&mut session, &mut stream, rx, kick_rx).await;
     conn.deps.state.do_send(Leave { id });
-    close_with(session, end).await;
+    close_with(&conn.deps, session, &mut stream, end).await;
 }
 
-async fn close_with(session: Session, end: End) {
-    let reason = end.map(|(code, text)| CloseReason {
-        code: CloseCode::from(code),
-        description: (!text.is_empty()).then(|| text.to_owned()),
-    });
+/// How long a closing connection may take: to accept our close frame, then to answer it.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends the close frame (if any) and waits, briefly, for the client to answer it and hang up, so
+/// the frame is on the wire before the connection (and its slot) goes away.
+async fn close_with(deps: &Deps, session: Session, stream: &mut MessageStream, end: End) {
+    deps.metrics.closed(end.map_or(1006, |(code, _)| code));
+    let Some((code, text)) = end else { return };
+    let reason = CloseReason { code: CloseCode::from(code), description: (!text.is_empty()).then(|| text.to_owned()) };
     // A client that stopped reading cannot take a close frame either; do not wait for it.
-    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(reason)).await;
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await {
+        // Stop at the first error: a broken stream may report the same error forever.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.recv().await {} }).await;
+    }
+}
+
+/// Resolves when the state actor kicks this connection; never, once it dropped the sender
+/// without kicking (a oneshot receiver must not be polled again after it completed).
+async fn kicked(kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>) -> (u16, &'static str) {
+    if let Some(rx) = kick.as_mut() {
+        if let Ok(reason) = rx.await {
+            return reason;
+        }
+        *kick = None;
+    }
+    std::future::pending().await
 }
 
 /// Constant-time token check that reveals neither content nor length.
@@ -158,20 +179,22 @@ impl Connection {
         &mut self,
         session: &mut Session,
         stream: &mut MessageStream,
-        mut rx: mpsc::Receiver<Outbound>,
-        mut kick: oneshot::Receiver<(u16, &'static str)>,
+        mut rx: OutboxReceiver,
+        kick: oneshot::Receiver<(u16, &'static str)>,
     ) -> End {
         // The first tick is immediate: a ping right after hello + snapshot, which every WebSocket
         // stack answers with a pong, proves the client alive within the handshake timeout.
+        let mut kick = Some(kick);
         let mut ticker = tokio::time::interval(self.deps.ping_interval);
         let deadline = tokio::time::sleep(self.deps.limits.handshake_timeout());
         tokio::pin!(deadline);
         let mut heard = false;
         let mut last_heard = Instant::now();
         loop {
+            // Not biased: reading the client's writes and sending it broadcasts take turns, so a
+            // busy connection is neither starved of its own writes nor deaf to others'.
             let event = tokio::select! {
-                biased;
-                Ok(reason) = &mut kick => Event::Kicked(reason),
+                reason = kicked(&mut kick) => Event::Kicked(reason),
                 out = rx.recv() => Event::Out(out),
                 msg = stream.recv() => Event::In(msg),
                 _ = ticker.tick() => Event::Tick,
@@ -181,18 +204,21 @@ impl Connection {
                 Event::Kicked(reason) => return Some(reason),
                 Event::Out(None) => return None,
                 Event::Out(Some(Outbound::Close(code, reason))) => return Some((code, reason)),
-                Event::Out(Some(Outbound::Frames(frames))) => {
+                Event::Out(Some(item @ Outbound::Frames { .. })) => {
+                    let Outbound::Frames { frames, .. } = &item else { unreachable!() };
                     let write = async {
                         for frame in frames.iter() {
                             session.text(frame.clone()).await?;
                         }
                         Ok::<(), actix_ws::Closed>(())
                     };
+                    self.deps.metrics.frames_out(frames.len());
                     tokio::select! {
                         biased;
-                        Ok(reason) = &mut kick => return Some(reason),
+                        reason = kicked(&mut kick) => return Some(reason),
                         written = write => if written.is_err() { return None },
                     }
+                    rx.written(&item);
                 }
                 Event::In(None) => return None,
                 Event::In(Some(Err(ProtocolError::Overflow))) => return Some((close::TOO_BIG, "message too big")),
@@ -200,6 +226,10 @@ impl Connection {
                     if err.get_ref().is_some_and(|inner| inner.is::<std::str::Utf8Error>()) =>
                 {
                     return Some((close::INVALID_DATA, "invalid utf-8"));
+                }
+                Event::In(Some(Err(ProtocolError::Io(err)))) if err.kind() != std::io::ErrorKind::InvalidData => {
+                    log::debug!("client {}: connection lost: {err}", self.id);
+                    return None;
                 }
                 Event::In(Some(Err(err))) => {
                     log::debug!("client {}: protocol error: {err}", self.id);
@@ -273,15 +303,29 @@ impl Connection {
             }
         }
         let Ok(text) = std::str::from_utf8(&text) else {
+            self.deps.metrics.dropped(protocol::Dropped::NotJson);
             log::debug!("client {}: dropped non-UTF-8 binary message", self.id);
             return None;
         };
+        let metrics = &self.deps.metrics;
         match protocol::parse(text, &self.deps.limits) {
-            Ok(ClientFrame::Set { key, value }) => self.write(key, Some(value)).await,
-            Ok(ClientFrame::Delete { key }) => self.write(key, None).await,
-            Ok(ClientFrame::Presence { x, y }) => self.deps.state.do_send(Presence { id: self.id, x, y }),
-            Ok(ClientFrame::Auth { .. }) => {}
-            Err(reason) => log::debug!("client {}: dropped message ({})", self.id, reason.as_str()),
+            Ok(ClientFrame::Set { key, value }) => {
+                metrics.inbound(Inbound::Set);
+                self.write(key, Some(value)).await;
+            }
+            Ok(ClientFrame::Delete { key }) => {
+                metrics.inbound(Inbound::Delete);
+                self.write(key, None).await;
+            }
+            Ok(ClientFrame::Presence { x, y }) => {
+                metrics.inbound(Inbound::Presence);
+                self.deps.state.do_send(Presence { id: self.id, x, y });
+            }
+            Ok(ClientFrame::Auth { .. }) => metrics.inbound(Inbound::Auth),
+            Err(reason) => {
+                metrics.dropped(reason);
+                log::debug!("client {}: dropped message ({})", self.id, reason.as_str());
+            }
         }
         None
     }

@@ -15,31 +15,20 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use actix::prelude::*;
 use bytestring::ByteString;
 use serde_json::Value;
-use tokio::sync::{
-    OwnedSemaphorePermit,
-    mpsc::{self, error::TrySendError},
-    oneshot,
-};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use uuid::Uuid;
 
 use crate::{
     hlc::Clock,
     ledger::{Append, Appended, LedgerActor},
     lww::{LwwMap, Op},
+    metrics::Metrics,
+    outbox::{Outbound, Outbox, PushError},
     protocol,
 };
 
 /// Most ops in one ledger batch: bounds the time one fsync holds the next batch back.
 const MAX_BATCH_OPS: usize = 8192;
-
-/// What a session's writer task sends to its socket.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// Text frames shared with every other member (one allocation per broadcast, not per member).
-    Frames(Arc<[ByteString]>),
-    /// Close the connection with this code and reason.
-    Close(u16, &'static str),
-}
 
 /// Close codes this server uses (see the README's protocol section).
 pub mod close {
@@ -64,7 +53,7 @@ pub mod close {
 /// One connected, registered client.
 struct Member {
     color: String,
-    tx: mpsc::Sender<Outbound>,
+    outbox: Outbox,
     kick: Option<oneshot::Sender<(u16, &'static str)>>,
 }
 
@@ -87,15 +76,12 @@ pub struct StateActor {
     snapshot_cache: Option<ByteString>,
     /// Set once shutdown began: the waiters to answer when everything accepted is durable and sent.
     stopping: Option<Vec<oneshot::Sender<()>>>,
-    /// Writes made durable since start.
-    durable_writes: u64,
-    /// Ledger appends (each one fdatasync in `sync = "always"`) since start.
-    batches: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl StateActor {
     /// The actor over the replayed `map`, stamping with `clock`, persisting through `ledger`.
-    pub fn new(clock: Clock, map: LwwMap, ledger: Addr<LedgerActor>) -> Self {
+    pub fn new(clock: Clock, map: LwwMap, ledger: Addr<LedgerActor>, metrics: Arc<Metrics>) -> Self {
         Self {
             clock,
             map,
@@ -105,8 +91,7 @@ impl StateActor {
             members: HashMap::new(),
             snapshot_cache: None,
             stopping: None,
-            durable_writes: 0,
-            batches: 0,
+            metrics,
         }
     }
 
@@ -130,9 +115,8 @@ impl StateActor {
     fn committed(&mut self, reply: Result<Appended, MailboxError>, ctx: &mut Context<Self>) {
         let permits = self.in_flight.take();
         match reply {
-            Ok(Appended { ops, result: Ok(()), .. }) => {
-                self.batches += 1;
-                self.durable_writes += ops.len() as u64;
+            Ok(Appended { ops, result: Ok(()), elapsed, .. }) => {
+                self.metrics.batch(ops.len(), elapsed);
                 let frames: Arc<[ByteString]> = ops.iter().map(protocol::op_frame).collect();
                 let mut changed = false;
                 for op in ops {
@@ -141,12 +125,16 @@ impl StateActor {
                 if changed {
                     self.snapshot_cache = None;
                 }
-                self.broadcast(&Outbound::Frames(frames), None);
+                self.broadcast(&Outbound::frames(frames), None);
             }
             Ok(Appended { ops, result: Err(err), .. }) => {
+                self.metrics.ledger_failure();
                 log::error!("{} writes were not made durable and are dropped: {err}", ops.len());
             }
-            Err(err) => log::error!("ledger actor unavailable, batch dropped: {err}"),
+            Err(err) => {
+                self.metrics.ledger_failure();
+                log::error!("ledger actor unavailable, batch dropped: {err}");
+            }
         }
         drop(permits);
         self.flush(ctx);
@@ -160,9 +148,9 @@ impl StateActor {
             if Some(*id) == skip {
                 return true;
             }
-            match member.tx.try_send(item.clone()) {
+            match member.outbox.push(item.clone()) {
                 Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
+                Err(PushError::Full) => {
                     slow.push(*id);
                     if let Some(kick) = member.kick.take() {
                         let _ = kick.send((close::TRY_AGAIN_LATER, "too slow"));
@@ -170,7 +158,7 @@ impl StateActor {
                     false
                 }
                 // The session ended; its Leave is on the way and will find nothing to remove.
-                Err(TrySendError::Closed(_)) => false,
+                Err(PushError::Closed) => false,
             }
         });
         for id in slow {
@@ -182,7 +170,7 @@ impl StateActor {
     fn announce_leave(&mut self, id: Uuid) {
         if self.stopping.is_none() {
             let frame = protocol::presence_leave(&id.to_string());
-            self.broadcast(&Outbound::Frames(Arc::new([frame])), Some(id));
+            self.broadcast(&Outbound::frames(Arc::new([frame])), Some(id));
         }
     }
 
@@ -192,7 +180,7 @@ impl StateActor {
         }
         let Some(waiters) = self.stopping.as_mut().map(std::mem::take) else { return };
         for (_, member) in self.members.drain() {
-            if member.tx.try_send(Outbound::Close(close::GOING_AWAY, "server shutting down")).is_err()
+            if member.outbox.push(Outbound::Close(close::GOING_AWAY, "server shutting down")).is_err()
                 && let Some(kick) = member.kick
             {
                 let _ = kick.send((close::GOING_AWAY, "server shutting down"));
@@ -234,7 +222,7 @@ pub struct Join {
     /// Its colour (sent in `hello`).
     pub color: String,
     /// Its bounded outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
+    pub outbox: Outbox,
     /// Fired when the member must close at once (its queue is full).
     pub kick: oneshot::Sender<(u16, &'static str)>,
 }
@@ -247,10 +235,10 @@ impl Handler<Join> for StateActor {
             return false;
         }
         let first = Arc::new([protocol::hello(&msg.id.to_string(), &msg.color), self.snapshot_frame()]);
-        if msg.tx.try_send(Outbound::Frames(first)).is_err() {
+        if msg.outbox.push(Outbound::frames(first)).is_err() {
             return false;
         }
-        self.members.insert(msg.id, Member { color: msg.color, tx: msg.tx, kick: Some(msg.kick) });
+        self.members.insert(msg.id, Member { color: msg.color, outbox: msg.outbox, kick: Some(msg.kick) });
         true
     }
 }
@@ -320,7 +308,7 @@ impl Handler<Presence> for StateActor {
     fn handle(&mut self, msg: Presence, _: &mut Context<Self>) {
         let Some(member) = self.members.get(&msg.id) else { return };
         let frame = protocol::presence(&msg.id.to_string(), &member.color, msg.x, msg.y);
-        self.broadcast(&Outbound::Frames(Arc::new([frame])), Some(msg.id));
+        self.broadcast(&Outbound::frames(Arc::new([frame])), Some(msg.id));
     }
 }
 
@@ -374,8 +362,8 @@ impl Handler<Probe> for StateActor {
             registers: self.map.len(),
             clients: self.members.len(),
             pending_writes: self.queue.len() + self.in_flight.as_ref().map_or(0, Vec::len),
-            durable_writes: self.durable_writes,
-            ledger_batches: self.batches,
+            durable_writes: self.metrics.durable_writes(),
+            ledger_batches: self.metrics.batches(),
         })
     }
 }

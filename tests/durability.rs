@@ -164,7 +164,7 @@ fn sigterm_flushes_closes_clients_with_1001_and_exits_0() {
     assert!(status.success(), "exit status {status:?}; log:\n{log}");
     // Everything the watcher received before the close is durable; the close code is 1001.
     let (received, closed) = reader.join().unwrap();
-    assert_eq!(closed, Closed::Frame(1001, "server shutting down".into()));
+    assert_eq!(closed, Closed::Frame(1001, "server shutting down".into()), "log:\n{log}");
     let restarted = Server::start_in(dir, "");
     let data = restarted.client().snapshot["data"].clone();
     for (i, value) in received.iter().enumerate() {

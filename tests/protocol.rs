@@ -164,8 +164,11 @@ fn every_connection_sees_ops_in_the_same_apply_order() {
     for writer in writers {
         writer.join().unwrap();
     }
-    let sequences: Vec<Vec<Value>> =
-        watchers.iter_mut().map(|w| (0..200).map(|_| w.recv()["value"].clone()).collect()).collect();
+    // Writers that finished leave, so watchers also see presence-leave frames; keep the sets.
+    let sequences: Vec<Vec<Value>> = watchers
+        .iter_mut()
+        .map(|w| (0..200).map(|_| w.recv_until(|f| f["type"] == "set")["value"].clone()).collect())
+        .collect();
     assert!(sequences.windows(2).all(|pair| pair[0] == pair[1]), "connections saw different orders");
     // The last frame every browser applied is what the server holds.
     let last = sequences[0].last().unwrap().clone();
@@ -471,4 +474,33 @@ fn auth_token_can_live_in_a_file() {
     Client::connect(&format!("{}?auth_token=from-a-file", server.url()));
     let mut refused = Client::raw(&format!("{}?auth_token=wrong", server.url()));
     assert_eq!(wait_closed(&mut refused), Closed::Frame(1008, "auth failed".into()));
+}
+
+#[test]
+fn metrics_count_what_happened_in_prometheus_text() {
+    let server = Server::start("");
+    let mut a = server.client();
+    a.set("m", json!(1));
+    a.send_text("not json");
+    a.send(json!({"type": "set", "key": "", "value": 1}));
+    a.recv_set("m");
+    a.set("m2", json!(2));
+    a.recv_set("m2");
+    drop(a);
+    common::wait_until("the close to be counted", || server.get("/metrics").1.contains("code=\"1006\""));
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "aether_messages_in_total{type=\"set\"} 2",
+        "aether_messages_dropped_total{reason=\"not_json\"} 1",
+        "aether_messages_dropped_total{reason=\"bad_key\"} 1",
+        "aether_durable_writes_total 2",
+        "aether_keys 2",
+        "aether_connections_opened_total 1",
+        "aether_connections_closed_total{code=\"1006\"} 1",
+        "aether_ledger_batch_ops_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("# TYPE aether_ledger_append_seconds histogram"));
 }

@@ -120,7 +120,9 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 // Let the reader thread drain the last lines.
                 thread::sleep(Duration::from_millis(50));
-                return (status, self.log());
+                let log = self.log();
+                assert!(!log.contains("panicked"), "the relay panicked:\n{log}");
+                return (status, log);
             }
             assert!(Instant::now() < deadline, "relay did not exit after SIGTERM");
             thread::sleep(Duration::from_millis(20));
@@ -141,9 +143,14 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the relay, and fails the test if the relay panicked anywhere while it ran.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let log = self.log();
+        if !thread::panicking() && log.contains("panicked") {
+            panic!("the relay panicked:\n{log}");
+        }
     }
 }
 

@@ -1,0 +1,281 @@
+//! Counters, gauges and histograms, rendered in the Prometheus text format at `/metrics`.
+//!
+//! Plain atomics updated on the hot paths (relaxed ordering: each value is independent), no
+//! registry crate. Everything is created once at boot and shared as an `Arc<Metrics>`.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use crate::protocol::Dropped;
+
+/// A histogram with fixed upper bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    /// Sum of observations, in millionths of the unit.
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+const SECONDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 8192.0];
+
+/// Inbound message kinds counted separately.
+#[derive(Clone, Copy, Debug)]
+pub enum Inbound {
+    /// `set`.
+    Set,
+    /// `delete`.
+    Delete,
+    /// `presence`.
+    Presence,
+    /// `auth` (after the handshake; ignored).
+    Auth,
+    /// Dropped (counted by reason too).
+    Dropped,
+}
+
+const INBOUND: [&str; 5] = ["set", "delete", "presence", "auth", "dropped"];
+const DROPS: [Dropped; 7] = [
+    Dropped::MessageTooLarge,
+    Dropped::NotJson,
+    Dropped::NotObject,
+    Dropped::BadKey,
+    Dropped::BadValue,
+    Dropped::BadPresence,
+    Dropped::UnknownType,
+];
+
+/// Everything `/metrics` reports, besides what the actors are asked for at scrape time.
+#[derive(Debug)]
+pub struct Metrics {
+    connections_opened: AtomicU64,
+    inbound: [AtomicU64; 5],
+    drops: [AtomicU64; 7],
+    frames_out: AtomicU64,
+    closes: Mutex<BTreeMap<u16, u64>>,
+    durable_writes: AtomicU64,
+    ledger_failures: AtomicU64,
+    /// Seconds per ledger append (write + fdatasync).
+    pub fsync_seconds: Histogram,
+    /// Ops per ledger append.
+    pub batch_ops: Histogram,
+    replay_micros: AtomicU64,
+    replay_records: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_opened: AtomicU64::new(0),
+            inbound: Default::default(),
+            drops: Default::default(),
+            frames_out: AtomicU64::new(0),
+            closes: Mutex::new(BTreeMap::new()),
+            durable_writes: AtomicU64::new(0),
+            ledger_failures: AtomicU64::new(0),
+            fsync_seconds: Histogram::new(SECONDS),
+            batch_ops: Histogram::new(BATCH),
+            replay_micros: AtomicU64::new(0),
+            replay_records: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Values read from the singletons when `/metrics` is scraped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Live {
+    /// Open WebSocket connections (slots held).
+    pub connections: usize,
+    /// Registered clients (received `hello`).
+    pub clients: usize,
+    /// Live keys.
+    pub keys: usize,
+    /// Writes accepted but not yet durable.
+    pub pending_writes: usize,
+    /// Ledger file size.
+    pub ledger_bytes: u64,
+}
+
+impl Metrics {
+    /// A WebSocket connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_opened.fetch_add(1, Relaxed);
+    }
+
+    /// An inbound message of `kind` was handled.
+    pub fn inbound(&self, kind: Inbound) {
+        self.inbound[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// An inbound message was dropped for `reason`.
+    pub fn dropped(&self, reason: Dropped) {
+        self.inbound(Inbound::Dropped);
+        if let Some(i) = DROPS.iter().position(|d| *d == reason) {
+            self.drops[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `n` frames were handed to a socket.
+    pub fn frames_out(&self, n: usize) {
+        self.frames_out.fetch_add(n as u64, Relaxed);
+    }
+
+    /// A connection ended with close `code` (1006 when it ended without a close frame).
+    pub fn closed(&self, code: u16) {
+        *self.closes.lock().unwrap_or_else(PoisonError::into_inner).entry(code).or_default() += 1;
+    }
+
+    /// A batch of `ops` became durable after `elapsed` in the ledger.
+    pub fn batch(&self, ops: usize, elapsed: Duration) {
+        self.durable_writes.fetch_add(ops as u64, Relaxed);
+        self.fsync_seconds.observe(elapsed.as_secs_f64());
+        self.batch_ops.observe(ops as f64);
+    }
+
+    /// A ledger append failed.
+    pub fn ledger_failure(&self) {
+        self.ledger_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Boot replayed `records` in `elapsed`.
+    pub fn replayed(&self, records: u64, elapsed: Duration) {
+        self.replay_records.store(records, Relaxed);
+        self.replay_micros.store(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Writes made durable since start.
+    pub fn durable_writes(&self) -> u64 {
+        self.durable_writes.load(Relaxed)
+    }
+
+    /// Ledger appends since start.
+    pub fn batches(&self) -> u64 {
+        self.batch_ops.count.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, live: Live) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, value: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        gauge("aether_connections", "Open WebSocket connections.", live.connections as f64);
+        gauge("aether_clients", "Connected clients that received hello.", live.clients as f64);
+        gauge("aether_keys", "Live keys in the state.", live.keys as f64);
+        gauge("aether_pending_writes", "Writes accepted and not yet durable.", live.pending_writes as f64);
+        gauge("aether_ledger_bytes", "Size of the ledger file.", live.ledger_bytes as f64);
+        gauge("aether_replay_seconds", "Time the boot replay took.", self.replay_micros.load(Relaxed) as f64 / 1e6);
+        gauge("aether_replay_records", "Ledger records replayed at boot.", self.replay_records.load(Relaxed) as f64);
+        gauge("aether_mesh_peers", "Connected federation peers.", 0.0);
+        let mut counter = |name: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let plain = |v: &AtomicU64| vec![(String::new(), v.load(Relaxed))];
+        counter("aether_connections_opened_total", "WebSocket connections accepted.", &plain(&self.connections_opened));
+        let inbound: Vec<_> =
+            INBOUND.iter().zip(&self.inbound).map(|(k, v)| (format!("{{type=\"{k}\"}}"), v.load(Relaxed))).collect();
+        counter("aether_messages_in_total", "Inbound messages by type.", &inbound);
+        let drops: Vec<_> = DROPS
+            .iter()
+            .zip(&self.drops)
+            .map(|(d, v)| (format!("{{reason=\"{}\"}}", d.as_str()), v.load(Relaxed)))
+            .collect();
+        counter("aether_messages_dropped_total", "Inbound messages dropped, by reason.", &drops);
+        counter("aether_frames_out_total", "Frames handed to client sockets.", &plain(&self.frames_out));
+        let closes: Vec<_> = self
+            .closes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(code, n)| (format!("{{code=\"{code}\"}}"), *n))
+            .collect();
+        counter(
+            "aether_connections_closed_total",
+            "Connections closed, by close code (1006: no close frame).",
+            &closes,
+        );
+        counter("aether_durable_writes_total", "Writes made durable in the ledger.", &plain(&self.durable_writes));
+        counter("aether_ledger_failures_total", "Ledger appends that failed.", &plain(&self.ledger_failures));
+        self.fsync_seconds.render(
+            &mut out,
+            "aether_ledger_append_seconds",
+            "Time per ledger append (write + fdatasync).",
+        );
+        self.batch_ops.render(&mut out, "aether_ledger_batch_ops", "Writes per ledger append (group commit).");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.inbound(Inbound::Set);
+        metrics.dropped(Dropped::BadKey);
+        metrics.closed(1008);
+        metrics.batch(3, Duration::from_micros(700));
+        let text = metrics.render(Live { connections: 2, ..Live::default() });
+        for line in [
+            "aether_connections 2",
+            "aether_messages_in_total{type=\"set\"} 1",
+            "aether_messages_in_total{type=\"dropped\"} 1",
+            "aether_messages_dropped_total{reason=\"bad_key\"} 1",
+            "aether_connections_closed_total{code=\"1008\"} 1",
+            "aether_ledger_append_seconds_bucket{le=\"0.001\"} 1",
+            "aether_ledger_append_seconds_bucket{le=\"0.0005\"} 0",
+            "aether_ledger_batch_ops_bucket{le=\"4\"} 1",
+            "aether_ledger_batch_ops_count 1",
+            "aether_durable_writes_total 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+}

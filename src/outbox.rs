@@ -1,0 +1,136 @@
+//! A connection's outbound queue, bounded in bytes.
+//!
+//! The state actor pushes shared frame batches without waiting; the session's task pops and
+//! writes them to its socket. Queued bytes are counted: a push that would take a non-empty queue
+//! past its limit fails, and the caller closes that connection as too slow. Counting bytes rather
+//! than batches keeps the bound meaningful whether a batch carries one small frame or thousands.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use bytestring::ByteString;
+use tokio::sync::mpsc;
+
+/// What a session's task sends to its socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Text frames shared with every other member (one allocation per broadcast, not per member).
+    Frames {
+        /// The frames, in order.
+        frames: Arc<[ByteString]>,
+        /// Their total length, as counted against the queue's limit.
+        bytes: usize,
+    },
+    /// Close the connection with this code and reason.
+    Close(u16, &'static str),
+}
+
+impl Outbound {
+    /// A batch of frames, its size computed once.
+    pub fn frames(frames: Arc<[ByteString]>) -> Self {
+        let bytes = frames.iter().map(|f| f.len()).sum();
+        Outbound::Frames { frames, bytes }
+    }
+}
+
+/// Why a push failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue holds its limit already: the reader is too slow.
+    Full,
+    /// The session ended.
+    Closed,
+}
+
+/// The sending side, held by the state actor.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Outbound>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The receiving side, held by the session's task.
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A queue that holds at most `max_bytes` of frames (a single larger batch is let through when
+/// the queue is empty, so one big snapshot can always be sent).
+pub fn outbox(max_bytes: usize) -> (Outbox, OutboxReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (Outbox { tx, queued: Arc::clone(&queued), max_bytes }, OutboxReceiver { rx, queued })
+}
+
+impl Outbox {
+    /// Queues `item` unless that would exceed the limit.
+    ///
+    /// # Errors
+    /// [`PushError::Full`] when the reader is too far behind, [`PushError::Closed`] when it is gone.
+    pub fn push(&self, item: Outbound) -> Result<(), PushError> {
+        if let Outbound::Frames { bytes, .. } = &item {
+            let before = self.queued.fetch_add(*bytes, Ordering::AcqRel);
+            if before > 0 && before + bytes > self.max_bytes {
+                self.queued.fetch_sub(*bytes, Ordering::AcqRel);
+                return Err(PushError::Full);
+            }
+        }
+        self.tx.send(item).map_err(|_| PushError::Closed)
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+impl OutboxReceiver {
+    /// The next item; `None` once the state actor dropped the sender.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        self.rx.recv().await
+    }
+
+    /// `item` has been handed to the socket: its bytes no longer count.
+    pub fn written(&self, item: &Outbound) {
+        if let Outbound::Frames { bytes, .. } = item {
+            self.queued.fetch_sub(*bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(len: usize) -> Outbound {
+        Outbound::frames(Arc::new([ByteString::from("x".repeat(len))]))
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_and_freed_as_written() {
+        let (tx, mut rx) = outbox(100);
+        tx.push(batch(60)).unwrap();
+        tx.push(batch(40)).unwrap();
+        assert_eq!(tx.push(batch(1)), Err(PushError::Full));
+        let item = rx.recv().await.unwrap();
+        rx.written(&item);
+        assert_eq!(tx.queued(), 40);
+        tx.push(batch(60)).unwrap();
+        // Close frames are never refused.
+        tx.push(Outbound::Close(1001, "bye")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_oversized_batch_passes_an_empty_queue() {
+        let (tx, rx) = outbox(10);
+        tx.push(batch(1000)).unwrap();
+        assert_eq!(tx.push(batch(1)), Err(PushError::Full));
+        drop(rx);
+        assert_eq!(tx.push(Outbound::Close(1000, "")), Err(PushError::Closed));
+    }
+}
