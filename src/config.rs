@@ -81,11 +81,14 @@ pub struct LedgerConfig {
     pub path: PathBuf,
     /// `"always"` (default: fdatasync before anything is observable) or `"none"`.
     pub sync: SyncMode,
+    /// Fold the ledger into the snapshot (online, without stopping) once it grows past this many
+    /// bytes; 0 never compacts online. Default 64 MiB.
+    pub compact_after_bytes: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("data/aether.jsonl"), sync: SyncMode::Always }
+        Self { path: PathBuf::from("data/aether.jsonl"), sync: SyncMode::Always, compact_after_bytes: 64 << 20 }
     }
 }
 

@@ -10,8 +10,9 @@
 //! Core, plain Rust without actix:
 //! - [`hlc`]: stamps and the hybrid logical clock.
 //! - [`lww`]: ops, registers and the Last-Writer-Wins map.
-//! - [`ledger`]: the JSONL record codec, the ledger file (replay, torn-tail repair, durable append)
-//!   and `LedgerActor`, the single thread that appends (group commit).
+//! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
+//!   durable append, crash-safe compaction), history over archives, and `LedgerActor`, the single
+//!   thread that appends (group commit) and compacts.
 //! - [`protocol`]: v1 wire frames, parsed once at the edge and encoded once per broadcast.
 //! - [`limits`]: token bucket and connection counter.
 //! - [`proxy`]: trusted reverse proxies and the client address behind them.
@@ -25,11 +26,13 @@
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
 //! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
+//! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod commands;
 pub mod config;
 pub mod hlc;
 pub mod http;

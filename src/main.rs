@@ -1,9 +1,13 @@
-//! `aether-actix`: parses flags, loads the configuration, starts logging, runs the relay.
+//! `aether-actix`: parses flags, loads the configuration, starts logging, runs the relay or an
+//! offline subcommand.
 
 use std::{net::TcpListener, path::PathBuf, process::ExitCode};
 
-use aether_actix::Config;
-use clap::Parser;
+use aether_actix::{
+    Config,
+    commands::{self, CommandError},
+};
+use clap::{Parser, Subcommand};
 
 /// A real-time state-sync relay: Last-Writer-Wins over WebSockets, persisted to an fsynced
 /// JSON-lines ledger. Without --config it serves the demos on http://127.0.0.1:8211/ with a ledger
@@ -12,8 +16,37 @@ use clap::Parser;
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file (see config/aether.toml for every key and its default).
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fold the ledger into its snapshot now, with the relay stopped (a running relay compacts
+    /// online by itself). The old ledger is kept as an archive.
+    Compact,
+    /// Read history from the ledger and its archives (safe while the relay runs).
+    Ledger {
+        #[command(subcommand)]
+        query: LedgerQuery,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerQuery {
+    /// Print the state as of a past moment, as JSON.
+    State {
+        /// RFC 3339 time (2026-11-28T22:30:00Z) or nanoseconds since 1970.
+        #[arg(long, value_name = "TIME")]
+        at: String,
+    },
+    /// Print every write to KEY, oldest first (the current value is marked *).
+    Log {
+        /// The key.
+        key: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +67,27 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
+    let result = match &cli.command {
+        None => return serve(config),
+        Some(Command::Compact) => commands::compact(&config, &mut out),
+        Some(Command::Ledger { query: LedgerQuery::State { at } }) => {
+            commands::state_at(&config, at, &mut out, &mut err)
+        }
+        Some(Command::Ledger { query: LedgerQuery::Log { key } }) => {
+            commands::key_log(&config, key, &mut out, &mut err)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aether-actix: {error}");
+            ExitCode::from(if matches!(error, CommandError::Usage(_)) { 2 } else { 1 })
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
     let listener = match TcpListener::bind(config.server.bind) {
         Ok(listener) => listener,
         Err(err) => {

@@ -103,6 +103,9 @@ pub struct Metrics {
     pub batch_ops: Histogram,
     replay_micros: AtomicU64,
     replay_records: AtomicU64,
+    compactions: AtomicU64,
+    snapshot_bytes: AtomicU64,
+    compaction_micros: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -119,6 +122,9 @@ impl Default for Metrics {
             batch_ops: Histogram::new(BATCH),
             replay_micros: AtomicU64::new(0),
             replay_records: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
+            compaction_micros: AtomicU64::new(0),
         }
     }
 }
@@ -185,6 +191,13 @@ impl Metrics {
         self.replay_micros.store(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// A compaction finished.
+    pub fn compacted(&self, done: &crate::ledger::Compacted, elapsed: Duration) {
+        self.compactions.fetch_add(1, Relaxed);
+        self.snapshot_bytes.store(done.snapshot_bytes, Relaxed);
+        self.compaction_micros.store(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
     /// Writes made durable since start.
     pub fn durable_writes(&self) -> u64 {
         self.durable_writes.load(Relaxed)
@@ -209,6 +222,12 @@ impl Metrics {
         gauge("aether_replay_seconds", "Time the boot replay took.", self.replay_micros.load(Relaxed) as f64 / 1e6);
         gauge("aether_replay_records", "Ledger records replayed at boot.", self.replay_records.load(Relaxed) as f64);
         gauge("aether_mesh_peers", "Connected federation peers.", 0.0);
+        gauge("aether_snapshot_bytes", "Size of the last snapshot written.", self.snapshot_bytes.load(Relaxed) as f64);
+        gauge(
+            "aether_last_compaction_seconds",
+            "Time the last online compaction took (fold into the ledger).",
+            self.compaction_micros.load(Relaxed) as f64 / 1e6,
+        );
         let mut counter = |name: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (labels, value) in samples {
@@ -241,6 +260,7 @@ impl Metrics {
         );
         counter("aether_durable_writes_total", "Writes made durable in the ledger.", &plain(&self.durable_writes));
         counter("aether_ledger_failures_total", "Ledger appends that failed.", &plain(&self.ledger_failures));
+        counter("aether_compactions_total", "Online compactions completed.", &plain(&self.compactions));
         self.fsync_seconds.render(
             &mut out,
             "aether_ledger_append_seconds",

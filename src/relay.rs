@@ -17,7 +17,7 @@ use crate::{
     metrics::Metrics,
     proxy::TrustedProxies,
     session::Deps,
-    state::{self, StateActor},
+    state::{self, Compaction, StateActor},
 };
 
 /// Writes accepted but not yet durable, across all clients: past this, writers wait.
@@ -82,10 +82,15 @@ impl Relay {
         }
         let metrics = Arc::new(Metrics::default());
         metrics.replayed(stats.records, std::time::Duration::from_millis(stats.millis));
+        let compaction = Compaction {
+            after_bytes: config.ledger.compact_after_bytes,
+            ledger_path: config.ledger.path.clone(),
+            ledger_len: ledger.len(),
+        };
         let ledger = LedgerActor::start(ledger);
         let (state_ledger, state_metrics) = (ledger.clone(), Arc::clone(&metrics));
         let state = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            StateActor::new(clock, map, state_ledger, state_metrics)
+            StateActor::new(clock, map, state_ledger, state_metrics, compaction)
         });
         let limits = Arc::new(config.limits.clone());
         let static_dir = Arc::new(config.server.static_dir.clone());

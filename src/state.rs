@@ -10,7 +10,7 @@
 //! A member whose outbound queue is full is too slow: it is dropped from fan-out and told to close,
 //! and nobody else waits for it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::{
     hlc::Clock,
     ledger::{Append, Appended, LedgerActor},
+    ledger::{Compact, snapshot},
     lww::{LwwMap, Op},
     metrics::Metrics,
     outbox::{Outbound, Outbox, PushError},
@@ -77,12 +78,40 @@ pub struct StateActor {
     /// Set once shutdown began: the waiters to answer when everything accepted is durable and sent.
     stopping: Option<Vec<oneshot::Sender<()>>>,
     metrics: Arc<Metrics>,
+    compaction: Compaction,
+    /// Ledger length after the last durable batch: exactly what `map` reflects.
+    ledger_len: u64,
+    /// A snapshot is being made or folded in.
+    compacting: bool,
+    /// After a failed compaction, when to try again.
+    compact_retry_at: Option<std::time::Instant>,
+}
+
+/// When and where the state actor compacts the ledger online.
+#[derive(Clone, Debug)]
+pub struct Compaction {
+    /// Compact once the ledger is at least this long; 0 never.
+    pub after_bytes: u64,
+    /// The ledger (named inside the snapshot).
+    pub ledger_path: PathBuf,
+    /// Ledger length at boot.
+    pub ledger_len: u64,
 }
 
 impl StateActor {
     /// The actor over the replayed `map`, stamping with `clock`, persisting through `ledger`.
-    pub fn new(clock: Clock, map: LwwMap, ledger: Addr<LedgerActor>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        clock: Clock,
+        map: LwwMap,
+        ledger: Addr<LedgerActor>,
+        metrics: Arc<Metrics>,
+        compaction: Compaction,
+    ) -> Self {
         Self {
+            ledger_len: compaction.ledger_len,
+            compaction,
+            compacting: false,
+            compact_retry_at: None,
             clock,
             map,
             ledger,
@@ -115,8 +144,9 @@ impl StateActor {
     fn committed(&mut self, reply: Result<Appended, MailboxError>, ctx: &mut Context<Self>) {
         let permits = self.in_flight.take();
         match reply {
-            Ok(Appended { ops, result: Ok(()), elapsed, .. }) => {
+            Ok(Appended { ops, result: Ok(()), elapsed, len_after, .. }) => {
                 self.metrics.batch(ops.len(), elapsed);
+                self.ledger_len = len_after;
                 let frames: Arc<[ByteString]> = ops.iter().map(protocol::op_frame).collect();
                 let mut changed = false;
                 for op in ops {
@@ -138,7 +168,32 @@ impl StateActor {
         }
         drop(permits);
         self.flush(ctx);
+        self.maybe_compact(ctx);
         self.maybe_finish_stopping();
+    }
+
+    /// Starts an online compaction when the ledger has grown enough: the map (which reflects
+    /// exactly the first `ledger_len` bytes) is copied and encoded on a thread of its own, so
+    /// neither writes nor broadcasts wait for it; the ledger actor then folds it in between two
+    /// appends.
+    fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
+        let due = self.compaction.after_bytes > 0 && self.ledger_len >= self.compaction.after_bytes;
+        let waiting = self.compact_retry_at.is_some_and(|at| std::time::Instant::now() < at);
+        if !due || waiting || self.compacting || self.stopping.is_some() {
+            return;
+        }
+        self.compacting = true;
+        let (map, covered, path, me) =
+            (self.map.clone(), self.ledger_len, self.compaction.ledger_path.clone(), ctx.address());
+        let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
+            let snapshot = snapshot::encode(&map, &path);
+            drop(map);
+            me.do_send(SnapshotReady { snapshot, covered });
+        });
+        if let Err(err) = spawned {
+            log::error!("cannot start compaction: {err}");
+            self.compacting = false;
+        }
     }
 
     /// Sends `item` to every member except `skip`; members whose queue is full are dropped.
@@ -328,6 +383,48 @@ impl Handler<Shutdown> for StateActor {
         Box::pin(async move {
             let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
         })
+    }
+}
+
+/// A snapshot encoded off-thread, ready to be folded into the ledger.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SnapshotReady {
+    snapshot: Vec<u8>,
+    covered: u64,
+}
+
+impl Handler<SnapshotReady> for StateActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotReady, ctx: &mut Context<Self>) {
+        let started = std::time::Instant::now();
+        self.ledger
+            .send(Compact { snapshot: msg.snapshot, covered: msg.covered })
+            .into_actor(self)
+            .map(move |reply, act, _| {
+                act.compacting = false;
+                match reply {
+                    Ok(Ok(done)) => {
+                        act.metrics.compacted(&done, started.elapsed());
+                        log::info!(
+                            "compacted {} ledger bytes into a {}-byte snapshot in {} ms; {} bytes stay in the ledger; old ledger kept as {}",
+                            done.folded_bytes,
+                            done.snapshot_bytes,
+                            started.elapsed().as_millis(),
+                            done.tail_bytes,
+                            done.archive.display()
+                        );
+                        act.ledger_len = act.ledger_len.saturating_sub(done.folded_bytes);
+                    }
+                    Ok(Err(err)) => {
+                        log::error!("compaction failed (nothing lost; retrying in a minute): {err}");
+                        act.compact_retry_at = Some(std::time::Instant::now() + Duration::from_secs(60));
+                    }
+                    Err(err) => log::error!("compaction failed, ledger actor unavailable: {err}"),
+                }
+            })
+            .spawn(ctx);
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 use actix::prelude::*;
 
 use super::{
-    file::{Ledger, LedgerError},
+    file::{Compacted, Ledger, LedgerError},
     record,
 };
 use crate::lww::Op;
@@ -53,6 +53,8 @@ pub struct Appended {
     pub bytes: u64,
     /// Time spent in write + fdatasync.
     pub elapsed: Duration,
+    /// Length of the ledger file after this batch.
+    pub len_after: u64,
 }
 
 impl Handler<Append> for LedgerActor {
@@ -64,7 +66,10 @@ impl Handler<Append> for LedgerActor {
             record::encode(op, &mut self.buf);
         }
         let started = Instant::now();
-        let result = self.ledger.lock().unwrap_or_else(PoisonError::into_inner).append(&self.buf);
+        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = ledger.append(&self.buf);
+        let len_after = ledger.len();
+        drop(ledger);
         if let Err(err) = &result {
             log::error!("ledger append of {} ops failed: {err}", msg.ops.len());
         }
@@ -73,7 +78,25 @@ impl Handler<Append> for LedgerActor {
         if self.buf.capacity() > 8 << 20 {
             self.buf = Vec::new(); // do not keep a huge buffer after a burst
         }
-        MessageResult(Appended { ops: msg.ops, result, bytes, elapsed })
+        MessageResult(Appended { ops: msg.ops, result, bytes, elapsed, len_after })
+    }
+}
+
+/// Fold the ledger's first `covered` bytes into `snapshot` (see [`Ledger::compact`]).
+#[derive(Message)]
+#[rtype(result = "Result<Compacted, LedgerError>")]
+pub struct Compact {
+    /// The whole state as of `covered`, from [`super::snapshot::encode`].
+    pub snapshot: Vec<u8>,
+    /// Ledger length the snapshot covers.
+    pub covered: u64,
+}
+
+impl Handler<Compact> for LedgerActor {
+    type Result = Result<Compacted, LedgerError>;
+
+    fn handle(&mut self, msg: Compact, _: &mut SyncContext<Self>) -> Self::Result {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner).compact(&msg.snapshot, msg.covered)
     }
 }
 

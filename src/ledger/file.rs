@@ -5,15 +5,15 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{BufRead, BufReader, Write},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::record::{self, RawStamp};
-use crate::lww::{Op, OpKind};
+use super::{record, snapshot};
+use crate::lww::Op;
 
 /// When an appended batch counts as durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -86,6 +86,22 @@ pub fn snapshot_path(ledger: &Path) -> PathBuf {
     suffixed(ledger, ".snapshot.json")
 }
 
+/// Where compaction stages the snapshot before renaming it into place.
+fn snapshot_tmp_path(ledger: &Path) -> PathBuf {
+    suffixed(&snapshot_path(ledger), ".tmp")
+}
+
+/// Where compaction stages the new ledger (the tail past the snapshot) before renaming it.
+fn next_path(ledger: &Path) -> PathBuf {
+    suffixed(ledger, ".next")
+}
+
+/// The archive name prefix: archives are `<ledger>.archived.<unix seconds>-<n>`. Upstream's
+/// `<ledger>.archived.<unix seconds>` share the prefix and sort among ours.
+pub fn archive_prefix(ledger: &Path) -> PathBuf {
+    suffixed(ledger, ".archived.")
+}
+
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -129,8 +145,16 @@ impl Ledger {
             .map_err(io_err("cannot open lock file", &lock_file))?;
         lock.try_lock().map_err(|_| LedgerError::Locked(path.to_owned()))?;
 
+        // Leftovers of a compaction that stopped half way: never authoritative (see `compact`).
+        for stale in [snapshot_tmp_path(path), next_path(path)] {
+            match fs::remove_file(&stale) {
+                Ok(()) => log::warn!("removed {} left by an interrupted compaction", stale.display()),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LedgerError::Io { what: "cannot remove", path: stale, source }),
+            }
+        }
         let mut stats = ReplayStats {
-            snapshot_entries: load_snapshot(&snapshot_path(path), &mut apply)?,
+            snapshot_entries: snapshot::load(&snapshot_path(path), &mut apply)?,
             ..ReplayStats::default()
         };
         let file = OpenOptions::new()
@@ -174,6 +198,85 @@ impl Ledger {
         }
     }
 
+    /// Folds the ledger's first `covered` bytes into a snapshot: `snapshot` (from
+    /// [`snapshot::encode`]) must hold the whole state as of exactly that prefix, previous snapshot
+    /// included. Records past `covered` stay in the live ledger; the old ledger is kept as an
+    /// archive (for history), under a name no other archive has.
+    ///
+    /// Every step is durable before the next, and the files are in a state that boots to the same
+    /// data after a crash between any two steps (see [`CompactStep`]).
+    ///
+    /// # Errors
+    /// [`LedgerError::Io`] when a step fails; the ledger stays usable unless the final reopen failed.
+    pub fn compact(&mut self, snapshot: &[u8], covered: u64) -> Result<Compacted, LedgerError> {
+        match self.compact_until(snapshot, covered, None)? {
+            Some(done) => Ok(done),
+            None => Err(LedgerError::Poisoned(self.path.clone())), // unreachable without a stop step
+        }
+    }
+
+    /// [`Ledger::compact`], stopping right after `stop_after` (to test crashes between steps).
+    pub(crate) fn compact_until(
+        &mut self,
+        snapshot: &[u8],
+        covered: u64,
+        stop_after: Option<CompactStep>,
+    ) -> Result<Option<Compacted>, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned(self.path.clone()));
+        }
+        let covered = covered.min(self.len);
+        let (ledger, snap, tmp, next) =
+            (self.path.clone(), snapshot_path(&self.path), snapshot_tmp_path(&self.path), next_path(&self.path));
+        let dir = ledger.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+        let stop = |step| stop_after == Some(step);
+
+        // 1. The new snapshot, durable under a temporary name. Boot: old snapshot + full ledger.
+        write_durably(&tmp, snapshot)?;
+        if stop(CompactStep::SnapshotWritten) {
+            return Ok(None);
+        }
+        // 2. In place. Boot: new snapshot + full ledger (records it covers merge idempotently).
+        fs::rename(&tmp, &snap).map_err(io_err("cannot rename snapshot into place:", &snap))?;
+        sync_dir(&dir)?;
+        if stop(CompactStep::SnapshotInPlace) {
+            return Ok(None);
+        }
+        // 3. The tail the snapshot does not cover, durable as the next ledger.
+        let mut tail = vec![0; usize::try_from(self.len - covered).unwrap_or(usize::MAX)];
+        self.file.read_exact_at(&mut tail, covered).map_err(io_err("cannot read tail of", &ledger))?;
+        write_durably(&next, &tail)?;
+        if stop(CompactStep::TailWritten) {
+            return Ok(None);
+        }
+        // 4. The old ledger kept as an archive: a second name for the same file, which cannot
+        //    overwrite an existing archive (hard_link refuses existing names).
+        let archive = link_archive(&ledger)?;
+        sync_dir(&dir)?;
+        if stop(CompactStep::Archived) {
+            return Ok(None);
+        }
+        // 5. The tail replaces the ledger atomically. Boot: new snapshot + tail.
+        fs::rename(&next, &ledger).map_err(io_err("cannot rename new ledger into place:", &ledger))?;
+        sync_dir(&dir)?;
+        match OpenOptions::new().read(true).append(true).open(&ledger) {
+            Ok(file) => self.file = file,
+            Err(source) => {
+                // Our handle now points at the archive: refuse writes rather than lose them.
+                self.poisoned = true;
+                return Err(LedgerError::Io { what: "cannot reopen ledger", path: ledger, source });
+            }
+        }
+        let folded = covered;
+        self.len = tail.len() as u64;
+        Ok(Some(Compacted {
+            archive,
+            snapshot_bytes: snapshot.len() as u64,
+            folded_bytes: folded,
+            tail_bytes: self.len,
+        }))
+    }
+
     /// Bytes in the ledger file.
     pub fn len(&self) -> u64 {
         self.len
@@ -193,6 +296,58 @@ impl Ledger {
     pub fn sync_mode(&self) -> SyncMode {
         self.sync
     }
+}
+
+/// The steps of [`Ledger::compact`], in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactStep {
+    /// The new snapshot is durable under `<snapshot>.tmp`.
+    SnapshotWritten,
+    /// The new snapshot replaced the old one.
+    SnapshotInPlace,
+    /// The uncovered tail is durable as `<ledger>.next`.
+    TailWritten,
+    /// The old ledger is also linked as an archive.
+    Archived,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone)]
+pub struct Compacted {
+    /// Where the old ledger was kept.
+    pub archive: PathBuf,
+    /// Size of the new snapshot.
+    pub snapshot_bytes: u64,
+    /// Ledger bytes folded into the snapshot.
+    pub folded_bytes: u64,
+    /// Bytes left in the live ledger (written after the snapshot was taken).
+    pub tail_bytes: u64,
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+    let mut file = File::create(path).map_err(io_err("cannot create", path))?;
+    file.write_all(bytes).map_err(io_err("cannot write", path))?;
+    file.sync_all().map_err(io_err("cannot fsync", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("cannot fsync directory", dir))
+}
+
+fn link_archive(ledger: &Path) -> Result<PathBuf, LedgerError> {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let prefix = archive_prefix(ledger);
+    for n in 0u32.. {
+        let mut name = prefix.clone().into_os_string();
+        name.push(format!("{secs}-{n}"));
+        let archive = PathBuf::from(name);
+        match fs::hard_link(ledger, &archive) {
+            Ok(()) => return Ok(archive),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(LedgerError::Io { what: "cannot archive ledger as", path: archive, source }),
+        }
+    }
+    unreachable!("u32 archive numbers exhausted")
 }
 
 /// Reads every line of `file`; returns the length of the good prefix (after any repair).
@@ -232,44 +387,6 @@ fn replay(path: &Path, file: &File, stats: &mut ReplayStats, apply: &mut impl Fn
     }
 }
 
-#[derive(Deserialize)]
-struct SnapshotFile {
-    version: Value,
-    #[serde(default)]
-    entries: Vec<SnapshotEntry>,
-}
-
-#[derive(Deserialize)]
-struct SnapshotEntry {
-    key: String,
-    #[serde(default)]
-    value: Value,
-    #[serde(default)]
-    tombstone: bool,
-    stamp: RawStamp,
-}
-
-/// Loads upstream's snapshot file (version 1) if it exists; returns how many entries it had.
-fn load_snapshot(path: &Path, apply: &mut impl FnMut(Op)) -> Result<u64, LedgerError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => return Err(LedgerError::Io { what: "cannot read snapshot", path: path.to_owned(), source }),
-    };
-    let bad = |reason: String| LedgerError::Snapshot { path: path.to_owned(), reason };
-    let snapshot: SnapshotFile = serde_json::from_slice(&bytes).map_err(|err| bad(err.to_string()))?;
-    if snapshot.version != 1 {
-        return Err(bad(format!("unsupported version {}", snapshot.version)));
-    }
-    let count = snapshot.entries.len() as u64;
-    for entry in snapshot.entries {
-        let kind = if entry.tombstone { OpKind::Del } else { OpKind::Set };
-        let value = if entry.tombstone { Value::Null } else { entry.value };
-        apply(Op { kind, key: entry.key, value, stamp: entry.stamp.into() });
-    }
-    Ok(count)
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
@@ -278,6 +395,7 @@ mod tests {
 
     use super::*;
     use crate::{hlc::Stamp, lww::LwwMap};
+    use serde_json::Value;
 
     fn open(path: &Path) -> (Ledger, ReplayStats, LwwMap) {
         let mut map = LwwMap::new();
@@ -366,5 +484,109 @@ mod tests {
         fs::write(snapshot_path(&path), b"{\"version\": 2}").unwrap();
         let err = Ledger::open(&path, SyncMode::Always, |_| {}).unwrap_err();
         assert!(err.to_string().contains("unsupported version 2"), "{err}");
+    }
+
+    fn append_ops(ledger: &mut Ledger, ops: &[Op]) {
+        let mut bytes = Vec::new();
+        for op in ops {
+            record::encode(op, &mut bytes);
+        }
+        ledger.append(&bytes).unwrap();
+    }
+
+    fn ops(prefix: &str, from: u64, n: u64) -> Vec<Op> {
+        (from..from + n)
+            .map(|i| {
+                if i % 7 == 3 {
+                    Op::del(format!("{prefix}{}", i % 5), Stamp::new(i, 0, "n"))
+                } else {
+                    Op::set(format!("{prefix}{}", i % 5), json!(i), Stamp::new(i, 0, "n"))
+                }
+            })
+            .collect()
+    }
+
+    fn archives(path: &Path) -> Vec<PathBuf> {
+        let prefix = archive_prefix(path).file_name().unwrap().to_string_lossy().into_owned();
+        let mut found: Vec<PathBuf> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Compacts what `map` holds (`covered` bytes), after `late` ops were appended past it,
+    /// stopping after `stop`; a reopen must give the state of every op.
+    fn crash_during_compaction(stop: Option<CompactStep>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let (mut ledger, _, mut map) = open(&path);
+        // A first compaction, so a previous snapshot exists and must be kept.
+        let first = ops("a", 1, 20);
+        append_ops(&mut ledger, &first);
+        for op in &first {
+            map.apply(op.clone());
+        }
+        ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
+        let second = ops("b", 100, 20);
+        append_ops(&mut ledger, &second);
+        for op in &second {
+            map.apply(op.clone());
+        }
+        let covered = ledger.len();
+        let snapshot = snapshot::encode(&map, &path);
+        // Writes that land while the snapshot is being made: not in it, must survive in the tail.
+        let late = ops("c", 200, 10);
+        append_ops(&mut ledger, &late);
+        for op in &late {
+            map.apply(op.clone());
+        }
+        let done = ledger.compact_until(&snapshot, covered, stop).unwrap();
+        assert_eq!(done.is_some(), stop.is_none());
+        drop(ledger);
+        let (_, _, reopened) = open(&path);
+        assert_eq!(reopened.fingerprint(), map.fingerprint(), "state after a crash after {stop:?}");
+        assert!(!snapshot_tmp_path(&path).exists() && !next_path(&path).exists(), "leftovers removed at boot");
+    }
+
+    #[test]
+    fn a_crash_after_any_compaction_step_loses_nothing() {
+        for stop in [
+            Some(CompactStep::SnapshotWritten),
+            Some(CompactStep::SnapshotInPlace),
+            Some(CompactStep::TailWritten),
+            Some(CompactStep::Archived),
+            None,
+        ] {
+            crash_during_compaction(stop);
+        }
+    }
+
+    #[test]
+    fn compaction_twice_in_a_row_and_of_an_empty_ledger_keeps_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let (mut ledger, _, mut map) = open(&path);
+        let all = ops("k", 1, 40);
+        append_ops(&mut ledger, &all);
+        for op in &all {
+            map.apply(op.clone());
+        }
+        let first = ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
+        assert_eq!((first.tail_bytes, ledger.len()), (0, 0));
+        // Again at once (same second: archive names must still differ), then with nothing new.
+        let second = ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
+        let third = ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
+        assert!(first.archive != second.archive && second.archive != third.archive);
+        assert_eq!(archives(&path).len(), 3);
+        drop(ledger);
+        let (_, stats, reopened) = open(&path);
+        assert_eq!(reopened.fingerprint(), map.fingerprint());
+        assert_eq!((stats.records, stats.snapshot_entries), (0, map.len() as u64));
+        // The first archive still holds every record ever written (history).
+        let archived = fs::read_to_string(&archives(&path)[0]).unwrap();
+        assert_eq!(archived.lines().count(), 40);
     }
 }
