@@ -87,7 +87,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit: every WebSocket is a file descriptor, and
+/// the common default of 1024 would cap the relay far below what it can hold.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct we pass, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit only reads the struct we pass, which lives for the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
+        log::warn!("cannot raise the open-file limit above {}", limit.rlim_cur);
+    }
+}
+
 fn serve(config: Config) -> ExitCode {
+    raise_fd_limit();
     let listener = match TcpListener::bind(config.server.bind) {
         Ok(listener) => listener,
         Err(err) => {
