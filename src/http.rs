@@ -39,16 +39,6 @@ fn is_upgrade(head: &actix_web::dev::RequestHead) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// The first non-empty `auth_token` query value (upstream ignores blank ones).
-fn query_token(query: &str) -> Option<String> {
-    web::Query::<Vec<(String, String)>>::from_query(query)
-        .ok()?
-        .into_inner()
-        .into_iter()
-        .find(|(k, v)| k == "auth_token" && !v.is_empty())
-        .map(|(_, v)| v)
-}
-
 fn header(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -70,7 +60,8 @@ async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>
     if slot.is_none() {
         log::info!("connection from {source} refused: connection cap reached");
     }
-    actix_web::rt::spawn(session::run(relay.deps.clone(), session, stream, slot, query_token(req.query_string())));
+    let params = session::Params::from_query(req.query_string());
+    actix_web::rt::spawn(session::run(relay.deps.clone(), session, stream, slot, params));
     Ok(response)
 }
 
@@ -114,9 +105,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_token_takes_first_non_blank_value() {
-        assert_eq!(query_token("auth_token=&auth_token=a%20b&x=1"), Some("a b".to_owned()));
-        assert_eq!(query_token("x=1"), None);
-        assert_eq!(query_token(""), None);
+    fn query_parameters() {
+        let p = session::Params::from_query("auth_token=&auth_token=a%20b&x=1&v=2&resume=e.5");
+        assert_eq!((p.token.as_deref(), p.version2, p.resume.as_deref()), (Some("a b"), true, Some("e.5")));
+        let p = session::Params::from_query("");
+        assert_eq!((p.token, p.version2, p.resume), (None, false, None));
     }
 }

@@ -192,10 +192,10 @@ impl Metrics {
     }
 
     /// A compaction finished.
-    pub fn compacted(&self, done: &crate::ledger::Compacted, elapsed: Duration) {
+    pub fn compacted(&self, done: &crate::ledger::Compacted) {
         self.compactions.fetch_add(1, Relaxed);
         self.snapshot_bytes.store(done.snapshot_bytes, Relaxed);
-        self.compaction_micros.store(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.compaction_micros.store(u64::try_from(done.elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// Writes made durable since start.

@@ -24,11 +24,15 @@ pub enum ClientFrame {
         key: String,
         /// The value.
         value: Value,
+        /// v2: the client's reference for this write, echoed in its `ack` or `nack`.
+        reference: Option<Value>,
     },
     /// `{"type":"delete","key":K}`.
     Delete {
         /// The key.
         key: String,
+        /// v2: the client's reference for this write.
+        reference: Option<Value>,
     },
     /// `{"type":"presence","x":X,"y":Y}`, coordinates coerced as upstream's `int()` does.
     Presence {
@@ -102,15 +106,31 @@ pub fn parse(text: &str, limits: &Limits) -> Result<ClientFrame, Dropped> {
         _ => {}
     }
     let key = take_key(&mut msg, limits)?;
+    let reference = msg.remove("ref").filter(valid_reference);
     match msg.get("type").and_then(Value::as_str) {
         Some("set") => {
             let value = msg.remove("value").unwrap_or(Value::Null);
             check_value(&value, limits)?;
-            Ok(ClientFrame::Set { key, value })
+            Ok(ClientFrame::Set { key, value, reference })
         }
-        Some("delete") => Ok(ClientFrame::Delete { key }),
+        Some("delete") => Ok(ClientFrame::Delete { key, reference }),
         _ => Err(Dropped::UnknownType),
     }
+}
+
+/// A write reference is an integer or a string of at most 64 bytes; anything else is ignored.
+fn valid_reference(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.is_i64() || n.is_u64(),
+        Value::String(s) => s.len() <= 64,
+        _ => false,
+    }
+}
+
+/// The `ref` of a message that was dropped, so a v2 client can be told which write failed.
+pub fn dropped_reference(text: &str) -> Option<Value> {
+    let Ok(Value::Object(mut msg)) = serde_json::from_str::<Value>(text) else { return None };
+    msg.remove("ref").filter(valid_reference)
 }
 
 fn take_key(msg: &mut Map<String, Value>, limits: &Limits) -> Result<String, Dropped> {
@@ -229,6 +249,68 @@ pub fn op_frame(op: &Op) -> ByteString {
     into_frame(out)
 }
 
+/// A connection's protocol version: v1 (upstream's, the default) or v2 (`?v=2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// Upstream's protocol, exactly.
+    V1,
+    /// v1 plus stamps, origins, sequence numbers, acks, nacks, resume and actionable close codes.
+    V2,
+}
+
+/// v2 `{"type":"hello","id":ID,"color":COLOR,"v":2,"node":NODE}`.
+pub fn hello_v2(id: &str, color: &str, node: &str) -> ByteString {
+    frame(&serde_json::json!({"type": "hello", "id": id, "color": color, "v": 2, "node": node}))
+}
+
+/// v2 `{"type":"snapshot","data":{…},"resume":TOKEN}`: the whole state, and the token that resumes
+/// from it.
+pub fn snapshot_v2<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>, resume: &str) -> ByteString {
+    let whole = snapshot(entries);
+    // `{"type":"snapshot","data":{…}}` + `,"resume":…}`: reuse the v1 encoding.
+    let mut out = whole.as_bytes()[..whole.len() - 1].to_vec();
+    out.extend_from_slice(b",\"resume\":");
+    push_json(&mut out, resume);
+    out.push(b'}');
+    into_frame(out)
+}
+
+/// v2 `{"type":"delta","data":{changed…},"deleted":[keys…],"resume":TOKEN}`: what changed since
+/// the client's resume token, instead of the whole state.
+pub fn delta_v2<'a>(
+    changed: impl Iterator<Item = (&'a String, &'a Value)>,
+    deleted: &[&String],
+    resume: &str,
+) -> ByteString {
+    let data: Map<String, Value> = changed.map(|(k, v)| (k.clone(), v.clone())).collect();
+    frame(&serde_json::json!({"type": "delta", "data": data, "deleted": deleted, "resume": resume}))
+}
+
+/// v2 `set`/`delete` with `"stamp":"<p>.<l>.<node>"` (zero-padded: compare as text),
+/// `"origin"` (the writing client's id, or null for a write from elsewhere) and `"seq"`.
+pub fn op_frame_v2(op: &Op, origin: Option<&str>, seq: u64) -> ByteString {
+    let v1 = op_frame(op);
+    let mut out = v1.as_bytes()[..v1.len() - 1].to_vec();
+    out.extend_from_slice(b",\"stamp\":");
+    push_json(&mut out, &op.stamp.to_string());
+    out.extend_from_slice(b",\"origin\":");
+    push_json(&mut out, &origin);
+    out.extend_from_slice(format!(",\"seq\":{seq}}}").as_bytes());
+    into_frame(out)
+}
+
+/// v2 `{"type":"ack","ref":R,"key":K,"stamp":S,"seq":N}`: the write `R` is durable.
+pub fn ack(reference: &Value, op: &Op, seq: u64) -> ByteString {
+    frame(
+        &serde_json::json!({"type": "ack", "ref": reference, "key": op.key, "stamp": op.stamp.to_string(), "seq": seq}),
+    )
+}
+
+/// v2 `{"type":"nack","ref":R,"reason":REASON}`: the write `R` was refused and will never apply.
+pub fn nack(reference: &Value, reason: &str) -> ByteString {
+    frame(&serde_json::json!({"type": "nack", "ref": reference, "reason": reason}))
+}
+
 /// `{"type":"presence","id":ID,"color":COLOR,"x":X,"y":Y}`.
 pub fn presence(id: &str, color: &str, x: i64, y: i64) -> ByteString {
     frame(&serde_json::json!({"type": "presence", "id": id, "color": color, "x": x, "y": y}))
@@ -262,10 +344,13 @@ mod tests {
     fn parses_the_four_message_types() {
         assert_eq!(
             p(r#"{"type":"set","key":"k","value":{"a":[1]}}"#),
-            Ok(ClientFrame::Set { key: "k".into(), value: json!({"a":[1]}) })
+            Ok(ClientFrame::Set { key: "k".into(), value: json!({"a":[1]}), reference: None })
         );
-        assert_eq!(p(r#"{"type":"set","key":"k"}"#), Ok(ClientFrame::Set { key: "k".into(), value: Value::Null }));
-        assert_eq!(p(r#"{"type":"delete","key":"k"}"#), Ok(ClientFrame::Delete { key: "k".into() }));
+        assert_eq!(
+            p(r#"{"type":"set","key":"k"}"#),
+            Ok(ClientFrame::Set { key: "k".into(), value: Value::Null, reference: None })
+        );
+        assert_eq!(p(r#"{"type":"delete","key":"k"}"#), Ok(ClientFrame::Delete { key: "k".into(), reference: None }));
         assert_eq!(p(r#"{"type":"presence","x":1.9,"y":"7"}"#), Ok(ClientFrame::Presence { x: 1, y: 7 }));
         assert_eq!(p(r#"{"type":"presence","x":true}"#), Ok(ClientFrame::Presence { x: 1, y: 0 }));
         assert_eq!(p(r#"{"type":"auth","token":"t"}"#), Ok(ClientFrame::Auth { token: Some("t".into()) }));
@@ -275,7 +360,7 @@ mod tests {
     fn duplicate_fields_last_one_wins_as_in_python() {
         assert_eq!(
             p(r#"{"type":"set","key":"k","value":1,"type":"delete"}"#),
-            Ok(ClientFrame::Delete { key: "k".into() })
+            Ok(ClientFrame::Delete { key: "k".into(), reference: None })
         );
     }
 
@@ -382,11 +467,11 @@ mod tests {
         fn fuzz_arbitrary_json_accepts_only_what_the_limits_allow(value in arb_json()) {
             let limits = Limits { max_key_bytes: 8, max_value_bytes: 64, ..Limits::default() };
             match parse(&value.to_string(), &limits) {
-                Ok(ClientFrame::Set { key, value }) => {
+                Ok(ClientFrame::Set { key, value, .. }) => {
                     prop_assert!(!key.is_empty() && key.len() <= 8);
                     prop_assert!(json_len(&value) <= 64 && depth(&value) <= MAX_VALUE_DEPTH);
                 }
-                Ok(ClientFrame::Delete { key }) => prop_assert!(!key.is_empty() && key.len() <= 8),
+                Ok(ClientFrame::Delete { key, .. }) => prop_assert!(!key.is_empty() && key.len() <= 8),
                 Ok(ClientFrame::Presence { .. } | ClientFrame::Auth { .. }) | Err(_) => {}
             }
         }
@@ -397,7 +482,7 @@ mod tests {
             let text = json!({"type": "set", "key": key, "value": value}).to_string();
             let parsed = p(&text);
             if json_len(&value) <= Limits::default().max_value_bytes && depth(&value) <= MAX_VALUE_DEPTH {
-                prop_assert_eq!(parsed, Ok(ClientFrame::Set { key, value }));
+                prop_assert_eq!(parsed, Ok(ClientFrame::Set { key, value, reference: None }));
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::{
     limits::{ConnectionSlot, TokenBucket},
     metrics::{Inbound, Metrics},
     outbox::{Outbound, OutboxReceiver, outbox},
-    protocol::{self, ClientFrame},
+    protocol::{self, ClientFrame, Version},
     state::{Join, Leave, Presence, StateActor, Write, close},
 };
 
@@ -53,37 +53,80 @@ impl Deps {
 /// Why a session ends: a close frame to send, if any.
 type End = Option<(u16, &'static str)>;
 
-/// Runs one connection to its end. `slot` is `None` when the connection caps are reached;
-/// `query_token` is the `?auth_token=` value, if one was given.
+/// What the connection's URL asked for.
+#[derive(Debug, Default)]
+pub struct Params {
+    /// `?auth_token=`, if given (blank values count as absent, as upstream).
+    pub token: Option<String>,
+    /// `?v=2` selects protocol v2.
+    pub version2: bool,
+    /// v2 `?resume=<token>`: send what changed since, instead of the whole state.
+    pub resume: Option<String>,
+}
+
+impl Params {
+    /// Reads the query string.
+    pub fn from_query(query: &str) -> Params {
+        let mut params = Params::default();
+        let pairs = actix_web::web::Query::<Vec<(String, String)>>::from_query(query).map(|q| q.into_inner());
+        for (name, value) in pairs.unwrap_or_default() {
+            match name.as_str() {
+                "auth_token" if params.token.is_none() && !value.is_empty() => params.token = Some(value),
+                "v" => params.version2 = value == "2",
+                "resume" if !value.is_empty() => params.resume = Some(value),
+                _ => {}
+            }
+        }
+        params
+    }
+}
+
+/// Runs one connection to its end. `slot` is `None` when the connection caps are reached.
 pub async fn run(
     deps: Deps,
     mut session: Session,
     mut stream: MessageStream,
     slot: Option<ConnectionSlot>,
-    query_token: Option<String>,
+    params: Params,
 ) {
     deps.metrics.connection_opened();
+    let version = if params.version2 { Version::V2 } else { Version::V1 };
     let Some(_slot) = slot else {
-        return close_with(&deps, session, &mut stream, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
+        return close_with(&deps, version, session, &mut stream, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
     };
     if let Some(token) = deps.token.clone()
-        && !authenticate(&token, query_token, &mut session, &mut stream, &deps.limits).await
+        && !authenticate(&token, params.token, &mut session, &mut stream, &deps.limits).await
     {
-        return close_with(&deps, session, &mut stream, Some((close::POLICY, "auth failed"))).await;
+        return close_with(&deps, version, session, &mut stream, Some((close::POLICY, "auth failed"))).await;
     }
 
     let id = Uuid::new_v4();
     let color = protocol::color_for(&id.to_string());
     let (outbox, rx) = outbox(deps.limits.max_outbound_bytes);
     let (kick_tx, kick_rx) = oneshot::channel();
-    let joined = deps.state.send(Join { id, color, outbox, kick: kick_tx }).await.unwrap_or(false);
-    if !joined {
-        return close_with(&deps, session, &mut stream, Some((close::GOING_AWAY, "server shutting down"))).await;
+    let join = Join { id, color, version, resume: params.resume, outbox, kick: kick_tx };
+    if !deps.state.send(join).await.unwrap_or(false) {
+        let going = Some((close::GOING_AWAY, "server shutting down"));
+        return close_with(&deps, version, session, &mut stream, going).await;
     }
-    let mut conn = Connection { id, deps, bucket: None, partial: None };
+    let mut conn = Connection { id, deps, version, bucket: None, partial: None };
     let end = conn.pump(&mut session, &mut stream, rx, kick_rx).await;
     conn.deps.state.do_send(Leave { id });
-    close_with(&conn.deps, session, &mut stream, end).await;
+    close_with(&conn.deps, version, session, &mut stream, end).await;
+}
+
+/// The code a v2 client sees for a v1 close: distinct codes in the 4000 range for the closes a
+/// client should act on differently (stop, back off, reconnect at once); the standard ones stay.
+fn close_code_for(version: Version, code: u16, reason: &str) -> u16 {
+    match (version, code, reason) {
+        (Version::V1, ..) => code,
+        (_, close::POLICY, "auth failed") => 4401,
+        (_, close::POLICY, "handshake timeout") => 4408,
+        (_, close::POLICY, "rate limit") => 4429,
+        (_, close::TRY_AGAIN_LATER, "server busy") => 4503,
+        (_, close::TRY_AGAIN_LATER, "too slow") => 4504,
+        _ => code,
+    }
 }
 
 /// How long a closing connection may take: to accept our close frame, then to answer it.
@@ -91,9 +134,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Sends the close frame (if any) and waits, briefly, for the client to answer it and hang up, so
 /// the frame is on the wire before the connection (and its slot) goes away.
-async fn close_with(deps: &Deps, session: Session, stream: &mut MessageStream, end: End) {
+async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mut MessageStream, end: End) {
     deps.metrics.closed(end.map_or(1006, |(code, _)| code));
     let Some((code, text)) = end else { return };
+    let code = close_code_for(version, code, text);
     let reason = CloseReason { code: CloseCode::from(code), description: (!text.is_empty()).then(|| text.to_owned()) };
     // A client that stopped reading cannot take a close frame either; do not wait for it.
     if let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await {
@@ -159,6 +203,7 @@ async fn authenticate(
 struct Connection {
     id: Uuid,
     deps: Deps,
+    version: Version,
     /// `None` until the first message, which upstream lets through without a token.
     bucket: Option<TokenBucket>,
     /// A fragmented message being reassembled: (is text, bytes so far).
@@ -309,13 +354,13 @@ impl Connection {
         };
         let metrics = &self.deps.metrics;
         match protocol::parse(text, &self.deps.limits) {
-            Ok(ClientFrame::Set { key, value }) => {
+            Ok(ClientFrame::Set { key, value, reference }) => {
                 metrics.inbound(Inbound::Set);
-                self.write(key, Some(value)).await;
+                self.write(key, Some(value), reference).await;
             }
-            Ok(ClientFrame::Delete { key }) => {
+            Ok(ClientFrame::Delete { key, reference }) => {
                 metrics.inbound(Inbound::Delete);
-                self.write(key, None).await;
+                self.write(key, None, reference).await;
             }
             Ok(ClientFrame::Presence { x, y }) => {
                 metrics.inbound(Inbound::Presence);
@@ -325,16 +370,23 @@ impl Connection {
             Err(reason) => {
                 metrics.dropped(reason);
                 log::debug!("client {}: dropped message ({})", self.id, reason.as_str());
+                // v1 drops silently; v2 tells the writer which write will never apply.
+                if self.version == Version::V2
+                    && let Some(reference) = protocol::dropped_reference(text)
+                    && session.text(protocol::nack(&reference, reason.as_str())).await.is_err()
+                {
+                    return Some(None);
+                }
             }
         }
         None
     }
 
-    async fn write(&self, key: String, value: Option<serde_json::Value>) {
+    async fn write(&self, key: String, value: Option<serde_json::Value>, reference: Option<serde_json::Value>) {
         // Waits while the ledger is this many writes behind: the writer is slowed, nothing is
         // buffered without bound. The semaphore is never closed, so acquire cannot fail.
         if let Ok(permit) = Arc::clone(&self.deps.admission).acquire_owned().await {
-            self.deps.state.do_send(Write { key, value, permit });
+            self.deps.state.do_send(Write { key, value, permit, origin: self.id, reference });
         }
     }
 }

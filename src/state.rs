@@ -21,11 +21,11 @@ use uuid::Uuid;
 use crate::{
     hlc::Clock,
     ledger::{Append, Appended, LedgerActor},
-    ledger::{Compact, snapshot},
+    ledger::{Compact, Compacted, LedgerError, snapshot},
     lww::{LwwMap, Op},
     metrics::Metrics,
     outbox::{Outbound, Outbox, PushError},
-    protocol,
+    protocol::{self, Version},
 };
 
 /// Most ops in one ledger batch: bounds the time one fsync holds the next batch back.
@@ -54,6 +54,7 @@ pub mod close {
 /// One connected, registered client.
 struct Member {
     color: String,
+    version: Version,
     outbox: Outbox,
     kick: Option<oneshot::Sender<(u16, &'static str)>>,
 }
@@ -61,6 +62,14 @@ struct Member {
 /// A write accepted from a client, waiting for its batch.
 struct Pending {
     op: Op,
+    meta: WriteMeta,
+}
+
+/// Who wrote an op and how to acknowledge it, kept beside the op while the ledger writes it.
+struct WriteMeta {
+    origin: Uuid,
+    /// The v2 client's reference for its `ack`, if it gave one.
+    reference: Option<Value>,
     /// Admission slot: held until the op is durable and sent, which bounds the queue.
     _permit: OwnedSemaphorePermit,
 }
@@ -71,18 +80,27 @@ pub struct StateActor {
     map: LwwMap,
     ledger: Addr<LedgerActor>,
     queue: Vec<Pending>,
-    /// Admission slots of the batch the ledger is writing; `Some` while an append is in flight.
-    in_flight: Option<Vec<OwnedSemaphorePermit>>,
+    /// Writers of the batch the ledger is writing; `Some` while an append is in flight.
+    in_flight: Option<Vec<WriteMeta>>,
+    /// Identifies this run of the relay in resume tokens (sequence numbers restart at boot).
+    epoch: String,
+    /// Sequence number of the last op applied in this run.
+    seq: u64,
+    /// The sequence number at which each key last changed in this run (for v2 deltas).
+    changed_at: HashMap<String, u64>,
     members: HashMap<Uuid, Member>,
     snapshot_cache: Option<ByteString>,
     /// Set once shutdown began: the waiters to answer when everything accepted is durable and sent.
     stopping: Option<Vec<oneshot::Sender<()>>>,
     metrics: Arc<Metrics>,
     compaction: Compaction,
-    /// Ledger length after the last durable batch: exactly what `map` reflects.
-    ledger_len: u64,
+    /// Ledger generation and length after the last batch: exactly what `map` reflects (replies
+    /// come back in order, one append in flight at a time).
+    ledger_pos: (u64, u64),
     /// A snapshot is being made or folded in.
     compacting: bool,
+    /// A snapshot ready to ride on the next append.
+    ready_compaction: Option<Compact>,
     /// After a failed compaction, when to try again.
     compact_retry_at: Option<std::time::Instant>,
 }
@@ -108,10 +126,14 @@ impl StateActor {
         compaction: Compaction,
     ) -> Self {
         Self {
-            ledger_len: compaction.ledger_len,
+            ledger_pos: (0, compaction.ledger_len),
             compaction,
             compacting: false,
+            ready_compaction: None,
             compact_retry_at: None,
+            epoch: format!("{:016x}", Uuid::new_v4().as_u64_pair().0),
+            seq: 0,
+            changed_at: HashMap::new(),
             clock,
             map,
             ledger,
@@ -124,49 +146,75 @@ impl StateActor {
         }
     }
 
+    /// The token that resumes from the current state: `<epoch>.<seq>`.
+    fn resume_token(&self) -> String {
+        format!("{}.{}", self.epoch, self.seq)
+    }
+
+    /// A v2 client's second frame: what changed since its resume token if the token is from this
+    /// run, the whole state otherwise.
+    fn state_v2(&self, resume: Option<String>) -> ByteString {
+        let token = self.resume_token();
+        let since = resume.as_deref().and_then(|r| r.split_once('.')).and_then(|(epoch, seq)| {
+            let seq = seq.parse::<u64>().ok()?;
+            (epoch == self.epoch && seq <= self.seq).then_some(seq)
+        });
+        let Some(since) = since else { return protocol::snapshot_v2(self.map.live(), &token) };
+        let (mut changed, mut deleted) = (Vec::new(), Vec::new());
+        for (key, _) in self.changed_at.iter().filter(|(_, at)| **at > since) {
+            match self.map.register(key) {
+                Some(register) if !register.tombstone => changed.push((key, &register.value)),
+                _ => deleted.push(key),
+            }
+        }
+        changed.sort_by(|a, b| a.0.cmp(b.0));
+        deleted.sort();
+        protocol::delta_v2(changed.into_iter(), &deleted, &token)
+    }
+
     fn snapshot_frame(&mut self) -> ByteString {
         self.snapshot_cache.get_or_insert_with(|| protocol::snapshot(self.map.live())).clone()
     }
 
     /// Sends the next batch to the ledger if none is in flight.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight.is_some() || self.queue.is_empty() {
+        if self.in_flight.is_some() || (self.queue.is_empty() && self.ready_compaction.is_none()) {
             return;
         }
         let take = self.queue.len().min(MAX_BATCH_OPS);
-        let (ops, permits): (Vec<Op>, Vec<OwnedSemaphorePermit>) =
-            self.queue.drain(..take).map(|p| (p.op, p._permit)).unzip();
-        self.in_flight = Some(permits);
-        self.ledger.send(Append { ops }).into_actor(self).map(|reply, act, ctx| act.committed(reply, ctx)).spawn(ctx);
+        let (ops, metas): (Vec<Op>, Vec<WriteMeta>) = self.queue.drain(..take).map(|p| (p.op, p.meta)).unzip();
+        self.in_flight = Some(metas);
+        let append = Append { ops, compact: self.ready_compaction.take() };
+        self.ledger.send(append).into_actor(self).map(|reply, act, ctx| act.committed(reply, ctx)).spawn(ctx);
     }
 
     /// A batch came back from the ledger: publish it if durable, drop it otherwise.
     fn committed(&mut self, reply: Result<Appended, MailboxError>, ctx: &mut Context<Self>) {
-        let permits = self.in_flight.take();
+        let metas = self.in_flight.take().unwrap_or_default();
         match reply {
-            Ok(Appended { ops, result: Ok(()), elapsed, len_after, .. }) => {
-                self.metrics.batch(ops.len(), elapsed);
-                self.ledger_len = len_after;
-                let frames: Arc<[ByteString]> = ops.iter().map(protocol::op_frame).collect();
-                let mut changed = false;
-                for op in ops {
-                    changed |= self.map.apply(op);
+            Ok(Appended { ops, result, elapsed, position, compacted, .. }) => {
+                self.ledger_pos = position;
+                if let Some(outcome) = compacted {
+                    self.compacted(outcome);
                 }
-                if changed {
-                    self.snapshot_cache = None;
+                match result {
+                    Ok(()) if ops.is_empty() => {}
+                    Ok(()) => {
+                        self.metrics.batch(ops.len(), elapsed);
+                        self.publish(ops, &metas);
+                    }
+                    Err(err) => {
+                        self.metrics.ledger_failure();
+                        log::error!("{} writes were not made durable and are dropped: {err}", ops.len());
+                    }
                 }
-                self.broadcast(&Outbound::frames(frames), None);
-            }
-            Ok(Appended { ops, result: Err(err), .. }) => {
-                self.metrics.ledger_failure();
-                log::error!("{} writes were not made durable and are dropped: {err}", ops.len());
             }
             Err(err) => {
                 self.metrics.ledger_failure();
                 log::error!("ledger actor unavailable, batch dropped: {err}");
             }
         }
-        drop(permits);
+        drop(metas);
         self.flush(ctx);
         self.maybe_compact(ctx);
         self.maybe_finish_stopping();
@@ -177,18 +225,18 @@ impl StateActor {
     /// neither writes nor broadcasts wait for it; the ledger actor then folds it in between two
     /// appends.
     fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
-        let due = self.compaction.after_bytes > 0 && self.ledger_len >= self.compaction.after_bytes;
+        let (generation, covered) = self.ledger_pos;
+        let due = self.compaction.after_bytes > 0 && covered >= self.compaction.after_bytes;
         let waiting = self.compact_retry_at.is_some_and(|at| std::time::Instant::now() < at);
         if !due || waiting || self.compacting || self.stopping.is_some() {
             return;
         }
         self.compacting = true;
-        let (map, covered, path, me) =
-            (self.map.clone(), self.ledger_len, self.compaction.ledger_path.clone(), ctx.address());
+        let (map, path, me) = (self.map.clone(), self.compaction.ledger_path.clone(), ctx.address());
         let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
             let snapshot = snapshot::encode(&map, &path);
             drop(map);
-            me.do_send(SnapshotReady { snapshot, covered });
+            me.do_send(SnapshotReady(Compact { snapshot, covered, generation }));
         });
         if let Err(err) = spawned {
             log::error!("cannot start compaction: {err}");
@@ -196,11 +244,78 @@ impl StateActor {
         }
     }
 
-    /// Sends `item` to every member except `skip`; members whose queue is full are dropped.
-    fn broadcast(&mut self, item: &Outbound, skip: Option<Uuid>) {
+    /// Applies a durable batch and sends it: v1 frames to v1 members, v2 frames (stamp, origin,
+    /// sequence number) to v2 members, then an `ack` to each v2 writer that asked for one.
+    fn publish(&mut self, ops: Vec<Op>, metas: &[WriteMeta]) {
+        let has = |v| self.members.values().any(|m| m.version == v);
+        let v1: Option<Arc<[ByteString]>> = has(Version::V1).then(|| ops.iter().map(protocol::op_frame).collect());
+        let first = self.seq + 1;
+        let origins: Vec<String> = metas.iter().map(|m| m.origin.to_string()).collect();
+        let v2: Option<Arc<[ByteString]>> = has(Version::V2).then(|| {
+            ops.iter()
+                .zip(&origins)
+                .zip(first..)
+                .map(|((op, origin), seq)| protocol::op_frame_v2(op, Some(origin), seq))
+                .collect()
+        });
+        let acks: Vec<(Uuid, ByteString)> = ops
+            .iter()
+            .zip(metas)
+            .zip(first..)
+            .filter_map(|((op, meta), seq)| Some((meta.origin, protocol::ack(meta.reference.as_ref()?, op, seq))))
+            .collect();
+        for op in ops {
+            self.seq += 1;
+            self.changed_at.insert(op.key.clone(), self.seq);
+            if self.map.apply(op) {
+                self.snapshot_cache = None;
+            }
+        }
+        let empty: Arc<[ByteString]> = Arc::new([]);
+        self.broadcast(
+            &Outbound::frames(v1.unwrap_or_else(|| Arc::clone(&empty))),
+            &Outbound::frames(v2.unwrap_or(empty)),
+            None,
+        );
+        for (origin, frame) in acks {
+            if let Some(member) = self.members.get(&origin).filter(|m| m.version == Version::V2) {
+                // A writer too slow for its ack is caught by the next broadcast.
+                let _ = member.outbox.push(Outbound::frames(Arc::new([frame])));
+            }
+        }
+    }
+
+    /// Records a compaction's outcome (it came back with an append).
+    fn compacted(&mut self, outcome: Result<Compacted, LedgerError>) {
+        self.compacting = false;
+        match outcome {
+            Ok(done) => {
+                self.metrics.compacted(&done);
+                log::info!(
+                    "compacted {} ledger bytes into a {}-byte snapshot; {} bytes stay in the ledger; old ledger kept as {}",
+                    done.folded_bytes,
+                    done.snapshot_bytes,
+                    done.tail_bytes,
+                    done.archive.display()
+                );
+            }
+            Err(err) => {
+                log::error!("compaction failed (nothing lost; retrying in a minute): {err}");
+                self.compact_retry_at = Some(std::time::Instant::now() + Duration::from_secs(60));
+            }
+        }
+    }
+
+    /// Sends to every member except `skip` the item for its protocol version; members whose
+    /// queue is full are dropped.
+    fn broadcast(&mut self, v1: &Outbound, v2: &Outbound, skip: Option<Uuid>) {
         let mut slow = Vec::new();
         self.members.retain(|id, member| {
             if Some(*id) == skip {
+                return true;
+            }
+            let item = if member.version == Version::V1 { v1 } else { v2 };
+            if matches!(item, Outbound::Frames { frames, .. } if frames.is_empty()) {
                 return true;
             }
             match member.outbox.push(item.clone()) {
@@ -224,8 +339,8 @@ impl StateActor {
 
     fn announce_leave(&mut self, id: Uuid) {
         if self.stopping.is_none() {
-            let frame = protocol::presence_leave(&id.to_string());
-            self.broadcast(&Outbound::frames(Arc::new([frame])), Some(id));
+            let item = Outbound::frames(Arc::new([protocol::presence_leave(&id.to_string())]));
+            self.broadcast(&item, &item, Some(id));
         }
     }
 
@@ -276,6 +391,11 @@ pub struct Join {
     pub id: Uuid,
     /// Its colour (sent in `hello`).
     pub color: String,
+    /// Its protocol version.
+    pub version: Version,
+    /// v2: the resume token the client presented (`?resume=`), for a delta instead of the
+    /// whole state.
+    pub resume: Option<String>,
     /// Its bounded outbound queue.
     pub outbox: Outbox,
     /// Fired when the member must close at once (its queue is full).
@@ -289,11 +409,18 @@ impl Handler<Join> for StateActor {
         if self.stopping.is_some() {
             return false;
         }
-        let first = Arc::new([protocol::hello(&msg.id.to_string(), &msg.color), self.snapshot_frame()]);
+        let id = msg.id.to_string();
+        let first = match msg.version {
+            Version::V1 => Arc::new([protocol::hello(&id, &msg.color), self.snapshot_frame()]),
+            Version::V2 => {
+                Arc::new([protocol::hello_v2(&id, &msg.color, self.clock.node()), self.state_v2(msg.resume)])
+            }
+        };
         if msg.outbox.push(Outbound::frames(first)).is_err() {
             return false;
         }
-        self.members.insert(msg.id, Member { color: msg.color, outbox: msg.outbox, kick: Some(msg.kick) });
+        let member = Member { color: msg.color, version: msg.version, outbox: msg.outbox, kick: Some(msg.kick) };
+        self.members.insert(msg.id, member);
         true
     }
 }
@@ -326,6 +453,10 @@ pub struct Write {
     pub value: Option<Value>,
     /// The admission slot the session acquired for this write.
     pub permit: OwnedSemaphorePermit,
+    /// The writing connection.
+    pub origin: Uuid,
+    /// v2: the client's reference, answered with an `ack` once the write is durable.
+    pub reference: Option<Value>,
 }
 
 impl Handler<Write> for StateActor {
@@ -340,7 +471,10 @@ impl Handler<Write> for StateActor {
             Some(value) => Op::set(msg.key, value, stamp),
             None => Op::del(msg.key, stamp),
         };
-        self.queue.push(Pending { op, _permit: msg.permit });
+        self.queue.push(Pending {
+            op,
+            meta: WriteMeta { origin: msg.origin, reference: msg.reference, _permit: msg.permit },
+        });
         self.flush(ctx);
     }
 }
@@ -362,8 +496,8 @@ impl Handler<Presence> for StateActor {
 
     fn handle(&mut self, msg: Presence, _: &mut Context<Self>) {
         let Some(member) = self.members.get(&msg.id) else { return };
-        let frame = protocol::presence(&msg.id.to_string(), &member.color, msg.x, msg.y);
-        self.broadcast(&Outbound::frames(Arc::new([frame])), Some(msg.id));
+        let item = Outbound::frames(Arc::new([protocol::presence(&msg.id.to_string(), &member.color, msg.x, msg.y)]));
+        self.broadcast(&item, &item, Some(msg.id));
     }
 }
 
@@ -386,45 +520,17 @@ impl Handler<Shutdown> for StateActor {
     }
 }
 
-/// A snapshot encoded off-thread, ready to be folded into the ledger.
+/// A snapshot encoded off-thread, ready to ride on the next append.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct SnapshotReady {
-    snapshot: Vec<u8>,
-    covered: u64,
-}
+struct SnapshotReady(Compact);
 
 impl Handler<SnapshotReady> for StateActor {
     type Result = ();
 
     fn handle(&mut self, msg: SnapshotReady, ctx: &mut Context<Self>) {
-        let started = std::time::Instant::now();
-        self.ledger
-            .send(Compact { snapshot: msg.snapshot, covered: msg.covered })
-            .into_actor(self)
-            .map(move |reply, act, _| {
-                act.compacting = false;
-                match reply {
-                    Ok(Ok(done)) => {
-                        act.metrics.compacted(&done, started.elapsed());
-                        log::info!(
-                            "compacted {} ledger bytes into a {}-byte snapshot in {} ms; {} bytes stay in the ledger; old ledger kept as {}",
-                            done.folded_bytes,
-                            done.snapshot_bytes,
-                            started.elapsed().as_millis(),
-                            done.tail_bytes,
-                            done.archive.display()
-                        );
-                        act.ledger_len = act.ledger_len.saturating_sub(done.folded_bytes);
-                    }
-                    Ok(Err(err)) => {
-                        log::error!("compaction failed (nothing lost; retrying in a minute): {err}");
-                        act.compact_retry_at = Some(std::time::Instant::now() + Duration::from_secs(60));
-                    }
-                    Err(err) => log::error!("compaction failed, ledger actor unavailable: {err}"),
-                }
-            })
-            .spawn(ctx);
+        self.ready_compaction = Some(msg.0);
+        self.flush(ctx);
     }
 }
 

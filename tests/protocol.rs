@@ -396,51 +396,11 @@ mod auth {
     }
 }
 
-/// Top-level field names of a documented frame like `{"type": "set", "key": "<str>", ...}`.
-fn documented_fields(line: &str) -> (String, BTreeSet<String>) {
-    let mut fields = BTreeSet::new();
-    let (mut depth, mut chars) = (0, line.char_indices().peekable());
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '{' | '[' => depth += 1,
-            '}' | ']' => depth -= 1,
-            '"' => {
-                let end = line[i + 1..].find('"').map(|e| i + 1 + e).expect("closing quote");
-                let name = &line[i + 1..end];
-                while chars.peek().is_some_and(|(j, _)| *j <= end) {
-                    chars.next();
-                }
-                if depth == 1 && line[end + 1..].trim_start().starts_with(':') {
-                    fields.insert(name.to_owned());
-                }
-            }
-            _ => {}
-        }
-    }
-    let ty = line.split("\"type\":").nth(1).and_then(|s| s.split('"').nth(1)).expect("type").to_owned();
-    (ty, fields)
-}
-
 /// The README's protocol block is the documentation users read; check it against the server.
 #[test]
 fn readme_protocol_block_matches_the_running_server() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let block = readme
-        .split("<!-- protocol-v1 -->")
-        .nth(1)
-        .and_then(|rest| rest.split("<!-- /protocol-v1 -->").next())
-        .expect("README has a block between <!-- protocol-v1 --> markers");
-    let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
-    let mut direction = None;
-    for line in block.lines().map(str::trim) {
-        if line.starts_with("Browser -> relay") {
-            direction = Some(&mut inbound);
-        } else if line.starts_with("Relay -> browser") {
-            direction = Some(&mut outbound);
-        } else if line.starts_with('{') {
-            direction.as_mut().expect("a direction heading first").push(documented_fields(line));
-        }
-    }
+    let (inbound, outbound) = common::readme_protocol_block(&readme, "protocol-v1");
     let types = |frames: &[(String, BTreeSet<String>)]| frames.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
     assert_eq!(types(&inbound), ["set", "delete", "presence", "auth"]);
     assert_eq!(types(&outbound), ["hello", "snapshot", "set", "delete", "presence", "presence-leave"]);

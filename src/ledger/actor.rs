@@ -35,12 +35,29 @@ impl Actor for LedgerActor {
     type Context = SyncContext<Self>;
 }
 
-/// Append these ops, in order, durably (as `[ledger] sync` says).
+/// Append these ops, in order, durably (as `[ledger] sync` says); then, if asked, compact.
+///
+/// Compaction rides on an append so that its outcome reaches the state actor in the same ordered
+/// stream of replies as the appends: the state actor always knows which file (`generation`) and
+/// which length its state reflects, and so what a snapshot covers.
 #[derive(Message)]
 #[rtype(result = "Appended")]
 pub struct Append {
-    /// The batch, handed back in the reply so the caller need not clone it.
+    /// The batch (may be empty), handed back in the reply so the caller need not clone it.
     pub ops: Vec<Op>,
+    /// A compaction to run after the batch.
+    pub compact: Option<Compact>,
+}
+
+/// Fold the first `covered` bytes of ledger generation `generation` into `snapshot` (see
+/// [`Ledger::compact`]).
+pub struct Compact {
+    /// The whole state as of `covered`, from [`super::snapshot::encode`].
+    pub snapshot: Vec<u8>,
+    /// Ledger length the snapshot covers.
+    pub covered: u64,
+    /// The ledger generation `covered` refers to; a compaction for another one is refused.
+    pub generation: u64,
 }
 
 /// The outcome of an [`Append`].
@@ -53,8 +70,10 @@ pub struct Appended {
     pub bytes: u64,
     /// Time spent in write + fdatasync.
     pub elapsed: Duration,
-    /// Length of the ledger file after this batch.
-    pub len_after: u64,
+    /// Ledger generation (compactions so far) and length after this batch and any compaction.
+    pub position: (u64, u64),
+    /// The compaction's outcome, if one was asked for.
+    pub compacted: Option<Result<Compacted, LedgerError>>,
 }
 
 impl Handler<Append> for LedgerActor {
@@ -67,36 +86,25 @@ impl Handler<Append> for LedgerActor {
         }
         let started = Instant::now();
         let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = ledger.append(&self.buf);
-        let len_after = ledger.len();
-        drop(ledger);
+        let result = if msg.ops.is_empty() { Ok(()) } else { ledger.append(&self.buf) };
+        let elapsed = started.elapsed();
         if let Err(err) = &result {
             log::error!("ledger append of {} ops failed: {err}", msg.ops.len());
         }
-        let elapsed = started.elapsed();
+        let compacted = msg.compact.map(|job| {
+            if job.generation == ledger.generation() {
+                ledger.compact(&job.snapshot, job.covered)
+            } else {
+                Err(LedgerError::Stale { expected: ledger.generation(), got: job.generation })
+            }
+        });
+        let position = (ledger.generation(), ledger.len());
+        drop(ledger);
         let bytes = self.buf.len() as u64;
         if self.buf.capacity() > 8 << 20 {
             self.buf = Vec::new(); // do not keep a huge buffer after a burst
         }
-        MessageResult(Appended { ops: msg.ops, result, bytes, elapsed, len_after })
-    }
-}
-
-/// Fold the ledger's first `covered` bytes into `snapshot` (see [`Ledger::compact`]).
-#[derive(Message)]
-#[rtype(result = "Result<Compacted, LedgerError>")]
-pub struct Compact {
-    /// The whole state as of `covered`, from [`super::snapshot::encode`].
-    pub snapshot: Vec<u8>,
-    /// Ledger length the snapshot covers.
-    pub covered: u64,
-}
-
-impl Handler<Compact> for LedgerActor {
-    type Result = Result<Compacted, LedgerError>;
-
-    fn handle(&mut self, msg: Compact, _: &mut SyncContext<Self>) -> Self::Result {
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner).compact(&msg.snapshot, msg.covered)
+        MessageResult(Appended { ops: msg.ops, result, bytes, elapsed, position, compacted })
     }
 }
 

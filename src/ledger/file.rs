@@ -70,6 +70,14 @@ pub enum LedgerError {
     /// An earlier failure left the file in an unknown state; appends are refused until restart.
     #[error("ledger {0} failed earlier and refuses writes until the relay restarts")]
     Poisoned(PathBuf),
+    /// A compaction was prepared against an older generation of the ledger file.
+    #[error("snapshot prepared for ledger generation {got}, but the ledger is at generation {expected}")]
+    Stale {
+        /// The ledger's generation.
+        expected: u64,
+        /// The snapshot's.
+        got: u64,
+    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LedgerError + 'a {
@@ -117,6 +125,8 @@ pub struct Ledger {
     len: u64,
     sync: SyncMode,
     poisoned: bool,
+    /// Compactions since this ledger was opened: which file `len` refers to.
+    generation: u64,
     /// Held for the lifetime of the ledger; the OS releases the lock when it closes.
     _lock: File,
 }
@@ -165,7 +175,7 @@ impl Ledger {
             .map_err(io_err("cannot open ledger", path))?;
         let len = replay(path, &file, &mut stats, &mut apply)?;
         stats.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Ok((Ledger { path: path.to_owned(), file, len, sync, poisoned: false, _lock: lock }, stats))
+        Ok((Ledger { path: path.to_owned(), file, len, sync, poisoned: false, generation: 0, _lock: lock }, stats))
     }
 
     /// Appends `bytes` (whole records) and, in [`SyncMode::Always`], makes them durable.
@@ -225,6 +235,7 @@ impl Ledger {
         if self.poisoned {
             return Err(LedgerError::Poisoned(self.path.clone()));
         }
+        let started = Instant::now();
         let covered = covered.min(self.len);
         let (ledger, snap, tmp, next) =
             (self.path.clone(), snapshot_path(&self.path), snapshot_tmp_path(&self.path), next_path(&self.path));
@@ -269,12 +280,19 @@ impl Ledger {
         }
         let folded = covered;
         self.len = tail.len() as u64;
+        self.generation += 1;
         Ok(Some(Compacted {
             archive,
             snapshot_bytes: snapshot.len() as u64,
             folded_bytes: folded,
             tail_bytes: self.len,
+            elapsed: started.elapsed(),
         }))
+    }
+
+    /// Compactions since the ledger was opened.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Bytes in the ledger file.
@@ -322,6 +340,8 @@ pub struct Compacted {
     pub folded_bytes: u64,
     /// Bytes left in the live ledger (written after the snapshot was taken).
     pub tail_bytes: u64,
+    /// How long the fold took (writes wait this long).
+    pub elapsed: std::time::Duration,
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {

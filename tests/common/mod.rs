@@ -190,7 +190,8 @@ impl Client {
         let hello = recv_json(&mut ws);
         let snapshot = recv_json(&mut ws);
         assert_eq!(hello["type"], "hello", "first frame: {hello}");
-        assert_eq!(snapshot["type"], "snapshot", "second frame: {snapshot}");
+        // (v2 clients resuming get a "delta" instead.)
+        assert!(snapshot["type"] == "snapshot" || snapshot["type"] == "delta", "second frame: {snapshot}");
         Client { ws, hello, snapshot }
     }
 
@@ -428,4 +429,53 @@ pub fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&cert_path, cert.build().to_pem().unwrap()).unwrap();
     std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
     (cert_path, key_path)
+}
+
+/// Top-level field names of a documented frame like `{"type": "set", "key": "<str>", ...}`.
+pub fn documented_fields(line: &str) -> (String, std::collections::BTreeSet<String>) {
+    let mut fields = std::collections::BTreeSet::new();
+    let (mut depth, mut chars) = (0, line.char_indices().peekable());
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            '"' => {
+                let end = line[i + 1..].find('"').map(|e| i + 1 + e).expect("closing quote");
+                let name = &line[i + 1..end];
+                while chars.peek().is_some_and(|(j, _)| *j <= end) {
+                    chars.next();
+                }
+                if depth == 1 && line[end + 1..].trim_start().starts_with(':') {
+                    fields.insert(name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    let ty = line.split("\"type\":").nth(1).and_then(|s| s.split('"').nth(1)).expect("type").to_owned();
+    (ty, fields)
+}
+
+/// A documented frame: its type and exact top-level fields.
+pub type Documented = (String, std::collections::BTreeSet<String>);
+
+/// The frames of the README block between `<!-- name -->` markers: (browser -> relay, relay -> browser).
+pub fn readme_protocol_block(readme: &str, name: &str) -> (Vec<Documented>, Vec<Documented>) {
+    let block = readme
+        .split(&format!("<!-- {name} -->"))
+        .nth(1)
+        .and_then(|rest| rest.split(&format!("<!-- /{name} -->")).next())
+        .unwrap_or_else(|| panic!("README has a block between <!-- {name} --> markers"));
+    let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
+    let mut direction = None;
+    for line in block.lines().map(str::trim) {
+        if line.starts_with("Browser -> relay") {
+            direction = Some(&mut inbound);
+        } else if line.starts_with("Relay -> browser") {
+            direction = Some(&mut outbound);
+        } else if line.starts_with('{') {
+            direction.as_mut().expect("a direction heading first").push(documented_fields(line));
+        }
+    }
+    (inbound, outbound)
 }
