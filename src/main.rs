@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     let result = match &cli.command {
         None => return serve(config),
@@ -85,6 +85,25 @@ fn main() -> ExitCode {
             ExitCode::from(if matches!(error, CommandError::Usage(_)) { 2 } else { 1 })
         }
     }
+}
+
+/// Logs to stderr at the level `RUST_LOG` sets (`info` by default); `AETHER_LOG_FORMAT=json` writes
+/// one JSON object a line (`ts`, `level`, `target`, `msg`) for log shippers.
+fn init_logging() {
+    use std::io::Write;
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if std::env::var("AETHER_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_micros().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    builder.init();
 }
 
 /// Raises the open-file soft limit to the hard limit: every WebSocket is a file descriptor, and

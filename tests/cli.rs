@@ -64,3 +64,29 @@ fn unreadable_ledger_location_fails_with_a_clear_message() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("cannot create directory for"), "{}", stderr(&output));
 }
+
+#[test]
+fn json_logs_on_request() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nbind = \"127.0.0.1:0\"\n[ledger]\npath = {:?}\n", dir.path().join("l.jsonl")),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aether-actix"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("AETHER_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(first["level"], "INFO");
+    assert!(first["msg"].as_str().unwrap().contains("replayed"), "{first}");
+    assert!(first["ts"].as_str().unwrap().ends_with('Z'));
+}
