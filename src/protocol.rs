@@ -249,6 +249,26 @@ pub fn op_frame(op: &Op) -> ByteString {
     into_frame(out)
 }
 
+/// Close codes this server uses (see the README's protocol sections).
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error: broken WebSocket framing.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// Auth failed, or rate limit exceeded.
+    pub const POLICY: u16 = 1008;
+    /// Message larger than `max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// No pong to our pings.
+    pub const KEEPALIVE: u16 = 1011;
+    /// Connection cap reached, or this client read too slowly.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
 /// A connection's protocol version: v1 (upstream's, the default) or v2 (`?v=2`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {

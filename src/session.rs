@@ -21,8 +21,8 @@ use crate::{
     limits::{ConnectionSlot, TokenBucket},
     metrics::{Inbound, Metrics},
     outbox::{Outbound, OutboxReceiver, outbox},
-    protocol::{self, ClientFrame, Version},
-    state::{Join, Leave, Presence, StateActor, Write, close},
+    protocol::{self, ClientFrame, Version, close},
+    state::{Join, Leave, Presence, StateActor, Write},
 };
 
 /// What every session shares.

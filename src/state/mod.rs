@@ -9,6 +9,12 @@
 //!
 //! A member whose outbound queue is full is too slow: it is dropped from fan-out and told to close,
 //! and nobody else waits for it.
+//!
+//! Submodules: [`fanout`] (applying batches, per-version frames, first frames) and [`compaction`]
+//! (online compaction).
+
+mod compaction;
+mod fanout;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -20,36 +26,15 @@ use uuid::Uuid;
 
 use crate::{
     hlc::Clock,
-    ledger::{Append, Appended, LedgerActor},
-    ledger::{Compact, Compacted, LedgerError, snapshot},
+    ledger::{Append, Appended, Compact, LedgerActor},
     lww::{LwwMap, Op},
     metrics::Metrics,
-    outbox::{Outbound, Outbox, PushError},
-    protocol::{self, Version},
+    outbox::{Outbound, Outbox},
+    protocol::{self, Version, close},
 };
 
 /// Most ops in one ledger batch: bounds the time one fsync holds the next batch back.
 const MAX_BATCH_OPS: usize = 8192;
-
-/// Close codes this server uses (see the README's protocol section).
-pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// The server is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Protocol error: broken WebSocket framing.
-    pub const PROTOCOL: u16 = 1002;
-    /// A text frame that is not UTF-8.
-    pub const INVALID_DATA: u16 = 1007;
-    /// Auth failed, or rate limit exceeded.
-    pub const POLICY: u16 = 1008;
-    /// Message larger than `max_frame_bytes`.
-    pub const TOO_BIG: u16 = 1009;
-    /// No pong to our pings.
-    pub const KEEPALIVE: u16 = 1011;
-    /// Connection cap reached, or this client read too slowly.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
 
 /// One connected, registered client.
 struct Member {
@@ -146,36 +131,6 @@ impl StateActor {
         }
     }
 
-    /// The token that resumes from the current state: `<epoch>.<seq>`.
-    fn resume_token(&self) -> String {
-        format!("{}.{}", self.epoch, self.seq)
-    }
-
-    /// A v2 client's second frame: what changed since its resume token if the token is from this
-    /// run, the whole state otherwise.
-    fn state_v2(&self, resume: Option<String>) -> ByteString {
-        let token = self.resume_token();
-        let since = resume.as_deref().and_then(|r| r.split_once('.')).and_then(|(epoch, seq)| {
-            let seq = seq.parse::<u64>().ok()?;
-            (epoch == self.epoch && seq <= self.seq).then_some(seq)
-        });
-        let Some(since) = since else { return protocol::snapshot_v2(self.map.live(), &token) };
-        let (mut changed, mut deleted) = (Vec::new(), Vec::new());
-        for (key, _) in self.changed_at.iter().filter(|(_, at)| **at > since) {
-            match self.map.register(key) {
-                Some(register) if !register.tombstone => changed.push((key, &register.value)),
-                _ => deleted.push(key),
-            }
-        }
-        changed.sort_by(|a, b| a.0.cmp(b.0));
-        deleted.sort();
-        protocol::delta_v2(changed.into_iter(), &deleted, &token)
-    }
-
-    fn snapshot_frame(&mut self) -> ByteString {
-        self.snapshot_cache.get_or_insert_with(|| protocol::snapshot(self.map.live())).clone()
-    }
-
     /// Sends the next batch to the ledger if none is in flight.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.in_flight.is_some() || (self.queue.is_empty() && self.ready_compaction.is_none()) {
@@ -220,130 +175,6 @@ impl StateActor {
         self.maybe_finish_stopping();
     }
 
-    /// Starts an online compaction when the ledger has grown enough: the map (which reflects
-    /// exactly the first `ledger_len` bytes) is copied and encoded on a thread of its own, so
-    /// neither writes nor broadcasts wait for it; the ledger actor then folds it in between two
-    /// appends.
-    fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
-        let (generation, covered) = self.ledger_pos;
-        let due = self.compaction.after_bytes > 0 && covered >= self.compaction.after_bytes;
-        let waiting = self.compact_retry_at.is_some_and(|at| std::time::Instant::now() < at);
-        if !due || waiting || self.compacting || self.stopping.is_some() {
-            return;
-        }
-        self.compacting = true;
-        let (map, path, me) = (self.map.clone(), self.compaction.ledger_path.clone(), ctx.address());
-        let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
-            let snapshot = snapshot::encode(&map, &path);
-            drop(map);
-            me.do_send(SnapshotReady(Compact { snapshot, covered, generation }));
-        });
-        if let Err(err) = spawned {
-            log::error!("cannot start compaction: {err}");
-            self.compacting = false;
-        }
-    }
-
-    /// Applies a durable batch and sends it: v1 frames to v1 members, v2 frames (stamp, origin,
-    /// sequence number) to v2 members, then an `ack` to each v2 writer that asked for one.
-    fn publish(&mut self, ops: Vec<Op>, metas: &[WriteMeta]) {
-        let has = |v| self.members.values().any(|m| m.version == v);
-        let v1: Option<Arc<[ByteString]>> = has(Version::V1).then(|| ops.iter().map(protocol::op_frame).collect());
-        let first = self.seq + 1;
-        let origins: Vec<String> = metas.iter().map(|m| m.origin.to_string()).collect();
-        let v2: Option<Arc<[ByteString]>> = has(Version::V2).then(|| {
-            ops.iter()
-                .zip(&origins)
-                .zip(first..)
-                .map(|((op, origin), seq)| protocol::op_frame_v2(op, Some(origin), seq))
-                .collect()
-        });
-        let acks: Vec<(Uuid, ByteString)> = ops
-            .iter()
-            .zip(metas)
-            .zip(first..)
-            .filter_map(|((op, meta), seq)| Some((meta.origin, protocol::ack(meta.reference.as_ref()?, op, seq))))
-            .collect();
-        for op in ops {
-            self.seq += 1;
-            self.changed_at.insert(op.key.clone(), self.seq);
-            if self.map.apply(op) {
-                self.snapshot_cache = None;
-            }
-        }
-        let empty: Arc<[ByteString]> = Arc::new([]);
-        self.broadcast(
-            &Outbound::frames(v1.unwrap_or_else(|| Arc::clone(&empty))),
-            &Outbound::frames(v2.unwrap_or(empty)),
-            None,
-        );
-        for (origin, frame) in acks {
-            if let Some(member) = self.members.get(&origin).filter(|m| m.version == Version::V2) {
-                // A writer too slow for its ack is caught by the next broadcast.
-                let _ = member.outbox.push(Outbound::frames(Arc::new([frame])));
-            }
-        }
-    }
-
-    /// Records a compaction's outcome (it came back with an append).
-    fn compacted(&mut self, outcome: Result<Compacted, LedgerError>) {
-        self.compacting = false;
-        match outcome {
-            Ok(done) => {
-                self.metrics.compacted(&done);
-                log::info!(
-                    "compacted {} ledger bytes into a {}-byte snapshot; {} bytes stay in the ledger; old ledger kept as {}",
-                    done.folded_bytes,
-                    done.snapshot_bytes,
-                    done.tail_bytes,
-                    done.archive.display()
-                );
-            }
-            Err(err) => {
-                log::error!("compaction failed (nothing lost; retrying in a minute): {err}");
-                self.compact_retry_at = Some(std::time::Instant::now() + Duration::from_secs(60));
-            }
-        }
-    }
-
-    /// Sends to every member except `skip` the item for its protocol version; members whose
-    /// queue is full are dropped.
-    fn broadcast(&mut self, v1: &Outbound, v2: &Outbound, skip: Option<Uuid>) {
-        let mut slow = Vec::new();
-        self.members.retain(|id, member| {
-            if Some(*id) == skip {
-                return true;
-            }
-            let item = if member.version == Version::V1 { v1 } else { v2 };
-            if matches!(item, Outbound::Frames { frames, .. } if frames.is_empty()) {
-                return true;
-            }
-            match member.outbox.push(item.clone()) {
-                Ok(()) => true,
-                Err(PushError::Full) => {
-                    slow.push(*id);
-                    if let Some(kick) = member.kick.take() {
-                        let _ = kick.send((close::TRY_AGAIN_LATER, "too slow"));
-                    }
-                    false
-                }
-                // The session ended; its Leave is on the way and will find nothing to remove.
-                Err(PushError::Closed) => false,
-            }
-        });
-        for id in slow {
-            log::info!("client {} read too slowly and was disconnected", short(&id));
-            self.announce_leave(id);
-        }
-    }
-
-    fn announce_leave(&mut self, id: Uuid) {
-        if self.stopping.is_none() {
-            let item = Outbound::frames(Arc::new([protocol::presence_leave(&id.to_string())]));
-            self.broadcast(&item, &item, Some(id));
-        }
-    }
-
     fn maybe_finish_stopping(&mut self) {
         if self.in_flight.is_some() || !self.queue.is_empty() {
             return;
@@ -360,10 +191,6 @@ impl StateActor {
             let _ = waiter.send(());
         }
     }
-}
-
-fn short(id: &Uuid) -> String {
-    id.simple().to_string()[..8].to_owned()
 }
 
 impl Actor for StateActor {
@@ -517,20 +344,6 @@ impl Handler<Shutdown> for StateActor {
         Box::pin(async move {
             let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
         })
-    }
-}
-
-/// A snapshot encoded off-thread, ready to ride on the next append.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct SnapshotReady(Compact);
-
-impl Handler<SnapshotReady> for StateActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SnapshotReady, ctx: &mut Context<Self>) {
-        self.ready_compaction = Some(msg.0);
-        self.flush(ctx);
     }
 }
 

@@ -1,0 +1,130 @@
+//! Fan-out: applying durable batches and sending every member the frames of its protocol
+//! version, through its bounded outbox; joining members' first frames (v1 snapshot, v2 snapshot
+//! or delta).
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use uuid::Uuid;
+
+use super::{StateActor, WriteMeta};
+use crate::{
+    lww::Op,
+    outbox::{Outbound, PushError},
+    protocol::{self, Version, close},
+};
+
+impl StateActor {
+    /// The token that resumes from the current state: `<epoch>.<seq>`.
+    pub(super) fn resume_token(&self) -> String {
+        format!("{}.{}", self.epoch, self.seq)
+    }
+
+    /// A v2 client's second frame: what changed since its resume token if the token is from this
+    /// run, the whole state otherwise.
+    pub(super) fn state_v2(&self, resume: Option<String>) -> ByteString {
+        let token = self.resume_token();
+        let since = resume.as_deref().and_then(|r| r.split_once('.')).and_then(|(epoch, seq)| {
+            let seq = seq.parse::<u64>().ok()?;
+            (epoch == self.epoch && seq <= self.seq).then_some(seq)
+        });
+        let Some(since) = since else { return protocol::snapshot_v2(self.map.live(), &token) };
+        let (mut changed, mut deleted) = (Vec::new(), Vec::new());
+        for (key, _) in self.changed_at.iter().filter(|(_, at)| **at > since) {
+            match self.map.register(key) {
+                Some(register) if !register.tombstone => changed.push((key, &register.value)),
+                _ => deleted.push(key),
+            }
+        }
+        changed.sort_by(|a, b| a.0.cmp(b.0));
+        deleted.sort();
+        protocol::delta_v2(changed.into_iter(), &deleted, &token)
+    }
+
+    pub(super) fn snapshot_frame(&mut self) -> ByteString {
+        self.snapshot_cache.get_or_insert_with(|| protocol::snapshot(self.map.live())).clone()
+    }
+
+    /// Applies a durable batch and sends it: v1 frames to v1 members, v2 frames (stamp, origin,
+    /// sequence number) to v2 members, then an `ack` to each v2 writer that asked for one.
+    pub(super) fn publish(&mut self, ops: Vec<Op>, metas: &[WriteMeta]) {
+        let has = |v| self.members.values().any(|m| m.version == v);
+        let v1: Option<Arc<[ByteString]>> = has(Version::V1).then(|| ops.iter().map(protocol::op_frame).collect());
+        let first = self.seq + 1;
+        let origins: Vec<String> = metas.iter().map(|m| m.origin.to_string()).collect();
+        let v2: Option<Arc<[ByteString]>> = has(Version::V2).then(|| {
+            ops.iter()
+                .zip(&origins)
+                .zip(first..)
+                .map(|((op, origin), seq)| protocol::op_frame_v2(op, Some(origin), seq))
+                .collect()
+        });
+        let acks: Vec<(Uuid, ByteString)> = ops
+            .iter()
+            .zip(metas)
+            .zip(first..)
+            .filter_map(|((op, meta), seq)| Some((meta.origin, protocol::ack(meta.reference.as_ref()?, op, seq))))
+            .collect();
+        for op in ops {
+            self.seq += 1;
+            self.changed_at.insert(op.key.clone(), self.seq);
+            if self.map.apply(op) {
+                self.snapshot_cache = None;
+            }
+        }
+        let empty: Arc<[ByteString]> = Arc::new([]);
+        self.broadcast(
+            &Outbound::frames(v1.unwrap_or_else(|| Arc::clone(&empty))),
+            &Outbound::frames(v2.unwrap_or(empty)),
+            None,
+        );
+        for (origin, frame) in acks {
+            if let Some(member) = self.members.get(&origin).filter(|m| m.version == Version::V2) {
+                // A writer too slow for its ack is caught by the next broadcast.
+                let _ = member.outbox.push(Outbound::frames(Arc::new([frame])));
+            }
+        }
+    }
+
+    /// Sends to every member except `skip` the item for its protocol version; members whose
+    /// queue is full are dropped.
+    pub(super) fn broadcast(&mut self, v1: &Outbound, v2: &Outbound, skip: Option<Uuid>) {
+        let mut slow = Vec::new();
+        self.members.retain(|id, member| {
+            if Some(*id) == skip {
+                return true;
+            }
+            let item = if member.version == Version::V1 { v1 } else { v2 };
+            if matches!(item, Outbound::Frames { frames, .. } if frames.is_empty()) {
+                return true;
+            }
+            match member.outbox.push(item.clone()) {
+                Ok(()) => true,
+                Err(PushError::Full) => {
+                    slow.push(*id);
+                    if let Some(kick) = member.kick.take() {
+                        let _ = kick.send((close::TRY_AGAIN_LATER, "too slow"));
+                    }
+                    false
+                }
+                // The session ended; its Leave is on the way and will find nothing to remove.
+                Err(PushError::Closed) => false,
+            }
+        });
+        for id in slow {
+            log::info!("client {} read too slowly and was disconnected", short(&id));
+            self.announce_leave(id);
+        }
+    }
+
+    pub(super) fn announce_leave(&mut self, id: Uuid) {
+        if self.stopping.is_none() {
+            let item = Outbound::frames(Arc::new([protocol::presence_leave(&id.to_string())]));
+            self.broadcast(&item, &item, Some(id));
+        }
+    }
+}
+
+fn short(id: &Uuid) -> String {
+    id.simple().to_string()[..8].to_owned()
+}
