@@ -13,7 +13,8 @@
 //! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
 //!   durable append, crash-safe compaction), history over archives, and `LedgerActor`, the single
 //!   thread that appends (group commit) and compacts.
-//! - [`protocol`]: v1 wire frames, parsed once at the edge and encoded once per broadcast.
+//! - [`protocol`]: v1 and v2 wire frames and close codes, parsed once at the edge and encoded once
+//!   per broadcast.
 //! - [`limits`]: token bucket and connection counter.
 //! - [`proxy`]: trusted reverse proxies and the client address behind them.
 //! - [`config`]: the typed TOML configuration.
@@ -22,7 +23,8 @@
 //!
 //! Actors and I/O:
 //! - [`state`]: `StateActor`, the singleton that stamps, merges, batches to the ledger and fans
-//!   out durable ops to every session's bounded queue.
+//!   out durable ops to every session's bounded queue (`state::fanout`: per-version frames and v2
+//!   resume; `state::compaction`: online compaction riding on appends).
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
 //! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
