@@ -249,8 +249,7 @@ impl Connection {
                 Event::Kicked(reason) => return Some(reason),
                 Event::Out(None) => return None,
                 Event::Out(Some(Outbound::Close(code, reason))) => return Some((code, reason)),
-                Event::Out(Some(item @ Outbound::Frames { .. })) => {
-                    let Outbound::Frames { frames, .. } = &item else { unreachable!() };
+                Event::Out(Some(Outbound::Frames { frames, bytes })) => {
                     let write = async {
                         for frame in frames.iter() {
                             session.text(frame.clone()).await?;
@@ -263,7 +262,7 @@ impl Connection {
                         reason = kicked(&mut kick) => return Some(reason),
                         written = write => if written.is_err() { return None },
                     }
-                    rx.written(&item);
+                    rx.written(bytes);
                 }
                 Event::In(None) => return None,
                 Event::In(Some(Err(ProtocolError::Overflow))) => return Some((close::TOO_BIG, "message too big")),
