@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, then checks formatting and
-# lints, and runs every test (unit, property, integration against the real binary).
+# lints, and runs every test: Rust (unit, property, integration against the real binary) and the
+# JavaScript client (Node's test runner, the real relay, headless Chromium).
 # Usage: tests/run.sh            (from anywhere; it works in the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ export PATH="$PATH:/usr/sbin:/sbin"   # Debian puts nginx in /usr/sbin
 need_apt=()
 pkg-config --exists openssl 2>/dev/null || need_apt+=(pkg-config libssl-dev)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)   # tests/nginx.rs
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)                       # tests/js/browser.test.js
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)                           # tests/js
 if ((${#need_apt[@]})); then
   echo "==> installing ${need_apt[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -22,3 +25,5 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --locked
+echo "==> JavaScript client (tests/js: node --test, the real relay, headless Chromium)"
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error && AETHER_BIN=target/debug/aether-actix npm test)

@@ -86,6 +86,16 @@ impl StateActor {
         }
     }
 
+    /// Tells v2 writers that gave a `ref` that these writes will never apply.
+    pub(super) fn refuse(&mut self, metas: &[WriteMeta], reason: &str) {
+        for meta in metas {
+            let Some(reference) = &meta.reference else { continue };
+            if let Some(member) = self.members.get(&meta.origin).filter(|m| m.version == Version::V2) {
+                let _ = member.outbox.push(Outbound::frames(Arc::new([protocol::nack(reference, reason)])));
+            }
+        }
+    }
+
     /// Sends to every member except `skip` the item for its protocol version; members whose
     /// queue is full are dropped.
     pub(super) fn broadcast(&mut self, v1: &Outbound, v2: &Outbound, skip: Option<Uuid>) {

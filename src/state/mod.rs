@@ -161,12 +161,14 @@ impl StateActor {
                     Err(err) => {
                         self.metrics.ledger_failure();
                         log::error!("{} writes were not made durable and are dropped: {err}", ops.len());
+                        self.refuse(&metas, "ledger_failed");
                     }
                 }
             }
             Err(err) => {
                 self.metrics.ledger_failure();
                 log::error!("ledger actor unavailable, batch dropped: {err}");
+                self.refuse(&metas, "ledger_failed");
             }
         }
         drop(metas);

@@ -1,0 +1,72 @@
+/**
+ * Types for aether-react.mjs: React hooks for the aether-actix browser client (React 18+).
+ * aether-react.d.mts is an identical copy, for TypeScript's ES-module resolution.
+ */
+
+type AetherClient = InstanceType<typeof import('./aether.js')>;
+type AetherOptions = import('./aether.js').Options;
+type AetherValue = import('./aether.js').Value;
+type AetherWriteHandle<T> = import('./aether.js').Write<T>;
+type AetherStatusInfo = import('./aether.js').Status;
+
+/** Defaults for every hook: the relay URL and client options, or an existing client. */
+export interface AetherConfig extends AetherOptions {
+  url?: string;
+  client?: AetherClient;
+}
+
+/** Per-hook override of the configured defaults. */
+export type AetherHookOptions = AetherConfig;
+
+export interface AetherMeta {
+  readonly ready: boolean;
+  readonly connected: boolean;
+  readonly client: AetherClient;
+}
+
+export type SetAetherValue<T> = (
+  next: T | undefined | ((previous: T) => T | undefined)
+) => AetherWriteHandle<T>;
+
+export interface AetherSnapshotResult {
+  readonly data: Readonly<Record<string, AetherValue>>;
+  readonly setKey: <T = AetherValue>(key: string, value: T | undefined) => AetherWriteHandle<T>;
+  readonly deleteKey: (key: string) => AetherWriteHandle<never>;
+  readonly ready: boolean;
+  readonly connected: boolean;
+  readonly client: AetherClient;
+}
+
+export interface AetherStatusResult {
+  readonly connected: boolean;
+  readonly ready: boolean;
+  readonly status: AetherStatusInfo;
+  readonly client: AetherClient;
+}
+
+export declare function configureAether(config: AetherConfig): void;
+export declare function getAether(options?: AetherHookOptions): AetherClient;
+
+export declare function useAether<T = AetherValue>(
+  key: string,
+  defaultValue: T,
+  options?: AetherHookOptions
+): [T, SetAetherValue<T>, AetherMeta];
+export declare function useAether<T = AetherValue>(
+  key: string,
+  defaultValue?: undefined,
+  options?: AetherHookOptions
+): [T | undefined, SetAetherValue<T | undefined>, AetherMeta];
+
+export declare function useAetherSnapshot(options?: AetherHookOptions): AetherSnapshotResult;
+
+export declare function useAetherSupersede(
+  callback: (key: string, attempted: AetherValue | undefined, actual: AetherValue | undefined) => void,
+  deps?: readonly unknown[],
+  options?: AetherHookOptions
+): void;
+
+export declare function useAetherStatus(options?: AetherHookOptions): AetherStatusResult;
+
+export declare const Aether: typeof import('./aether.js');
+export default useAether;

@@ -1,0 +1,1599 @@
+/*!
+ * aether.js — browser client for the aether-actix relay.
+ *
+ * A synced key/value map: every tab of every user sees the same keys. Speaks protocol v2 with
+ * aether-actix (acks, stamps, resume) and falls back to upstream's protocol v1 against an
+ * Aether-Core 0.4.0 server. Offline-first: state is cached in localStorage, writes made offline wait
+ * in a durable outbox and are sent, paced under the relay's rate limit, when the connection returns.
+ *
+ * One file, three ways to load it:
+ *   <script src="/aether.js"></script>            -> global `Aether`
+ *   import Aether from '/aether.mjs'              -> native ES module (wraps this file)
+ *   const Aether = require('aether-actix-client') -> CommonJS
+ *
+ * API reference: README.md beside this file. Types: aether.d.ts. MIT licence.
+ */
+(function (root, factory) {
+  'use strict';
+  var Aether = factory();
+  if (typeof module === 'object' && module && typeof module.exports === 'object') {
+    module.exports = Aether;
+  } else if (root) {
+    root.Aether = Aether;
+  }
+})(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this, function () {
+  'use strict';
+
+  // ---------------------------------------------------------------------------------------------
+  // Constants
+  // ---------------------------------------------------------------------------------------------
+
+  /** localStorage cache format version (upstream's `{"v":1,"data":{…}}`). */
+  var CACHE_VERSION = 1;
+  /** Debounce of the state cache write, as upstream. */
+  var CACHE_DEBOUNCE_MS = 80;
+  /** Deepest nesting the relay accepts in a value. */
+  var MAX_VALUE_DEPTH = 64;
+  /** How long a tab waits for the owner of an outbox to say it is alive before adopting it. */
+  var ADOPT_PROBE_MS = 300;
+  /** How often a tab with pending writes refreshes its outbox heartbeat. */
+  var OUTBOX_BEAT_MS = 20000;
+  /** A sibling's optimistic write that was never settled is forgotten after this long. */
+  var PEER_OVERLAY_TTL_MS = 60000;
+  /** A disconnected tab follows one sibling's re-posts; it switches after this much silence. */
+  var BC_SOURCE_TTL_MS = 5000;
+
+  var DEFAULTS = {
+    autoReconnect: true,
+    minReconnectDelayMs: 200,
+    maxReconnectDelayMs: 5000,
+    persist: true,
+    protocol: 2,
+    sendBurst: 100,
+    sendRatePerSecond: 50,
+    maxKeyBytes: 256,
+    maxValueBytes: 32768,
+    supersedeWindowMs: 0,
+    maxTrackedWrites: 1024,
+    outboxStaleMs: 60000,
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // Small helpers
+  // ---------------------------------------------------------------------------------------------
+
+  function noop() {}
+
+  function now() {
+    return Date.now();
+  }
+
+  function randomId() {
+    var c = typeof globalThis !== 'undefined' ? globalThis.crypto : undefined;
+    if (c && typeof c.randomUUID === 'function') {
+      try {
+        return c.randomUUID();
+      } catch (_) {
+        /* insecure context: fall through */
+      }
+    }
+    return 'tab-' + Math.random().toString(36).slice(2) + now().toString(36);
+  }
+
+  /** UTF-8 byte length of a string, without allocating. */
+  function utf8Length(s) {
+    var n = 0;
+    for (var i = 0; i < s.length; i++) {
+      var c = s.charCodeAt(i);
+      if (c < 0x80) n += 1;
+      else if (c < 0x800) n += 2;
+      else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+        n += 4;
+        i++;
+      } else n += 3;
+    }
+    return n;
+  }
+
+  function depthExceeds(value, limit) {
+    if (value === null || typeof value !== 'object') return false;
+    if (limit <= 0) return true;
+    var items = Array.isArray(value) ? value : Object.keys(value).map(function (k) { return value[k]; });
+    for (var i = 0; i < items.length; i++) {
+      if (depthExceeds(items[i], limit - 1)) return true;
+    }
+    return false;
+  }
+
+  /** Structural equality of JSON values; object key order does not matter. */
+  function jsonEqual(a, b) {
+    if (a === b) return true;
+    if (a === null || b === null || typeof a !== 'object' || typeof b !== 'object') return false;
+    var arrayA = Array.isArray(a);
+    if (arrayA !== Array.isArray(b)) return false;
+    if (arrayA) {
+      if (a.length !== b.length) return false;
+      for (var i = 0; i < a.length; i++) if (!jsonEqual(a[i], b[i])) return false;
+      return true;
+    }
+    var ka = Object.keys(a);
+    if (ka.length !== Object.keys(b).length) return false;
+    for (var j = 0; j < ka.length; j++) {
+      if (!Object.prototype.hasOwnProperty.call(b, ka[j]) || !jsonEqual(a[ka[j]], b[ka[j]])) return false;
+    }
+    return true;
+  }
+
+  /** Inserts `name=value` query parameters before any `#fragment`, as upstream did for auth_token. */
+  function withQuery(url, params) {
+    var hash = url.indexOf('#');
+    var out = hash >= 0 ? url.slice(0, hash) : url;
+    var fragment = hash >= 0 ? url.slice(hash) : '';
+    for (var i = 0; i < params.length; i++) {
+      var sep = out.indexOf('?') < 0 ? '?' : /[?&]$/.test(out) ? '' : '&';
+      out += sep + params[i][0] + '=' + encodeURIComponent(params[i][1]);
+    }
+    return out + fragment;
+  }
+
+  /** Splits a resume token `<run>.<seq>` at its last '.'. */
+  function parseToken(token) {
+    if (typeof token !== 'string') return null;
+    var dot = token.lastIndexOf('.');
+    if (dot <= 0) return null;
+    var seq = Number(token.slice(dot + 1));
+    if (!Number.isFinite(seq) || seq < 0) return null;
+    return { run: token.slice(0, dot), seq: seq };
+  }
+
+  function callSafely(fn, args) {
+    try {
+      fn.apply(undefined, args);
+    } catch (err) {
+      if (typeof console !== 'undefined' && console.error) console.error('[aether] watcher threw:', err);
+    }
+  }
+
+  function requireFunction(cb, name) {
+    if (typeof cb !== 'function') throw new TypeError('Aether.' + name + ': callback must be a function');
+  }
+
+  function subscribe(set, cb) {
+    set.add(cb);
+    return function unsubscribe() {
+      set.delete(cb);
+    };
+  }
+
+  function timer(fn, ms, unref) {
+    var t = setTimeout(fn, ms);
+    if (unref && t && typeof t.unref === 'function') t.unref();
+    return t;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Write handles
+  // ---------------------------------------------------------------------------------------------
+
+  /** Why a write will never apply: `reason` is the relay's nack reason or a client-side one. */
+  class AetherWriteError extends Error {
+    constructor(write, reason) {
+      super('aether: write to "' + write.key + '" failed: ' + reason);
+      this.name = 'AetherWriteError';
+      this.reason = reason;
+      this.key = write.key;
+      this.write = write;
+    }
+  }
+
+  /**
+   * What `set`/`delete` return. Not a thenable on purpose (so forgetting `await` or returning it
+   * from an async function never blocks); `durable` is a promise created on first access, so an
+   * ignored failure is never an unhandled rejection.
+   */
+  class AetherWrite {
+    constructor(key, op, value) {
+      this.key = key;
+      this.op = op;
+      this.value = value;
+      /** 'pending' | 'durable' | 'failed' */
+      this.status = 'pending';
+      /** v2: the relay's stamp for this write, once acknowledged. */
+      this.stamp = null;
+      /** v2: the relay's sequence number for this write, once acknowledged. */
+      this.seq = null;
+      /** Why it failed, when status is 'failed'. */
+      this.reason = null;
+      this._promise = null;
+      this._resolve = null;
+      this._reject = null;
+    }
+
+    get durable() {
+      if (!this._promise) {
+        var self = this;
+        this._promise = new Promise(function (resolve, reject) {
+          self._resolve = resolve;
+          self._reject = reject;
+        });
+        if (this.status === 'durable') this._resolve(this);
+        else if (this.status === 'failed') this._reject(new AetherWriteError(this, this.reason));
+      }
+      return this._promise;
+    }
+
+    _succeed(stamp, seq) {
+      if (this.status !== 'pending') return;
+      this.status = 'durable';
+      this.stamp = stamp == null ? null : stamp;
+      this.seq = seq == null ? null : seq;
+      if (this._resolve) this._resolve(this);
+    }
+
+    _fail(reason) {
+      if (this.status !== 'pending') return;
+      this.status = 'failed';
+      this.reason = reason;
+      if (this._reject) this._reject(new AetherWriteError(this, reason));
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The client
+  // ---------------------------------------------------------------------------------------------
+
+  class Aether {
+    /**
+     * @param {string} url  WebSocket URL of the relay, e.g. `ws://127.0.0.1:8211/ws`.
+     * @param {object} [opts] see README.md / aether.d.ts.
+     */
+    constructor(url, opts) {
+      if (typeof url !== 'string' || !url) throw new TypeError('Aether: url must be a non-empty string');
+      opts = opts || {};
+      this.url = url;
+      var g = typeof globalThis !== 'undefined' ? globalThis : {};
+      var o = (this._opts = {});
+      Object.keys(DEFAULTS).forEach(function (k) {
+        o[k] = DEFAULTS[k];
+      });
+      o.autoReconnect = opts.autoReconnect !== false;
+      o.persist = opts.persist !== false;
+      o.maxReconnectDelayMs = opts.maxReconnectDelayMs || DEFAULTS.maxReconnectDelayMs;
+      [
+        'minReconnectDelayMs', 'sendBurst', 'sendRatePerSecond', 'maxKeyBytes', 'maxValueBytes',
+        'supersedeWindowMs', 'maxTrackedWrites', 'outboxStaleMs',
+      ].forEach(function (k) {
+        if (typeof opts[k] === 'number' && opts[k] >= 0) o[k] = opts[k];
+      });
+      o.protocol = opts.protocol === 1 ? 1 : 2;
+      o.authToken = typeof opts.authToken === 'string' && opts.authToken ? opts.authToken : null;
+      this._cacheKey = typeof opts.cacheKey === 'string' && opts.cacheKey ? opts.cacheKey : 'aether::state::' + url;
+      this._WebSocket = 'WebSocket' in opts ? opts.WebSocket : g.WebSocket;
+      var BC = 'BroadcastChannel' in opts ? opts.BroadcastChannel : g.BroadcastChannel;
+      this._storage = null;
+      if (o.persist) {
+        try {
+          this._storage = 'storage' in opts ? opts.storage : g.localStorage || null;
+        } catch (_) {
+          this._storage = null; // access can throw (sandboxed iframes, disabled storage)
+        }
+      }
+
+      // Visible state = the relay's state (`_base`) with pending local writes laid over it.
+      this._state = new Map();
+      this._base = new Map();
+      /** key -> {own, tab, n, cid, del, value, at, settled} */
+      this._overlay = new Map();
+      /** Pending writes, in send order: {n, op, key, value, t, status:'queued'|'sent', writes:[]} */
+      this._outbox = [];
+      this._nextN = 1;
+      /** key -> {n, del, value, stamp, seq, run, at}: this instance's latest write per key. */
+      this._tracked = new Map();
+
+      this._keyWatchers = new Map();
+      this._anyWatchers = new Set();
+      this._statusWatchers = new Set();
+      this._supersedeWatchers = new Set();
+      this._presenceWatchers = new Set();
+      this._leaveWatchers = new Set();
+      this._errorWatchers = new Set();
+      this._readyResolvers = [];
+
+      this._tabId = randomId();
+      this._outboxKey = this._cacheKey + '::outbox::' + this._tabId;
+      this._hasSnapshot = false;
+      this._closed = false;
+      this._fatal = false;
+
+      // Connection.
+      this._ws = null;
+      this._connected = false;
+      this._proto = null;
+      this._myId = null;
+      this._myColor = null;
+      this._node = null;
+      this._myIds = new Set();
+      this._attempt = 0;
+      this._reconnectTimer = null;
+      this._status = { connected: false, protocol: null, code: null, reason: null, retryInMs: null, fatal: false };
+      this._sentSomething = false;
+      this._tokens = 0;
+      this._tokensAt = 0;
+      this._rate = o.sendRatePerSecond || Infinity; // 0: no pacing
+      this._pumpTimer = null;
+
+      // v2 resume and ordering: the relay run, the last sequence number applied, per-key versions.
+      this._run = null;
+      this._seq = 0;
+      this._resumable = false;
+      this._resumeSince = null;
+      this._floorSeq = 0;
+      this._keySeq = new Map();
+      this._keyStamp = new Map();
+
+      // Persistence.
+      this._cacheOk = true;
+      this._saveTimer = null;
+      this._outboxSaveQueued = false;
+      this._beatTimer = null;
+      this._probes = new Map();
+
+      // Same-origin tabs.
+      this._bc = null;
+      this._bcSource = null;
+      this._bcSourceAt = 0;
+      this._peerTimer = null;
+      if (typeof BC === 'function') {
+        try {
+          this._bc = new BC('aether::' + url);
+          var self = this;
+          this._bc.onmessage = function (ev) {
+            self._onChannel(ev && ev.data);
+          };
+        } catch (_) {
+          this._bc = null;
+        }
+      }
+
+      this._loadCache();
+      this._scanOrphans();
+      this._listenPageLifecycle();
+      this._connect();
+      this._post({ type: 'snapshot-request' });
+    }
+
+    // ----- public API: data ----------------------------------------------------------------
+
+    /** Sets `key` to `value` (`undefined` deletes; `null` is a value). Returns a write handle. */
+    set(key, value) {
+      if (value === undefined) return this.delete(key);
+      return this._write('set', key, value);
+    }
+
+    /** Deletes `key`. Returns a write handle. */
+    delete(key) {
+      return this._write('delete', key, undefined);
+    }
+
+    get(key) {
+      return this._state.get(String(key));
+    }
+
+    has(key) {
+      return this._state.has(String(key));
+    }
+
+    keys() {
+      return Array.from(this._state.keys());
+    }
+
+    snapshot() {
+      var out = {};
+      this._state.forEach(function (v, k) {
+        out[k] = v;
+      });
+      return out;
+    }
+
+    /** Resolves when every pending write (to `key`, or to any key) is durable; rejects if one failed. */
+    whenDurable(key) {
+      var k = key === undefined ? null : String(key);
+      var list = [];
+      var closed = this._closed;
+      this._outbox.forEach(function (e) {
+        if (k !== null && e.key !== k) return;
+        var w = new AetherWrite(e.key, e.op, e.value);
+        if (closed) w._fail('closed');
+        else e.writes.push(w);
+        list.push(w.durable);
+      });
+      return Promise.all(list).then(noop);
+    }
+
+    /** Number of writes (to `key`, or in total) not yet acknowledged by the relay. */
+    pendingWrites(key) {
+      var k = key === undefined ? null : String(key);
+      return this._outbox.filter(function (e) { return k === null || e.key === k; }).length;
+    }
+
+    // ----- public API: events --------------------------------------------------------------
+
+    on(key, cb) {
+      requireFunction(cb, 'on');
+      var k = String(key);
+      var set = this._keyWatchers.get(k);
+      if (!set) this._keyWatchers.set(k, (set = new Set()));
+      set.add(cb);
+      var self = this;
+      return function unsubscribe() {
+        set.delete(cb);
+        if (set.size === 0 && self._keyWatchers.get(k) === set) self._keyWatchers.delete(k);
+      };
+    }
+
+    onAny(cb) {
+      requireFunction(cb, 'onAny');
+      return subscribe(this._anyWatchers, cb);
+    }
+
+    /** `cb(connected, status)`: now, then after every `hello` (true) and every close (false). */
+    onStatus(cb) {
+      requireFunction(cb, 'onStatus');
+      callSafely(cb, [this._connected, this.status]);
+      return subscribe(this._statusWatchers, cb);
+    }
+
+    /** `cb(key, attempted, actual)` when one of this client's acknowledged writes lost (v2 only). */
+    onSupersede(cb) {
+      requireFunction(cb, 'onSupersede');
+      return subscribe(this._supersedeWatchers, cb);
+    }
+
+    /** `cb({type, code, reason, fatal, message})` on auth failure, rate-limit and oversize closes. */
+    onError(cb) {
+      requireFunction(cb, 'onError');
+      return subscribe(this._errorWatchers, cb);
+    }
+
+    onPresence(cb) {
+      requireFunction(cb, 'onPresence');
+      return subscribe(this._presenceWatchers, cb);
+    }
+
+    onPresenceLeave(cb) {
+      requireFunction(cb, 'onPresenceLeave');
+      return subscribe(this._leaveWatchers, cb);
+    }
+
+    ready() {
+      if (this._hasSnapshot) return Promise.resolve();
+      var self = this;
+      return new Promise(function (resolve) {
+        self._readyResolvers.push(resolve);
+      });
+    }
+
+    get isReady() {
+      return this._hasSnapshot;
+    }
+
+    get connected() {
+      return this._connected;
+    }
+
+    get clientId() {
+      return this._myId;
+    }
+
+    get clientColor() {
+      return this._myColor;
+    }
+
+    /** 2 with aether-actix, 1 with an upstream server, null before the first hello. */
+    get protocol() {
+      return this._proto;
+    }
+
+    /** v2: the relay's node id from hello. */
+    get node() {
+      return this._node;
+    }
+
+    get status() {
+      var s = this._status;
+      return {
+        connected: this._connected,
+        protocol: this._proto,
+        clientId: this._myId,
+        code: s.code,
+        reason: s.reason,
+        retryInMs: s.retryInMs,
+        fatal: s.fatal,
+        pending: this._outbox.length,
+      };
+    }
+
+    sendPresence(x, y) {
+      x = x | 0;
+      y = y | 0;
+      if (this._connected && this._ws && !this._hasQueued() && this._takeToken()) {
+        this._sendText('{"type":"presence","x":' + x + ',"y":' + y + '}');
+      }
+      if (this._myId) {
+        this._post({ type: 'presence', id: this._myId, color: this._myColor, x: x, y: y });
+      }
+    }
+
+    /** Forgets the cached state (not the outbox of pending writes). */
+    clearCache() {
+      if (!this._storage) return;
+      try {
+        this._storage.removeItem(this._cacheKey);
+      } catch (_) {
+        /* ignore */
+      }
+    }
+
+    /**
+     * Disconnects for good. Pending writes stay in localStorage, marked released, so the next
+     * instance (a reload, another tab) sends them; their `durable` promises reject with 'closed'.
+     */
+    close() {
+      if (this._closed) return;
+      var wasConnected = this._connected;
+      this._closed = true;
+      clearTimeout(this._reconnectTimer);
+      clearTimeout(this._pumpTimer);
+      clearTimeout(this._beatTimer);
+      clearTimeout(this._peerTimer);
+      this._probes.forEach(function (t) { clearTimeout(t); });
+      this._probes.clear();
+      if (this._ws) {
+        var ws = this._ws;
+        this._ws = null;
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try {
+          ws.close(1000);
+        } catch (_) {
+          /* ignore */
+        }
+      }
+      this._connected = false;
+      this._myId = this._myColor = null;
+      if (this._saveTimer) {
+        clearTimeout(this._saveTimer);
+        this._saveTimer = null;
+        this._saveCache();
+      }
+      this._saveOutbox(true);
+      this._post({ type: 'bye', pending: this._outbox.length > 0 });
+      if (this._bc) {
+        try {
+          this._bc.close();
+        } catch (_) {
+          /* ignore */
+        }
+        this._bc = null;
+      }
+      if (this._unlisten) this._unlisten();
+      this._outbox.forEach(function (e) {
+        e.writes.forEach(function (w) { w._fail('closed'); });
+        e.writes = [];
+      });
+      if (wasConnected) this._notifyStatus();
+    }
+
+    /**
+     * Connects again at once: after an auth failure (optionally with a new `authToken`), or to
+     * skip the current backoff wait. A live connection is kept unless the token changes.
+     */
+    reconnect(opts) {
+      if (this._closed) return;
+      var changed = false;
+      if (opts && typeof opts.authToken === 'string') {
+        var token = opts.authToken || null;
+        changed = token !== this._opts.authToken;
+        this._opts.authToken = token;
+      }
+      this._fatal = false;
+      this._attempt = 0;
+      clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+      if (this._ws) {
+        if (!changed) return;
+        var ws = this._ws;
+        this._ws = null;
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try {
+          ws.close(1000);
+        } catch (_) {
+          /* ignore */
+        }
+        var wasConnected = this._connected;
+        this._connected = false;
+        this._myId = this._myColor = null;
+        clearTimeout(this._pumpTimer);
+        this._pumpTimer = null;
+        this._outbox.forEach(function (e) {
+          if (e.status === 'sent') e.status = 'queued';
+        });
+        if (wasConnected) this._notifyStatus();
+      }
+      this._connect();
+    }
+
+    // ----- writes and the outbox -----------------------------------------------------------
+
+    _write(op, key, value) {
+      var k = String(key);
+      var w = new AetherWrite(k, op, value);
+      if (this._closed) {
+        w._fail('closed');
+        return w;
+      }
+      var reason = this._checkKey(k);
+      var norm;
+      if (!reason && op === 'set') {
+        var text;
+        try {
+          text = JSON.stringify(value);
+        } catch (_) {
+          text = undefined;
+        }
+        if (text === undefined) reason = 'not_json';
+        else if (this._opts.maxValueBytes && utf8Length(text) > this._opts.maxValueBytes) reason = 'bad_value';
+        else {
+          norm = JSON.parse(text);
+          if (depthExceeds(norm, MAX_VALUE_DEPTH)) reason = 'bad_value';
+        }
+      }
+      if (reason) {
+        w._fail(reason);
+        if (typeof console !== 'undefined' && console.warn) console.warn('[aether] write to "' + k + '" refused: ' + reason);
+        return w;
+      }
+      w.value = norm;
+      var entry = this._enqueue(op, k, norm, now());
+      entry.writes.push(w);
+      this._track(k, entry);
+      this._overlay.set(k, { own: true, n: entry.n, del: op === 'delete', value: norm });
+      this._refresh(k);
+      this._post({ type: op, key: k, value: norm, local: true, n: entry.n, cid: this._myId, run: this._run, seq: this._seq });
+      this._queueOutboxSave();
+      this._pump();
+      return w;
+    }
+
+    _checkKey(k) {
+      if (!k) return 'bad_key';
+      if (this._opts.maxKeyBytes && utf8Length(k) > this._opts.maxKeyBytes) return 'bad_key';
+      return null;
+    }
+
+    /** Adds a write to the outbox; a write to a key whose previous write was not sent yet replaces it. */
+    _enqueue(op, key, value, t) {
+      for (var i = this._outbox.length - 1; i >= 0; i--) {
+        var e = this._outbox[i];
+        if (e.key !== key) continue;
+        if (e.status === 'queued') {
+          e.op = op;
+          e.value = value;
+          e.t = t;
+          return e;
+        }
+        break;
+      }
+      var entry = { n: this._nextN++, op: op, key: key, value: value, t: t, status: 'queued', writes: [] };
+      this._outbox.push(entry);
+      return entry;
+    }
+
+    _hasQueued() {
+      for (var i = 0; i < this._outbox.length; i++) if (this._outbox[i].status === 'queued') return true;
+      return false;
+    }
+
+    _takeToken() {
+      if (this._rate === Infinity) return true;
+      var t = now();
+      var burst = Math.max(1, this._opts.sendBurst);
+      this._tokens = Math.min(burst, this._tokens + ((t - this._tokensAt) * this._rate) / 1000);
+      this._tokensAt = t;
+      if (this._tokens < 1) return false;
+      this._tokens -= 1;
+      return true;
+    }
+
+    /** Sends queued writes while the rate budget allows; schedules itself for the rest. */
+    _pump() {
+      if (!this._connected || !this._ws || this._pumpTimer) return;
+      for (var i = 0; i < this._outbox.length; i++) {
+        var e = this._outbox[i];
+        if (e.status !== 'queued') continue;
+        if (!this._takeToken()) {
+          var self = this;
+          var wait = Math.max(1, Math.ceil(((1 - this._tokens) * 1000) / Math.max(this._rate, 0.001)));
+          this._pumpTimer = timer(function () {
+            self._pumpTimer = null;
+            self._pump();
+          }, wait);
+          return;
+        }
+        var msg = e.op === 'set' ? { type: 'set', key: e.key, value: e.value } : { type: 'delete', key: e.key };
+        if (this._proto === 2) msg.ref = e.n;
+        e.status = 'sent';
+        this._sendText(JSON.stringify(msg));
+      }
+    }
+
+    _sendText(text) {
+      try {
+        this._ws.send(text);
+        this._sentSomething = true;
+      } catch (_) {
+        /* the close event follows */
+      }
+    }
+
+    /** The write `entry` is durable (echo or ack): drop it from the outbox and settle its handles. */
+    _confirm(entry, stamp, seq) {
+      var i = this._outbox.indexOf(entry);
+      if (i < 0) return;
+      this._outbox.splice(i, 1);
+      var tracked = this._tracked.get(entry.key);
+      if (tracked && tracked.n === entry.n) {
+        if (this._proto === 2 && typeof stamp === 'string') {
+          tracked.stamp = stamp;
+          tracked.seq = typeof seq === 'number' ? seq : null;
+          tracked.run = this._run;
+          tracked.at = now();
+        } else {
+          this._tracked.delete(entry.key); // v1: no stamps, so no supersede tracking
+        }
+      }
+      entry.writes.forEach(function (w) { w._succeed(stamp, seq); });
+      this._settleOverlay(entry, false);
+      this._queueOutboxSave();
+    }
+
+    /** The relay refused the write `entry`: it will never apply, so undo it locally. */
+    _refuse(entry, reason) {
+      var i = this._outbox.indexOf(entry);
+      if (i < 0) return;
+      this._outbox.splice(i, 1);
+      var tracked = this._tracked.get(entry.key);
+      if (tracked && tracked.n === entry.n) this._tracked.delete(entry.key);
+      entry.writes.forEach(function (w) { w._fail(reason); });
+      this._settleOverlay(entry, true);
+      this._queueOutboxSave();
+    }
+
+    _settleOverlay(entry, failed) {
+      var o = this._overlay.get(entry.key);
+      if (o && o.own && o.n === entry.n) {
+        this._recomputeOverlay(entry.key);
+        this._refresh(entry.key);
+      }
+      this._post({ type: 'settled', key: entry.key, n: entry.n, failed: failed });
+    }
+
+    /** After an overlay entry went away: the latest own pending write to `key`, if any, shows. */
+    _recomputeOverlay(key) {
+      this._overlay.delete(key);
+      for (var i = this._outbox.length - 1; i >= 0; i--) {
+        var e = this._outbox[i];
+        if (e.key === key) {
+          this._overlay.set(key, { own: true, n: e.n, del: e.op === 'delete', value: e.value });
+          return;
+        }
+      }
+    }
+
+    // ----- supersede -----------------------------------------------------------------------
+
+    _track(key, entry) {
+      this._tracked.delete(key);
+      this._tracked.set(key, { n: entry.n, del: entry.op === 'delete', value: entry.value, stamp: null, seq: null, run: null, at: 0 });
+      var max = this._opts.maxTrackedWrites;
+      while (this._tracked.size > max) this._tracked.delete(this._tracked.keys().next().value);
+    }
+
+    /** The acknowledged tracked write to `key`, if still within the window. */
+    _ackedTracked(key) {
+      var t = this._tracked.get(key);
+      if (!t || t.stamp === null) return null;
+      var win = this._opts.supersedeWindowMs;
+      if (win > 0 && now() - t.at > win) {
+        this._tracked.delete(key);
+        return null;
+      }
+      return t;
+    }
+
+    _fireSupersede(key, tracked, actual) {
+      this._tracked.delete(key);
+      var attempted = tracked.del ? undefined : tracked.value;
+      this._supersedeWatchers.forEach(function (cb) {
+        callSafely(cb, [key, attempted, actual]);
+      });
+    }
+
+    // ----- state application ---------------------------------------------------------------
+
+    /** Recomputes the visible value of `key`; fires watchers and schedules a save if it changed. */
+    _refresh(key) {
+      var o = this._overlay.get(key);
+      var has, val;
+      if (o) {
+        has = !o.del;
+        val = o.value;
+      } else {
+        has = this._base.has(key);
+        val = this._base.get(key);
+      }
+      var had = this._state.has(key);
+      var old = this._state.get(key);
+      if (had === has && (!has || jsonEqual(old, val))) return false;
+      if (has) this._state.set(key, val);
+      else this._state.delete(key);
+      var next = has ? val : undefined;
+      var prev = had ? old : undefined;
+      var watchers = this._keyWatchers.get(key);
+      if (watchers) {
+        Array.from(watchers).forEach(function (cb) { callSafely(cb, [next, prev]); });
+      }
+      Array.from(this._anyWatchers).forEach(function (cb) { callSafely(cb, [key, next, prev]); });
+      this._scheduleSave();
+      return true;
+    }
+
+    _setBase(key, del, value) {
+      if (del) this._base.delete(key);
+      else this._base.set(key, value);
+    }
+
+    /** A whole state (server snapshot or a sibling's) replaces the base; pending writes stay on top. */
+    _applyWhole(data) {
+      var keys = new Set();
+      this._base.forEach(function (_, k) { keys.add(k); });
+      this._state.forEach(function (_, k) { keys.add(k); });
+      this._base = new Map();
+      for (var k in data) {
+        if (Object.prototype.hasOwnProperty.call(data, k)) {
+          this._base.set(k, data[k] === undefined ? null : data[k]);
+          keys.add(k);
+        }
+      }
+      var self = this;
+      keys.forEach(function (key) { self._refresh(key); });
+    }
+
+    _markReady() {
+      if (this._hasSnapshot) return;
+      this._hasSnapshot = true;
+      var resolvers = this._readyResolvers;
+      this._readyResolvers = [];
+      resolvers.forEach(function (r) { r(); });
+    }
+
+    _onSnapshot(msg) {
+      var data = msg.data && typeof msg.data === 'object' && !Array.isArray(msg.data) ? msg.data : {};
+      var token = this._proto === 2 ? parseToken(msg.resume) : null;
+      // Which acknowledged writes lost while we were away: the value differs from what we wrote.
+      var lost = [];
+      var self = this;
+      this._tracked.forEach(function (t, key) {
+        if (self._ackedTracked(key) === null) return;
+        var present = Object.prototype.hasOwnProperty.call(data, key);
+        var differs = t.del ? present : !present || !jsonEqual(data[key], t.value);
+        if (differs) lost.push([key, t, present ? data[key] : undefined]);
+      });
+      this._dropSettledPeers();
+      this._applyWhole(data);
+      this._setVersion(token);
+      lost.forEach(function (l) { self._fireSupersede(l[0], l[1], l[2]); });
+      this._afterState();
+    }
+
+    _onDelta(msg) {
+      var data = msg.data && typeof msg.data === 'object' && !Array.isArray(msg.data) ? msg.data : {};
+      var deleted = Array.isArray(msg.deleted) ? msg.deleted : [];
+      var token = parseToken(msg.resume);
+      var since = this._resumeSince;
+      var lost = [];
+      var self = this;
+      var touch = function (key, del, value) {
+        var t = self._ackedTracked(key);
+        // The key changed after our token; our acknowledged write is at or before it, so a later
+        // write by someone else replaced it.
+        if (t && since && t.run === since.run && t.seq !== null && t.seq <= since.seq) lost.push([key, t, value]);
+        self._setBase(key, del, value);
+      };
+      this._dropSettledPeers();
+      Object.keys(data).forEach(function (key) { touch(key, false, data[key] === undefined ? null : data[key]); });
+      deleted.forEach(function (key) {
+        if (typeof key === 'string') touch(key, true, undefined);
+      });
+      Object.keys(data).concat(deleted).forEach(function (key) {
+        if (typeof key === 'string') self._refresh(key);
+      });
+      this._setVersion(token);
+      lost.forEach(function (l) { self._fireSupersede(l[0], l[1], l[2]); });
+      this._afterState();
+    }
+
+    /** After a relay snapshot or delta: the state is exactly the relay's as of `token`. */
+    _setVersion(token) {
+      if (token) {
+        if (token.run !== this._run) this._keySeq.clear();
+        this._run = token.run;
+        this._seq = token.seq;
+        this._floorSeq = token.seq;
+        this._resumable = true;
+      } else {
+        this._run = null;
+        this._seq = 0;
+        this._floorSeq = 0;
+        this._keySeq.clear();
+        this._resumable = false;
+      }
+    }
+
+    /** Orders sibling re-posts by `run` from a source other than our own connection (no resume). */
+    _useRun(run, floor) {
+      if (run !== this._run) this._keySeq.clear();
+      this._run = run;
+      this._seq = floor;
+      this._floorSeq = floor;
+      this._resumable = false;
+    }
+
+    _afterState() {
+      this._markReady();
+      this._scheduleSave();
+      this._post({ type: 'snapshot', data: this.snapshot(), run: this._run, seq: this._seq });
+    }
+
+    /** A `set`/`delete` frame from the relay. */
+    _onOp(msg) {
+      var key = msg.key;
+      if (typeof key !== 'string') return;
+      var del = msg.type === 'delete';
+      var value = del ? undefined : msg.value === undefined ? null : msg.value;
+      var v2 = this._proto === 2;
+      var stamp = v2 && typeof msg.stamp === 'string' ? msg.stamp : null;
+      var seq = v2 && typeof msg.seq === 'number' ? msg.seq : null;
+      var origin = v2 && typeof msg.origin === 'string' ? msg.origin : null;
+      if (seq !== null) {
+        if (seq > this._seq) this._seq = seq;
+        this._keySeq.set(key, seq);
+      }
+      if (stamp !== null) this._keyStamp.set(key, stamp);
+      this._setBase(key, del, value);
+
+      // Siblings first (before `settled`), so a tab that follows our re-posts never sees a gap.
+      this._post({ type: msg.type, key: key, value: value, run: this._run, seq: seq, stamp: stamp, origin: origin });
+
+      var mine = origin !== null && this._myIds.has(origin);
+      if (v2) {
+        if (origin !== null && origin === this._myId) {
+          var own = this._oldestSent(key, null);
+          if (own) this._confirm(own, stamp, seq);
+        } else if (!mine) {
+          var t = this._ackedTracked(key);
+          if (t && stamp !== null && stamp > t.stamp) this._fireSupersede(key, t, value);
+        }
+      } else {
+        var match = this._oldestSent(key, function (e) {
+          return del ? e.op === 'delete' : e.op === 'set' && jsonEqual(e.value, value);
+        });
+        if (match) this._confirm(match, null, null);
+      }
+
+      var o = this._overlay.get(key);
+      if (o && !o.own && ((origin !== null && o.cid === origin) || (o.del ? del : !del && jsonEqual(o.value, value)))) {
+        this._recomputeOverlay(key);
+      }
+      this._refresh(key);
+    }
+
+    _oldestSent(key, pred) {
+      for (var i = 0; i < this._outbox.length; i++) {
+        var e = this._outbox[i];
+        if (e.key === key && e.status === 'sent' && (!pred || pred(e))) return e;
+      }
+      return null;
+    }
+
+    _findSent(ref) {
+      for (var i = 0; i < this._outbox.length; i++) {
+        var e = this._outbox[i];
+        if (e.status === 'sent' && e.n === ref) return e;
+      }
+      return null;
+    }
+
+    _onAck(msg) {
+      var e = this._findSent(msg.ref);
+      if (e) this._confirm(e, typeof msg.stamp === 'string' ? msg.stamp : null, typeof msg.seq === 'number' ? msg.seq : null);
+    }
+
+    _onNack(msg) {
+      var e = this._findSent(msg.ref);
+      if (e) this._refuse(e, typeof msg.reason === 'string' ? msg.reason : 'refused');
+    }
+
+    _keySeqOf(key) {
+      var s = this._keySeq.get(key) || 0;
+      return s > this._floorSeq ? s : this._floorSeq;
+    }
+
+    // ----- networking ----------------------------------------------------------------------
+
+    _wsUrl() {
+      var params = [];
+      if (this._opts.protocol === 2) {
+        params.push(['v', '2']);
+        if (this._resumable && this._run !== null) {
+          params.push(['resume', this._run + '.' + this._seq]);
+        }
+      }
+      if (this._opts.authToken) params.push(['auth_token', this._opts.authToken]);
+      return withQuery(this.url, params);
+    }
+
+    _connect() {
+      if (this._closed || this._fatal) return;
+      this._reconnectTimer = null;
+      var WS = this._WebSocket;
+      if (typeof WS !== 'function') return; // no WebSocket here: offline only
+      var ws;
+      var url = this._wsUrl();
+      try {
+        ws = new WS(url);
+      } catch (err) {
+        this._afterClose(1006, String((err && err.message) || err));
+        return;
+      }
+      this._ws = ws;
+      this._resumeSince = /[?&]resume=/.test(url) ? { run: this._run, seq: this._seq } : null;
+      this._sentSomething = false;
+      var self = this;
+      ws.onopen = function () {
+        if (self._ws !== ws) return;
+        if (self._opts.authToken) {
+          self._sendText(JSON.stringify({ type: 'auth', token: self._opts.authToken }));
+        }
+      };
+      ws.onmessage = function (ev) {
+        if (self._ws !== ws) return;
+        self._onFrame(ev && ev.data);
+      };
+      ws.onerror = noop;
+      ws.onclose = function (ev) {
+        if (self._ws !== ws) return;
+        self._ws = null;
+        self._afterClose(ev && typeof ev.code === 'number' ? ev.code : 1006, (ev && ev.reason) || '');
+      };
+    }
+
+    _onFrame(data) {
+      if (typeof data !== 'string') {
+        // The relay sends text frames only; tolerate a Node Buffer from non-browser WebSockets.
+        if (data && typeof data === 'object' && typeof data.toString === 'function' && typeof data.byteLength === 'number') {
+          data = data.toString('utf8');
+        } else return;
+      }
+      var msg;
+      try {
+        msg = JSON.parse(data);
+      } catch (_) {
+        return;
+      }
+      if (!msg || typeof msg !== 'object' || Array.isArray(msg)) return;
+      switch (msg.type) {
+        case 'hello':
+          return this._onHello(msg);
+        case 'snapshot':
+          return this._onSnapshot(msg);
+        case 'delta':
+          return this._onDelta(msg);
+        case 'set':
+        case 'delete':
+          return this._onOp(msg);
+        case 'ack':
+          return this._onAck(msg);
+        case 'nack':
+          return this._onNack(msg);
+        case 'presence':
+          if (typeof msg.id !== 'string' || msg.id === this._myId) return;
+          this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color]); });
+          this._post({ type: 'presence', id: msg.id, color: msg.color, x: msg.x, y: msg.y, relayed: true });
+          return;
+        case 'presence-leave':
+          if (typeof msg.id !== 'string') return;
+          this._leaveWatchers.forEach(function (cb) { callSafely(cb, [msg.id]); });
+          this._post({ type: 'presence-leave', id: msg.id });
+          return;
+        default:
+          return; // forward compatible: unknown frames are ignored
+      }
+    }
+
+    _onHello(msg) {
+      this._myId = typeof msg.id === 'string' ? msg.id : null;
+      this._myColor = typeof msg.color === 'string' ? msg.color : null;
+      this._proto = msg.v === 2 ? 2 : 1;
+      this._node = typeof msg.node === 'string' ? msg.node : null;
+      if (this._myId) {
+        this._myIds.add(this._myId);
+        // Our past connection ids (origins of our own writes); a few suffice.
+        if (this._myIds.size > 64) this._myIds.delete(this._myIds.values().next().value);
+      }
+      if (this._proto === 1) {
+        // No stamps, no resume on an upstream server: forget what only v2 provides.
+        this._run = null;
+        this._resumable = false;
+        this._resumeSince = null;
+        this._tracked.clear();
+      }
+      this._connected = true;
+      this._attempt = 0;
+      this._tokens = Math.max(1, this._opts.sendBurst);
+      this._tokensAt = now();
+      this._status = { connected: true, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
+      this._notifyStatus();
+      this._pump();
+      // Upstream closes a connection whose first message does not come within 5 s; one ignored
+      // frame keeps an idle tab connected there (our relay needs nothing: browsers answer pings).
+      if (this._proto === 1 && !this._sentSomething && this._ws) {
+        this._sendText(JSON.stringify({ type: 'auth', token: this._opts.authToken || '' }));
+      }
+    }
+
+    _afterClose(code, reason) {
+      var wasConnected = this._connected;
+      this._connected = false;
+      this._myId = null;
+      this._myColor = null;
+      clearTimeout(this._pumpTimer);
+      this._pumpTimer = null;
+      this._outbox.forEach(function (e) {
+        if (e.status === 'sent') e.status = 'queued';
+      });
+      if (this._closed) return;
+      var auth = code === 4401 || (code === 1008 && /auth/i.test(reason));
+      var rate = code === 4429 || (code === 1008 && /rate/i.test(reason));
+      var busy = code === 1013 || code === 4503 || code === 4504;
+      var tooBig = code === 1009;
+      if (auth) {
+        this._fatal = true;
+        this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: null, fatal: true };
+        this._notifyStatus();
+        this._emitError({ type: 'auth', code: code, reason: reason, fatal: true, message: 'authentication failed: check the token; not reconnecting' });
+        return;
+      }
+      if (rate) {
+        this._rate = this._rate === Infinity ? DEFAULTS.sendRatePerSecond : Math.max(1, this._rate / 2);
+        this._emitError({ type: 'rate-limit', code: code, reason: reason, fatal: false, message: 'the relay closed the connection for sending too fast; sending slower' });
+      }
+      if (tooBig) {
+        this._emitError({ type: 'too-big', code: code, reason: reason, fatal: false, message: 'the relay refused a message as too big' });
+      }
+      var delay = null;
+      if (this._opts.autoReconnect) {
+        delay = this._backoff(busy ? 'busy' : rate ? 'rate' : 'normal');
+        var self = this;
+        this._reconnectTimer = timer(function () { self._connect(); }, delay);
+      }
+      this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: delay, fatal: false };
+      this._notifyStatus();
+    }
+
+    /** Jittered exponential backoff; longer after "busy" closes. */
+    _backoff(kind) {
+      var o = this._opts;
+      var max = Math.max(o.maxReconnectDelayMs, o.minReconnectDelayMs);
+      var d = Math.min(max, o.minReconnectDelayMs * Math.pow(2, this._attempt));
+      this._attempt = Math.min(this._attempt + 1, 30);
+      if (kind === 'busy') d = Math.min(max * 4, Math.max(d * 4, 2000));
+      else if (kind === 'rate') d = Math.max(d, 1000);
+      return Math.round(d * (0.5 + Math.random() * 0.5));
+    }
+
+    _notifyStatus() {
+      var connected = this._connected;
+      var status = this.status;
+      Array.from(this._statusWatchers).forEach(function (cb) { callSafely(cb, [connected, status]); });
+    }
+
+    _emitError(err) {
+      Array.from(this._errorWatchers).forEach(function (cb) { callSafely(cb, [err]); });
+    }
+
+    // ----- same-origin tabs (BroadcastChannel 'aether::' + url) ----------------------------
+
+    _post(msg) {
+      if (!this._bc) return;
+      msg.from = this._tabId;
+      try {
+        this._bc.postMessage(msg);
+      } catch (_) {
+        /* uncloneable or closed */
+      }
+    }
+
+    _onChannel(msg) {
+      if (this._closed || !msg || typeof msg !== 'object' || msg.from === this._tabId) return;
+      var key = msg.key;
+      switch (msg.type) {
+        case 'set':
+        case 'delete':
+          if (typeof key !== 'string') return;
+          if (msg.local) this._onPeerWrite(msg);
+          else this._onPeerRelay(msg);
+          return;
+        case 'settled':
+          return this._onPeerSettled(msg);
+        case 'presence':
+          if (this._connected || typeof msg.id !== 'string') return; // the relay tells us itself
+          this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color]); });
+          return;
+        case 'presence-leave':
+          if (this._connected || typeof msg.id !== 'string') return;
+          this._leaveWatchers.forEach(function (cb) { callSafely(cb, [msg.id]); });
+          return;
+        case 'snapshot-request':
+          if (this._hasSnapshot || this._state.size > 0) {
+            this._post({ type: 'snapshot', data: this.snapshot(), run: this._run, seq: this._seq });
+          }
+          return;
+        case 'snapshot':
+          if (this._hasSnapshot || !msg.data || typeof msg.data !== 'object') return;
+          if (typeof msg.run === 'string' && typeof msg.seq === 'number') this._useRun(msg.run, msg.seq);
+          this._applyWhole(msg.data);
+          this._markReady();
+          this._scheduleSave();
+          return;
+        case 'outbox-probe':
+          if (Array.isArray(msg.owners) && msg.owners.indexOf(this._tabId) >= 0 && this._outbox.length) {
+            this._post({ type: 'outbox-alive', owner: this._tabId });
+          }
+          return;
+        case 'outbox-alive':
+          var t = this._probes.get(msg.owner);
+          if (t !== undefined) {
+            clearTimeout(t);
+            this._probes.delete(msg.owner);
+          }
+          return;
+        case 'bye':
+          this._onPeerGone(msg.from, !!msg.pending);
+          return;
+        default:
+          return;
+      }
+    }
+
+    /** A sibling tab's optimistic write: shown at once, until the sibling settles it. */
+    _onPeerWrite(msg) {
+      var key = msg.key;
+      // The sibling wrote before it saw a relay frame we already applied: that frame may be its
+      // own echo or a later write; either way the relay's frames (ours) tell the truth.
+      if (this._run !== null && msg.run === this._run && typeof msg.seq === 'number' && (this._keySeq.get(key) || 0) > msg.seq) return;
+      this._overlay.set(key, {
+        own: false, tab: msg.from, n: msg.n, cid: typeof msg.cid === 'string' ? msg.cid : null,
+        del: msg.type === 'delete', value: msg.type === 'delete' ? undefined : msg.value === undefined ? null : msg.value,
+        at: now(), settled: false,
+      });
+      this._refresh(key);
+      this._schedulePeerSweep();
+    }
+
+    _onPeerSettled(msg) {
+      if (typeof msg.key !== 'string') return;
+      var o = this._overlay.get(msg.key);
+      if (!o || o.own || o.tab !== msg.from || o.n !== msg.n) return;
+      // A refused write is undone now. With v2 a durable one stays shown until our own connection
+      // delivers its echo (recognised by origin; no flicker back to the old value). Without v2
+      // origins it is dropped now: the relay sends the echo to every tab at once, and a tab
+      // without a connection already has it from the sibling's re-post.
+      if (msg.failed || !this._connected || this._proto !== 2) {
+        this._recomputeOverlay(msg.key);
+        this._refresh(msg.key);
+      } else {
+        o.settled = true;
+      }
+    }
+
+    _dropSettledPeers() {
+      var self = this;
+      Array.from(this._overlay.keys()).forEach(function (key) {
+        var o = self._overlay.get(key);
+        if (o && !o.own && o.settled) self._recomputeOverlay(key);
+      });
+    }
+
+    _onPeerGone(tab, pending) {
+      var self = this;
+      Array.from(this._overlay.keys()).forEach(function (key) {
+        var o = self._overlay.get(key);
+        if (o && !o.own && o.tab === tab) {
+          self._recomputeOverlay(key);
+          self._refresh(key);
+        }
+      });
+      if (this._bcSource === tab) this._bcSource = null;
+      if (pending) {
+        // Someone has to send the closed tab's writes: a random delay makes a race unlikely.
+        timer(function () {
+          if (!self._closed) self._adopt(self._cacheKey + '::outbox::' + tab);
+        }, Math.floor(Math.random() * 200), true);
+      }
+    }
+
+    _schedulePeerSweep() {
+      if (this._peerTimer) return;
+      var self = this;
+      this._peerTimer = timer(function () {
+        self._peerTimer = null;
+        var cutoff = now() - PEER_OVERLAY_TTL_MS;
+        var left = false;
+        Array.from(self._overlay.keys()).forEach(function (key) {
+          var o = self._overlay.get(key);
+          if (!o || o.own) return;
+          if (o.at < cutoff && self._connected) {
+            self._recomputeOverlay(key);
+            self._refresh(key);
+          } else left = true;
+        });
+        if (left) self._schedulePeerSweep();
+      }, PEER_OVERLAY_TTL_MS, true);
+    }
+
+    /**
+     * A relay frame re-posted by a sibling. A connected tab ignores it (its own connection is the
+     * truth, and a re-post can arrive after a newer frame). A tab without a connection applies it
+     * only if it is newer than what it has: same relay run and a greater sequence number (v2), a
+     * greater stamp, or, against a v1 relay, only from one sibling at a time (a channel keeps each
+     * sender's order).
+     */
+    _onPeerRelay(msg) {
+      if (this._connected) return;
+      var key = msg.key;
+      var t = now();
+      if (typeof msg.seq === 'number' && typeof msg.run === 'string') {
+        if (this._run === null) this._useRun(msg.run, 0);
+        if (msg.run === this._run) {
+          if (msg.seq <= this._keySeqOf(key)) return;
+        } else {
+          // Another run of the relay (it restarted): only stamps compare across runs.
+          var known = this._keyStamp.get(key);
+          if (typeof msg.stamp !== 'string' || (known && msg.stamp <= known)) return;
+          this._useRun(msg.run, 0);
+        }
+        this._keySeq.set(key, msg.seq);
+        if (typeof msg.stamp === 'string') this._keyStamp.set(key, msg.stamp);
+      } else {
+        if (this._bcSource !== msg.from && this._bcSource !== null && t - this._bcSourceAt < BC_SOURCE_TTL_MS) return;
+        this._bcSource = msg.from;
+        this._bcSourceAt = t;
+      }
+      var del = msg.type === 'delete';
+      this._setBase(key, del, del ? undefined : msg.value === undefined ? null : msg.value);
+      var o = this._overlay.get(key);
+      if (o && !o.own && (o.del ? del : !del && jsonEqual(o.value, msg.value))) this._recomputeOverlay(key);
+      this._refresh(key);
+    }
+
+    // ----- persistence ---------------------------------------------------------------------
+
+    _loadCache() {
+      var s = this._storage;
+      if (!s) return;
+      var raw;
+      try {
+        raw = s.getItem(this._cacheKey);
+      } catch (_) {
+        return;
+      }
+      if (raw == null) return;
+      var parsed;
+      try {
+        parsed = JSON.parse(raw);
+      } catch (_) {
+        try {
+          s.removeItem(this._cacheKey); // corrupt: remove, as upstream
+        } catch (_) {
+          /* ignore */
+        }
+        return;
+      }
+      if (!parsed || parsed.v !== CACHE_VERSION || !parsed.data || typeof parsed.data !== 'object' || Array.isArray(parsed.data)) return;
+      var data = parsed.data;
+      for (var k in data) {
+        if (Object.prototype.hasOwnProperty.call(data, k)) {
+          var v = data[k] === undefined ? null : data[k];
+          this._base.set(k, v);
+          this._state.set(k, v);
+        }
+      }
+      this._hasSnapshot = true;
+    }
+
+    _scheduleSave() {
+      if (!this._storage || !this._cacheOk || this._saveTimer || this._closed) return;
+      var self = this;
+      this._saveTimer = timer(function () {
+        self._saveTimer = null;
+        self._saveCache();
+      }, CACHE_DEBOUNCE_MS);
+    }
+
+    _saveCache() {
+      if (!this._storage || !this._cacheOk) return;
+      try {
+        this._storage.setItem(this._cacheKey, JSON.stringify({ v: CACHE_VERSION, data: this.snapshot() }));
+      } catch (_) {
+        this._cacheOk = false; // quota or security error: stop caching state for this session
+      }
+    }
+
+    _queueOutboxSave() {
+      if (this._outboxSaveQueued || !this._storage) return;
+      this._outboxSaveQueued = true;
+      var self = this;
+      Promise.resolve().then(function () {
+        self._outboxSaveQueued = false;
+        if (!self._closed) self._saveOutbox(false);
+      });
+    }
+
+    /** Writes this tab's outbox (pending writes) to localStorage under its own key. */
+    _saveOutbox(released) {
+      var s = this._storage;
+      if (!s) return;
+      try {
+        if (!this._outbox.length) {
+          s.removeItem(this._outboxKey);
+          clearTimeout(this._beatTimer);
+          this._beatTimer = null;
+          return;
+        }
+        var entries = this._outbox.map(function (e) {
+          var out = { op: e.op, key: e.key, t: e.t };
+          if (e.op === 'set') out.value = e.value;
+          return out;
+        });
+        s.setItem(this._outboxKey, JSON.stringify({ v: 1, owner: this._tabId, released: !!released, beat: now(), entries: entries }));
+      } catch (_) {
+        /* quota: the writes stay in memory and are still sent */
+      }
+      if (!released && !this._beatTimer) {
+        var self = this;
+        this._beatTimer = timer(function () {
+          self._beatTimer = null;
+          if (!self._closed) self._saveOutbox(false);
+        }, OUTBOX_BEAT_MS, true);
+      }
+    }
+
+    /** Finds outboxes of tabs that are gone (reloaded, closed, crashed) and takes their writes. */
+    _scanOrphans() {
+      var s = this._storage;
+      if (!s || typeof s.key !== 'function') return;
+      var prefix = this._cacheKey + '::outbox::';
+      var found = [];
+      try {
+        for (var i = 0; i < s.length; i++) {
+          var k = s.key(i);
+          if (typeof k === 'string' && k.indexOf(prefix) === 0 && k !== this._outboxKey) found.push(k);
+        }
+      } catch (_) {
+        return;
+      }
+      var probe = [];
+      var self = this;
+      found.forEach(function (k) {
+        var rec = self._readOutbox(k);
+        if (!rec) return;
+        if (rec.released || now() - (typeof rec.beat === 'number' ? rec.beat : 0) > self._opts.outboxStaleMs) {
+          self._adopt(k);
+          return;
+        }
+        // Maybe its tab is alive: ask it over the channel; without a channel, wait until it is stale.
+        if (!self._bc) return;
+        probe.push(rec.owner);
+        self._probes.set(rec.owner, timer(function () {
+          self._probes.delete(rec.owner);
+          if (!self._closed) self._adopt(k);
+        }, ADOPT_PROBE_MS, true));
+      });
+      if (probe.length) this._post({ type: 'outbox-probe', owners: probe });
+    }
+
+    _readOutbox(k) {
+      var raw;
+      try {
+        raw = this._storage.getItem(k);
+      } catch (_) {
+        return null;
+      }
+      if (raw == null) return null;
+      try {
+        var rec = JSON.parse(raw);
+        if (rec && rec.v === 1 && Array.isArray(rec.entries) && typeof rec.owner === 'string') return rec;
+      } catch (_) {
+        /* fall through */
+      }
+      try {
+        this._storage.removeItem(k);
+      } catch (_) {
+        /* ignore */
+      }
+      return null;
+    }
+
+    /** Takes over another tab's pending writes (a newer own write to the same key wins). */
+    _adopt(k) {
+      if (!this._storage) return;
+      var rec = this._readOutbox(k);
+      if (!rec) return;
+      try {
+        this._storage.removeItem(k);
+      } catch (_) {
+        return;
+      }
+      var self = this;
+      var changed = [];
+      rec.entries.forEach(function (e) {
+        if (!e || (e.op !== 'set' && e.op !== 'delete') || typeof e.key !== 'string') return;
+        var t = typeof e.t === 'number' ? e.t : 0;
+        for (var i = 0; i < self._outbox.length; i++) {
+          if (self._outbox[i].key === e.key && self._outbox[i].t > t) return;
+        }
+        var value = e.op === 'set' ? (e.value === undefined ? null : e.value) : undefined;
+        var entry = self._enqueue(e.op, e.key, value, t);
+        self._track(e.key, entry);
+        self._overlay.set(e.key, { own: true, n: entry.n, del: e.op === 'delete', value: value });
+        changed.push(e.key);
+      });
+      changed.forEach(function (key) { self._refresh(key); });
+      if (changed.length) {
+        this._saveOutbox(false);
+        this._pump();
+      }
+    }
+
+    _listenPageLifecycle() {
+      var g = typeof globalThis !== 'undefined' ? globalThis : null;
+      if (!g || typeof g.addEventListener !== 'function' || typeof g.removeEventListener !== 'function') return;
+      var self = this;
+      var hide = function () {
+        if (self._closed) return;
+        if (self._saveTimer) {
+          clearTimeout(self._saveTimer);
+          self._saveTimer = null;
+          self._saveCache();
+        }
+        self._saveOutbox(true); // a reload adopts these at once
+      };
+      var show = function () {
+        if (!self._closed) self._saveOutbox(false);
+      };
+      g.addEventListener('pagehide', hide);
+      g.addEventListener('pageshow', show);
+      this._unlisten = function () {
+        g.removeEventListener('pagehide', hide);
+        g.removeEventListener('pageshow', show);
+      };
+    }
+  }
+
+  Aether.AetherWrite = AetherWrite;
+  Aether.AetherWriteError = AetherWriteError;
+  Aether.Aether = Aether;
+  Aether.default = Aether;
+  Aether.version = '0.1.0';
+  return Aether;
+});
