@@ -95,6 +95,11 @@ impl OutboxReceiver {
         self.rx.recv().await
     }
 
+    /// The next item if one is queued already (for writing several in one go).
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
+
     /// A batch of `bytes` has been handed to the socket: they no longer count.
     pub fn written(&self, bytes: usize) {
         self.queued.fetch_sub(bytes, Ordering::AcqRel);

@@ -140,6 +140,8 @@ impl Relay {
 /// # Errors
 /// [`Error`] when the ledger cannot be opened or the server fails.
 pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
+    // Handlers first: from the moment anything is served, SIGTERM means a graceful stop.
+    let signals = Signals::install();
     // Check TLS files before the (possibly long) replay, so a typo fails at once.
     let tls = tls_acceptor(&config.tls)?;
     let relay = Relay::start(&config)?;
@@ -163,7 +165,7 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     .run();
     let handle = server.handle();
     actix_web::rt::spawn(async move {
-        let signal = wait_for_signal().await;
+        let signal = signals.wait().await;
         log::info!("{signal}: shutting down");
         handle.pause().await;
         relay.shutdown().await;
@@ -190,16 +192,28 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<Option<SslAcceptorBuilder>, Error> {
     Ok(Some(builder))
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        },
-        _ => {
-            log::error!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending().await
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(int), Ok(term)) => Signals(Some((int, term))),
+            _ => {
+                log::error!("cannot install signal handlers; stop with SIGKILL");
+                Signals(None)
+            }
+        }
+    }
+
+    async fn wait(self) -> &'static str {
+        match self.0 {
+            Some((mut int, mut term)) => tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            None => std::future::pending().await,
         }
     }
 }

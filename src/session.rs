@@ -250,19 +250,40 @@ impl Connection {
                 Event::Out(None) => return None,
                 Event::Out(Some(Outbound::Close(code, reason))) => return Some((code, reason)),
                 Event::Out(Some(Outbound::Frames { frames, bytes })) => {
+                    // Take whatever else is queued too and write it in one go: under load this
+                    // turns many small broadcasts into one pass (up to a bound, to stay fair).
+                    let mut batches = vec![frames];
+                    let (mut total, mut close_after) = (bytes, None);
+                    while batches.len() < 64 && total < 256 * 1024 {
+                        match rx.try_recv() {
+                            Some(Outbound::Frames { frames, bytes }) => {
+                                batches.push(frames);
+                                total += bytes;
+                            }
+                            Some(Outbound::Close(code, reason)) => {
+                                close_after = Some((code, reason));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let count: usize = batches.iter().map(|b| b.len()).sum();
                     let write = async {
-                        for frame in frames.iter() {
+                        for frame in batches.iter().flat_map(|b| b.iter()) {
                             session.text(frame.clone()).await?;
                         }
                         Ok::<(), actix_ws::Closed>(())
                     };
-                    self.deps.metrics.frames_out(frames.len());
+                    self.deps.metrics.frames_out(count);
                     tokio::select! {
                         biased;
                         reason = kicked(&mut kick) => return Some(reason),
                         written = write => if written.is_err() { return None },
                     }
-                    rx.written(bytes);
+                    rx.written(total);
+                    if close_after.is_some() {
+                        return close_after;
+                    }
                 }
                 Event::In(None) => return None,
                 Event::In(Some(Err(ProtocolError::Overflow))) => return Some((close::TOO_BIG, "message too big")),
