@@ -172,8 +172,7 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
         handle.stop(true).await;
     });
     server.await?;
-    // Give the state arbiter a moment to finish logging; everything accepted is already durable.
-    actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    // Everything accepted was made durable and sent before the workers were told to stop.
     log::info!("stopped");
     Ok(())
 }
