@@ -15,15 +15,9 @@ fn metric(server: &Server, name: &str) -> u64 {
     line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
 }
 
+/// The archives beside `ledger`, oldest first (the relay's own listing, minus the live ledger).
 fn archives(ledger: &Path) -> Vec<std::path::PathBuf> {
-    let name = format!("{}.archived.", ledger.file_name().unwrap().to_string_lossy());
-    let mut found: Vec<_> = fs::read_dir(ledger.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&name))
-        .collect();
-    found.sort();
-    found
+    aether_actix::ledger::history::files(ledger).unwrap().into_iter().filter(|f| f != ledger).collect()
 }
 
 fn cli(config: &Path, args: &[&str]) -> std::process::Output {
