@@ -6,7 +6,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { spawn, spawnSync } = require('node:child_process');
+const { spawn } = require('node:child_process');
 const { test, Aether, MemoryStorage, until, sleep, aetherBin } = require('./helpers');
 
 const BIN = aetherBin();
@@ -14,21 +14,9 @@ const STATIC = path.join(__dirname, '..', '..', 'static');
 const FIXTURE = path.join(__dirname, 'fixtures', 'browser');
 const REACT_UMD = path.join(__dirname, 'node_modules', 'react', 'umd', 'react.development.js');
 
-function findChromium() {
-  if (process.env.CHROMIUM) return process.env.CHROMIUM;
-  for (const name of ['chromium', 'chromium-browser', 'google-chrome']) {
-    const r = spawnSync('sh', ['-c', 'command -v ' + name], { encoding: 'utf8' });
-    if (r.status === 0 && r.stdout.trim()) return r.stdout.trim();
-  }
-  return null;
-}
+const { findChromium, loadWs } = require('./helpers');
 const CHROMIUM = findChromium();
-let WS = null;
-try {
-  WS = require('ws');
-} catch {
-  WS = null;
-}
+const WS = loadWs();
 const skip = !BIN ? 'AETHER_BIN is not set' : !CHROMIUM ? 'no Chromium' : !WS || !fs.existsSync(REACT_UMD) ? 'npm install first' : false;
 
 test('a real browser loads the client as native ES modules and syncs through the relay', { skip, timeout: 90000 }, async () => {

@@ -8,8 +8,8 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { spawn, spawnSync } = require('node:child_process');
-const { test, Aether, MemoryStorage, until, sleep, aetherBin } = require('./helpers');
+const { spawn } = require('node:child_process');
+const { test, Aether, MemoryStorage, until, sleep, aetherBin, staticServer } = require('./helpers');
 
 const BIN = aetherBin();
 const STATIC = path.join(__dirname, '..', '..', 'static');
@@ -17,43 +17,16 @@ const STATIC = path.join(__dirname, '..', '..', 'static');
 // AETHER_SCREENSHOTS=1, so an ordinary test run leaves the working tree clean; otherwise to a
 // temporary directory, still taken and checked.
 const SHOT = path.join(
-  process.env.AETHER_SCREENSHOTS === '1' ? path.join(STATIC, 'demos', 'screenshots') : fs.mkdtempSync(path.join(os.tmpdir(), 'aether-shots-')),
+  require('./helpers').screenshotDir(STATIC),
   'topology.png',
 );
 const XSS = '<img src=x onerror=window.__xss=1>';
 
-function findChromium() {
-  if (process.env.CHROMIUM) return process.env.CHROMIUM;
-  for (const name of ['chromium', 'chromium-browser', 'google-chrome']) {
-    const r = spawnSync('sh', ['-c', 'command -v ' + name], { encoding: 'utf8' });
-    if (r.status === 0 && r.stdout.trim()) return r.stdout.trim();
-  }
-  return null;
-}
+const { findChromium, loadWs, browserSkip, untilAsync } = require('./helpers');
 const CHROMIUM = findChromium();
-let WS = null;
-try {
-  WS = require('ws');
-} catch {
-  WS = null;
-}
-const skip = !BIN ? 'AETHER_BIN is not set' : !CHROMIUM ? 'no Chromium' : !WS ? 'npm install first' : false;
+const WS = loadWs();
+const skip = browserSkip(BIN);
 
-/** Waits for an async predicate (polling); fails after `ms`. */
-async function untilAsync(predicate, ms, what) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    try {
-      last = await predicate();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error('timed out waiting for ' + what + ' (last: ' + (last && last.message ? last.message : JSON.stringify(last)) + ')');
-    await sleep(50);
-  }
-}
 
 /** Every pending write of `client` is on the relay, within 10 s. */
 function durable(client) {
@@ -151,6 +124,12 @@ class Tab {
         if (this.calls.delete(id)) reject(new Error(method + ' timed out'));
       }, 15000);
     });
+  }
+  /** Page.reload, then waits for the new document (a marker set on the old one is gone). */
+  async reload(what = 'reload') {
+    await this.eval('window.__beforeReload = true');
+    await this.send('Page.reload', { ignoreCache: true });
+    await this.until('!window.__beforeReload && document.readyState === "complete" && !!window.aether', 15000, what);
   }
   async eval(expression) {
     const r = await this.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true });
@@ -432,6 +411,84 @@ test('topology demo: two real tabs, offline edit, presence, inert XSS, screensho
     if (a) a.kill();
     if (b) b.kill();
     await relay.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+
+test('topology demo: an edit made offline survives a reload and reaches the relay after reconnect', { skip, timeout: 180000 }, async () => {
+  // The page comes from a separate static server, so tab a can reload while the relay is down;
+  // `?relay=` points it at the relay.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-topology-reload-'));
+  let relay = null;
+  let web = null;
+  let a = null;
+  let b = null;
+  try {
+    relay = await startRelay(dir);
+    const port = relay.port;
+    web = await staticServer(STATIC);
+    const url = `${web.url}/?relay=${encodeURIComponent(`ws://127.0.0.1:${port}/ws`)}`;
+    a = await Tab.open(dir, 'a', url);
+    b = await Tab.open(dir, 'b', url);
+    const state = (s) => `document.getElementById('status').dataset.state === '${s}'`;
+    const waiting = `/^offline · [1-9]\\d* changes? waiting$/.test(document.getElementById('status-text').textContent)`;
+    const names = `Array.from(document.querySelectorAll('[data-node] .name')).map((e) => e.textContent).sort().join(' | ')`;
+    for (const tab of [a, b]) await tab.until(state('connected'), 10000, 'connected pill');
+    assert.equal(await a.eval('aether.url').then((u) => new URL(u).port), String(port), 'the page talks to the relay, not to its own origin');
+
+    // One device made online, seen by both.
+    await a.eval(`document.querySelector('[data-add="router"]').click()`);
+    const online = await a.until(`(document.querySelector('.node.sel') || {dataset: {}}).dataset.node`, 5000, 'selected new node');
+    await b.until(`!!document.querySelector('[data-node="${online}"]')`, 5000, 'node in b');
+    await a.until(state('connected'), 10000, 'a settled');
+
+    // Relay down: a adds a device and renames the first one through the panel.
+    await relay.stop();
+    await a.until(state('offline'), 10000, 'a offline');
+    await b.until(state('offline'), 10000, 'b offline');
+    await a.eval(`document.querySelector('[data-add="server"]').click()`);
+    const added = await a.until(`(() => { const s = document.querySelector('.node.sel'); return s && s.dataset.node !== '${online}' && s.dataset.node; })()`, 5000, 'device added offline');
+    await a.eval(`topology.select('node', '${online}')`);
+    // The panel is re-rendered on the next frame: wait for the one of the selected device.
+    await a.until(`(() => { const i = document.getElementById('prop-label'); return !!i && i.value === 'Edge Router' && document.querySelector('.node.sel').dataset.node === '${online}'; })()`, 2000, 'label input of the first device');
+    await a.eval(`(() => { const i = document.getElementById('prop-label'); i.focus(); i.select(); })()`);
+    await a.send('Input.insertText', { text: 'Renamed offline' });
+    await a.eval(`document.getElementById('prop-label').blur()`);
+    await a.until(waiting, 3000, 'a: changes waiting');
+    const addedLabel = await a.eval(`aether.get('node:${added}:label')`);
+    assert.equal(addedLabel, 'App Server', 'the default label of a server');
+    const want = 'App Server | Renamed offline';
+    await a.until(`${names} === ${JSON.stringify(want)}`, 2000, 'both edits shown in a');
+
+    await a.reload('a reloaded');
+    await a.until(`${names} === ${JSON.stringify(want)}`, 5000, 'both edits shown in a after the reload');
+    await a.until(waiting, 5000, 'a still has changes waiting after the reload');
+    assert.ok((await a.eval('aether.pendingWrites()')) >= 4, 'the outbox survived the reload (3 keys of the new device + the label)');
+    assert.equal(await b.eval(names), 'Edge Router', 'b saw nothing yet');
+
+    relay = await startRelay(dir, port);
+    await b.until(`${names} === ${JSON.stringify(want)}`, 20000, 'offline edits in b');
+    await a.until(state('connected'), 20000, 'a connected again, nothing waiting');
+    assert.equal(await a.eval('aether.pendingWrites()'), 0);
+    const fresh = new Aether(`ws://127.0.0.1:${port}/ws`, { WebSocket: WS, storage: null, BroadcastChannel: null });
+    try {
+      await until(() => fresh.connected && fresh.isReady, 10000, 'fresh client');
+      assert.equal(fresh.get(`node:${online}:label`), 'Renamed offline', 'the rename is on the relay');
+      assert.equal(fresh.get(`node:${added}:type`), 'server', 'the new device is on the relay');
+      assert.equal(fresh.get(`node:${added}:label`), addedLabel);
+      assert.ok(fresh.get(`node:${added}:coords`), 'with its coords');
+    } finally {
+      fresh.close();
+    }
+    assert.equal(await a.eval(names), want);
+    assert.deepEqual(a.errors, [], 'no uncaught exceptions in a');
+    assert.deepEqual(b.errors, [], 'no uncaught exceptions in b');
+  } finally {
+    if (a) a.kill();
+    if (b) b.kill();
+    if (web) await web.close();
+    if (relay) await relay.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

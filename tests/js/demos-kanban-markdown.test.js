@@ -9,8 +9,8 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { spawn, spawnSync } = require('node:child_process');
-const { test, Aether, MemoryStorage, until, sleep, aetherBin } = require('./helpers');
+const { spawn } = require('node:child_process');
+const { test, Aether, MemoryStorage, until, sleep, aetherBin, staticServer } = require('./helpers');
 
 const BIN = aetherBin();
 const STATIC = path.join(__dirname, '..', '..', 'static');
@@ -18,40 +18,13 @@ const STATIC = path.join(__dirname, '..', '..', 'static');
 // AETHER_SCREENSHOTS=1, so an ordinary test run leaves the working tree clean; otherwise to a
 // temporary directory, still taken and checked.
 const SHOTS =
-  process.env.AETHER_SCREENSHOTS === '1' ? path.join(STATIC, 'demos', 'screenshots') : fs.mkdtempSync(path.join(os.tmpdir(), 'aether-shots-'));
+  require('./helpers').screenshotDir(STATIC);
 
-function findChromium() {
-  if (process.env.CHROMIUM) return process.env.CHROMIUM;
-  for (const name of ['chromium', 'chromium-browser', 'google-chrome']) {
-    const r = spawnSync('sh', ['-c', 'command -v ' + name], { encoding: 'utf8' });
-    if (r.status === 0 && r.stdout.trim()) return r.stdout.trim();
-  }
-  return null;
-}
+const { findChromium, loadWs, browserSkip, untilAsync } = require('./helpers');
 const CHROMIUM = findChromium();
-let WS = null;
-try {
-  WS = require('ws');
-} catch {
-  WS = null;
-}
-const skip = !BIN ? 'AETHER_BIN is not set' : !CHROMIUM ? 'no Chromium' : !WS ? 'npm install first' : false;
+const WS = loadWs();
+const skip = browserSkip(BIN);
 
-/** Polls until `fn()` resolves truthy (async predicate), failing after `ms`. */
-async function waitFor(fn, ms, what) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
-    await sleep(50);
-  }
-}
 
 /** A minimal Chrome DevTools Protocol client over one browser-level WebSocket (flat sessions). */
 class CDP {
@@ -128,7 +101,13 @@ class Tab {
   }
   async goto(url) {
     await this.cdp.send('Page.navigate', { url }, this.session);
-    await waitFor(() => this.eval('document.readyState === "complete" && !!window.aether'), 15000, this.name + ' page load');
+    await untilAsync(() => this.eval('document.readyState === "complete" && !!window.aether'), 15000, this.name + ' page load');
+  }
+  /** Page.reload, then waits for the new document (a marker set on the old one is gone). */
+  async reload() {
+    await this.eval('window.__beforeReload = true');
+    await this.cdp.send('Page.reload', { ignoreCache: true }, this.session);
+    await untilAsync(() => this.eval('!window.__beforeReload && document.readyState === "complete" && !!window.aether'), 15000, this.name + ' reload');
   }
   async eval(expression) {
     const r = await this.cdp.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true, userGesture: true }, this.session);
@@ -136,7 +115,7 @@ class Tab {
     return r.result.value;
   }
   wait(expression, ms, what) {
-    return waitFor(() => this.eval(expression), ms, `${this.name}: ${what || expression}`);
+    return untilAsync(() => this.eval(expression), ms, `${this.name}: ${what || expression}`);
   }
   async screenshot(file) {
     const { data } = await this.cdp.send('Page.captureScreenshot', { format: 'png', clip: { x: 0, y: 0, width: 1280, height: 800, scale: 1 } }, this.session);
@@ -235,21 +214,7 @@ test('kanban and markdown demos: two browsers, seeding, sync, offline, XSS, scre
   try {
     probe = new Aether(`ws://127.0.0.1:${port}/ws`, { WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
     await until(() => probe.connected, 10000, 'probe client');
-    const profile = path.join(dir, 'profile');
-    browser = spawn(CHROMIUM, [
-      '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--remote-debugging-address=127.0.0.1',
-      '--remote-debugging-port=0', '--user-data-dir=' + profile, 'about:blank',
-    ], { stdio: 'ignore', detached: true });
-    const active = await until(() => {
-      try {
-        const [p, wsPath] = fs.readFileSync(path.join(profile, 'DevToolsActivePort'), 'utf8').split('\n');
-        return p && wsPath ? `ws://127.0.0.1:${p}${wsPath}` : null;
-      } catch {
-        return null;
-      }
-    }, 20000, 'DevTools port');
-    cdp = await CDP.connect(active);
+    ({ proc: browser, cdp } = await launchChromium(dir));
 
     // ---------------------------------------------------------------- kanban
     const kUrl = `${base}/demos/kanban.html`;
@@ -274,17 +239,17 @@ test('kanban and markdown demos: two browsers, seeding, sync, offline, XSS, scre
     await ka.eval(`document.querySelector('.card[data-card="${c1}"] .prio').click()`); // med -> high
     await ka.eval(`document.querySelector('.card[data-card="${c3}"] .prio').click(); document.querySelector('.card[data-card="${c3}"] .prio').click()`); // -> low
     const cardsIn = (tab, col) => tab.eval(`(${KANBAN.columns}).find((c) => c.id === ${JSON.stringify(col)}).cards.map((k) => k.title + '/' + k.prio).join(', ')`);
-    await waitFor(async () => (await cardsIn(kb, 'todo')) === 'Write the release notes/high, Review the ledger format/med', 10000, 'B sees A\'s cards');
-    await waitFor(async () => (await cardsIn(kb, 'doing')) === 'Benchmark fan-out/low', 10000, 'B sees the doing card');
+    await untilAsync(async () => (await cardsIn(kb, 'todo')) === 'Write the release notes/high, Review the ledger format/med', 10000, 'B sees A\'s cards');
+    await untilAsync(async () => (await cardsIn(kb, 'doing')) === 'Benchmark fan-out/low', 10000, 'B sees the doing card');
     assert.equal(probe.get('card:' + c1).title, 'Write the release notes');
 
     // Drag between columns (B) and reorder within a column (A): one write each.
     await kb.eval(dragJs(c2, 'doing', c3)); // to the top of "In progress"
-    await waitFor(async () => (await cardsIn(ka, 'doing')) === 'Review the ledger format/med, Benchmark fan-out/low', 10000, 'A sees the move');
+    await untilAsync(async () => (await cardsIn(ka, 'doing')) === 'Review the ledger format/med, Benchmark fan-out/low', 10000, 'A sees the move');
     await ka.eval(dragJs(c3, 'doing', c2)); // reorder: fan-out back above the review
-    await waitFor(async () => (await cardsIn(kb, 'doing')) === 'Benchmark fan-out/low, Review the ledger format/med', 10000, 'B sees the reorder');
+    await untilAsync(async () => (await cardsIn(kb, 'doing')) === 'Benchmark fan-out/low, Review the ledger format/med', 10000, 'B sees the reorder');
     const c4 = await kb.eval(addCardJs('done', 'Ship protocol v2'));
-    await waitFor(async () => (await cardsIn(ka, 'done')) === 'Ship protocol v2/med', 10000, 'A sees B\'s card');
+    await untilAsync(async () => (await cardsIn(ka, 'done')) === 'Ship protocol v2/med', 10000, 'A sees B\'s card');
 
     // A remote change never clobbers a title being typed: B types into c1 (focused, not saved)
     // while A changes c1's priority and adds a card.
@@ -446,6 +411,160 @@ test('kanban and markdown demos: two browsers, seeding, sync, offline, XSS, scre
       }
     }
     await stopRelay(relay);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+
+/** Headless Chromium with its own profile; resolves {proc, cdp} (browser-level DevTools client). */
+async function launchChromium(dir) {
+  const profile = path.join(dir, 'profile');
+  const proc = spawn(CHROMIUM, [
+    '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--remote-debugging-address=127.0.0.1',
+    '--remote-debugging-port=0', '--user-data-dir=' + profile, 'about:blank',
+  ], { stdio: 'ignore', detached: true });
+  try {
+    const active = await until(() => {
+      try {
+        const [p, wsPath] = fs.readFileSync(path.join(profile, 'DevToolsActivePort'), 'utf8').split('\n');
+        return p && wsPath ? `ws://127.0.0.1:${p}${wsPath}` : null;
+      } catch {
+        return null;
+      }
+    }, 20000, 'DevTools port');
+    return { proc, cdp: await CDP.connect(active) };
+  } catch (e) {
+    killChromium(proc);
+    throw e;
+  }
+}
+function killChromium(proc) {
+  if (!proc || proc.exitCode !== null) return;
+  try {
+    process.kill(-proc.pid, 'SIGKILL');
+  } catch {
+    proc.kill('SIGKILL');
+  }
+}
+
+/** What a client that connects now gets from the relay for `key` (a fresh Node client, no cache). */
+async function relayValue(port, key) {
+  const fresh = new Aether(`ws://127.0.0.1:${port}/ws`, { WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
+  try {
+    await until(() => fresh.connected && fresh.isReady, 10000, 'fresh client snapshot');
+    return fresh.get(key);
+  } finally {
+    fresh.close();
+  }
+}
+
+test('kanban and markdown demos: an edit made offline survives a reload and reaches the relay after reconnect', { skip, timeout: 180000 }, async () => {
+  // The pages come from a separate static server, so page A can reload while the relay is down;
+  // `?relay=` points them at the relay.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-demos-reload-'));
+  const ledger = path.join(dir, 'ledger.jsonl');
+  let relay = null;
+  let web = null;
+  let chromium = null;
+  try {
+    relay = await startRelay(dir, 0, ledger);
+    const port = relay.port;
+    web = await staticServer(STATIC);
+    chromium = await launchChromium(dir);
+    const { cdp } = chromium;
+    const relayParam = '?relay=' + encodeURIComponent(`ws://127.0.0.1:${port}/ws`);
+    const connected = `document.getElementById('status').dataset.state === 'connected'`;
+    const offline = `document.getElementById('status').dataset.state === 'offline'`;
+    const waiting = `/^offline · [1-9]\\d* changes? waiting$/.test(document.querySelector('#status .text').textContent)`;
+
+    // ---------------------------------------------------------------- kanban
+    const kUrl = `${web.url}/demos/kanban.html${relayParam}`;
+    const [ka, kb] = await Promise.all([Tab.open(cdp, kUrl, 'kanban A'), Tab.open(cdp, kUrl, 'kanban B')]);
+    for (const tab of [ka, kb]) {
+      await tab.wait(`(${KANBAN.columns}).length === 3`, 10000, '3 seed columns');
+      await tab.wait(connected, 10000, 'connected');
+    }
+    assert.match(await ka.eval(KANBAN.status), new RegExp(`^connected \\| connected · 127\\.0\\.0\\.1:${port}$`), 'the page talks to the relay, not to its own origin');
+    const titles = (tab) => tab.eval(`Array.from(document.querySelectorAll('.card textarea')).map((t) => t.value).sort().join(' | ')`);
+    const renamed = await ka.eval(addCardJs('todo', 'to be renamed offline'));
+    await untilAsync(async () => (await titles(kb)) === 'to be renamed offline', 10000, 'B sees the online card');
+    await ka.wait(connected, 10000, 'A settled');
+
+    await stopRelay(relay);
+    await ka.wait(offline, 10000, 'A offline');
+    await kb.wait(offline, 10000, 'B offline');
+    const added = await ka.eval(addCardJs('doing', 'added offline, survives a reload'));
+    await ka.eval(`(() => {
+      const t = document.querySelector('.card[data-card=${JSON.stringify(renamed)}] textarea');
+      t.focus();
+      t.value = 'renamed offline';
+      t.dispatchEvent(new Event('input', { bubbles: true }));
+      t.blur();
+    })()`);
+    await ka.wait(waiting, 5000, 'A: changes waiting');
+    const want = 'added offline, survives a reload | renamed offline';
+    assert.equal(await titles(ka), want);
+
+    await ka.reload();
+    await ka.wait(`(${KANBAN.columns}).length === 3`, 10000, 'board from the cache after the reload');
+    assert.equal(await titles(ka), want, 'both offline edits shown after the reload');
+    assert.equal(await ka.eval(`document.querySelector('.card[data-card=${JSON.stringify(added)}]').closest('.col').dataset.col`), 'doing');
+    await ka.wait(waiting, 5000, 'A still has changes waiting after the reload');
+    assert.ok((await ka.eval('aether.pendingWrites()')) >= 2, 'the outbox survived the reload');
+    assert.equal(await titles(kb), 'to be renamed offline', 'B saw nothing yet');
+
+    relay = await startRelay(dir, port, ledger);
+    await untilAsync(async () => (await titles(kb)) === want, 20000, 'B gets both offline edits');
+    await ka.wait(connected, 20000, 'A reconnected, nothing waiting');
+    assert.equal(await ka.eval('aether.pendingWrites()'), 0);
+    assert.equal((await relayValue(port, 'card:' + added) || {}).title, 'added offline, survives a reload', 'relay has the added card');
+    assert.equal((await relayValue(port, 'card:' + renamed) || {}).title, 'renamed offline', 'relay has the rename');
+    assert.equal(await titles(ka), want);
+    assert.deepEqual(ka.errors, []);
+    assert.deepEqual(kb.errors, []);
+
+    // ---------------------------------------------------------------- markdown
+    const mUrl = `${web.url}/demos/markdown.html${relayParam}`;
+    const [ma, mb] = await Promise.all([Tab.open(cdp, mUrl, 'markdown A'), Tab.open(cdp, mUrl, 'markdown B')]);
+    for (const tab of [ma, mb]) {
+      await tab.wait(`(${MD.lines}).length === 18`, 10000, '18 seed lines');
+      await tab.wait(connected, 10000, 'connected');
+    }
+    const line = (id) => `document.querySelector('#lines .row[data-line=${JSON.stringify(id)}] textarea').value`;
+    const seed03 = await mb.eval(line('seed-03'));
+    assert.deepEqual(await ma.eval(MD.lines), await mb.eval(MD.lines));
+
+    await stopRelay(relay);
+    await ma.wait(offline, 10000, 'A offline');
+    await mb.wait(offline, 10000, 'B offline');
+    const text = 'Edited **offline**; this line survives a reload.';
+    await ma.eval(typeLineJs('seed-03', text));
+    await ma.wait(waiting, 5000, 'A: changes waiting');
+    await ma.eval(`document.activeElement && document.activeElement.blur()`);
+
+    await ma.reload();
+    await ma.wait(`(${MD.lines}).length === 18`, 10000, 'document from the cache after the reload');
+    assert.equal(await ma.eval(line('seed-03')), text, 'the offline edit shown after the reload');
+    await ma.wait(`document.querySelector('#preview strong') && document.querySelector('#preview strong').textContent === 'offline'`, 5000, 'A preview after the reload');
+    await ma.wait(waiting, 5000, 'A still has changes waiting after the reload');
+    assert.equal(await mb.eval(line('seed-03')), seed03, 'B saw nothing yet');
+
+    relay = await startRelay(dir, port, ledger);
+    await mb.wait(`${line('seed-03')} === ${JSON.stringify(text)}`, 20000, 'B gets the offline edit');
+    await mb.wait(`document.querySelector('#preview strong') && document.querySelector('#preview strong').textContent === 'offline'`, 5000, 'B preview');
+    await ma.wait(connected, 20000, 'A reconnected, nothing waiting');
+    assert.equal((await relayValue(port, 'line:seed-03') || {}).text, text, 'relay has the offline edit');
+    assert.deepEqual(await ma.eval(MD.lines), await mb.eval(MD.lines));
+    assert.deepEqual(ma.errors, []);
+    assert.deepEqual(mb.errors, []);
+  } finally {
+    if (chromium) {
+      chromium.cdp.close();
+      killChromium(chromium.proc);
+    }
+    if (web) await web.close();
+    if (relay) await stopRelay(relay);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -389,4 +389,123 @@ function aetherBin() {
   return require('node:fs').existsSync(fromCwd) ? fromCwd : fromRoot;
 }
 
-module.exports = { test, Aether, MemoryStorage, ChannelBus, FakeRelay, browser, tick, sleep, until, aetherBin };
+const STATIC_TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+  '.ts': 'text/plain; charset=utf-8',
+  '.mts': 'text/plain; charset=utf-8',
+  '.md': 'text/plain; charset=utf-8',
+};
+
+/**
+ * A tiny static HTTP server for `root` on 127.0.0.1 (an ephemeral port): GET/HEAD only, `dir/`
+ * serves `dir/index.html`, nothing outside `root`. Lets a demo page reload while the relay is down
+ * (open it with `?relay=ws://…`). Resolves {port, url, close()}.
+ */
+async function staticServer(root) {
+  const http = require('node:http');
+  const fs = require('node:fs');
+  root = path.resolve(root);
+  const server = http.createServer((req, res) => {
+    const fail = (code) => {
+      res.writeHead(code, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end(code + '\n');
+    };
+    if (req.method !== 'GET' && req.method !== 'HEAD') return fail(405);
+    let rel;
+    try {
+      rel = decodeURIComponent(new URL(req.url, 'http://127.0.0.1').pathname);
+    } catch {
+      return fail(400);
+    }
+    let file = path.resolve(root, '.' + rel);
+    if (file !== root && !file.startsWith(root + path.sep)) return fail(403);
+    try {
+      if (fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
+      const body = fs.readFileSync(file);
+      res.writeHead(200, {
+        'content-type': STATIC_TYPES[path.extname(file).toLowerCase()] || 'application/octet-stream',
+        'content-length': body.length,
+        'cache-control': 'no-store',
+      });
+      res.end(req.method === 'HEAD' ? undefined : body);
+    } catch {
+      fail(404);
+    }
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const port = server.address().port;
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    close() {
+      if (typeof server.closeAllConnections === 'function') server.closeAllConnections();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** Debian's Chromium (or CHROMIUM=<path>), or null when there is none. */
+function findChromium() {
+  if (process.env.CHROMIUM) return process.env.CHROMIUM;
+  const { spawnSync } = require('node:child_process');
+  for (const name of ['chromium', 'chromium-browser', 'google-chrome']) {
+    const r = spawnSync('sh', ['-c', 'command -v ' + name], { encoding: 'utf8' });
+    if (r.status === 0 && r.stdout.trim()) return r.stdout.trim();
+  }
+  return null;
+}
+
+/** The `ws` package, or null before `npm install`. */
+function loadWs() {
+  try {
+    return require('ws');
+  } catch {
+    return null;
+  }
+}
+
+/** Why a browser test must skip (no relay binary, no Chromium, no npm install), or false. */
+function browserSkip(bin) {
+  return !bin ? 'AETHER_BIN is not set' : !findChromium() ? 'no Chromium' : !loadWs() ? 'npm install first' : false;
+}
+
+/** Polls until the async predicate `fn()` resolves truthy, failing after `ms`. */
+async function untilAsync(fn, ms, what) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    await sleep(50);
+  }
+}
+
+/** Where demo tests put screenshots: static/demos/screenshots/ with AETHER_SCREENSHOTS=1, else a
+ * temporary directory that is removed when the process exits. */
+function screenshotDir(staticDir) {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  if (process.env.AETHER_SCREENSHOTS === '1') return path.join(staticDir, 'demos', 'screenshots');
+  const dir = path.join(os.tmpdir(), `aether-shots-${process.pid}`);
+  fs.mkdirSync(dir, { recursive: true });
+  process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+module.exports = {
+  screenshotDir, findChromium, loadWs, browserSkip, untilAsync, test, Aether, MemoryStorage, ChannelBus, FakeRelay, browser, tick, sleep, until, aetherBin, staticServer };
