@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 /// JSON-lines ledger. Without --config it serves the demos on http://127.0.0.1:8211/ with a ledger
 /// under data/.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// TOML configuration file (see config/aether.toml for every key and its default).
     #[arg(long, short, value_name = "FILE", global = true)]
