@@ -1,0 +1,117 @@
+'use strict';
+// Shared by the browser tests that drive Chromium over the DevTools protocol: the protocol client,
+// launching and killing headless Chromium, and starting and stopping the real relay.
+
+const fs = require('node:fs');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+const { until, sleep, aetherBin, findChromium, loadWs } = require('./helpers');
+
+const BIN = aetherBin();
+const CHROMIUM = findChromium();
+const WS = loadWs();
+const STATIC = path.join(__dirname, '..', '..', 'static');
+
+/** A minimal Chrome DevTools Protocol client over one browser-level WebSocket (flat sessions). */
+class CDP {
+  static async connect(url) {
+    const cdp = new CDP(new WS(url, { perMessageDeflate: false }));
+    await new Promise((resolve, reject) => {
+      cdp.ws.once('open', resolve);
+      cdp.ws.once('error', reject);
+    });
+    return cdp;
+  }
+  constructor(ws) {
+    this.ws = ws;
+    this.id = 0;
+    this.calls = new Map();
+    this.listeners = [];
+    ws.on('message', (data) => {
+      const msg = JSON.parse(String(data));
+      if (msg.id !== undefined && this.calls.has(msg.id)) {
+        const { resolve, reject, method } = this.calls.get(msg.id);
+        this.calls.delete(msg.id);
+        if (msg.error) reject(new Error(method + ': ' + msg.error.message));
+        else resolve(msg.result);
+      } else if (msg.method) {
+        for (const l of this.listeners) l(msg);
+      }
+    });
+    ws.on('close', () => {
+      for (const { reject } of this.calls.values()) reject(new Error('devtools connection closed'));
+      this.calls.clear();
+    });
+  }
+  send(method, params = {}, sessionId) {
+    const id = ++this.id;
+    const frame = { id, method, params };
+    if (sessionId) frame.sessionId = sessionId;
+    return new Promise((resolve, reject) => {
+      this.calls.set(id, { resolve, reject, method });
+      this.ws.send(JSON.stringify(frame));
+      setTimeout(() => {
+        if (this.calls.delete(id)) reject(new Error(method + ': no answer in 20 s'));
+      }, 20000).unref();
+    });
+  }
+  close() {
+    this.ws.close();
+  }
+}
+
+/** Starts the relay on `port` (0: any) with the given ledger and static dir; resolves {proc, port}. */
+async function startRelay(dir, port, ledger, staticDir = STATIC) {
+  const config = path.join(dir, `aether-${port}.toml`);
+  fs.writeFileSync(config, `[server]\nbind = "127.0.0.1:${port}"\nstatic_dir = ${JSON.stringify(staticDir)}\n[ledger]\npath = ${JSON.stringify(ledger)}\n`);
+  const proc = spawn(BIN, ['--config', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  proc.stderr.on('data', (c) => (log += c));
+  const got = await until(() => (/listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(log) || [])[1] || (proc.exitCode !== null && 'exit'), 20000, 'relay start');
+  if (got === 'exit') throw new Error('relay exited: ' + log);
+  return { proc, port: Number(got), log: () => log };
+}
+async function stopRelay(relay) {
+  if (!relay || relay.proc.exitCode !== null) return;
+  relay.proc.kill('SIGKILL'); // like a crash; every acknowledged write is already in the ledger
+  await Promise.race([new Promise((r) => relay.proc.once('exit', r)), sleep(5000)]);
+}
+
+/** Headless Chromium with its own profile; resolves {proc, cdp}. */
+async function launchChromium(dir) {
+  const profile = path.join(dir, 'profile');
+  const proc = spawn(CHROMIUM, [
+    '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--remote-debugging-address=127.0.0.1',
+    '--remote-debugging-port=0', '--user-data-dir=' + profile, 'about:blank',
+  ], { stdio: 'ignore', detached: true });
+  try {
+    const active = await until(() => {
+      try {
+        const [p, wsPath] = fs.readFileSync(path.join(profile, 'DevToolsActivePort'), 'utf8').split('\n');
+        return p && wsPath ? `ws://127.0.0.1:${p}${wsPath}` : null;
+      } catch {
+        return null;
+      }
+    }, 20000, 'DevTools port');
+    return { proc, cdp: await CDP.connect(active) };
+  } catch (e) {
+    killChromium(proc);
+    throw e;
+  }
+}
+function killChromium(proc) {
+  if (!proc || proc.exitCode !== null) return;
+  try {
+    process.kill(-proc.pid, 'SIGKILL');
+  } catch {
+    proc.kill('SIGKILL');
+  }
+}
+function closeChromium(chromium) {
+  if (!chromium) return;
+  chromium.cdp.close();
+  killChromium(chromium.proc);
+}
+
+module.exports = { CDP, startRelay, stopRelay, launchChromium, killChromium, closeChromium };
