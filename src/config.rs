@@ -152,6 +152,9 @@ impl Limits {
 /// Environment variable that, when set and non-empty, supplies the auth token.
 pub const TOKEN_ENV: &str = "AETHER_AUTH_TOKEN";
 
+/// Environment variable that, when set and non-empty, supplies the mesh token.
+pub const MESH_TOKEN_ENV: &str = "AETHER_MESH_TOKEN";
+
 /// `[auth]`.
 #[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -183,23 +186,138 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
-/// `[mesh]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// `[mesh]`: federation with other relays (ours, or upstream's Python `MeshNode`).
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeshConfig {
     /// This node's id, written into every stamp it issues. Must be unique in a federation.
     /// Default `alpha` (upstream's demo node).
     pub node_id: String,
-    /// Listener for peers (federation). Not available in this release: must stay unset.
+    /// Listener for peers (`ws://`, or `wss://` with `[mesh.tls]`). Unset: no listener.
     pub bind: Option<SocketAddr>,
-    /// Peers to dial (federation). Not available in this release: must stay empty.
+    /// Peers to dial, as `ws://host:port` or `wss://host:port` URLs. Each is redialled with
+    /// exponential backoff and jitter whenever its link is down.
     pub peers: Vec<String>,
+    /// Shared secret of the federation. Peers prove they hold it by challenge-response; it is
+    /// never sent. Empty: peers are not authenticated (trusted network only).
+    pub token: String,
+    /// File holding the token. Exclusive with `token`; `AETHER_MESH_TOKEN` overrides both.
+    pub token_file: Option<PathBuf>,
+    /// Interop with upstream's Python `MeshNode`, which can only send the token in its `hello`:
+    /// accept such peers, and send the token in our own `hello` when dialling. Default false.
+    pub token_in_hello: bool,
+    /// Ops from peers stamped more than this many seconds ahead of our clock are refused, so one
+    /// bad clock cannot drag every node's clock into the future. Default 60.
+    pub max_clock_drift_s: f64,
+    /// First redial delay after a link drops, in seconds; doubles per failure. Default 0.25.
+    pub redial_min_s: f64,
+    /// Longest redial delay, in seconds. Default 30.
+    pub redial_max_s: f64,
+    /// Seconds between anti-entropy rounds on a quiet link (besides the one on every connect);
+    /// 0 only on connect. Default 60.
+    pub anti_entropy_interval_s: f64,
+    /// Most simultaneous inbound peer connections; more are closed with 1013. Default 64.
+    pub max_peers: usize,
+    /// Bytes queued for one peer before its link counts as stuck: it is closed and redialled,
+    /// and anti-entropy sends what it missed. Default 64 MiB.
+    pub max_peer_queue_bytes: usize,
+    /// `[mesh.tls]`: TLS for the peer listener and for dialling `wss://` peers.
+    pub tls: MeshTlsConfig,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        Self { node_id: "alpha".to_owned(), bind: None, peers: Vec::new() }
+        Self {
+            node_id: "alpha".to_owned(),
+            bind: None,
+            peers: Vec::new(),
+            token: String::new(),
+            token_file: None,
+            token_in_hello: false,
+            max_clock_drift_s: 60.0,
+            redial_min_s: 0.25,
+            redial_max_s: 30.0,
+            anti_entropy_interval_s: 60.0,
+            max_peers: 64,
+            max_peer_queue_bytes: 64 << 20,
+            tls: MeshTlsConfig::default(),
+        }
     }
+}
+
+impl fmt::Debug for MeshConfig {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshConfig")
+            .field("node_id", &self.node_id)
+            .field("bind", &self.bind)
+            .field("peers", &self.peers)
+            .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .field("token_file", &self.token_file)
+            .field("token_in_hello", &self.token_in_hello)
+            .field("max_clock_drift_s", &self.max_clock_drift_s)
+            .field("redial_min_s", &self.redial_min_s)
+            .field("redial_max_s", &self.redial_max_s)
+            .field("anti_entropy_interval_s", &self.anti_entropy_interval_s)
+            .field("max_peers", &self.max_peers)
+            .field("max_peer_queue_bytes", &self.max_peer_queue_bytes)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl MeshConfig {
+    /// Is federation on (a listener or peers to dial)?
+    pub fn enabled(&self) -> bool {
+        self.bind.is_some() || !self.peers.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.node_id.is_empty() || self.node_id.len() > 128 {
+            return Err("[mesh] node_id must be 1 to 128 bytes".to_owned());
+        }
+        if let Some(peer) = self.peers.iter().find(|p| !(p.starts_with("ws://") || p.starts_with("wss://"))) {
+            return Err(format!("[mesh] peers: {peer:?} is not a ws:// or wss:// URL"));
+        }
+        if !self.token.is_empty() && self.token_file.is_some() {
+            return Err("[mesh] set token or token_file, not both".to_owned());
+        }
+        let seconds = [
+            ("max_clock_drift_s", self.max_clock_drift_s, 0.001),
+            ("redial_min_s", self.redial_min_s, 0.001),
+            ("redial_max_s", self.redial_max_s, self.redial_min_s),
+            ("anti_entropy_interval_s", self.anti_entropy_interval_s, 0.0),
+        ];
+        if let Some((key, v, min)) = seconds.iter().find(|(_, v, min)| !(v.is_finite() && *v >= *min && *v < 1e7)) {
+            return Err(format!("[mesh] {key} must be a number of seconds from {min}, got {v}"));
+        }
+        if self.max_peers == 0 || self.max_peer_queue_bytes == 0 {
+            return Err("[mesh] max_peers and max_peer_queue_bytes must be greater than 0".to_owned());
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("[mesh.tls] cert and key go together".to_owned());
+        }
+        Ok(())
+    }
+
+    /// [`MeshConfig::max_clock_drift_s`] in nanoseconds.
+    pub fn max_drift_ns(&self) -> u64 {
+        // Validated finite, non-negative and below 1e7 s, so the product fits.
+        (self.max_clock_drift_s * 1e9) as u64
+    }
+}
+
+/// `[mesh.tls]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshTlsConfig {
+    /// PEM certificate chain the peer listener serves (with `key`: the listener speaks `wss://`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM file of the certificate authorities that sign peers' certificates, for dialling
+    /// `wss://` peers. Unset: the system's trust store. Host names are always verified.
+    pub ca: Option<PathBuf>,
 }
 
 /// Why a configuration file cannot be used. Each displays as one line naming the file.
@@ -280,12 +398,7 @@ impl Config {
                 return Err(format!("[limits] {key} must be a positive number of reasonable size, got {v}"));
             }
         }
-        if self.mesh.node_id.is_empty() || self.mesh.node_id.len() > 128 {
-            return Err("[mesh] node_id must be 1 to 128 bytes".to_owned());
-        }
-        if self.mesh.bind.is_some() || !self.mesh.peers.is_empty() {
-            return Err("[mesh] bind/peers: federation is not available in this release; remove them".to_owned());
-        }
+        self.mesh.validate()?;
         if self.ledger.path.as_os_str().is_empty() {
             return Err("[ledger] path must not be empty".to_owned());
         }
@@ -308,23 +421,33 @@ impl Config {
         Ok(())
     }
 
-    /// Fills `[auth] token` from `AETHER_AUTH_TOKEN` or `[auth] token_file`, in that order.
+    /// Fills `[auth] token` from `AETHER_AUTH_TOKEN` or `[auth] token_file`, and `[mesh] token`
+    /// from `AETHER_MESH_TOKEN` or `[mesh] token_file`, in that order.
     ///
     /// # Errors
-    /// [`ConfigError::Read`] when the token file cannot be read, [`ConfigError::Invalid`] when it is
+    /// [`ConfigError::Read`] when a token file cannot be read, [`ConfigError::Invalid`] when it is
     /// empty.
-    pub fn resolve_secrets(&mut self, env_token: Option<String>) -> Result<(), ConfigError> {
-        if let Some(token) = env_token.filter(|t| !t.trim().is_empty()) {
-            self.auth.token = token.trim().to_owned();
-        } else if let Some(path) = &self.auth.token_file {
-            let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-            if text.trim().is_empty() {
-                return Err(ConfigError::Invalid { path: path.clone(), message: "the token file is empty".into() });
-            }
-            self.auth.token = text.trim().to_owned();
-        }
-        Ok(())
+    pub fn resolve_secrets(
+        &mut self,
+        env_token: Option<String>,
+        env_mesh_token: Option<String>,
+    ) -> Result<(), ConfigError> {
+        resolve_secret(&mut self.auth.token, self.auth.token_file.as_deref(), env_token)?;
+        resolve_secret(&mut self.mesh.token, self.mesh.token_file.as_deref(), env_mesh_token)
     }
+}
+
+fn resolve_secret(token: &mut String, file: Option<&Path>, env: Option<String>) -> Result<(), ConfigError> {
+    if let Some(from_env) = env.filter(|t| !t.trim().is_empty()) {
+        *token = from_env.trim().to_owned();
+    } else if let Some(path) = file {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        if text.trim().is_empty() {
+            return Err(ConfigError::Invalid { path: path.to_owned(), message: "the token file is empty".into() });
+        }
+        *token = text.trim().to_owned();
+    }
+    Ok(())
 }
 
 /// One line from a TOML error: line number, key and section where known, and the message.
@@ -387,6 +510,9 @@ mod tests {
             ("[server]\nping_interval_s = 0.0\n", "ping_interval_s"),
             ("[auth]\ntoken = \"a\"\ntoken_file = \"/x\"\n", "not both"),
             ("[tls]\ncert = \"/c.pem\"\n", "go together"),
+            ("[mesh]\npeers = [\"http://x:1\"]\n", "not a ws:// or wss:// URL"),
+            ("[mesh]\nredial_min_s = 5.0\nredial_max_s = 1.0\n", "redial_max_s"),
+            ("[mesh.tls]\nkey = \"/k.pem\"\n", "go together"),
         ];
         for (text, expected) in bad {
             let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
@@ -400,18 +526,20 @@ mod tests {
         let file = dir.path().join("token");
         fs::write(&file, "  from-file\n").unwrap();
         let mut config = Config::parse(&format!("[auth]\ntoken_file = {file:?}\n"), Path::new("c.toml")).unwrap();
-        config.resolve_secrets(None).unwrap();
+        config.resolve_secrets(None, None).unwrap();
         assert_eq!(config.auth.token, "from-file");
-        config.resolve_secrets(Some("from-env".into())).unwrap();
+        config.resolve_secrets(Some("from-env".into()), None).unwrap();
         assert_eq!(config.auth.token, "from-env");
         fs::write(&file, "\n").unwrap();
         let mut config = Config::parse(&format!("[auth]\ntoken_file = {file:?}\n"), Path::new("c.toml")).unwrap();
-        assert!(config.resolve_secrets(None).unwrap_err().to_string().contains("empty"));
+        assert!(config.resolve_secrets(None, None).unwrap_err().to_string().contains("empty"));
     }
 
     #[test]
     fn token_never_shows_in_debug_output() {
-        let config = Config::parse("[auth]\ntoken = \"hunter2\"\n", Path::new("c.toml")).unwrap();
-        assert!(!format!("{config:?}").contains("hunter2"));
+        let text = "[auth]\ntoken = \"hunter2\"\n[mesh]\ntoken = \"swordfish\"\n";
+        let config = Config::parse(text, Path::new("c.toml")).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("swordfish"), "{shown}");
     }
 }

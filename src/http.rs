@@ -78,6 +78,12 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
             "durable_writes": info.durable_writes,
             "ledger_batches": info.ledger_batches,
             "ledger_bytes": ledger_bytes,
+            "registers": info.registers,
+            "fingerprint": format!("{:016x}", info.fingerprint),
+            "mesh": relay.mesh.as_ref().map(|mesh| serde_json::json!({
+                "node": &*mesh.shared.node_id,
+                "peers": relay.deps.metrics.mesh.summary(),
+            })),
         })),
         (state, ledger) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
             "status": "unavailable",

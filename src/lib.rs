@@ -9,6 +9,7 @@
 //!
 //! Core, plain Rust without actix:
 //! - [`hlc`]: stamps and the hybrid logical clock.
+//! - [`digest`]: bucketed digests of the map, kept current, for anti-entropy between nodes.
 //! - [`lww`]: ops, registers and the Last-Writer-Wins map.
 //! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
 //!   durable append, crash-safe compaction), history over archives, and `LedgerActor`, the single
@@ -24,8 +25,13 @@
 //! Actors and I/O:
 //! - [`state`]: `StateActor`, the singleton that stamps, merges, batches to the ledger and fans
 //!   out durable ops to every session's bounded queue (`state::fanout`: per-version frames and v2
-//!   resume; `state::compaction`: online compaction riding on appends).
+//!   resume; `state::compaction`: online compaction riding on appends; `state::remote`: peers' ops,
+//!   digests and cursors).
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
+//! - [`mesh`]: federation. `MeshActor` owns the peer links, forwards durable ops, dials with
+//!   backoff, relays cursors; `mesh::link` runs one link (handshake with challenge-response auth,
+//!   flow-controlled reading, anti-entropy, paced writing); `mesh::wire` is the peer protocol
+//!   (upstream's `hello`/`op` plus ours), `mesh::transport` the sockets (actix-ws in, awc out).
 //! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
 //! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`).
@@ -36,11 +42,13 @@
 
 pub mod commands;
 pub mod config;
+pub mod digest;
 pub mod hlc;
 pub mod http;
 pub mod ledger;
 pub mod limits;
 pub mod lww;
+pub mod mesh;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

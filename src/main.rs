@@ -56,7 +56,8 @@ fn main() -> ExitCode {
         None => Ok(Config::default()),
     };
     let config = loaded.and_then(|mut config| {
-        config.resolve_secrets(std::env::var(aether_actix::config::TOKEN_ENV).ok())?;
+        use aether_actix::config::{MESH_TOKEN_ENV, TOKEN_ENV};
+        config.resolve_secrets(std::env::var(TOKEN_ENV).ok(), std::env::var(MESH_TOKEN_ENV).ok())?;
         Ok(config)
     });
     let config = match config {

@@ -106,6 +106,8 @@ pub struct Metrics {
     compactions: AtomicU64,
     snapshot_bytes: AtomicU64,
     compaction_micros: AtomicU64,
+    /// Federation counters.
+    pub mesh: crate::mesh::stats::MeshStats,
 }
 
 impl Default for Metrics {
@@ -125,6 +127,7 @@ impl Default for Metrics {
             compactions: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
             compaction_micros: AtomicU64::new(0),
+            mesh: crate::mesh::stats::MeshStats::default(),
         }
     }
 }
@@ -221,7 +224,6 @@ impl Metrics {
         gauge("aether_ledger_bytes", "Size of the ledger file.", live.ledger_bytes as f64);
         gauge("aether_replay_seconds", "Time the boot replay took.", self.replay_micros.load(Relaxed) as f64 / 1e6);
         gauge("aether_replay_records", "Ledger records replayed at boot.", self.replay_records.load(Relaxed) as f64);
-        gauge("aether_mesh_peers", "Connected federation peers.", 0.0);
         gauge("aether_snapshot_bytes", "Size of the last snapshot written.", self.snapshot_bytes.load(Relaxed) as f64);
         gauge(
             "aether_last_compaction_seconds",
@@ -267,6 +269,7 @@ impl Metrics {
             "Time per ledger append (write + fdatasync).",
         );
         self.batch_ops.render(&mut out, "aether_ledger_batch_ops", "Writes per ledger append (group commit).");
+        self.mesh.render(&mut out);
         out
     }
 }

@@ -44,8 +44,8 @@ pub enum PushError {
     Closed,
 }
 
-/// The sending side, held by the state actor.
-#[derive(Debug)]
+/// The sending side, held by the state actor (clones push into the same queue).
+#[derive(Debug, Clone)]
 pub struct Outbox {
     tx: mpsc::UnboundedSender<Outbound>,
     queued: Arc<AtomicUsize>,
@@ -86,6 +86,11 @@ impl Outbox {
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
+    }
+
+    /// The live counter behind [`Outbox::queued`], for metrics.
+    pub fn gauge(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.queued)
     }
 }
 

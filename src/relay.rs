@@ -14,6 +14,7 @@ use crate::{
     ledger::{self, Ledger, LedgerActor, LedgerError},
     limits::ConnectionCounter,
     lww::LwwMap,
+    mesh::{self, MeshActor, MeshSettings, MeshShutdown, link::Shared},
     metrics::Metrics,
     proxy::TrustedProxies,
     session::Deps,
@@ -32,9 +33,18 @@ pub enum Error {
     /// The listener failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
-    /// The TLS certificate or key cannot be used.
-    #[error("[tls] {0}")]
+    /// The TLS certificate or key cannot be used (the message names the section).
+    #[error("{0}")]
     Tls(String),
+}
+
+/// The running mesh, when federation is configured.
+#[derive(Clone)]
+pub struct Mesh {
+    /// The mesh singleton.
+    pub addr: Addr<MeshActor>,
+    /// What its links share.
+    pub shared: Arc<Shared>,
 }
 
 /// Handles to a running relay; cheap to clone into every HTTP worker.
@@ -52,6 +62,8 @@ pub struct Relay {
     pub proxies: Arc<TrustedProxies>,
     /// Origins allowed to open the WebSocket, lowercased; empty allows any.
     pub allowed_origins: Arc<[String]>,
+    /// Federation, if configured.
+    pub mesh: Option<Mesh>,
 }
 
 impl Relay {
@@ -59,8 +71,11 @@ impl Relay {
     /// an actix `System`. Blocks while replaying: nothing is served before state is complete.
     ///
     /// # Errors
-    /// [`Error::Ledger`] when the ledger cannot be opened or replayed.
+    /// [`Error::Ledger`] when the ledger cannot be opened or replayed, [`Error::Tls`] when the
+    /// mesh's CA file cannot be used.
     pub fn start(config: &Config) -> Result<Relay, Error> {
+        let mesh_tls = mesh::transport::tls_connector(config.mesh.tls.ca.as_deref())
+            .map_err(|err| Error::Tls(format!("[mesh.tls] ca: {err}")))?;
         let mut clock = Clock::new(config.mesh.node_id.clone());
         let mut map = LwwMap::new();
         let (ledger, stats) = Ledger::open(&config.ledger.path, config.ledger.sync, |op| {
@@ -93,6 +108,38 @@ impl Relay {
             StateActor::new(clock, map, state_ledger, state_metrics, compaction)
         });
         let limits = Arc::new(config.limits.clone());
+        let admission = Arc::new(Semaphore::new(MAX_PENDING_WRITES));
+        let mesh = config.mesh.enabled().then(|| {
+            let m = &config.mesh;
+            let shared = Arc::new(Shared {
+                node_id: m.node_id.as_str().into(),
+                instance: uuid::Uuid::new_v4().simple().to_string(),
+                token: (!m.token.is_empty()).then(|| m.token.clone()),
+                token_in_hello: m.token_in_hello,
+                max_drift_ns: m.max_drift_ns(),
+                anti_entropy: (m.anti_entropy_interval_s > 0.0)
+                    .then(|| Duration::from_secs_f64(m.anti_entropy_interval_s)),
+                handshake_timeout: limits.handshake_timeout(),
+                max_queue_bytes: m.max_peer_queue_bytes,
+                limits: Arc::clone(&limits),
+                state: state.clone(),
+                admission: Arc::clone(&admission),
+                metrics: Arc::clone(&metrics),
+                seen: std::sync::Mutex::new(mesh::link::SeenCache::new(limits.max_seen_stamps)),
+            });
+            let settings = MeshSettings {
+                peers: m.peers.clone(),
+                redial_min: Duration::from_secs_f64(m.redial_min_s),
+                redial_max: Duration::from_secs_f64(m.redial_max_s),
+                tls: mesh_tls,
+            };
+            let actor_shared = Arc::clone(&shared);
+            let addr =
+                Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| MeshActor::new(actor_shared, settings));
+            state.do_send(state::AttachMesh(addr.clone().recipient()));
+            log::info!("mesh: node {} dialling {} peer(s)", m.node_id, m.peers.len());
+            Mesh { addr, shared }
+        });
         let static_dir = Arc::new(config.server.static_dir.clone());
         if !static_dir.is_dir() {
             log::warn!("static_dir {} is not a directory; only /ws and /healthz will answer", static_dir.display());
@@ -101,7 +148,7 @@ impl Relay {
             deps: Deps {
                 state,
                 token: (!config.auth.token.is_empty()).then(|| Arc::from(config.auth.token.as_str())),
-                admission: Arc::new(Semaphore::new(MAX_PENDING_WRITES)),
+                admission,
                 limits: Arc::clone(&limits),
                 ping_interval: config.server.ping_interval(),
                 metrics,
@@ -112,6 +159,7 @@ impl Relay {
             // validate() already parsed these, so the fallback is never taken.
             proxies: Arc::new(TrustedProxies::parse(&config.server.trusted_proxies).unwrap_or_default()),
             allowed_origins: config.server.allowed_origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
+            mesh,
         })
     }
 
@@ -128,6 +176,9 @@ impl Relay {
     /// once every connection has ended (or after 5 s).
     pub async fn shutdown(&self) {
         let _ = self.deps.state.send(state::Shutdown).await;
+        if let Some(mesh) = &self.mesh {
+            let _ = mesh.addr.send(MeshShutdown).await;
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.connections.total() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -143,8 +194,30 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     // Handlers first: from the moment anything is served, SIGTERM means a graceful stop.
     let signals = Signals::install();
     // Check TLS files before the (possibly long) replay, so a typo fails at once.
-    let tls = tls_acceptor(&config.tls)?;
+    let tls = tls_acceptor(&config.tls).map_err(|e| Error::Tls(format!("[tls] {e}")))?;
+    let mesh_tls = TlsConfig { cert: config.mesh.tls.cert.clone(), key: config.mesh.tls.key.clone() };
+    let mesh_tls = tls_acceptor(&mesh_tls).map_err(|e| Error::Tls(format!("[mesh.tls] {e}")))?;
+    let mesh_listener = match config.mesh.bind {
+        Some(bind) => Some(
+            TcpListener::bind(bind)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for peers on {bind}: {e}")))?,
+        ),
+        None => None,
+    };
     let relay = Relay::start(&config)?;
+    let mesh_server = match (&relay.mesh, mesh_listener) {
+        (Some(mesh), Some(listener)) => {
+            let addr = listener.local_addr()?;
+            let scheme = if mesh_tls.is_some() { "wss" } else { "ws" };
+            let server =
+                mesh::serve(listener, mesh_tls, Arc::clone(&mesh.shared), mesh.addr.clone(), config.mesh.max_peers)?;
+            log::info!("mesh listening on {scheme}://{addr}");
+            let handle = server.handle();
+            actix_web::rt::spawn(server);
+            Some(handle)
+        }
+        _ => None,
+    };
     let addr = listener.local_addr()?;
     let app_relay = relay.clone();
     let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
@@ -169,6 +242,9 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
         log::info!("{signal}: shutting down");
         handle.pause().await;
         relay.shutdown().await;
+        if let Some(mesh) = mesh_server {
+            mesh.stop(true).await;
+        }
         handle.stop(true).await;
     });
     server.await?;
@@ -178,13 +254,13 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
 }
 
 /// The TLS acceptor for `[tls]`, if configured.
-fn tls_acceptor(tls: &TlsConfig) -> Result<Option<SslAcceptorBuilder>, Error> {
+fn tls_acceptor(tls: &TlsConfig) -> Result<Option<SslAcceptorBuilder>, String> {
     let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { return Ok(None) };
     let fail = |what: &str, path: &std::path::Path, err: openssl::error::ErrorStack| {
-        Error::Tls(format!("{what} {}: {err}", path.display()))
+        format!("{what} {}: {err}", path.display())
     };
-    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
-        .map_err(|err| Error::Tls(format!("cannot set up TLS: {err}")))?;
+    let mut builder =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|err| format!("cannot set up TLS: {err}"))?;
     builder.set_certificate_chain_file(cert).map_err(|e| fail("cannot load certificate", cert, e))?;
     builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| fail("cannot load key", key, e))?;
     builder.check_private_key().map_err(|e| fail("key does not match the certificate in", cert, e))?;

@@ -62,7 +62,18 @@ fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
 /// # Errors
 /// [`RecordError`] when the line is not a record.
 pub fn decode(line: &[u8]) -> Result<Op, RecordError> {
-    let raw: RawRecord = serde_json::from_slice(line)?;
+    from_raw(serde_json::from_slice(line)?)
+}
+
+/// Reads a record already parsed as JSON (an op inside a mesh frame), as leniently as a line.
+///
+/// # Errors
+/// [`RecordError`] when the value is not a record.
+pub fn decode_value(value: Value) -> Result<Op, RecordError> {
+    from_raw(RawRecord::deserialize(value)?)
+}
+
+fn from_raw(raw: RawRecord) -> Result<Op, RecordError> {
     let kind = match raw.kind.as_str() {
         "set" => OpKind::Set,
         "del" => OpKind::Del,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use uuid::Uuid;
 
-use super::{StateActor, WriteMeta};
+use super::{Source, StateActor, StateEvent, WriteMeta};
 use crate::{
     lww::Op,
     outbox::{Outbound, PushError},
@@ -46,29 +46,51 @@ impl StateActor {
     }
 
     /// Applies a durable batch and sends it: v1 frames to v1 members, v2 frames (stamp, origin,
-    /// sequence number) to v2 members, then an `ack` to each v2 writer that asked for one.
+    /// sequence number) to v2 members, then an `ack` to each v2 writer that asked for one, and
+    /// the whole batch to the mesh.
     pub(super) fn publish(&mut self, ops: Vec<Op>, metas: &[WriteMeta]) {
         let has = |v| self.members.values().any(|m| m.version == v);
         let v1: Option<Arc<[ByteString]>> = has(Version::V1).then(|| ops.iter().map(protocol::op_frame).collect());
         let first = self.seq + 1;
-        let origins: Vec<String> = metas.iter().map(|m| m.origin.to_string()).collect();
+        let origins: Vec<Option<String>> = metas
+            .iter()
+            .map(|m| match &m.source {
+                Source::Client { origin, .. } => Some(origin.to_string()),
+                Source::Peer(_) => None,
+            })
+            .collect();
         let v2: Option<Arc<[ByteString]>> = has(Version::V2).then(|| {
             ops.iter()
                 .zip(&origins)
                 .zip(first..)
-                .map(|((op, origin), seq)| protocol::op_frame_v2(op, Some(origin), seq))
+                .map(|((op, origin), seq)| protocol::op_frame_v2(op, origin.as_deref(), seq))
                 .collect()
         });
         let acks: Vec<(Uuid, ByteString)> = ops
             .iter()
             .zip(metas)
             .zip(first..)
-            .filter_map(|((op, meta), seq)| Some((meta.origin, protocol::ack(meta.reference.as_ref()?, op, seq))))
+            .filter_map(|((op, meta), seq)| match &meta.source {
+                Source::Client { origin, reference: Some(reference) } => {
+                    Some((*origin, protocol::ack(reference, op, seq)))
+                }
+                _ => None,
+            })
             .collect();
+        if let Some(mesh) = &self.mesh {
+            let sources = metas
+                .iter()
+                .map(|m| match &m.source {
+                    Source::Peer(node) => Some(Arc::clone(node)),
+                    Source::Client { .. } => None,
+                })
+                .collect();
+            mesh.do_send(StateEvent::Durable { ops: ops.clone().into(), sources });
+        }
         for op in ops {
             self.seq += 1;
             self.changed_at.insert(op.key.clone(), self.seq);
-            if self.map.apply(op) {
+            if self.apply(op) {
                 self.snapshot_cache = None;
             }
         }
@@ -89,8 +111,8 @@ impl StateActor {
     /// Tells v2 writers that gave a `ref` that these writes will never apply.
     pub(super) fn refuse(&mut self, metas: &[WriteMeta], reason: &str) {
         for meta in metas {
-            let Some(reference) = &meta.reference else { continue };
-            if let Some(member) = self.members.get(&meta.origin).filter(|m| m.version == Version::V2) {
+            let Source::Client { origin, reference: Some(reference) } = &meta.source else { continue };
+            if let Some(member) = self.members.get(origin).filter(|m| m.version == Version::V2) {
                 let _ = member.outbox.push(Outbound::frames(Arc::new([protocol::nack(reference, reason)])));
             }
         }
@@ -127,10 +149,19 @@ impl StateActor {
         }
     }
 
+    /// A local member left: tell the others, and the mesh.
     pub(super) fn announce_leave(&mut self, id: Uuid) {
+        if let Some(mesh) = &self.mesh {
+            mesh.do_send(StateEvent::Leave { id });
+        }
+        self.broadcast_leave(&id.to_string(), Some(id));
+    }
+
+    /// Sends `presence-leave` for `id` to every member except `skip`.
+    pub(super) fn broadcast_leave(&mut self, id: &str, skip: Option<Uuid>) {
         if self.stopping.is_none() {
-            let item = Outbound::frames(Arc::new([protocol::presence_leave(&id.to_string())]));
-            self.broadcast(&item, &item, Some(id));
+            let item = Outbound::frames(Arc::new([protocol::presence_leave(id)]));
+            self.broadcast(&item, &item, skip);
         }
     }
 }

@@ -10,11 +10,19 @@
 //! A member whose outbound queue is full is too slow: it is dropped from fan-out and told to close,
 //! and nobody else waits for it.
 //!
-//! Submodules: [`fanout`] (applying batches, per-version frames, first frames) and [`compaction`]
-//! (online compaction).
+//! Ops from federated peers ([`RemoteOps`]) take the same path, but only when they beat both the
+//! map and every op still queued for the same key: so only LWW winners reach the ledger, browsers
+//! and other peers, and a stale or duplicate op costs one comparison. Once durable, every op goes
+//! to the mesh (if any) to be forwarded to the peers that have not seen it.
+//!
+//! Submodules: [`fanout`] (applying batches, per-version frames, first frames), [`compaction`]
+//! (online compaction) and [`remote`] (ops, digests and cursors from the mesh).
 
 mod compaction;
 mod fanout;
+mod remote;
+
+pub use remote::{AttachMesh, DigestRequest, RegistersIn, RemoteLeave, RemoteOps, RemotePresence, StateEvent};
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -25,9 +33,10 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use uuid::Uuid;
 
 use crate::{
+    digest::{self, Digest},
     hlc::Clock,
     ledger::{Append, Appended, Compact, LedgerActor},
-    lww::{LwwMap, Op},
+    lww::{LwwMap, Op, Register},
     metrics::Metrics,
     outbox::{Outbound, Outbox},
     protocol::{self, Version, close},
@@ -50,11 +59,25 @@ struct Pending {
     meta: WriteMeta,
 }
 
+/// A federated node's id, shared by every op that came from it.
+pub type NodeId = Arc<str>;
+
+/// Where a queued op came from.
+enum Source {
+    /// A client of this relay.
+    Client {
+        /// The writing connection.
+        origin: Uuid,
+        /// The v2 client's reference for its `ack`, if it gave one.
+        reference: Option<Value>,
+    },
+    /// A peer link, named by the peer's node id (the op is not sent back there).
+    Peer(NodeId),
+}
+
 /// Who wrote an op and how to acknowledge it, kept beside the op while the ledger writes it.
 struct WriteMeta {
-    origin: Uuid,
-    /// The v2 client's reference for its `ack`, if it gave one.
-    reference: Option<Value>,
+    source: Source,
     /// Admission slot: held until the op is durable and sent, which bounds the queue.
     _permit: OwnedSemaphorePermit,
 }
@@ -88,6 +111,13 @@ pub struct StateActor {
     ready_compaction: Option<Compact>,
     /// After a failed compaction, when to try again.
     compact_retry_at: Option<std::time::Instant>,
+    /// The mesh, told of every durable op and of local cursors; `None` without federation.
+    mesh: Option<Recipient<StateEvent>>,
+    /// With a mesh: the newest queued (not yet durable) register per key, which a remote op must
+    /// beat as well as the map's, so that only winners are queued.
+    overlay: HashMap<String, Register>,
+    /// Bucketed digest of `map`, kept current, for anti-entropy.
+    digest: Digest,
 }
 
 /// When and where the state actor compacts the ledger online.
@@ -111,6 +141,9 @@ impl StateActor {
         compaction: Compaction,
     ) -> Self {
         Self {
+            digest: Digest::of(&map),
+            mesh: None,
+            overlay: HashMap::new(),
             ledger_pos: (0, compaction.ledger_len),
             compaction,
             compacting: false,
@@ -128,6 +161,42 @@ impl StateActor {
             snapshot_cache: None,
             stopping: None,
             metrics,
+        }
+    }
+
+    /// Queues a winning op for the next batch; with a mesh, remembers it as its key's newest.
+    fn enqueue(&mut self, op: Op, meta: WriteMeta) {
+        if self.mesh.is_some() {
+            let (key, register) = Register::from_op(op.clone());
+            self.overlay.insert(key, register);
+        }
+        self.queue.push(Pending { op, meta });
+    }
+
+    /// Applies one durable op to the map, keeping the digest current; true if the map changed.
+    fn apply(&mut self, op: Op) -> bool {
+        let old = self.map.register(&op.key).map(|r| digest::hash_of(&op.key, r));
+        let new = digest::op_hash(&op);
+        let key = op.key.clone();
+        if self.overlay.get(&key).is_some_and(|r| r.stamp == op.stamp) {
+            self.overlay.remove(&key);
+        }
+        let changed = self.map.apply(op);
+        if changed {
+            self.digest.replace(&key, old, new);
+        }
+        changed
+    }
+
+    /// After a batch was dropped: the overlay again holds exactly the newest queued op per key.
+    fn rebuild_overlay(&mut self) {
+        if self.mesh.is_none() {
+            return;
+        }
+        self.overlay.clear();
+        for pending in &self.queue {
+            let (key, register) = Register::from_op(pending.op.clone());
+            self.overlay.insert(key, register);
         }
     }
 
@@ -161,6 +230,7 @@ impl StateActor {
                     Err(err) => {
                         self.metrics.ledger_failure();
                         log::error!("{} writes were not made durable and are dropped: {err}", ops.len());
+                        self.rebuild_overlay();
                         self.refuse(&metas, "ledger_failed");
                     }
                 }
@@ -168,6 +238,7 @@ impl StateActor {
             Err(err) => {
                 self.metrics.ledger_failure();
                 log::error!("ledger actor unavailable, batch dropped: {err}");
+                self.rebuild_overlay();
                 self.refuse(&metas, "ledger_failed");
             }
         }
@@ -300,10 +371,8 @@ impl Handler<Write> for StateActor {
             Some(value) => Op::set(msg.key, value, stamp),
             None => Op::del(msg.key, stamp),
         };
-        self.queue.push(Pending {
-            op,
-            meta: WriteMeta { origin: msg.origin, reference: msg.reference, _permit: msg.permit },
-        });
+        let source = Source::Client { origin: msg.origin, reference: msg.reference };
+        self.enqueue(op, WriteMeta { source, _permit: msg.permit });
         self.flush(ctx);
     }
 }
@@ -326,6 +395,9 @@ impl Handler<Presence> for StateActor {
     fn handle(&mut self, msg: Presence, _: &mut Context<Self>) {
         let Some(member) = self.members.get(&msg.id) else { return };
         let item = Outbound::frames(Arc::new([protocol::presence(&msg.id.to_string(), &member.color, msg.x, msg.y)]));
+        if let Some(mesh) = &self.mesh {
+            mesh.do_send(StateEvent::Presence { id: msg.id, color: member.color.clone(), x: msg.x, y: msg.y });
+        }
         self.broadcast(&item, &item, Some(msg.id));
     }
 }
@@ -369,6 +441,9 @@ pub struct StateInfo {
     pub durable_writes: u64,
     /// Ledger appends since start; far fewer than writes under concurrency (group commit).
     pub ledger_batches: u64,
+    /// One number for the whole state (keys, stamps, tombstones, values): equal on two nodes
+    /// exactly when their states are equal.
+    pub fingerprint: u64,
 }
 
 impl Handler<Probe> for StateActor {
@@ -382,6 +457,7 @@ impl Handler<Probe> for StateActor {
             pending_writes: self.queue.len() + self.in_flight.as_ref().map_or(0, Vec::len),
             durable_writes: self.metrics.durable_writes(),
             ledger_batches: self.metrics.batches(),
+            fingerprint: self.digest.fingerprint(),
         })
     }
 }

@@ -22,6 +22,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A running relay process.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The peer listener, when `[mesh] bind` is set.
+    pub mesh: Option<SocketAddr>,
     pub dir: Arc<TempDir>,
     pub config: PathBuf,
     child: Child,
@@ -62,6 +64,8 @@ impl Server {
             .spawn()
             .expect("spawn aether-actix");
         let log = Arc::new(Mutex::new(String::new()));
+        let mesh = Arc::new(Mutex::new(None::<String>));
+        let mesh_sink = Arc::clone(&mesh);
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("stderr");
         let sink = Arc::clone(&log);
@@ -73,7 +77,10 @@ impl Server {
                     log.push_str(&line);
                     log.push('\n');
                 }
-                if let Some(rest) = line.split("listening on http").nth(1).and_then(|r| r.split("://").nth(1)) {
+                // The mesh listener is logged before the HTTP listener.
+                if let Some(rest) = line.split("mesh listening on ").nth(1).and_then(|r| r.split("://").nth(1)) {
+                    *mesh_sink.lock().unwrap() = rest.split_whitespace().next().map(str::to_owned);
+                } else if let Some(rest) = line.split("listening on http").nth(1).and_then(|r| r.split("://").nth(1)) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
                     let _ = tx.send(addr);
                 }
@@ -86,7 +93,8 @@ impl Server {
                 panic!("relay did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        Server { addr, dir, config, child, log }
+        let mesh = mesh.lock().unwrap().as_deref().map(|a| a.parse().expect("mesh address"));
+        Server { addr, mesh, dir, config, child, log }
     }
 
     pub fn ledger_path(&self) -> PathBuf {
@@ -95,6 +103,16 @@ impl Server {
 
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// The peer listener's URL (`ws://`).
+    pub fn mesh_url(&self) -> String {
+        format!("ws://{}", self.mesh.expect("no [mesh] bind"))
+    }
+
+    /// `/healthz` as JSON.
+    pub fn healthz(&self) -> Value {
+        serde_json::from_str(&self.get("/healthz").1).expect("healthz JSON")
     }
 
     /// Everything the relay logged so far.
@@ -341,11 +359,16 @@ pub fn wait_closed(ws: &mut WebSocket<TcpStream>) -> Closed {
 }
 
 /// Polls `cond` until it holds (or fails after [`WAIT`]).
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_within(WAIT, what, cond);
+}
+
+/// Polls `cond` until it holds; fails the test after `limit`.
+pub fn wait_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,0 +1,605 @@
+//! Federation: `MeshActor` links this relay with other relays (ours, or upstream's Python
+//! `MeshNode`) so that they all converge on one state, whatever the order, losses and partitions.
+//!
+//! How it converges:
+//! - Gossip: every op that becomes durable here (a local write, or a remote op that won) is
+//!   forwarded to every linked peer except the one it came from. Peers keep only winners, so an op
+//!   flooding a ring stops where it no longer changes anything.
+//! - Anti-entropy: on every connect (and on quiet links every `anti_entropy_interval_s`) two of our
+//!   nodes exchange bucketed digests ([`crate::digest`]) and send each other the registers of the
+//!   buckets that differ; so writes made while nodes were apart, or lost with a dropped link or a
+//!   crash, reach both. An upstream peer has no digest: it is sent our whole state on connect.
+//! - Links come back: each `[mesh] peers` URL has a dialler that redials with exponential backoff
+//!   and jitter; simultaneous mutual dials settle on the link dialled by the smaller node id; a
+//!   second process claiming a linked node id (or ours) is refused loudly.
+//!
+//! Layers: [`wire`] (frames), [`auth`] (challenge-response), [`transport`] (sockets), [`link`] (one
+//! link: handshake, reading with flow control, paced writing), [`stats`] (counters); this module
+//! owns the set of links, forwarding, dialling and presence across nodes. The gossip logic only
+//! sees text frames, so another transport can sit under it.
+
+pub mod auth;
+pub mod link;
+pub mod stats;
+pub mod transport;
+pub mod wire;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, TcpListener},
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use openssl::ssl::{SslAcceptorBuilder, SslConnector};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use self::{
+    link::{Control, Ended, Shared},
+    transport::Dialer,
+    wire::RemoteCursor,
+};
+use crate::{
+    hlc::wall_clock_ns,
+    limits::ConnectionCounter,
+    lww::Op,
+    outbox::{Outbound, Outbox, PushError},
+    state::{NodeId, RemoteLeave, RemotePresence, StateEvent},
+};
+
+/// Local cursors are announced again this often, so peers can expire the ones that stop.
+const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// A link that stayed up this long resets its dialler's backoff.
+const STABLE_LINK: Duration = Duration::from_secs(10);
+/// A remote cursor not refreshed for this long leaves (its node is gone or unreachable).
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+
+/// Close codes on peer links (beside upstream's 1008 "auth failed" and 1013 "server busy").
+pub mod close {
+    /// A second link to a node already linked (mutual dial, or two URLs naming one node).
+    pub const DUPLICATE_LINK: u16 = 4409;
+    /// Another process already uses this node id (or the peer claims ours).
+    pub const NODE_ID_IN_USE: u16 = 4410;
+    /// The URL leads back to this very process.
+    pub const SELF_DIAL: u16 = 4411;
+    /// The peer did not read what we queued for it fast enough.
+    pub const TOO_SLOW: u16 = 1013;
+}
+
+/// Why the mesh refused to register a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Close code sent to the peer.
+    pub code: u16,
+    /// Close reason sent to the peer.
+    pub reason: &'static str,
+}
+
+const ALREADY_LINKED: Refusal = Refusal { code: close::DUPLICATE_LINK, reason: "duplicate link" };
+const ID_IN_USE: Refusal = Refusal { code: close::NODE_ID_IN_USE, reason: "node id in use" };
+const SELF_DIAL: Refusal = Refusal { code: close::SELF_DIAL, reason: "dialled itself" };
+
+/// A registered link.
+struct LinkEntry {
+    id: u64,
+    instance: Option<String>,
+    dialled: bool,
+    ours: bool,
+    outbox: Outbox,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// A remote cursor being shown to local clients.
+struct ShownCursor {
+    origin: String,
+    refreshed: Instant,
+}
+
+/// Settings of the mesh besides what links share.
+pub struct MeshSettings {
+    /// URLs to dial.
+    pub peers: Vec<String>,
+    /// First redial delay.
+    pub redial_min: Duration,
+    /// Longest redial delay.
+    pub redial_max: Duration,
+    /// TLS for `wss://` URLs.
+    pub tls: SslConnector,
+}
+
+/// The mesh singleton. Start with [`MeshActor::new`] under a `Supervisor`.
+pub struct MeshActor {
+    shared: Arc<Shared>,
+    settings: Arc<MeshSettings>,
+    links: HashMap<NodeId, LinkEntry>,
+    next_id: u64,
+    /// Woken whenever a link drops: diallers parked behind a duplicate try again.
+    link_down: Arc<Notify>,
+    dialling: bool,
+    /// Local clients' last cursors, re-announced every [`PRESENCE_REFRESH`].
+    cursors: HashMap<Uuid, (String, i64, i64)>,
+    /// Our last presence sequence number.
+    seq: u64,
+    /// Highest sequence number seen per origin node (floods stop at the second copy).
+    origin_seq: HashMap<String, u64>,
+    /// Remote cursors shown locally, by client id.
+    shown: HashMap<String, ShownCursor>,
+    stopping: bool,
+}
+
+impl MeshActor {
+    /// The mesh over `shared`, dialling `settings.peers` once started.
+    pub fn new(shared: Arc<Shared>, settings: MeshSettings) -> Self {
+        Self {
+            shared,
+            settings: Arc::new(settings),
+            links: HashMap::new(),
+            next_id: 0,
+            link_down: Arc::new(Notify::new()),
+            dialling: false,
+            cursors: HashMap::new(),
+            seq: 0,
+            origin_seq: HashMap::new(),
+            shown: HashMap::new(),
+            stopping: false,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq = (self.seq + 1).max(wall_clock_ns());
+        self.seq
+    }
+
+    /// Sends `frame` to every link of ours except `skip`.
+    fn to_ours(&self, frame: &bytestring::ByteString, skip: Option<&str>) {
+        let item = Outbound::frames(Arc::new([frame.clone()]));
+        for (node, link) in &self.links {
+            if link.ours && Some(&**node) != skip {
+                let _ = link.outbox.push(item.clone());
+            }
+        }
+    }
+
+    /// Forwards a durable batch to every peer but each op's source.
+    fn forward(&self, ops: &[Op], sources: &[Option<NodeId>]) {
+        if self.links.is_empty() || ops.is_empty() {
+            return;
+        }
+        let records: Vec<Vec<u8>> = ops.iter().map(wire::record_of).collect();
+        for (node, link) in &self.links {
+            let picked: Vec<usize> =
+                (0..ops.len()).filter(|&i| sources.get(i).and_then(|s| s.as_deref()) != Some(&**node)).collect();
+            if picked.is_empty() {
+                continue;
+            }
+            let frames: Vec<_> = if link.ours {
+                wire::batches("ops", picked.iter().map(|&i| records[i].as_slice()))
+            } else {
+                picked.iter().map(|&i| wire::op(&ops[i])).collect()
+            };
+            match link.outbox.push(Outbound::frames(frames.into())) {
+                Ok(()) => self.shared.metrics.mesh.peer(node).sent(picked.len()),
+                Err(PushError::Full) => {
+                    log::warn!("mesh: {node} reads too slowly; closing its link (anti-entropy catches it up)");
+                    let _ = link.control.send(Control::Close(close::TOO_SLOW, "too slow"));
+                }
+                Err(PushError::Closed) => {}
+            }
+        }
+    }
+
+    fn start_dialling(&mut self, ctx: &mut Context<Self>) {
+        if self.dialling {
+            return;
+        }
+        self.dialling = true;
+        let dialer =
+            Rc::new(Dialer::new(self.settings.tls.clone(), self.shared.handshake_timeout.max(Duration::from_secs(5))));
+        for url in self.settings.peers.clone() {
+            let task = dial_forever(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.settings),
+                ctx.address(),
+                Rc::clone(&dialer),
+                url,
+                Arc::clone(&self.link_down),
+            );
+            actix::spawn(task);
+        }
+    }
+
+    /// The link to `origin` dropped: its clients' cursors leave here, and on the nodes behind us
+    /// (told with the origin's next sequence number, so a cursor still reachable by another path
+    /// comes back with the origin's next refresh).
+    fn drop_remote_cursors(&mut self, origin: &str) {
+        let ids: Vec<String> =
+            self.shown.iter().filter(|(_, c)| c.origin == origin).map(|(id, _)| id.clone()).collect();
+        for id in &ids {
+            let seq = self.origin_seq.entry(origin.to_owned()).or_default();
+            *seq += 1;
+            let frame = wire::presence_leave(origin, *seq, id);
+            self.to_ours(&frame, None);
+        }
+        self.leave(ids);
+    }
+
+    fn leave(&mut self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        for id in &ids {
+            self.shown.remove(id);
+        }
+        self.shared.state.do_send(RemoteLeave { ids });
+    }
+}
+
+impl Actor for MeshActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+        self.start_dialling(ctx);
+        ctx.run_interval(PRESENCE_REFRESH, |act, _| {
+            let cursors: Vec<(Uuid, (String, i64, i64))> = act.cursors.iter().map(|(k, v)| (*k, v.clone())).collect();
+            for (id, (color, x, y)) in cursors {
+                let cursor = RemoteCursor {
+                    origin: act.shared.node_id.to_string(),
+                    seq: act.next_seq(),
+                    id: id.to_string(),
+                    color,
+                    x,
+                    y,
+                };
+                act.to_ours(&wire::presence(&cursor), None);
+            }
+            let expired: Vec<String> = act
+                .shown
+                .iter()
+                .filter(|(_, c)| c.refreshed.elapsed() > PRESENCE_TTL)
+                .map(|(id, _)| id.clone())
+                .collect();
+            act.leave(expired);
+        });
+    }
+}
+
+impl Supervised for MeshActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        log::warn!("mesh actor restarting; {} links kept", self.links.len());
+    }
+}
+
+/// A link finished its handshake and asks to be registered.
+#[derive(Message)]
+#[rtype(result = "Result<u64, Refusal>")]
+pub struct Connected {
+    /// The peer's node id.
+    pub node: NodeId,
+    /// The peer's process id (ours only).
+    pub instance: Option<String>,
+    /// Dialled by us?
+    pub dialled: bool,
+    /// Speaks our protocol?
+    pub ours: bool,
+    /// Where the mesh queues frames for it.
+    pub outbox: Outbox,
+    /// Where the mesh tells it to close.
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Its address or URL, for logs.
+    pub remote: String,
+}
+
+impl Handler<Connected> for MeshActor {
+    type Result = Result<u64, Refusal>;
+
+    fn handle(&mut self, msg: Connected, _: &mut Context<Self>) -> Self::Result {
+        if self.stopping {
+            return Err(Refusal { code: 1001, reason: "going away" });
+        }
+        let node = Arc::clone(&msg.node);
+        if node == self.shared.node_id {
+            if msg.instance.as_deref() == Some(self.shared.instance.as_str()) {
+                return Err(SELF_DIAL);
+            }
+            log::error!(
+                "mesh: the peer at {} claims our own node id {node:?}; node ids must be unique, refusing it",
+                msg.remote
+            );
+            return Err(ID_IN_USE);
+        }
+        if let Some(existing) = self.links.get(&node) {
+            if existing.instance != msg.instance {
+                log::error!(
+                    "mesh: {} claims node id {node:?}, which another process holds on a live link; \
+                     node ids must be unique (if {node} just restarted, its old link times out within {} s)",
+                    msg.remote,
+                    link::PEER_TIMEOUT.as_secs()
+                );
+                return Err(ID_IN_USE);
+            }
+            let keep_new = if existing.dialled != msg.dialled {
+                // Mutual dial: both sides keep the link dialled by the smaller node id.
+                let dialler_of_new = if msg.dialled { &self.shared.node_id } else { &node };
+                let smaller = if self.shared.node_id < node { &self.shared.node_id } else { &node };
+                dialler_of_new == smaller
+            } else {
+                // Same direction: if they dialled again, their old link is dead to them.
+                !msg.dialled
+            };
+            if !keep_new {
+                return Err(ALREADY_LINKED);
+            }
+            let _ = existing.control.send(Control::Close(ALREADY_LINKED.code, ALREADY_LINKED.reason));
+        }
+        self.next_id += 1;
+        let entry = LinkEntry {
+            id: self.next_id,
+            instance: msg.instance,
+            dialled: msg.dialled,
+            ours: msg.ours,
+            outbox: msg.outbox,
+            control: msg.control,
+        };
+        self.links.insert(node, entry);
+        Ok(self.next_id)
+    }
+}
+
+/// A link ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnected {
+    /// Its peer.
+    pub node: NodeId,
+    /// Its registration.
+    pub id: u64,
+}
+
+impl Handler<Disconnected> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnected, _: &mut Context<Self>) {
+        if self.links.get(&msg.node).is_some_and(|l| l.id == msg.id) {
+            self.links.remove(&msg.node);
+            self.drop_remote_cursors(&msg.node);
+            self.link_down.notify_waiters();
+        }
+    }
+}
+
+impl Handler<StateEvent> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StateEvent, _: &mut Context<Self>) {
+        match msg {
+            StateEvent::Durable { ops, sources } => self.forward(&ops, &sources),
+            StateEvent::Presence { id, color, x, y } => {
+                self.cursors.insert(id, (color.clone(), x, y));
+                let origin = self.shared.node_id.to_string();
+                let cursor = RemoteCursor { origin, seq: self.next_seq(), id: id.to_string(), color, x, y };
+                self.to_ours(&wire::presence(&cursor), None);
+            }
+            StateEvent::Leave { id } => {
+                if self.cursors.remove(&id).is_some() {
+                    let seq = self.next_seq();
+                    self.to_ours(&wire::presence_leave(&self.shared.node_id, seq, &id.to_string()), None);
+                }
+            }
+        }
+    }
+}
+
+/// A cursor (or, as `Err((origin, seq, id))`, a leave) from a peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerCursor {
+    /// The link it came by.
+    pub from: NodeId,
+    /// The cursor, or the leave.
+    pub cursor: Result<RemoteCursor, (String, u64, String)>,
+}
+
+impl Handler<PeerCursor> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerCursor, _: &mut Context<Self>) {
+        let (origin, seq) = match &msg.cursor {
+            Ok(c) => (c.origin.clone(), c.seq),
+            Err((origin, seq, _)) => (origin.clone(), *seq),
+        };
+        if *origin == *self.shared.node_id || self.origin_seq.get(&origin).is_some_and(|s| *s >= seq) {
+            return; // ours coming back, or a copy that took a longer path
+        }
+        self.origin_seq.insert(origin.clone(), seq);
+        match msg.cursor {
+            Ok(cursor) => {
+                self.to_ours(&wire::presence(&cursor), Some(&msg.from));
+                self.shown.insert(cursor.id.clone(), ShownCursor { origin, refreshed: Instant::now() });
+                let RemoteCursor { id, color, x, y, .. } = cursor;
+                self.shared.state.do_send(RemotePresence { id, color, x, y });
+            }
+            Err((origin, seq, id)) => {
+                self.to_ours(&wire::presence_leave(&origin, seq, &id), Some(&msg.from));
+                self.leave(vec![id]);
+            }
+        }
+    }
+}
+
+/// Close every link (1001) and stop dialling: the relay is shutting down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MeshShutdown;
+
+impl Handler<MeshShutdown> for MeshActor {
+    type Result = ();
+
+    fn handle(&mut self, _: MeshShutdown, _: &mut Context<Self>) {
+        self.stopping = true;
+        for link in self.links.values() {
+            let _ = link.control.send(Control::Close(1001, "going away"));
+        }
+    }
+}
+
+/// Is the mesh shutting down? (Diallers stop.)
+#[derive(Message)]
+#[rtype(result = "bool")]
+struct Stopping;
+
+impl Handler<Stopping> for MeshActor {
+    type Result = bool;
+
+    fn handle(&mut self, _: Stopping, _: &mut Context<Self>) -> bool {
+        self.stopping
+    }
+}
+
+/// Dials `url` for as long as the relay runs: connect, handshake, run the link; after it ends,
+/// wait (exponential backoff with jitter, reset by every link that came up) and dial again.
+async fn dial_forever(
+    shared: Arc<Shared>,
+    settings: Arc<MeshSettings>,
+    mesh: Addr<MeshActor>,
+    dialer: Rc<Dialer>,
+    url: String,
+    link_down: Arc<Notify>,
+) {
+    let mut delay = settings.redial_min;
+    let mut failures: u64 = 0;
+    for attempt in 0u64.. {
+        if mesh.send(Stopping).await.unwrap_or(true) {
+            return;
+        }
+        if attempt > 0 {
+            shared.metrics.mesh.redial(&url);
+        }
+        let down = link_down.notified();
+        tokio::pin!(down);
+        down.as_mut().enable();
+        let began = Instant::now();
+        let outcome = match dialer.connect(&url).await {
+            Err(err) => Err(err),
+            Ok((mut reader, mut writer)) => match shared.dial(&mut reader, &mut writer).await {
+                Err(err) => {
+                    if let Some((code, reason)) = err.close {
+                        writer.close(code, reason).await;
+                    }
+                    Err(err.why)
+                }
+                Ok(peer) => {
+                    Ok(link::run(Arc::clone(&shared), mesh.clone(), peer, reader, writer, true, url.clone()).await)
+                }
+            },
+        };
+        match outcome {
+            // A link that lasted resets the backoff; one closed at once (refused by the peer)
+            // counts as a failure, so a peer that keeps refusing is not hammered.
+            Ok(Ended::Ran(_)) if began.elapsed() >= STABLE_LINK => {
+                delay = settings.redial_min;
+                failures = 0;
+            }
+            Ok(Ended::Refused(r)) if r == SELF_DIAL => {
+                log::warn!("mesh: {url} leads back to this relay; not dialling it again");
+                return;
+            }
+            Ok(Ended::Refused(r)) if r == ALREADY_LINKED => {
+                // Linked by another way already: wait for some link to drop, then check again.
+                tokio::select! {
+                    () = &mut down => {}
+                    () = tokio::time::sleep(settings.redial_max) => {}
+                }
+                continue;
+            }
+            Ok(Ended::Refused(_) | Ended::Ran(_)) | Err(_) => {
+                failures += 1;
+                if let Err(why) = &outcome
+                    && failures.is_power_of_two()
+                {
+                    log::warn!("mesh: cannot link to {url} ({failures} attempts): {why}");
+                }
+                delay = (delay * 2).min(settings.redial_max);
+            }
+        }
+        tokio::time::sleep(jitter(delay)).await;
+    }
+}
+
+/// `delay` scaled by a random factor in [0.5, 1], so peers that lost a link together do not
+/// redial in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    let random = (Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    delay.mul_f64(0.5 + random / 2.0)
+}
+
+/// What the peer listener's handler needs.
+#[derive(Clone)]
+struct Listener {
+    shared: Arc<Shared>,
+    mesh: Addr<MeshActor>,
+    slots: ConnectionCounter,
+}
+
+/// Serves the peer listener on `listener` (TLS when `tls` is given), until the returned server
+/// is stopped.
+///
+/// # Errors
+/// When the listener cannot be served.
+pub fn serve(
+    listener: TcpListener,
+    tls: Option<SslAcceptorBuilder>,
+    shared: Arc<Shared>,
+    mesh: Addr<MeshActor>,
+    max_peers: usize,
+) -> std::io::Result<actix_web::dev::Server> {
+    let data = Listener { shared, mesh, slots: ConnectionCounter::new(max_peers, max_peers) };
+    let server =
+        HttpServer::new(move || App::new().app_data(web::Data::new(data.clone())).default_service(web::to(accept)))
+            .disable_signals()
+            .workers(1)
+            .tcp_nodelay(true)
+            .shutdown_timeout(2);
+    let server = match tls {
+        Some(acceptor) => server.listen_openssl(listener, acceptor)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
+}
+
+async fn accept(
+    req: HttpRequest,
+    body: web::Payload,
+    listener: web::Data<Listener>,
+) -> actix_web::Result<HttpResponse> {
+    let addr = req.peer_addr();
+    let source = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let remote = addr.map_or_else(|| "?".to_owned(), |a| a.to_string());
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let listener = listener.into_inner();
+    actix_web::rt::spawn(async move {
+        let (mut reader, mut writer) = transport::accepted(session, stream);
+        let Some(_slot) = listener.slots.acquire(source) else {
+            log::warn!("mesh: peer connection from {remote} refused: [mesh] max_peers reached");
+            writer.close(1013, "server busy").await;
+            return;
+        };
+        match listener.shared.accept(&mut reader, &mut writer).await {
+            Ok(peer) => {
+                link::run(Arc::clone(&listener.shared), listener.mesh.clone(), peer, reader, writer, false, remote)
+                    .await;
+            }
+            Err(err) => {
+                log::warn!("mesh: peer connection from {remote} refused: {}", err.why);
+                if let Some((code, reason)) = err.close {
+                    writer.close(code, reason).await;
+                }
+            }
+        }
+    });
+    Ok(response)
+}

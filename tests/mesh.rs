@@ -1,0 +1,436 @@
+//! Federation: real relay processes on free loopback ports, linked into lines and rings, written
+//! to concurrently, partitioned, killed and restarted; every test ends with every node holding
+//! byte-identical state (same `/healthz` fingerprint, which covers keys, stamps, tombstones and
+//! values, and the same v1 snapshot bytes).
+//!
+//! Interop with upstream's Python `MeshNode` is in `mesh_upstream.rs`.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Client, Server, make_certificate, wait_within};
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+/// Convergence of a few hundred writes across five debug-build nodes on a loaded 2-core machine.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// Config for a mesh node: fast redials, client limits out of the way of the test's writers.
+fn node_toml(id: &str, bind: &str, peers: &[String], extra: &str) -> String {
+    format!(
+        "[mesh]\nnode_id = \"{id}\"\nbind = \"{bind}\"\npeers = {peers:?}\nredial_min_s = 0.05\nredial_max_s = 0.5\n{extra}\n\
+         [limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\n"
+    )
+}
+
+fn node(id: &str, peers: &[&Server]) -> Server {
+    let urls: Vec<String> = peers.iter().map(|p| p.mesh_url()).collect();
+    Server::start(&node_toml(id, "127.0.0.1:0", &urls, ""))
+}
+
+/// Restarts a stopped node on its ledger and on the same peer port (its peers redial that).
+fn restart(id: &str, dir: Arc<tempfile::TempDir>, mesh_port: u16, peers: &[&Server]) -> Server {
+    let urls: Vec<String> = peers.iter().map(|p| p.mesh_url()).collect();
+    Server::start_in(dir, &node_toml(id, &format!("127.0.0.1:{mesh_port}"), &urls, ""))
+}
+
+/// A port the OS considers free right now (for nodes that must know each other's address up front).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes `n` random sets and deletes over a keyspace of `keys` keys shared by every writer (so
+/// writers conflict), then waits for the echo of a final marker: everything was accepted.
+fn writer(server: &Server, seed: u64, n: usize, keys: u64) -> thread::JoinHandle<()> {
+    let url = server.url();
+    thread::spawn(move || {
+        let mut client = Client::connect(&url);
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for i in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("k{}", x % keys);
+            if x.is_multiple_of(7) {
+                client.delete(&key);
+            } else {
+                client.set(&key, json!({"writer": seed, "i": i, "text": "é\u{1F600}"}));
+            }
+        }
+        let marker = format!("done-{seed}");
+        client.set(&marker, json!(n));
+        client.recv_set(&marker);
+    })
+}
+
+fn fingerprint(server: &Server) -> Option<(String, u64)> {
+    let health = server.healthz();
+    (health["pending_writes"] == 0)
+        .then(|| (health["fingerprint"].as_str().unwrap_or("").to_owned(), health["registers"].as_u64().unwrap_or(0)))
+}
+
+/// The raw text of the v1 snapshot a new client receives.
+fn snapshot_text(server: &Server) -> String {
+    let mut ws = Client::raw(&server.url());
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        if let Message::Text(text) = ws.read().expect("frame") {
+            texts.push(text.to_string());
+        }
+    }
+    texts.pop().unwrap()
+}
+
+/// Waits until every node has the same state (with at least `min_registers` registers), then
+/// checks that their snapshots are byte-identical. Returns the snapshot.
+fn converged(nodes: &[&Server], min_registers: u64) -> Value {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let last = nodes.iter().map(|n| fingerprint(n)).collect::<Vec<_>>();
+        let first = &last[0];
+        if first.as_ref().is_some_and(|(_, r)| *r >= min_registers) && last.iter().all(|f| f == first) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no convergence within {CONVERGE:?}: {last:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let snapshots: Vec<String> = nodes.iter().map(|n| snapshot_text(n)).collect();
+    assert!(snapshots.iter().all(|s| *s == snapshots[0]), "snapshots differ");
+    serde_json::from_str(&snapshots[0]).unwrap()
+}
+
+/// Random concurrent writes on every node of `nodes` (2,000 in all over 60 keys) converge.
+fn concurrent_writes_converge(nodes: &[&Server]) {
+    let per_node = 2000 / nodes.len();
+    let writers: Vec<_> = nodes.iter().enumerate().map(|(i, n)| writer(n, i as u64 + 1, per_node, 60)).collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let snapshot = converged(nodes, 60);
+    for i in 1..=nodes.len() {
+        assert_eq!(snapshot["data"][format!("done-{i}")], json!(per_node), "every writer's marker everywhere");
+    }
+}
+
+#[test]
+fn three_node_ring_converges() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&b, &a]);
+    concurrent_writes_converge(&[&a, &b, &c]);
+}
+
+#[test]
+fn three_node_line_converges() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&b]);
+    concurrent_writes_converge(&[&a, &b, &c]);
+}
+
+#[test]
+fn five_node_line_converges() {
+    let mut nodes: Vec<Server> = vec![node("n0", &[])];
+    for i in 1..5 {
+        let next = node(&format!("n{i}"), &[&nodes[i - 1]]);
+        nodes.push(next);
+    }
+    concurrent_writes_converge(&nodes.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn five_node_ring_converges() {
+    let mut nodes: Vec<Server> = vec![node("n0", &[])];
+    for i in 1..5 {
+        let peers: Vec<&Server> = if i == 4 { vec![&nodes[3], &nodes[0]] } else { vec![&nodes[i - 1]] };
+        let next = node(&format!("n{i}"), &peers);
+        nodes.push(next);
+    }
+    concurrent_writes_converge(&nodes.iter().collect::<Vec<_>>());
+}
+
+/// Writes `n` sets of `prefix{i}` on `server` and waits for the last echo.
+fn write_keys(server: &Server, prefix: &str, n: usize) {
+    let mut client = Client::connect(&server.url());
+    for i in 0..n {
+        client.set(&format!("{prefix}{i}"), json!(i));
+    }
+    client.recv_set(&format!("{prefix}{}", n - 1));
+}
+
+#[test]
+fn partition_heals_and_a_killed_node_catches_up_from_its_ledger() {
+    // Line a - b - c: b is the only path between a and c.
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&b]);
+    write_keys(&a, "before-", 50);
+    converged(&[&a, &b, &c], 50);
+
+    // Partition: b stops; both sides keep writing, on their own keys and on one contested key.
+    let (b_port, b_dir) = (b.mesh.unwrap().port(), Arc::clone(&b.dir));
+    let (status, _) = b.terminate();
+    assert!(status.success());
+    write_keys(&a, "a-side-", 100);
+    write_keys(&c, "c-side-", 100);
+    let mut on_a = a.client();
+    on_a.set("contested", json!("from a"));
+    on_a.recv_set("contested");
+    let mut on_c = c.client();
+    on_c.set("contested", json!("from c, later"));
+    on_c.recv_set("contested");
+    assert_eq!(fingerprint(&a).unwrap().1, 151);
+    assert_eq!(fingerprint(&c).unwrap().1, 151);
+
+    // Heal: b comes back on its ledger; a and c were never linked to each other.
+    let b = restart("b", b_dir, b_port, &[&a]);
+    let snapshot = converged(&[&a, &b, &c], 251);
+    assert_eq!(snapshot["data"]["contested"], "from c, later", "the later write wins everywhere");
+    assert_eq!(snapshot["data"]["a-side-99"], 99);
+    assert_eq!(snapshot["data"]["c-side-99"], 99);
+
+    // kill -9 c in the middle of a stream of writes on a; restart it from its ledger.
+    const STREAM: usize = 20_000;
+    let stream = {
+        let url = a.url();
+        thread::spawn(move || {
+            let mut client = Client::connect(&url);
+            for i in 0..STREAM {
+                client.set(&format!("stream-{i}"), json!(i));
+            }
+            client.recv_set(&format!("stream-{}", STREAM - 1));
+        })
+    };
+    wait_within(CONVERGE, "c to receive part of the stream", || {
+        c.healthz()["registers"].as_u64().unwrap_or(0) > 251 + 300
+    });
+    assert!(!stream.is_finished(), "c is killed while a is still writing");
+    let c_port = c.mesh.unwrap().port();
+    let c_dir = c.kill9();
+    let c = restart("c", c_dir, c_port, &[&b]);
+    stream.join().unwrap();
+    let snapshot = converged(&[&a, &b, &c], 251 + STREAM as u64);
+    assert_eq!(snapshot["data"][format!("stream-{}", STREAM - 1)], STREAM - 1);
+}
+
+/// Mesh links as `/healthz` lists them: (peer, connected).
+fn peers(server: &Server) -> Vec<(String, bool)> {
+    let health = server.healthz();
+    health["mesh"]["peers"]
+        .as_array()
+        .map(|peers| peers.iter().map(|p| (p["node"].as_str().unwrap().to_owned(), p["connected"] == true)).collect())
+        .unwrap_or_default()
+}
+
+fn connected(server: &Server) -> Vec<String> {
+    peers(server).into_iter().filter(|(_, up)| *up).map(|(node, _)| node).collect()
+}
+
+fn metric(server: &Server, line_start: &str) -> f64 {
+    let text = server.get("/metrics").1;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_burst_of_10000_writes_reaches_every_node_with_the_links_intact() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&b]);
+    wait_within(CONVERGE, "links up", || connected(&b).len() == 2);
+    write_keys(&a, "burst-", 10_000);
+    converged(&[&a, &b, &c], 10_000);
+    for (server, links) in [(&a, 1), (&b, 2), (&c, 1)] {
+        assert_eq!(connected(server).len(), links, "{:?}", peers(server));
+        assert!(!server.log().contains("closed:"), "a link dropped:\n{}", server.log());
+    }
+    assert_eq!(metric(&c, "aether_mesh_redials_total"), 0.0);
+    assert_eq!(metric(&b, "aether_mesh_ops_in_total{peer=\"a\"}"), 10_000.0);
+    assert_eq!(metric(&c, "aether_mesh_ops_in_total{peer=\"b\"}"), 10_000.0);
+}
+
+#[test]
+fn simultaneous_mutual_dials_settle_on_one_link() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Server::start(&node_toml("a", &format!("127.0.0.1:{pa}"), &[format!("ws://127.0.0.1:{pb}")], ""));
+    let b = Server::start(&node_toml("b", &format!("127.0.0.1:{pb}"), &[format!("ws://127.0.0.1:{pa}")], ""));
+    wait_within(CONVERGE, "one link each way", || connected(&a) == ["b"] && connected(&b) == ["a"]);
+    write_keys(&a, "from-a-", 100);
+    write_keys(&b, "from-b-", 100);
+    converged(&[&a, &b], 200);
+    // Settled: both still linked, by the link b... whichever survived, exactly once.
+    assert_eq!((connected(&a), connected(&b)), (vec!["b".to_owned()], vec!["a".to_owned()]));
+}
+
+#[test]
+fn duplicate_node_ids_are_refused_loudly() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    wait_within(CONVERGE, "b linked", || connected(&a) == ["b"]);
+    let impostor = node("b", &[&a]);
+    wait_within(CONVERGE, "refusal logged", || a.log().contains("claims node id \"b\""));
+    wait_within(CONVERGE, "refusal seen by the impostor", || impostor.log().contains("4410"));
+    let own = node("a", &[&a]);
+    wait_within(CONVERGE, "own id refused", || a.log().contains("claims our own node id \"a\""));
+    // The original link carries on.
+    write_keys(&b, "still-", 10);
+    converged(&[&a, &b], 10);
+    assert_eq!(connected(&a), ["b"]);
+    drop((impostor, own));
+}
+
+#[test]
+fn cursors_cross_nodes_and_leave_with_their_node() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&b]);
+    wait_within(CONVERGE, "links up", || connected(&b).len() == 2);
+    let mut on_a = a.client();
+    let mut on_c = c.client();
+    on_a.send(json!({"type": "presence", "x": 10, "y": 20}));
+    let seen = on_c.recv_until(|f| f["type"] == "presence");
+    assert_eq!(seen, json!({"type": "presence", "id": on_a.id(), "color": on_a.hello["color"], "x": 10, "y": 20}));
+    // A client leaving: its cursor leaves on the other nodes.
+    let gone = on_a.id();
+    drop(on_a);
+    let leave = on_c.recv_until(|f| f["type"] == "presence-leave");
+    assert_eq!(leave, json!({"type": "presence-leave", "id": gone}));
+    // A node going away: its clients' cursors leave too (b sees the link drop at once).
+    let mut on_a = a.client();
+    on_a.send(json!({"type": "presence", "x": 1, "y": 2}));
+    on_c.recv_until(|f| f["type"] == "presence" && f["id"] == on_a.id());
+    let mut on_b = b.client();
+    let id = on_a.id();
+    let started = Instant::now();
+    drop(a.kill9());
+    let leave = on_b.recv_until(|f| f["type"] == "presence-leave");
+    assert_eq!(leave["id"], id);
+    let leave = on_c.recv_until(|f| f["type"] == "presence-leave");
+    assert_eq!(leave["id"], id);
+    assert!(started.elapsed() < Duration::from_secs(5), "left after {:?}", started.elapsed());
+}
+
+/// Opens a raw peer connection to `server`'s mesh listener and sends `hello`.
+fn fake_peer(server: &Server, hello: Value) -> tungstenite::WebSocket<TcpStream> {
+    let mut ws = Client::raw(&server.mesh_url());
+    ws.send(Message::text(hello.to_string())).unwrap();
+    ws
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn op_frame(key: &str, value: Value, p: u64) -> Message {
+    Message::text(json!({"type": "op", "op": {"kind": "set", "key": key, "value": value, "stamp": {"p": p, "l": 0, "n": "evil"}}}).to_string())
+}
+
+#[test]
+fn ops_from_peers_are_checked_and_only_winners_are_kept() {
+    let a = node("a", &[]);
+    let mut browser = a.client();
+    let mut peer = fake_peer(&a, json!({"type": "hello", "node_id": "evil"}));
+    let reply = common::recv_json(&mut peer);
+    assert_eq!(reply, json!({"type": "hello", "node_id": "a"}), "upstream-style reply, no token");
+    let now = now_ns();
+    peer.send(op_frame("future", json!(1), now + 3_600_000_000_000)).unwrap();
+    peer.send(op_frame(&"k".repeat(257), json!(1), now)).unwrap();
+    peer.send(op_frame("big", json!("v".repeat(40_000)), now)).unwrap();
+    peer.send(op_frame("k", json!("first"), now)).unwrap();
+    assert_eq!(browser.recv(), json!({"type": "set", "key": "k", "value": "first"}));
+    // An older write for the same key loses: not shown, not stored.
+    peer.send(op_frame("k", json!("older"), now - 1_000_000_000)).unwrap();
+    // A flood does not kill the link (upstream closed it with 1008 past 200 messages).
+    for i in 0..5000 {
+        peer.send(op_frame(&format!("flood-{i}"), json!(i), now)).unwrap();
+    }
+    let frame = browser.recv();
+    assert_eq!(frame, json!({"type": "set", "key": "flood-0", "value": 0}), "the loser was never broadcast");
+    wait_within(CONVERGE, "the flood applied", || a.healthz()["registers"] == 5001);
+    assert_eq!(connected(&a), ["evil"]);
+    assert_eq!(metric(&a, "aether_mesh_ops_refused_total{reason=\"clock_drift\"}"), 1.0);
+    assert_eq!(metric(&a, "aether_mesh_ops_refused_total{reason=\"bad_key\"}"), 1.0);
+    assert_eq!(metric(&a, "aether_mesh_ops_refused_total{reason=\"bad_value\"}"), 1.0);
+    assert_eq!(metric(&a, "aether_mesh_ops_stale_total"), 1.0);
+    let ledger = std::fs::read_to_string(a.ledger_path()).unwrap();
+    assert_eq!(ledger.lines().count(), 5001, "only winners reach the ledger");
+    assert!(!ledger.contains("older"));
+}
+
+#[test]
+fn peers_prove_the_token_without_ever_sending_it() {
+    let secret = "[mesh]\ntoken = \"s3cret\"\n";
+    let with = |extra: &str| extra.replace("[mesh]\n", "");
+    let a = Server::start(&node_toml("a", "127.0.0.1:0", &[], &with(secret)));
+    let b = Server::start(&node_toml("b", "127.0.0.1:0", &[a.mesh_url()], &with(secret)));
+    let wrong = Server::start(&node_toml("w", "127.0.0.1:0", &[a.mesh_url()], "token = \"guess\""));
+    let none = Server::start(&node_toml("n", "127.0.0.1:0", &[a.mesh_url()], ""));
+    wait_within(CONVERGE, "b linked", || connected(&a) == ["b"]);
+    wait_within(CONVERGE, "wrong token refused", || wrong.log().contains("did not prove it holds the mesh token"));
+    wait_within(CONVERGE, "no token refused", || none.log().contains("1008"));
+    write_keys(&b, "k", 5);
+    converged(&[&a, &b], 5);
+    assert_eq!(connected(&a), ["b"]);
+    assert!(connected(&wrong).is_empty() && connected(&none).is_empty());
+
+    // A listener that does not hold the token learns nothing: the dialler's hello carries only
+    // a nonce, and a bad proof in the reply makes it hang up with 1008.
+    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", fake.local_addr().unwrap());
+    let dialler = Server::start(&node_toml("d", "127.0.0.1:0", &[url], &with(secret)));
+    let (tcp, _) = fake.accept().unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ws = tungstenite::accept(tcp).unwrap();
+    let hello = common::recv_json(&mut ws);
+    assert!(!hello.to_string().contains("s3cret") && hello.get("auth_token").is_none(), "{hello}");
+    assert_eq!(hello["node_id"], "d");
+    assert!(hello["aether"]["nonce"].as_str().is_some_and(|n| n.len() >= 32));
+    let bogus =
+        json!({"type": "hello", "node_id": "x", "aether": {"v": 1, "instance": "i", "nonce": "n", "proof": "00"}});
+    ws.send(Message::text(bogus.to_string())).unwrap();
+    match common::wait_closed(&mut ws) {
+        common::Closed::Frame(code, reason) => assert_eq!((code, reason.as_str()), (1008, "auth failed")),
+        other => panic!("expected 1008, got {other:?}"),
+    }
+    drop(dialler);
+}
+
+#[test]
+fn tls_federation_verifies_the_peer_against_the_configured_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = make_certificate(certs.path());
+    let tls = format!("[mesh.tls]\ncert = {cert:?}\nkey = {key:?}\n");
+    let a = Server::start(&node_toml("a", "127.0.0.1:0", &[], &tls));
+    assert!(a.log().contains("mesh listening on wss://"), "{}", a.log());
+    let url = format!("wss://127.0.0.1:{}", a.mesh.unwrap().port());
+    let b = Server::start(&node_toml(
+        "b",
+        "127.0.0.1:0",
+        std::slice::from_ref(&url),
+        &format!("[mesh.tls]\nca = {cert:?}\n"),
+    ));
+    let untrusting = Server::start(&node_toml("u", "127.0.0.1:0", &[url], ""));
+    wait_within(CONVERGE, "b linked over TLS", || connected(&a) == ["b"]);
+    write_keys(&a, "secret-", 20);
+    write_keys(&b, "other-", 20);
+    converged(&[&a, &b], 40);
+    wait_within(CONVERGE, "the unverified dial failing", || untrusting.log().contains("cannot link to wss://"));
+    assert_eq!(connected(&a), ["b"]);
+    // Plain WebSocket to a TLS listener gets nowhere.
+    let mut tcp = TcpStream::connect(a.mesh.unwrap()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).contains("101"));
+}
