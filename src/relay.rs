@@ -138,6 +138,9 @@ impl Relay {
                 Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| MeshActor::new(actor_shared, settings));
             state.do_send(state::AttachMesh(addr.clone().recipient()));
             log::info!("mesh: node {} dialling {} peer(s)", m.node_id, m.peers.len());
+            if m.bind.is_some() && m.token.is_empty() {
+                log::warn!("mesh: no [mesh] token: any process that reaches the peer listener can join and write");
+            }
             Mesh { addr, shared }
         });
         let static_dir = Arc::new(config.server.static_dir.clone());
