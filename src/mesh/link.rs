@@ -45,6 +45,9 @@ use crate::{
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// A peer that sends nothing (pongs included) for this long is considered gone.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upstream's per-peer rate limit (`SecurityLimits.messages_burst`, `messages_per_second`).
+const UPSTREAM_BURST: u32 = 200;
+const UPSTREAM_PER_SECOND: f64 = 100.0;
 /// Our peer protocol version (in `hello`).
 const VERSION: u32 = 1;
 
@@ -305,11 +308,9 @@ pub async fn run(
     let direction = if dialled { "dialled" } else { "accepted" };
     log::info!("mesh: linked to {} at {remote} ({direction}, {kind} protocol)", peer.node);
     let mut link = Link { shared: Arc::clone(&shared), mesh: mesh.clone(), peer, outbox, control, stats, refused: 0 };
-    let pacer = (!link.peer.ours).then(|| {
-        // Stay under upstream's per-peer token bucket (same names and defaults as ours).
-        let l = &shared.limits;
-        TokenBucket::new((l.messages_burst * 3 / 4).max(1), l.messages_per_second * 0.9)
-    });
+    // Stay under upstream's per-peer token bucket (its SecurityLimits defaults), which closes
+    // the link for good when exceeded. Our own [limits] are for our browsers, not for it.
+    let pacer = (!link.peer.ours).then(|| TokenBucket::new(UPSTREAM_BURST * 3 / 4, UPSTREAM_PER_SECOND * 0.9));
     let why = match link.catch_up().await {
         Err(why) => why,
         Ok(()) => tokio::select! {
@@ -376,6 +377,7 @@ impl Link {
                 }
             };
             let incoming = tokio::select! {
+                biased;
                 incoming = reader.recv() => incoming,
                 () = sleep_until(heard + PEER_TIMEOUT) => return format!("no frame for {} s", PEER_TIMEOUT.as_secs()),
                 () = round => {
@@ -405,6 +407,8 @@ impl Link {
             if let Err(why) = result {
                 return why;
             }
+            // Time spent here (waiting for admission, say) was ours, not the peer's silence.
+            heard = Instant::now();
         }
     }
 
