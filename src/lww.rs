@@ -78,6 +78,14 @@ impl Register {
     }
 }
 
+impl Register {
+    /// The op that writes this register at `key` (a delete for a tombstone).
+    pub fn to_op(&self, key: &str) -> Op {
+        let kind = if self.tombstone { OpKind::Del } else { OpKind::Set };
+        Op { kind, key: key.to_owned(), value: self.value.clone(), stamp: self.stamp.clone() }
+    }
+}
+
 /// Does a write of (`stamp`, `tombstone`, `value`) beat the register `current`?
 ///
 /// Strictly greater stamps win. Equal stamps fall back to a deterministic order so that merging

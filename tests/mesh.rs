@@ -434,3 +434,20 @@ fn tls_federation_verifies_the_peer_against_the_configured_ca() {
     let n = tcp.read(&mut buf).unwrap_or(0);
     assert!(!String::from_utf8_lossy(&buf[..n]).contains("101"));
 }
+
+#[test]
+fn cursors_leave_when_the_relay_between_goes_away() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&b]);
+    wait_within(CONVERGE, "links up", || connected(&b).len() == 2);
+    let mut on_a = a.client();
+    let mut on_c = c.client();
+    on_c.send(json!({"type": "presence", "x": 5, "y": 6}));
+    on_a.recv_until(|f| f["type"] == "presence" && f["id"] == on_c.id());
+    let started = Instant::now();
+    drop(b.kill9());
+    let leave = on_a.recv_until(|f| f["type"] == "presence-leave");
+    assert_eq!(leave["id"], on_c.id(), "c's cursor, which came by way of b");
+    assert!(started.elapsed() < Duration::from_secs(5), "left after {:?}", started.elapsed());
+}

@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod link;
+pub mod presence;
 pub mod stats;
 pub mod transport;
 pub mod wire;
@@ -40,23 +41,19 @@ use uuid::Uuid;
 
 use self::{
     link::{Control, Ended, Shared},
+    presence::Cursors,
     transport::Dialer,
     wire::RemoteCursor,
 };
 use crate::{
-    hlc::wall_clock_ns,
     limits::ConnectionCounter,
     lww::Op,
     outbox::{Outbound, Outbox, PushError},
     state::{NodeId, RemoteLeave, RemotePresence, StateEvent},
 };
 
-/// Local cursors are announced again this often, so peers can expire the ones that stop.
-const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 /// A link that stayed up this long resets its dialler's backoff.
 const STABLE_LINK: Duration = Duration::from_secs(10);
-/// A remote cursor not refreshed for this long leaves (its node is gone or unreachable).
-pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 
 /// Close codes on peer links (beside upstream's 1008 "auth failed" and 1013 "server busy").
 pub mod close {
@@ -93,12 +90,6 @@ struct LinkEntry {
     control: mpsc::UnboundedSender<Control>,
 }
 
-/// A remote cursor being shown to local clients.
-struct ShownCursor {
-    origin: String,
-    refreshed: Instant,
-}
-
 /// Settings of the mesh besides what links share.
 pub struct MeshSettings {
     /// URLs to dial.
@@ -120,14 +111,8 @@ pub struct MeshActor {
     /// Woken whenever a link drops: diallers parked behind a duplicate try again.
     link_down: Arc<Notify>,
     dialling: bool,
-    /// Local clients' last cursors, re-announced every [`PRESENCE_REFRESH`].
-    cursors: HashMap<Uuid, (String, i64, i64)>,
-    /// Our last presence sequence number.
-    seq: u64,
-    /// Highest sequence number seen per origin node (floods stop at the second copy).
-    origin_seq: HashMap<String, u64>,
-    /// Remote cursors shown locally, by client id.
-    shown: HashMap<String, ShownCursor>,
+    /// Cursors: ours, and the remote ones shown here.
+    cursors: Cursors,
     stopping: bool,
 }
 
@@ -135,23 +120,15 @@ impl MeshActor {
     /// The mesh over `shared`, dialling `settings.peers` once started.
     pub fn new(shared: Arc<Shared>, settings: MeshSettings) -> Self {
         Self {
+            cursors: Cursors::new(&shared.node_id),
             shared,
             settings: Arc::new(settings),
             links: HashMap::new(),
             next_id: 0,
             link_down: Arc::new(Notify::new()),
             dialling: false,
-            cursors: HashMap::new(),
-            seq: 0,
-            origin_seq: HashMap::new(),
-            shown: HashMap::new(),
             stopping: false,
         }
-    }
-
-    fn next_seq(&mut self) -> u64 {
-        self.seq = (self.seq + 1).max(wall_clock_ns());
-        self.seq
     }
 
     /// Sends `frame` to every link of ours except `skip`.
@@ -212,29 +189,21 @@ impl MeshActor {
         }
     }
 
-    /// The link to `origin` dropped: its clients' cursors leave here, and on the nodes behind us
-    /// (told with the origin's next sequence number, so a cursor still reachable by another path
-    /// comes back with the origin's next refresh).
-    fn drop_remote_cursors(&mut self, origin: &str) {
-        let ids: Vec<String> =
-            self.shown.iter().filter(|(_, c)| c.origin == origin).map(|(id, _)| id.clone()).collect();
-        for id in &ids {
-            let seq = self.origin_seq.entry(origin.to_owned()).or_default();
-            *seq += 1;
-            let frame = wire::presence_leave(origin, *seq, id);
-            self.to_ours(&frame, None);
+    /// The link to `peer` dropped: the cursors that came by it leave, here and on the nodes
+    /// behind us.
+    fn drop_remote_cursors(&mut self, peer: &str) {
+        let gone = self.cursors.gone(peer);
+        for (origin, seq, id) in &gone {
+            self.to_ours(&wire::presence_leave(origin, *seq, id), None);
         }
+        let ids = gone.into_iter().map(|(_, _, id)| id).collect();
         self.leave(ids);
     }
 
-    fn leave(&mut self, ids: Vec<String>) {
-        if ids.is_empty() {
-            return;
+    fn leave(&self, ids: Vec<String>) {
+        if !ids.is_empty() {
+            self.shared.state.do_send(RemoteLeave { ids });
         }
-        for id in &ids {
-            self.shown.remove(id);
-        }
-        self.shared.state.do_send(RemoteLeave { ids });
     }
 }
 
@@ -244,25 +213,11 @@ impl Actor for MeshActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
         self.start_dialling(ctx);
-        ctx.run_interval(PRESENCE_REFRESH, |act, _| {
-            let cursors: Vec<(Uuid, (String, i64, i64))> = act.cursors.iter().map(|(k, v)| (*k, v.clone())).collect();
-            for (id, (color, x, y)) in cursors {
-                let cursor = RemoteCursor {
-                    origin: act.shared.node_id.to_string(),
-                    seq: act.next_seq(),
-                    id: id.to_string(),
-                    color,
-                    x,
-                    y,
-                };
+        ctx.run_interval(presence::REFRESH, |act, _| {
+            for cursor in act.cursors.refresh() {
                 act.to_ours(&wire::presence(&cursor), None);
             }
-            let expired: Vec<String> = act
-                .shown
-                .iter()
-                .filter(|(_, c)| c.refreshed.elapsed() > PRESENCE_TTL)
-                .map(|(id, _)| id.clone())
-                .collect();
+            let expired = act.cursors.expired();
             act.leave(expired);
         });
     }
@@ -379,15 +334,12 @@ impl Handler<StateEvent> for MeshActor {
         match msg {
             StateEvent::Durable { ops, sources } => self.forward(&ops, &sources),
             StateEvent::Presence { id, color, x, y } => {
-                self.cursors.insert(id, (color.clone(), x, y));
-                let origin = self.shared.node_id.to_string();
-                let cursor = RemoteCursor { origin, seq: self.next_seq(), id: id.to_string(), color, x, y };
+                let cursor = self.cursors.moved(id, color, x, y);
                 self.to_ours(&wire::presence(&cursor), None);
             }
             StateEvent::Leave { id } => {
-                if self.cursors.remove(&id).is_some() {
-                    let seq = self.next_seq();
-                    self.to_ours(&wire::presence_leave(&self.shared.node_id, seq, &id.to_string()), None);
+                if let Some((origin, seq, id)) = self.cursors.left(id) {
+                    self.to_ours(&wire::presence_leave(&origin, seq, &id), None);
                 }
             }
         }
@@ -408,24 +360,19 @@ impl Handler<PeerCursor> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, msg: PeerCursor, _: &mut Context<Self>) {
-        let (origin, seq) = match &msg.cursor {
-            Ok(c) => (c.origin.clone(), c.seq),
-            Err((origin, seq, _)) => (origin.clone(), *seq),
-        };
-        if *origin == *self.shared.node_id || self.origin_seq.get(&origin).is_some_and(|s| *s >= seq) {
-            return; // ours coming back, or a copy that took a longer path
-        }
-        self.origin_seq.insert(origin.clone(), seq);
         match msg.cursor {
             Ok(cursor) => {
-                self.to_ours(&wire::presence(&cursor), Some(&msg.from));
-                self.shown.insert(cursor.id.clone(), ShownCursor { origin, refreshed: Instant::now() });
-                let RemoteCursor { id, color, x, y, .. } = cursor;
-                self.shared.state.do_send(RemotePresence { id, color, x, y });
+                if self.cursors.remote(&cursor, &msg.from) {
+                    self.to_ours(&wire::presence(&cursor), Some(&msg.from));
+                    let RemoteCursor { id, color, x, y, .. } = cursor;
+                    self.shared.state.do_send(RemotePresence { id, color, x, y });
+                }
             }
             Err((origin, seq, id)) => {
-                self.to_ours(&wire::presence_leave(&origin, seq, &id), Some(&msg.from));
-                self.leave(vec![id]);
+                if self.cursors.remote_left(&origin, seq, &id) {
+                    self.to_ours(&wire::presence_leave(&origin, seq, &id), Some(&msg.from));
+                    self.leave(vec![id]);
+                }
             }
         }
     }

@@ -22,7 +22,9 @@ mod compaction;
 mod fanout;
 mod remote;
 
-pub use remote::{AttachMesh, DigestRequest, RegistersIn, RemoteLeave, RemoteOps, RemotePresence, StateEvent};
+pub use remote::{
+    AttachMesh, Barrier, DigestRequest, LocalAfter, RegistersIn, RemoteLeave, RemoteOps, RemotePresence, StateEvent,
+};
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -118,6 +120,11 @@ pub struct StateActor {
     overlay: HashMap<String, Register>,
     /// Bucketed digest of `map`, kept current, for anti-entropy.
     digest: Digest,
+    /// Ops ever queued, and ops made durable or dropped since: [`Barrier`]s wait for the latter
+    /// to reach the former's value when they came.
+    queued_total: u64,
+    settled_total: u64,
+    barriers: Vec<(u64, oneshot::Sender<()>)>,
 }
 
 /// When and where the state actor compacts the ledger online.
@@ -142,6 +149,9 @@ impl StateActor {
     ) -> Self {
         Self {
             digest: Digest::of(&map),
+            queued_total: 0,
+            settled_total: 0,
+            barriers: Vec::new(),
             mesh: None,
             overlay: HashMap::new(),
             ledger_pos: (0, compaction.ledger_len),
@@ -171,6 +181,7 @@ impl StateActor {
             self.overlay.insert(key, register);
         }
         self.queue.push(Pending { op, meta });
+        self.queued_total += 1;
     }
 
     /// Applies one durable op to the map, keeping the digest current; true if the map changed.
@@ -242,10 +253,20 @@ impl StateActor {
                 self.refuse(&metas, "ledger_failed");
             }
         }
+        self.settled_total += metas.len() as u64;
         drop(metas);
+        self.release_barriers();
         self.flush(ctx);
         self.maybe_compact(ctx);
         self.maybe_finish_stopping();
+    }
+
+    /// Answers the barriers whose ops have all settled.
+    fn release_barriers(&mut self) {
+        let settled = self.settled_total;
+        for (_, waiter) in self.barriers.extract_if(.., |(target, _)| *target <= settled) {
+            let _ = waiter.send(());
+        }
     }
 
     fn maybe_finish_stopping(&mut self) {
@@ -279,6 +300,9 @@ impl Supervised for StateActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         log::warn!("state actor restarting; {} members kept", self.members.len());
         self.in_flight = None;
+        // The batch in flight is gone: count it settled so barriers do not wait for it forever.
+        self.settled_total = self.queued_total - self.queue.len() as u64;
+        self.release_barriers();
     }
 }
 

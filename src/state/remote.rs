@@ -131,11 +131,55 @@ impl Handler<RegistersIn> for StateActor {
             .map
             .registers()
             .filter(|(key, _)| wanted[digest::bucket_of(key)])
-            .map(|(key, r)| {
-                let kind = if r.tombstone { OpKind::Del } else { OpKind::Set };
-                Op { kind, key: key.clone(), value: r.value.clone(), stamp: r.stamp.clone() }
-            })
+            .map(|(key, r)| r.to_op(key))
             .collect();
+        MessageResult(ops)
+    }
+}
+
+/// Replies once every op queued before it is durable (or was dropped with its batch), so a
+/// transport may record that it has applied everything it handed over up to now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Barrier;
+
+impl Handler<Barrier> for StateActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.settled_total >= self.queued_total {
+            let _ = tx.send(());
+        } else {
+            self.barriers.push((self.queued_total, tx));
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+/// This node's own durable registers stamped after `after` (all of them when `None`), in stamp
+/// order: what a transport must (re)publish after an outage or a crash.
+#[derive(Message)]
+#[rtype(result = "Vec<Op>")]
+pub struct LocalAfter {
+    /// The newest stamp known to be published.
+    pub after: Option<crate::hlc::Stamp>,
+}
+
+impl Handler<LocalAfter> for StateActor {
+    type Result = MessageResult<LocalAfter>;
+
+    fn handle(&mut self, msg: LocalAfter, _: &mut Context<Self>) -> Self::Result {
+        let node = self.clock.node().to_owned();
+        let mut ops: Vec<Op> = self
+            .map
+            .registers()
+            .filter(|(_, r)| r.stamp.n == node && msg.after.as_ref().is_none_or(|after| r.stamp > *after))
+            .map(|(key, r)| r.to_op(key))
+            .collect();
+        ops.sort_by(|a, b| a.stamp.cmp(&b.stamp));
         MessageResult(ops)
     }
 }

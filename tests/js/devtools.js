@@ -60,16 +60,27 @@ class CDP {
   }
 }
 
-/** Starts the relay on `port` (0: any) with the given ledger and static dir; resolves {proc, port}. */
-async function startRelay(dir, port, ledger, staticDir = STATIC) {
+/**
+ * Starts the relay on `port` (0: any) with the given ledger and static dir, `extra` TOML appended
+ * to its config (e.g. a `[mesh]` table); resolves {proc, port, mesh, log}, `mesh` being the
+ * `host:port` of the peer listener when it logs one (`mesh listening on ws://…`), else null.
+ */
+async function startRelay(dir, port, ledger, staticDir = STATIC, extra = '') {
   const config = path.join(dir, `aether-${port}.toml`);
-  fs.writeFileSync(config, `[server]\nbind = "127.0.0.1:${port}"\nstatic_dir = ${JSON.stringify(staticDir)}\n[ledger]\npath = ${JSON.stringify(ledger)}\n`);
+  fs.writeFileSync(config, `[server]\nbind = "127.0.0.1:${port}"\nstatic_dir = ${JSON.stringify(staticDir)}\n[ledger]\npath = ${JSON.stringify(ledger)}\n${extra}`);
   const proc = spawn(BIN, ['--config', config], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   proc.stderr.on('data', (c) => (log += c));
-  const got = await until(() => (/listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(log) || [])[1] || (proc.exitCode !== null && 'exit'), 20000, 'relay start');
+  let got;
+  try {
+    got = await until(() => (/listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(log) || [])[1] || (proc.exitCode !== null && 'exit'), 20000, 'relay start');
+  } catch (e) {
+    proc.kill('SIGKILL'); // never leave a relay behind that did not start in time
+    throw new Error(e.message + ':\n' + log);
+  }
   if (got === 'exit') throw new Error('relay exited: ' + log);
-  return { proc, port: Number(got), log: () => log };
+  const mesh = (/mesh listening on wss?:\/\/(\S+)/.exec(log) || [])[1] || null;
+  return { proc, port: Number(got), mesh, log: () => log };
 }
 async function stopRelay(relay) {
   if (!relay || relay.proc.exitCode !== null) return;
