@@ -223,6 +223,181 @@ pub struct MeshConfig {
     pub max_peer_queue_bytes: usize,
     /// `[mesh.tls]`: TLS for the peer listener and for dialling `wss://` peers.
     pub tls: MeshTlsConfig,
+    /// How relays reach each other: `"websocket"` (peer links, the keys above) or `"nats"` (a NATS
+    /// JetStream stream, `[mesh.nats]`). Default `"websocket"`.
+    pub transport: Transport,
+    /// `[mesh.nats]`: the NATS transport.
+    pub nats: NatsConfig,
+}
+
+/// `[mesh] transport`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Peer links over WebSockets (`bind`, `peers`).
+    #[default]
+    Websocket,
+    /// A NATS JetStream stream shared by every relay.
+    Nats,
+}
+
+/// `[mesh.nats]`.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// NATS server URLs (`nats://host:4222`, `tls://…`); the client fails over between them.
+    /// Default `["nats://127.0.0.1:4222"]`.
+    pub servers: Vec<String>,
+    /// Name of the federation; the names below derive from it. Default `aether`.
+    pub cluster: String,
+    /// JetStream stream of ops. Default `AETHER_<CLUSTER>` (upper case, `-`/`.` as `_`).
+    pub stream: String,
+    /// Subject ops are published on. Default `aether.<cluster>.ops`.
+    pub subject: String,
+    /// Plain NATS subject for cursors (never in the stream). Default `aether.<cluster>.presence`.
+    pub presence_subject: String,
+    /// Object store bucket for snapshots. Default `aether_<cluster>_snapshots`.
+    pub snapshot_bucket: String,
+    /// Replicas of the stream and of the bucket (1, or 3 in a cluster of three). Default 1.
+    pub replicas: usize,
+    /// Stream retention: the oldest ops go after this many seconds; 0 keeps them until
+    /// `max_bytes`. Default 0.
+    pub max_age_s: f64,
+    /// Stream retention in bytes; 0 unlimited. Default 1 GiB.
+    pub max_bytes: u64,
+    /// Seconds between snapshots this relay publishes (a relay that missed trimmed ops, or a new
+    /// one, starts from the newest). Default 300.
+    pub snapshot_interval_s: f64,
+    /// Token auth.
+    pub token: String,
+    /// User and password auth (both or neither).
+    pub user: String,
+    /// See `user`.
+    pub password: String,
+    /// A NATS credentials file (JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA that signs the servers' certificates (for `tls://` URLs); unset: system roots.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients.
+    pub tls_cert: Option<PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Most ops waiting to be published while NATS is away; past it the queue is dropped and
+    /// rebuilt from the state when NATS is back (nothing is lost: the ledger has every op).
+    /// Default 100,000.
+    pub max_publish_queue: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".to_owned()],
+            cluster: "aether".to_owned(),
+            stream: String::new(),
+            subject: String::new(),
+            presence_subject: String::new(),
+            snapshot_bucket: String::new(),
+            replicas: 1,
+            max_age_s: 0.0,
+            max_bytes: 1 << 30,
+            snapshot_interval_s: 300.0,
+            token: String::new(),
+            user: String::new(),
+            password: String::new(),
+            creds_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            max_publish_queue: 100_000,
+        }
+    }
+}
+
+impl fmt::Debug for NatsConfig {
+    /// Never prints the secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("NatsConfig")
+            .field("servers", &self.servers)
+            .field("cluster", &self.cluster)
+            .field("stream", &self.stream_name())
+            .field("subject", &self.subject_name())
+            .field("replicas", &self.replicas)
+            .field("token", &secret(&self.token))
+            .field("user", &self.user)
+            .field("password", &secret(&self.password))
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsConfig {
+    /// The stream's name.
+    pub fn stream_name(&self) -> String {
+        if !self.stream.is_empty() {
+            return self.stream.clone();
+        }
+        let cluster: String = self
+            .cluster
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        format!("AETHER_{cluster}")
+    }
+
+    /// The ops subject.
+    pub fn subject_name(&self) -> String {
+        if self.subject.is_empty() { format!("aether.{}.ops", self.cluster) } else { self.subject.clone() }
+    }
+
+    /// The presence subject.
+    pub fn presence_subject_name(&self) -> String {
+        if self.presence_subject.is_empty() {
+            format!("aether.{}.presence", self.cluster)
+        } else {
+            self.presence_subject.clone()
+        }
+    }
+
+    /// The snapshot bucket's name.
+    pub fn bucket_name(&self) -> String {
+        if !self.snapshot_bucket.is_empty() {
+            return self.snapshot_bucket.clone();
+        }
+        let cluster: String = self
+            .cluster
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .collect();
+        format!("aether_{cluster}_snapshots")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.servers.is_empty() {
+            return Err("[mesh.nats] servers must name at least one server".to_owned());
+        }
+        let name_ok = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok(&self.cluster) {
+            return Err(format!("[mesh.nats] cluster {:?}: letters, digits, - and _ only", self.cluster));
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err("[mesh.nats] replicas must be 1 to 5".to_owned());
+        }
+        if self.user.is_empty() != self.password.is_empty() {
+            return Err("[mesh.nats] user and password go together".to_owned());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("[mesh.nats] tls_cert and tls_key go together".to_owned());
+        }
+        for (key, v) in [("max_age_s", self.max_age_s), ("snapshot_interval_s", self.snapshot_interval_s)] {
+            if !(v.is_finite() && (0.0..1e9).contains(&v)) {
+                return Err(format!("[mesh.nats] {key} must be a number of seconds, got {v}"));
+            }
+        }
+        if self.snapshot_interval_s < 0.05 || self.max_publish_queue == 0 {
+            return Err("[mesh.nats] snapshot_interval_s must be at least 0.05 and max_publish_queue above 0".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for MeshConfig {
@@ -241,6 +416,8 @@ impl Default for MeshConfig {
             max_peers: 64,
             max_peer_queue_bytes: 64 << 20,
             tls: MeshTlsConfig::default(),
+            transport: Transport::Websocket,
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -262,14 +439,16 @@ impl fmt::Debug for MeshConfig {
             .field("max_peers", &self.max_peers)
             .field("max_peer_queue_bytes", &self.max_peer_queue_bytes)
             .field("tls", &self.tls)
+            .field("transport", &self.transport)
+            .field("nats", &self.nats)
             .finish()
     }
 }
 
 impl MeshConfig {
-    /// Is federation on (a listener or peers to dial)?
+    /// Is federation over peer links on (a listener or peers to dial)?
     pub fn enabled(&self) -> bool {
-        self.bind.is_some() || !self.peers.is_empty()
+        self.transport == Transport::Websocket && (self.bind.is_some() || !self.peers.is_empty())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -296,6 +475,15 @@ impl MeshConfig {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("[mesh.tls] cert and key go together".to_owned());
+        }
+        if self.transport == Transport::Nats {
+            if self.bind.is_some() || !self.peers.is_empty() {
+                return Err(
+                    "[mesh] bind and peers are for transport = \"websocket\"; with NATS, relays meet on the stream"
+                        .into(),
+                );
+            }
+            self.nats.validate()?;
         }
         Ok(())
     }

@@ -8,13 +8,14 @@ use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslFiletype, SslMethod};
 use tokio::sync::Semaphore;
 
 use crate::{
+    config::Transport,
     config::{Config, TlsConfig},
     hlc::Clock,
     http,
     ledger::{self, Ledger, LedgerActor, LedgerError},
     limits::ConnectionCounter,
     lww::LwwMap,
-    mesh::{self, MeshActor, MeshSettings, MeshShutdown, link::Shared},
+    mesh::{self, MeshActor, MeshSettings, MeshShutdown, link::Shared, nats},
     metrics::Metrics,
     proxy::TrustedProxies,
     session::Deps,
@@ -36,14 +37,19 @@ pub enum Error {
     /// The TLS certificate or key cannot be used (the message names the section).
     #[error("{0}")]
     Tls(String),
+    /// NATS cannot be reached, or its stream cannot be created or used.
+    #[error("[mesh.nats] {0}")]
+    Nats(String),
 }
 
 /// The running mesh, when federation is configured.
 #[derive(Clone)]
 pub struct Mesh {
-    /// The mesh singleton.
-    pub addr: Addr<MeshActor>,
-    /// What its links share.
+    /// The WebSocket mesh singleton (`None` with the NATS transport).
+    pub links: Option<Addr<MeshActor>>,
+    /// Told when the relay shuts down.
+    pub stop: actix::Recipient<MeshShutdown>,
+    /// What the transport's links share.
     pub shared: Arc<Shared>,
 }
 
@@ -70,10 +76,12 @@ impl Relay {
     /// Opens and replays the ledger, then starts the ledger and state singletons. Must run inside
     /// an actix `System`. Blocks while replaying: nothing is served before state is complete.
     ///
+    /// `nats` is the NATS connection when `[mesh] transport = "nats"` (see [`nats::connect`]).
+    ///
     /// # Errors
     /// [`Error::Ledger`] when the ledger cannot be opened or replayed, [`Error::Tls`] when the
-    /// mesh's CA file cannot be used.
-    pub fn start(config: &Config) -> Result<Relay, Error> {
+    /// mesh's CA file cannot be used, [`Error::Nats`] when the NATS position file cannot be read.
+    pub fn start(config: &Config, nats: Option<nats::Connection>) -> Result<Relay, Error> {
         let mesh_tls = mesh::transport::tls_connector(config.mesh.tls.ca.as_deref())
             .map_err(|err| Error::Tls(format!("[mesh.tls] ca: {err}")))?;
         let mut clock = Clock::new(config.mesh.node_id.clone());
@@ -109,8 +117,8 @@ impl Relay {
         });
         let limits = Arc::new(config.limits.clone());
         let admission = Arc::new(Semaphore::new(MAX_PENDING_WRITES));
-        let mesh = config.mesh.enabled().then(|| {
-            let m = &config.mesh;
+        let m = &config.mesh;
+        let mesh = if m.enabled() || nats.is_some() {
             let shared = Arc::new(Shared {
                 node_id: m.node_id.as_str().into(),
                 instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -127,22 +135,38 @@ impl Relay {
                 metrics: Arc::clone(&metrics),
                 seen: std::sync::Mutex::new(mesh::link::SeenCache::new(limits.max_seen_stamps)),
             });
-            let settings = MeshSettings {
-                peers: m.peers.clone(),
-                redial_min: Duration::from_secs_f64(m.redial_min_s),
-                redial_max: Duration::from_secs_f64(m.redial_max_s),
-                tls: mesh_tls,
-            };
+            let arbiter = Arbiter::new().handle();
             let actor_shared = Arc::clone(&shared);
-            let addr =
-                Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| MeshActor::new(actor_shared, settings));
-            state.do_send(state::AttachMesh(addr.clone().recipient()));
-            log::info!("mesh: node {} dialling {} peer(s)", m.node_id, m.peers.len());
-            if m.bind.is_some() && m.token.is_empty() {
-                log::warn!("mesh: no [mesh] token: any process that reaches the peer listener can join and write");
-            }
-            Mesh { addr, shared }
-        });
+            let mesh = match nats {
+                Some(conn) => {
+                    let actor =
+                        nats::NatsActor::new(actor_shared, conn, &m.nats, &config.ledger.path).map_err(Error::Nats)?;
+                    let addr = Supervisor::start_in_arbiter(&arbiter, move |_| actor);
+                    state.do_send(state::AttachMesh(addr.clone().recipient()));
+                    Mesh { links: None, stop: addr.recipient(), shared }
+                }
+                None => {
+                    let settings = MeshSettings {
+                        peers: m.peers.clone(),
+                        redial_min: Duration::from_secs_f64(m.redial_min_s),
+                        redial_max: Duration::from_secs_f64(m.redial_max_s),
+                        tls: mesh_tls,
+                    };
+                    let addr = Supervisor::start_in_arbiter(&arbiter, move |_| MeshActor::new(actor_shared, settings));
+                    state.do_send(state::AttachMesh(addr.clone().recipient()));
+                    log::info!("mesh: node {} dialling {} peer(s)", m.node_id, m.peers.len());
+                    if m.bind.is_some() && m.token.is_empty() {
+                        log::warn!(
+                            "mesh: no [mesh] token: any process that reaches the peer listener can join and write"
+                        );
+                    }
+                    Mesh { stop: addr.clone().recipient(), links: Some(addr), shared }
+                }
+            };
+            Some(mesh)
+        } else {
+            None
+        };
         let static_dir = Arc::new(config.server.static_dir.clone());
         if !static_dir.is_dir() {
             log::warn!("static_dir {} is not a directory; only /ws and /healthz will answer", static_dir.display());
@@ -180,7 +204,7 @@ impl Relay {
     pub async fn shutdown(&self) {
         let _ = self.deps.state.send(state::Shutdown).await;
         if let Some(mesh) = &self.mesh {
-            let _ = mesh.addr.send(MeshShutdown).await;
+            let _ = mesh.stop.send(MeshShutdown).await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.connections.total() > 0 && tokio::time::Instant::now() < deadline {
@@ -207,13 +231,17 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
         ),
         None => None,
     };
-    let relay = Relay::start(&config)?;
-    let mesh_server = match (&relay.mesh, mesh_listener) {
-        (Some(mesh), Some(listener)) => {
+    let nats = match config.mesh.transport {
+        Transport::Nats => Some(nats::connect(&config.mesh.nats, &config.mesh.node_id).await.map_err(Error::Nats)?),
+        Transport::Websocket => None,
+    };
+    let relay = Relay::start(&config, nats)?;
+    let mesh_server = match (relay.mesh.as_ref().and_then(|m| Some((m, m.links.as_ref()?))), mesh_listener) {
+        (Some((mesh, links)), Some(listener)) => {
             let addr = listener.local_addr()?;
             let scheme = if mesh_tls.is_some() { "wss" } else { "ws" };
             let server =
-                mesh::serve(listener, mesh_tls, Arc::clone(&mesh.shared), mesh.addr.clone(), config.mesh.max_peers)?;
+                mesh::serve(listener, mesh_tls, Arc::clone(&mesh.shared), links.clone(), config.mesh.max_peers)?;
             log::info!("mesh listening on {scheme}://{addr}");
             let handle = server.handle();
             actix_web::rt::spawn(server);

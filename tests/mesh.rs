@@ -15,12 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, Server, make_certificate, wait_within};
+use common::{
+    Client, Server,
+    federation::{CONVERGE, converged, fingerprint, write_keys, writer},
+    make_certificate, wait_within,
+};
 use serde_json::{Value, json};
 use tungstenite::Message;
-
-/// Convergence of a few hundred writes across five debug-build nodes on a loaded 2-core machine.
-const CONVERGE: Duration = Duration::from_secs(60);
 
 /// Config for a mesh node: fast redials, client limits out of the way of the test's writers.
 fn node_toml(id: &str, bind: &str, peers: &[String], extra: &str) -> String {
@@ -44,66 +45,6 @@ fn restart(id: &str, dir: Arc<tempfile::TempDir>, mesh_port: u16, peers: &[&Serv
 /// A port the OS considers free right now (for nodes that must know each other's address up front).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Writes `n` random sets and deletes over a keyspace of `keys` keys shared by every writer (so
-/// writers conflict), then waits for the echo of a final marker: everything was accepted.
-fn writer(server: &Server, seed: u64, n: usize, keys: u64) -> thread::JoinHandle<()> {
-    let url = server.url();
-    thread::spawn(move || {
-        let mut client = Client::connect(&url);
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        for i in 0..n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let key = format!("k{}", x % keys);
-            if x.is_multiple_of(7) {
-                client.delete(&key);
-            } else {
-                client.set(&key, json!({"writer": seed, "i": i, "text": "é\u{1F600}"}));
-            }
-        }
-        let marker = format!("done-{seed}");
-        client.set(&marker, json!(n));
-        client.recv_set(&marker);
-    })
-}
-
-fn fingerprint(server: &Server) -> Option<(String, u64)> {
-    let health = server.healthz();
-    (health["pending_writes"] == 0)
-        .then(|| (health["fingerprint"].as_str().unwrap_or("").to_owned(), health["registers"].as_u64().unwrap_or(0)))
-}
-
-/// The raw text of the v1 snapshot a new client receives.
-fn snapshot_text(server: &Server) -> String {
-    let mut ws = Client::raw(&server.url());
-    let mut texts = Vec::new();
-    while texts.len() < 2 {
-        if let Message::Text(text) = ws.read().expect("frame") {
-            texts.push(text.to_string());
-        }
-    }
-    texts.pop().unwrap()
-}
-
-/// Waits until every node has the same state (with at least `min_registers` registers), then
-/// checks that their snapshots are byte-identical. Returns the snapshot.
-fn converged(nodes: &[&Server], min_registers: u64) -> Value {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let last = nodes.iter().map(|n| fingerprint(n)).collect::<Vec<_>>();
-        let first = &last[0];
-        if first.as_ref().is_some_and(|(_, r)| *r >= min_registers) && last.iter().all(|f| f == first) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no convergence within {CONVERGE:?}: {last:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
-    let snapshots: Vec<String> = nodes.iter().map(|n| snapshot_text(n)).collect();
-    assert!(snapshots.iter().all(|s| *s == snapshots[0]), "snapshots differ");
-    serde_json::from_str(&snapshots[0]).unwrap()
 }
 
 /// Random concurrent writes on every node of `nodes` (2,000 in all over 60 keys) converge.
@@ -154,15 +95,6 @@ fn five_node_ring_converges() {
         nodes.push(next);
     }
     concurrent_writes_converge(&nodes.iter().collect::<Vec<_>>());
-}
-
-/// Writes `n` sets of `prefix{i}` on `server` and waits for the last echo.
-fn write_keys(server: &Server, prefix: &str, n: usize) {
-    let mut client = Client::connect(&server.url());
-    for i in 0..n {
-        client.set(&format!("{prefix}{i}"), json!(i));
-    }
-    client.recv_set(&format!("{prefix}{}", n - 1));
 }
 
 #[test]

@@ -12,6 +12,7 @@ pkg-config --exists openssl 2>/dev/null || need_apt+=(pkg-config libssl-dev)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)   # tests/nginx.rs
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)                       # tests/js/browser.test.js
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)                           # tests/js
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)  # tests/nats.rs
 # tests/upstream/mesh_peer.py runs in a venv; Debian's python3 has `venv` but keeps ensurepip (which
 # creating one needs) in python3-venv, so ask for it only when the venv is not there yet.
 target/upstream-venv/bin/python -c 'import aether_core' 2>/dev/null || python3 -c 'import ensurepip' 2>/dev/null \

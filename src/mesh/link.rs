@@ -20,7 +20,7 @@ use actix_web::web::Bytes;
 use bytestring::ByteString;
 use serde_json::Value;
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     time::{Instant, sleep, sleep_until, timeout},
 };
 
@@ -432,7 +432,9 @@ impl Link {
                 self.mesh.do_send(PeerCursor { from: Arc::clone(&self.peer.node), cursor: Err(leave) });
                 Ok(())
             }
-            Some(PeerFrame::Hello(_) | PeerFrame::Auth { .. } | PeerFrame::Other) => Ok(()),
+            Some(PeerFrame::Hello(_) | PeerFrame::Auth { .. } | PeerFrame::Heartbeat { .. } | PeerFrame::Other) => {
+                Ok(())
+            }
             None => {
                 self.refuse(wire::Refused::Malformed);
                 Ok(())
@@ -441,57 +443,74 @@ impl Link {
     }
 
     fn refuse(&mut self, reason: wire::Refused) {
-        self.shared.metrics.mesh.refused(reason);
-        self.refused += 1;
-        if self.refused.is_power_of_two() {
-            log::warn!(
-                "mesh: refused {} op(s) from {} so far; latest: {}",
-                self.refused,
-                self.peer.node,
-                reason.as_str()
-            );
+        self.shared.refuse(&self.peer.node, reason, &mut self.refused);
+    }
+
+    async fn ingest(&mut self, values: Vec<Value>, gossip: bool, last_op: &mut Instant) -> Result<(), String> {
+        *last_op = Instant::now();
+        self.shared.ingest(&self.peer.node, values, gossip, &self.stats, &mut self.refused).await
+    }
+}
+
+impl Shared {
+    /// Counts and (sparingly) logs an op refused from `peer`; `refused` is that peer's count.
+    pub fn refuse(&self, peer: &str, reason: wire::Refused, refused: &mut u64) {
+        self.metrics.mesh.refused(reason);
+        *refused += 1;
+        if refused.is_power_of_two() {
+            log::warn!("mesh: refused {refused} op(s) from {peer} so far; latest: {}", reason.as_str());
         }
     }
 
-    /// Checks ops and hands them to the state with an admission slot each. `gossip` ops pass the
-    /// seen-stamp cache; anti-entropy ops do not (they repair what gossip missed).
-    async fn ingest(&mut self, values: Vec<Value>, gossip: bool, last_op: &mut Instant) -> Result<(), String> {
-        *last_op = Instant::now();
+    /// Checks ops from `peer` and hands them to the state with an admission slot each. `gossip`
+    /// ops pass the seen-stamp cache; anti-entropy and snapshot ops do not (they repair what gossip
+    /// missed).
+    ///
+    /// # Errors
+    /// When admission is closed (shutting down).
+    pub async fn ingest(
+        &self,
+        peer: &NodeId,
+        values: Vec<Value>,
+        gossip: bool,
+        stats: &PeerStats,
+        refused: &mut u64,
+    ) -> Result<(), String> {
         let now = wall_clock_ns();
         let mut batch = Vec::with_capacity(values.len());
         let mut newest = 0;
         for value in values {
-            let op = match wire::decode_op(value, &self.shared.limits, now, self.shared.max_drift_ns) {
+            let op = match wire::decode_op(value, &self.limits, now, self.max_drift_ns) {
                 Ok(op) => op,
                 Err(reason) => {
-                    self.refuse(reason);
+                    self.refuse(peer, reason, refused);
                     continue;
                 }
             };
-            if gossip && !self.shared.seen.lock().unwrap_or_else(PoisonError::into_inner).insert(&op) {
-                self.shared.metrics.mesh.duplicate();
+            if gossip && !self.seen.lock().unwrap_or_else(PoisonError::into_inner).insert(&op) {
+                self.metrics.mesh.duplicate();
                 continue;
             }
             newest = newest.max(op.stamp.p);
-            let permit = match Arc::clone(&self.shared.admission).try_acquire_owned() {
+            let permit = match Arc::clone(&self.admission).try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => {
                     // Saturated: hand over what we hold (never sit on slots while waiting for
-                    // more), then wait; meanwhile this peer's socket is not read.
-                    self.hand_over(std::mem::take(&mut batch), 0);
-                    Arc::clone(&self.shared.admission).acquire_owned().await.map_err(|_| "admission closed")?
+                    // more), then wait; meanwhile this peer is not read.
+                    self.hand_over(peer, std::mem::take(&mut batch), stats, 0);
+                    Arc::clone(&self.admission).acquire_owned().await.map_err(|_| "admission closed")?
                 }
             };
             batch.push((op, permit));
         }
-        self.hand_over(batch, now.saturating_sub(newest));
+        self.hand_over(peer, batch, stats, now.saturating_sub(newest));
         Ok(())
     }
 
-    fn hand_over(&self, ops: Vec<(Op, tokio::sync::OwnedSemaphorePermit)>, lag_ns: u64) {
+    fn hand_over(&self, peer: &NodeId, ops: Vec<(Op, OwnedSemaphorePermit)>, stats: &PeerStats, lag_ns: u64) {
         if !ops.is_empty() {
-            self.stats.received(ops.len(), lag_ns);
-            self.shared.state.do_send(RemoteOps { peer: Arc::clone(&self.peer.node), ops });
+            stats.received(ops.len(), lag_ns);
+            self.state.do_send(RemoteOps { peer: Arc::clone(peer), ops });
         }
     }
 }

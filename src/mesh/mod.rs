@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod link;
+pub mod nats;
 pub mod presence;
 pub mod stats;
 pub mod transport;

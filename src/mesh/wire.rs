@@ -14,7 +14,8 @@
 //! - `{"type":"digest","buckets":[u64; 1024]}`: anti-entropy, see [`crate::digest`];
 //! - `{"type":"sync","ops":[<record>...]}`: registers sent because their bucket differed;
 //! - `{"type":"presence",...}` and `{"type":"presence_leave",...}`: cursors across nodes, with
-//!   the origin node and a per-origin sequence number for flooding without loops.
+//!   the origin node and a per-origin sequence number for flooding without loops;
+//! - `{"type":"heartbeat","origin":N}`: over NATS only, a relay is alive.
 //!
 //! Every op from a peer passes [`check_op`]: the browser limits on keys and values, a sane node id,
 //! and a bound on how far in the future its stamp may be.
@@ -104,6 +105,11 @@ pub enum PeerFrame {
         seq: u64,
         /// The client.
         id: String,
+    },
+    /// A relay is alive (NATS transport only, on the presence subject).
+    Heartbeat {
+        /// The relay.
+        origin: String,
     },
     /// Anything else: ignored, as upstream reserves other types for later.
     #[serde(other)]
@@ -264,6 +270,11 @@ pub fn presence(c: &RemoteCursor) -> ByteString {
 /// A leave frame.
 pub fn presence_leave(origin: &str, seq: u64, id: &str) -> ByteString {
     json!({"type": "presence_leave", "origin": origin, "seq": seq, "id": id}).to_string().into()
+}
+
+/// A relay's heartbeat (NATS transport).
+pub fn heartbeat(origin: &str) -> ByteString {
+    json!({"type": "heartbeat", "origin": origin}).to_string().into()
 }
 
 fn utf8(bytes: Vec<u8>) -> ByteString {

@@ -2,6 +2,8 @@
 //! and a blocking WebSocket client with timeouts.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod federation;
+
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpStream},
@@ -282,12 +284,19 @@ impl Client {
     }
 
     /// Reads frames until one matches; returns it.
-    pub fn recv_until(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
+    pub fn recv_until(&mut self, pred: impl FnMut(&Value) -> bool) -> Value {
+        self.recv_until_within(WAIT, pred)
+    }
+
+    /// Reads frames until one matches within `wait`; returns it.
+    pub fn recv_until_within(&mut self, wait: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + wait;
         loop {
-            assert!(Instant::now() < deadline, "no matching frame within {WAIT:?}");
-            let frame = self.recv();
-            if pred(&frame) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no matching frame within {wait:?}");
+            if let Some(frame) = self.next_within(left)
+                && pred(&frame)
+            {
                 return frame;
             }
         }
