@@ -31,7 +31,10 @@
 //! - [`mesh`]: federation. `MeshActor` owns the peer links, forwards durable ops, dials with
 //!   backoff, relays cursors; `mesh::link` runs one link (handshake with challenge-response auth,
 //!   flow-controlled reading, anti-entropy, paced writing); `mesh::wire` is the peer protocol
-//!   (upstream's `hello`/`op` plus ours), `mesh::transport` the sockets (actix-ws in, awc out).
+//!   (upstream's `hello`/`op` plus ours), `mesh::transport` the sockets (actix-ws in, awc out),
+//!   `mesh::presence` cursors across relays. `mesh::nats` is the other transport: a NATS
+//!   JetStream stream instead of peer links, behind the same seam (`state::StateEvent` out,
+//!   checked `RemoteOps` in).
 //! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
 //! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`).

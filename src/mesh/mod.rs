@@ -14,9 +14,12 @@
 //!   second process claiming a linked node id (or ours) is refused loudly.
 //!
 //! Layers: [`wire`] (frames), [`auth`] (challenge-response), [`transport`] (sockets), [`link`] (one
-//! link: handshake, reading with flow control, paced writing), [`stats`] (counters); this module
-//! owns the set of links, forwarding, dialling and presence across nodes. The gossip logic only
-//! sees text frames, so another transport can sit under it.
+//! link: handshake, reading with flow control, paced writing), [`presence`] (cursors), [`stats`]
+//! (counters); this module owns the set of links, forwarding, dialling and presence across nodes.
+//!
+//! The seam with the state is transport-neutral: the state sends [`StateEvent`]s (durable ops,
+//! local cursors) and takes checked ops as `RemoteOps`. [`nats`] is the second transport behind
+//! that seam: a NATS JetStream stream instead of peer links (`[mesh] transport = "nats"`).
 
 pub mod auth;
 pub mod link;
