@@ -17,7 +17,7 @@
 //!   the origin node and a per-origin sequence number for flooding without loops;
 //! - `{"type":"heartbeat","origin":N}`: over NATS only, a relay is alive.
 //!
-//! Every op from a peer passes [`check_op`]: the browser limits on keys and values, a sane node id,
+//! Every op from a peer passes [`decode_op`]: the browser limits on keys and values, a sane node id,
 //! and a bound on how far in the future its stamp may be.
 
 use bytestring::ByteString;

@@ -15,8 +15,8 @@
 //! and other peers, and a stale or duplicate op costs one comparison. Once durable, every op goes
 //! to the mesh (if any) to be forwarded to the peers that have not seen it.
 //!
-//! Submodules: [`fanout`] (applying batches, per-version frames, first frames), [`compaction`]
-//! (online compaction) and [`remote`] (ops, digests and cursors from the mesh).
+//! Submodules: `fanout` (applying batches, per-version frames, first frames), `compaction`
+//! (online compaction) and `remote` (ops, digests and cursors from the mesh).
 
 mod compaction;
 mod fanout;
