@@ -11,13 +11,12 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     sync::Arc,
-    thread,
     time::{Duration, Instant},
 };
 
 use common::{
     Client, Server,
-    federation::{CONVERGE, converged, fingerprint, write_keys, writer},
+    federation::{CONVERGE, converged, fingerprint, write_in_background, write_keys, writer},
     make_certificate, wait_within,
 };
 use serde_json::{Value, json};
@@ -130,16 +129,7 @@ fn partition_heals_and_a_killed_node_catches_up_from_its_ledger() {
 
     // kill -9 c in the middle of a stream of writes on a; restart it from its ledger.
     const STREAM: usize = 20_000;
-    let stream = {
-        let url = a.url();
-        thread::spawn(move || {
-            let mut client = Client::connect(&url);
-            for i in 0..STREAM {
-                client.set(&format!("stream-{i}"), json!(i));
-            }
-            client.recv_set(&format!("stream-{}", STREAM - 1));
-        })
-    };
+    let stream = write_in_background(&a, "stream-", STREAM);
     wait_within(CONVERGE, "c to receive part of the stream", || {
         c.healthz()["registers"].as_u64().unwrap_or(0) > 251 + 300
     });
@@ -176,10 +166,7 @@ fn metric(server: &Server, line_start: &str) -> f64 {
 
 #[test]
 fn a_burst_of_10000_writes_reaches_every_node_with_the_links_intact() {
-    let a = node("a", &[]);
-    let b = node("b", &[&a]);
-    let c = node("c", &[&b]);
-    wait_within(CONVERGE, "links up", || connected(&b).len() == 2);
+    let (a, b, c) = line_of_three();
     write_keys(&a, "burst-", 10_000);
     converged(&[&a, &b, &c], 10_000);
     for (server, links) in [(&a, 1), (&b, 2), (&c, 1)] {
@@ -221,12 +208,18 @@ fn duplicate_node_ids_are_refused_loudly() {
     drop((impostor, own));
 }
 
-#[test]
-fn cursors_cross_nodes_and_leave_with_their_node() {
+/// Nodes a - b - c (b dials a, c dials b), once both links are up.
+fn line_of_three() -> (Server, Server, Server) {
     let a = node("a", &[]);
     let b = node("b", &[&a]);
     let c = node("c", &[&b]);
     wait_within(CONVERGE, "links up", || connected(&b).len() == 2);
+    (a, b, c)
+}
+
+#[test]
+fn cursors_cross_nodes_and_leave_with_their_node() {
+    let (a, b, c) = line_of_three();
     let mut on_a = a.client();
     let mut on_c = c.client();
     on_a.send(json!({"type": "presence", "x": 10, "y": 20}));
@@ -369,10 +362,7 @@ fn tls_federation_verifies_the_peer_against_the_configured_ca() {
 
 #[test]
 fn cursors_leave_when_the_relay_between_goes_away() {
-    let a = node("a", &[]);
-    let b = node("b", &[&a]);
-    let c = node("c", &[&b]);
-    wait_within(CONVERGE, "links up", || connected(&b).len() == 2);
+    let (a, b, c) = line_of_three();
     let mut on_a = a.client();
     let mut on_c = c.client();
     on_c.send(json!({"type": "presence", "x": 5, "y": 6}));

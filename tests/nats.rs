@@ -16,8 +16,8 @@ use std::{
 };
 
 use common::{
-    Client, Server,
-    federation::{CONVERGE, converged, write_keys, writer},
+    Server,
+    federation::{CONVERGE, converged, write_in_background, write_keys, writer},
     wait_within,
 };
 use serde_json::json;
@@ -173,16 +173,7 @@ fn a_killed_relay_resumes_from_its_stream_position() {
     write_keys(&a, "before-", 500);
     converged(&[&a, &c], 500);
     const STREAM: usize = 20_000;
-    let stream = {
-        let url = a.url();
-        thread::spawn(move || {
-            let mut client = Client::connect(&url);
-            for i in 0..STREAM {
-                client.set(&format!("stream-{i}"), json!(i));
-            }
-            client.recv_set(&format!("stream-{}", STREAM - 1));
-        })
-    };
+    let stream = write_in_background(&a, "stream-", STREAM);
     wait_within(CONVERGE, "c to apply part of the stream", || {
         c.healthz()["registers"].as_u64().unwrap_or(0) > 1500 && position(&c)["applied"].as_u64().unwrap_or(0) > 1
     });

@@ -82,3 +82,15 @@ pub fn write_keys(server: &Server, prefix: &str, n: usize) {
     }
     client.recv_set(&format!("{prefix}{}", n - 1));
 }
+
+/// Writes `n` sets of `prefix{i}` on `server` from another thread (done once the last echo came).
+pub fn write_in_background(server: &Server, prefix: &str, n: usize) -> thread::JoinHandle<()> {
+    let (url, prefix) = (server.url(), prefix.to_owned());
+    thread::spawn(move || {
+        let mut client = Client::connect(&url);
+        for i in 0..n {
+            client.set(&format!("{prefix}{i}"), json!(i));
+        }
+        client.recv_set(&format!("{prefix}{}", n - 1));
+    })
+}
