@@ -4,7 +4,7 @@
 //! `cargo bench` (or `cargo bench --bench e2e` for this part alone). Upstream runs only when
 //! `AETHER_BENCH_UPSTREAM=/path/to/python` names an interpreter with `aether-zta==0.4.0`. Scenarios
 //! (`AETHER_BENCH_ONLY` selects, comma-separated): `roundtrip`, `throughput`, `fanout`, `idle`,
-//! `ledger`, `replay`. Every other knob is in [`Settings::from_env`] and in benches/README.md.
+//! `ledger`, `replay`, `mesh`. Every other knob is in [`Settings::from_env`] and in benches/README.md.
 //!
 //! Everything is bounded in count and time, uses only 127.0.0.1 and temporary directories, and
 //! stops every process it starts. Without `--bench` (as under `cargo test --all-targets`) it runs
@@ -14,6 +14,7 @@ mod client;
 mod fanout;
 mod idle;
 mod ledger;
+mod mesh;
 mod poller;
 mod procs;
 mod replay;
@@ -56,9 +57,10 @@ struct Settings {
     append_secs: f64,
     other_max: f64,
     retries: usize,
+    mesh: mesh::Settings,
 }
 
-const SCENARIOS: [&str; 6] = ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay"];
+const SCENARIOS: [&str; 7] = ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay", "mesh"];
 
 impl Settings {
     fn from_env() -> Settings {
@@ -88,6 +90,12 @@ impl Settings {
                 (positive("AETHER_BENCH_EXTRA", c), positive("AETHER_BENCH_EXTRA", w), sync)
             })
             .collect();
+        let rings = env_list("AETHER_BENCH_MESH_RINGS", "3,5,10")
+            .iter()
+            .map(|n| positive("AETHER_BENCH_MESH_RINGS", n))
+            .inspect(|&n| assert!(n >= 2, "AETHER_BENCH_MESH_RINGS: a ring needs 2 relays or more"))
+            .collect();
+        let window = env_or("AETHER_BENCH_WINDOW", 16);
         Settings {
             launch: Launch { bin, python },
             only,
@@ -95,7 +103,7 @@ impl Settings {
             warmup: env_or("AETHER_BENCH_WARMUP", pick(quick, 200, 50)),
             secs: env_or("AETHER_BENCH_SECS", pick(quick, 5.0, 1.0)),
             conns,
-            window: env_or("AETHER_BENCH_WINDOW", 16),
+            window,
             extra,
             readers: env_or("AETHER_BENCH_READERS", pick(quick, 1000, 100)),
             fan_window: env_or("AETHER_BENCH_FANOUT_WINDOW", 32),
@@ -111,6 +119,17 @@ impl Settings {
             append_secs: env_or("AETHER_BENCH_APPEND_SECS", pick(quick, 2.0, 0.5)),
             other_max: env_or("AETHER_BENCH_OTHER_MAX", 35.0) / 100.0,
             retries: env_or("AETHER_BENCH_RETRIES", 2),
+            mesh: mesh::Settings {
+                rings,
+                writes: env_or("AETHER_BENCH_MESH_WRITES", 100),
+                runs: env_or("AETHER_BENCH_MESH_RUNS", pick(quick, 5, 3)),
+                pause: env_or("AETHER_BENCH_MESH_PAUSE", 1.5),
+                catchup: env_or("AETHER_BENCH_MESH_CATCHUP", pick(quick, 100_000, 10_000)),
+                spread_nodes: env_or("AETHER_BENCH_MESH_SPREAD_NODES", 10),
+                spread_writes: env_or("AETHER_BENCH_MESH_SPREAD_WRITES", pick(quick, 2000, 200)),
+                window: window as u64,
+                wait: env_or("AETHER_BENCH_MESH_WAIT", 60.0),
+            },
         }
     }
 
@@ -198,6 +217,9 @@ fn main() {
     if s.runs("replay") {
         replay(&s, &mut out);
     }
+    if s.runs("mesh") {
+        federation(&s, &mut out);
+    }
 
     println!("\n== Notes ==");
     if out.notes.is_empty() {
@@ -215,6 +237,12 @@ fn main() {
         "\n† upstream broadcasts (and so echoes) a write before its ledger has written or fsynced it; ours \
          only after the write's batch is fdatasynced (`sync = \"always\"`). Ratios: ours / upstream."
     );
+    if s.runs("mesh") {
+        println!(
+            "‡ upstream's federation rows are bare `MeshNode`s (`set()` is the write: no client, no ledger, no \
+             fsync); ours go from a browser client through every relay's ledger, fdatasynced at every hop."
+        );
+    }
 }
 
 fn round_trip(s: &Settings, out: &mut Out) {
@@ -548,6 +576,68 @@ fn replay(s: &Settings, out: &mut Out) {
         r.boot.1.median(),
         3,
     ));
+}
+
+fn federation(s: &Settings, out: &mut Out) {
+    let m = &s.mesh;
+    println!(
+        "\n== Federation: rings of {:?} relays, catch-up after a partition, {} relays written at once ==",
+        m.rings, m.spread_nodes
+    );
+    let r = mesh::run(&s.launch, m);
+    out.notes.extend(r.notes.iter().cloned());
+    out.section(&format!(
+        "Federation: {} writes on one relay of a ring until every relay holds them, median of {}",
+        m.writes, m.runs
+    ));
+    for ring in &r.rings {
+        let never = ring.upstream.iter().filter(|t| t.is_none()).count();
+        let label = if never > 0 {
+            format!("{}-relay ring, ms ‡ (upstream: never in {never} of {} runs)", ring.nodes, ring.upstream.len())
+        } else {
+            format!("{}-relay ring, ms ‡", ring.nodes)
+        };
+        let ms = |v: Option<f64>| v.map(|t| t * 1e3);
+        out.rows.push(Row::new(label, ms(mesh::Ring::median(&ring.ours)), ms(mesh::Ring::median(&ring.upstream)), 1));
+    }
+    if let Some(c) = &r.catchup {
+        out.section(&format!("Federation: catch-up of a relay that missed {} writes", c.writes));
+        let upstream = match &r.upstream_catchup {
+            Some(u) if u.same.is_none() => {
+                format!("upstream: never, no catch-up; {} of {} after {} s", u.held, u.writes, u.waited)
+            }
+            Some(u) => format!("upstream: caught up {} writes", u.writes),
+            None => "upstream: never, no catch-up (upstream-behaviour §5.4)".to_owned(),
+        };
+        let up = r.upstream_catchup.as_ref().and_then(|u| u.same);
+        out.rows.push(Row::new(format!("restart to the same state, s ({upstream})"), c.same, up, 3));
+        let anti_entropy = c.link.zip(c.same).map(|(l, s)| s - l);
+        out.rows.push(Row::new("of which its link up to the same state (anti-entropy), s", anti_entropy, None, 3));
+        out.rows.push(Row::new(
+            "missed writes applied per second once linked",
+            anti_entropy.filter(|t| *t > 0.0).map(|t| c.writes as f64 / t),
+            None,
+            0,
+        ));
+    }
+    let (ours, up) = &r.spread;
+    if let Some(sp) = ours.as_ref().or(up.as_ref()) {
+        out.section(&format!("Federation: {} relays in a ring, {} writes spread over all", sp.nodes, sp.writes));
+        let get = |f: fn(&mesh::Spread) -> Option<f64>| (ours.as_ref().and_then(f), up.as_ref().and_then(f));
+        let (o, u) = get(|sp| sp.rate);
+        out.rows.push(Row::new("acked writes/s ‡ (upstream: limits raised)", o, u, 0));
+        let (o, u) = get(|sp| sp.converged);
+        out.rows.push(Row::new("first write until all hold all, s ‡", o, u, 2));
+        if let Some(d) = &r.spread_default {
+            let what = d.failed.clone().unwrap_or_else(|| "converged".to_owned());
+            out.rows.push(Row::new(
+                format!("same, upstream at its default limits, s ‡ (upstream: {what})"),
+                ours.as_ref().and_then(|sp| sp.converged),
+                d.converged,
+                2,
+            ));
+        }
+    }
 }
 
 /// Under `cargo test --all-targets`: the in-process parts on a tiny scale, nothing started.

@@ -58,11 +58,13 @@ pub struct OursConfig {
     pub sync: &'static str,
     /// Extra lines for `[limits]`.
     pub limits: String,
+    /// Extra tables at the end (`[mesh]`).
+    pub mesh: String,
 }
 
 impl Default for OursConfig {
     fn default() -> Self {
-        OursConfig { sync: "always", limits: String::new() }
+        OursConfig { sync: "always", limits: String::new(), mesh: String::new() }
     }
 }
 
@@ -73,9 +75,10 @@ pub fn write_ours_config(dir: &Path, ledger: &Path, cfg: &OursConfig) -> PathBuf
         "[server]\nbind = \"127.0.0.1:0\"\nstatic_dir = {static_dir:?}\n\n\
          [ledger]\npath = {ledger:?}\nsync = \"{sync}\"\ncompact_after_bytes = 0\n\n\
          [limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\n\
-         max_connections_per_source = 20000\nmax_connections_total = 20000\n{extra}",
+         max_connections_per_source = 20000\nmax_connections_total = 20000\n{extra}\n{mesh}",
         sync = cfg.sync,
         extra = cfg.limits,
+        mesh = cfg.mesh,
     );
     let path = dir.join("bench.toml");
     fs::write(&path, text).expect("write config");
@@ -262,6 +265,24 @@ impl Relay {
         self.get("/metrics").map(|(_, body)| body).unwrap_or_default()
     }
 
+    /// Our `/healthz`, parsed.
+    pub fn healthz(&self) -> Result<serde_json::Value, String> {
+        let (status, body) = self.get("/healthz").map_err(|e| format!("/healthz: {e}"))?;
+        if !status.contains(" 200 ") {
+            return Err(format!("/healthz: {status}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("/healthz: {e}"))
+    }
+
+    /// Where our relay listens for peers (it logs `mesh listening on ws://ADDR` before it listens
+    /// for clients), if it does.
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.log_lines().iter().find_map(|l| {
+            let rest = l.split("mesh listening on ws://").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+
     /// Waits (up to 5 s) until our `/healthz` answers 200; upstream's driver is ready when it
     /// prints its URL.
     pub fn wait_healthy(&self) {
@@ -277,6 +298,13 @@ impl Relay {
     /// Every output line so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().expect("log lock").clone()
+    }
+
+    /// Sends SIGTERM and returns at once (a second one, from [`Relay::stop`], changes nothing:
+    /// the handler stays installed). The child is not reaped until `stop`, so its pid cannot
+    /// have been reused.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
     }
 
     /// SIGTERM (both relays drain and close clients), then SIGKILL if still running after 10 s.
@@ -309,6 +337,7 @@ impl Relay {
             .filter(|l| WORDS.iter().any(|w| l.contains(w)))
             .filter(|l| !l.contains(r#"sync = "none""#)) // the expected warning of that mode
             .filter(|l| !l.contains("WARNING bench ")) // the driver's own replay report
+            .filter(|l| !l.contains("no [mesh] token")) // the bench's federations are unauthenticated
             .map(|l| {
                 let l = l.split_once("] ").map_or(l.as_str(), |(_, rest)| rest);
                 let id = |w: &&str| w.len() == 8 && w.bytes().all(|b| b.is_ascii_hexdigit());

@@ -64,7 +64,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn clock_ticks() -> f64 {
+/// Clock ticks per second (`getconf CLK_TCK`), the unit of `/proc` CPU times.
+pub fn clock_ticks() -> f64 {
     static TICKS: OnceLock<f64> = OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")
