@@ -180,7 +180,8 @@ test('topology demo: two real tabs, offline edit, presence, inert XSS, screensho
         assert.ok(you.bg, 'the you dot has a colour');
         assert.match(await tab.eval(`document.getElementById('status-text').textContent`), /^connected/);
         assert.equal(await tab.eval(`document.querySelectorAll('[data-add]').length`), 8);
-        assert.equal(await tab.eval(`document.getElementById('empty').hidden`), false);
+        // The empty-canvas hint shows with the first render, on the next animation frame.
+        await tab.until(`document.getElementById('empty').hidden === false`, 10000, 'empty-canvas hint');
       }
       const scroll = await a.eval(`[document.getElementById('viewport').scrollLeft, document.getElementById('viewport').scrollTop]`);
       assert.ok(scroll[0] > 300 && scroll[1] > 100, 'the canvas is scrolled to its centre: ' + scroll);
