@@ -621,6 +621,8 @@ impl Tasks {
                     DeliverPolicy::ByStartSequence { start_sequence: applied + 1 }
                 },
                 ack_policy: AckPolicy::None,
+                // Relays come and go (autoscaling): the server forgets a gone relay's consumer.
+                inactive_threshold: Duration::from_secs(24 * 3600),
                 description: Some(format!("aether-actix relay {}", self.shared.node_id)),
                 ..Default::default()
             })
