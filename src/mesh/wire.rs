@@ -11,7 +11,7 @@
 //!   id), and the challenge-response (see [`super::auth`]);
 //! - `{"type":"auth","proof":P}`: the dialler's answer to the challenge;
 //! - `{"type":"ops","ops":[<record>...]}`: a batch of gossip;
-//! - `{"type":"digest","buckets":[u64; 1024]}`: anti-entropy, see [`crate::digest`];
+//! - `{"type":"digest","buckets":[u64; 4096]}`: anti-entropy, see [`crate::digest`];
 //! - `{"type":"sync","ops":[<record>...]}`: registers sent because their bucket differed;
 //! - `{"type":"presence",...}` and `{"type":"presence_leave",...}`: cursors across nodes, with
 //!   the origin node and a per-origin sequence number for flooding without loops;
