@@ -292,16 +292,57 @@ fn cursors_cross_relays_over_nats_and_leave_with_their_relay() {
 #[test]
 fn a_relay_that_cannot_reach_nats_says_so_and_exits() {
     let port = free_port();
-    let config = relay_toml("x", &[format!("nats://127.0.0.1:{port}")], "");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("aether.toml");
-    std::fs::write(
-        &path,
-        format!("[server]\nbind = \"127.0.0.1:0\"\n[ledger]\npath = {:?}\n{config}", dir.path().join("l.jsonl")),
-    )
-    .unwrap();
+    let path = write_config(dir.path(), &relay_toml("x", &[format!("nats://127.0.0.1:{port}")], ""));
     let out = Command::new(env!("CARGO_BIN_EXE_aether-actix")).arg("--config").arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("cannot connect to NATS at"), "{stderr}");
+}
+
+#[test]
+fn relays_reach_nats_over_tls_and_check_the_existing_stream() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = common::make_certificate(certs.path());
+    let port = free_port();
+    let tls = [
+        "--tls".to_owned(),
+        "--tlscert".to_owned(),
+        cert.display().to_string(),
+        "--tlskey".to_owned(),
+        key.display().to_string(),
+    ];
+    let _nats = Nats::start(port, &tls);
+    let servers = [format!("tls://127.0.0.1:{port}")];
+    let ca = format!("tls_ca = {cert:?}\n");
+    let a = relay("a", &servers, &ca);
+    let b = relay("b", &servers, &ca);
+    write_keys(&a, "secure-", 50);
+    converged(&[&a, &b], 50);
+    // Without the CA the server's certificate is not trusted: the relay stops and says why.
+    let untrusting = Command::new(env!("CARGO_BIN_EXE_aether-actix"))
+        .arg("--config")
+        .arg(write_config(certs.path(), &relay_toml("u", &servers, "")))
+        .output()
+        .unwrap();
+    assert!(!untrusting.status.success());
+    assert!(String::from_utf8_lossy(&untrusting.stderr).contains("cannot connect to NATS"));
+    // A stream that exists with other subjects is named in a clear error.
+    let clash = relay_toml("c", &servers, &format!("{ca}subject = \"other.subject\"\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_aether-actix"))
+        .arg("--config")
+        .arg(write_config(certs.path(), &clash))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("exists with subjects"), "{stderr}");
+}
+
+/// Writes a full config (free port, ledger in `dir`) and returns its path.
+fn write_config(dir: &Path, relay: &str) -> PathBuf {
+    let name = format!("relay-{}.toml", free_port());
+    let path = dir.join(&name);
+    let ledger = dir.join(format!("{name}.jsonl"));
+    std::fs::write(&path, format!("[server]\nbind = \"127.0.0.1:0\"\n[ledger]\npath = {ledger:?}\n{relay}")).unwrap();
+    path
 }
