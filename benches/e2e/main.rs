@@ -4,7 +4,8 @@
 //! `cargo bench` (or `cargo bench --bench e2e` for this part alone). Upstream runs only when
 //! `AETHER_BENCH_UPSTREAM=/path/to/python` names an interpreter with `aether-zta==0.4.0`. Scenarios
 //! (`AETHER_BENCH_ONLY` selects, comma-separated): `roundtrip`, `throughput`, `fanout`, `idle`,
-//! `ledger`, `replay`, `mesh`. Every other knob is in [`Settings::from_env`] and in benches/README.md.
+//! `ledger`, `replay`, `mesh`, `nats` (ours only: federation through a `nats-server` against the
+//! WebSocket mesh). Every other knob is in [`Settings::from_env`] and in benches/README.md.
 //!
 //! Everything is bounded in count and time, uses only 127.0.0.1 and temporary directories, and
 //! stops every process it starts. Without `--bench` (as under `cargo test --all-targets`) it runs
@@ -15,6 +16,7 @@ mod fanout;
 mod idle;
 mod ledger;
 mod mesh;
+mod nats;
 mod poller;
 mod procs;
 mod replay;
@@ -58,9 +60,10 @@ struct Settings {
     other_max: f64,
     retries: usize,
     mesh: mesh::Settings,
+    nats: nats::Settings,
 }
 
-const SCENARIOS: [&str; 7] = ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay", "mesh"];
+const SCENARIOS: [&str; 8] = ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay", "mesh", "nats"];
 
 impl Settings {
     fn from_env() -> Settings {
@@ -95,7 +98,18 @@ impl Settings {
             .map(|n| positive("AETHER_BENCH_MESH_RINGS", n))
             .inspect(|&n| assert!(n >= 2, "AETHER_BENCH_MESH_RINGS: a ring needs 2 relays or more"))
             .collect();
+        let topologies = env_list("AETHER_BENCH_NATS_MESH", "ring,full")
+            .iter()
+            .map(|t| match t.as_str() {
+                "ring" => mesh::Topology::Ring,
+                "full" => mesh::Topology::Full,
+                other => panic!("AETHER_BENCH_NATS_MESH: {other} is neither ring nor full"),
+            })
+            .collect();
         let window = env_or("AETHER_BENCH_WINDOW", 16);
+        let (pause, wait) = (env_or("AETHER_BENCH_MESH_PAUSE", 1.5), env_or("AETHER_BENCH_MESH_WAIT", 60.0));
+        let spread_nodes = env_or("AETHER_BENCH_MESH_SPREAD_NODES", 10);
+        let spread_writes = env_or("AETHER_BENCH_MESH_SPREAD_WRITES", pick(quick, 2000, 200));
         Settings {
             launch: Launch { bin, python },
             only,
@@ -123,12 +137,24 @@ impl Settings {
                 rings,
                 writes: env_or("AETHER_BENCH_MESH_WRITES", 100),
                 runs: env_or("AETHER_BENCH_MESH_RUNS", pick(quick, 5, 3)),
-                pause: env_or("AETHER_BENCH_MESH_PAUSE", 1.5),
+                pause,
                 catchup: env_or("AETHER_BENCH_MESH_CATCHUP", pick(quick, 100_000, 10_000)),
-                spread_nodes: env_or("AETHER_BENCH_MESH_SPREAD_NODES", 10),
-                spread_writes: env_or("AETHER_BENCH_MESH_SPREAD_WRITES", pick(quick, 2000, 200)),
+                spread_nodes,
+                spread_writes,
                 window: window as u64,
-                wait: env_or("AETHER_BENCH_MESH_WAIT", 60.0),
+                wait,
+            },
+            nats: nats::Settings {
+                server: procs::nats_server_bin(),
+                topologies,
+                nodes: spread_nodes,
+                writes: spread_writes,
+                window: window as u64,
+                runs: env_or("AETHER_BENCH_NATS_RUNS", pick(quick, 3, 1)),
+                pause,
+                samples: env_or("AETHER_BENCH_NATS_SAMPLES", pick(quick, 300, 100)),
+                warmup: env_or("AETHER_BENCH_NATS_WARMUP", pick(quick, 50, 20)),
+                wait,
             },
         }
     }
@@ -219,6 +245,9 @@ fn main() {
     }
     if s.runs("mesh") {
         federation(&s, &mut out);
+    }
+    if s.runs("nats") {
+        nats_federation(&s, &mut out);
     }
 
     println!("\n== Notes ==");
@@ -636,6 +665,65 @@ fn federation(s: &Settings, out: &mut Out) {
                 d.converged,
                 2,
             ));
+        }
+    }
+}
+
+fn nats_federation(s: &Settings, out: &mut Out) {
+    let m = &s.nats;
+    let names: Vec<String> = m.topologies.iter().map(|t| format!("WebSocket {}", t.name())).collect();
+    println!(
+        "\n== Federation through NATS JetStream against the WebSocket mesh ({}): {} relays each, ours only ==",
+        names.join(", "),
+        m.nodes
+    );
+    if m.nodes < 2 {
+        out.notes.push("nats: not run: it needs AETHER_BENCH_MESH_SPREAD_NODES of 2 or more".to_owned());
+        return;
+    }
+    let r = nats::run(&s.launch, m);
+    out.notes.extend(r.notes.iter().cloned());
+    out.section(&format!(
+        "Federation of {} relays, {} writes spread over all at once, median of {} (ours only)",
+        m.nodes,
+        m.writes * m.nodes as u64,
+        m.runs
+    ));
+    for f in &r.federations {
+        let name = f.via.name();
+        out.rows.push(Row::new(format!("{name}: acked writes/s"), f.median(|sp| sp.rate), None, 0));
+        out.rows.push(Row::new(
+            format!("{name}: first write until all hold all, s"),
+            f.median(|sp| sp.converged),
+            None,
+            2,
+        ));
+        out.rows.push(Row::new(
+            format!("{name}: CPU per write, all relays (and nats-server), µs"),
+            f.cpu_per_write(),
+            None,
+            0,
+        ));
+        out.rows.push(Row::new(format!("{name}: op messages sent per write"), f.sent_per_write, None, 2));
+    }
+    out.section(&format!(
+        "Federation: one write at a time from a browser on relay 0 to a browser on relay ..., {} samples, ms (ours only)",
+        m.samples
+    ));
+    for f in &r.federations {
+        let name = f.via.name();
+        for t in &f.targets {
+            for (p, q) in [("p50", 0.5), ("p99", 0.99)] {
+                out.rows.push(Row::new(format!("{name}, {}: {p}", t.what), nats::quantile(&t.latency, q), None, 3));
+            }
+            if !t.added.is_empty() {
+                out.rows.push(Row::new(
+                    format!("{name}, {}: added over the same relay, median per write", t.what),
+                    nats::quantile(&t.added, 0.5),
+                    None,
+                    3,
+                ));
+            }
         }
     }
 }

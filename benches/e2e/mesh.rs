@@ -147,11 +147,13 @@ pub struct Mesh {
 }
 
 /// One of our relays in a federation, with its directory (configuration and ledger).
-struct Node {
-    id: String,
-    relay: Relay,
-    /// Its peer listener.
-    mesh: SocketAddr,
+pub struct Node {
+    /// Its node id.
+    pub id: String,
+    /// The process.
+    pub relay: Relay,
+    /// Its peer listener (`None` on the NATS transport).
+    mesh: Option<SocketAddr>,
     dir: TempDir,
 }
 
@@ -166,34 +168,48 @@ impl Node {
         extra: &str,
         dir: Option<TempDir>,
     ) -> Node {
-        let dir = dir.unwrap_or_else(temp_dir);
-        let ledger = dir.path().join("ledger.jsonl");
         let peers: Vec<String> = peers.iter().map(|p| format!("\"ws://{p}\"")).collect();
         let mesh = format!("[mesh]\nnode_id = \"{id}\"\nbind = \"{bind}\"\npeers = [{}]\n{extra}", peers.join(", "));
+        let mut node = Node::with_mesh(launch, id, mesh, dir);
+        let addr = node.relay.mesh_addr().unwrap_or_else(|| panic!("relay {id} logged no `mesh listening on`"));
+        node.mesh = Some(addr);
+        node
+    }
+
+    /// Starts relay `id` with `mesh` (its `[mesh]` tables, verbatim) at the end of the bench's
+    /// configuration. In `dir` when given, else fresh.
+    pub fn with_mesh(launch: &Launch, id: &str, mesh: String, dir: Option<TempDir>) -> Node {
+        let dir = dir.unwrap_or_else(temp_dir);
+        let ledger = dir.path().join("ledger.jsonl");
         let config = write_ours_config(dir.path(), &ledger, &OursConfig { mesh, ..OursConfig::default() });
         let relay = Relay::ours_with(launch, &config, ledger);
-        let mesh = relay.mesh_addr().unwrap_or_else(|| panic!("relay {id} logged no `mesh listening on`"));
-        Node { id: id.to_owned(), relay, mesh, dir }
+        Node { id: id.to_owned(), relay, mesh: None, dir }
+    }
+
+    /// Its peer listener.
+    fn mesh(&self) -> SocketAddr {
+        self.mesh.unwrap_or_else(|| panic!("relay {} has no peer listener", self.id))
     }
 
     /// Stops the relay (SIGTERM) and returns its directory, for a restart.
     fn stop(mut self, what: &str, notes: &mut Vec<String>) -> (TempDir, SocketAddr) {
+        let mesh = self.mesh();
         notes.extend(stop_and_check(&mut self.relay, what, None));
-        (self.dir, self.mesh)
+        (self.dir, mesh)
     }
 }
 
 /// The share of a core the rest of the machine used over a part of the scenario: the machine's
 /// busy time minus this process's and its reaped children's (every relay and driver a part starts
 /// is stopped and reaped before the part ends).
-struct Others {
+pub struct Others {
     t0: Instant,
     busy: f64,
     ours: f64,
 }
 
 impl Others {
-    fn start() -> Others {
+    pub fn start() -> Others {
         Others { t0: Instant::now(), busy: machine_busy_secs(), ours: family_cpu() }
     }
 
@@ -203,7 +219,7 @@ impl Others {
     }
 
     /// Prints the share since `start`.
-    fn report(&self, what: &str) {
+    pub fn report(&self, what: &str) {
         print_others(what, self.share());
     }
 }
@@ -246,19 +262,60 @@ fn health(relay: &Relay) -> Result<Health, String> {
     })
 }
 
+/// How the relays of a WebSocket federation link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Node i dials node i-1; the last also dials node 0.
+    Ring,
+    /// Every node dials every node before it: each pair linked once.
+    Full,
+}
+
+impl Topology {
+    /// Its name in settings and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::Ring => "ring",
+            Topology::Full => "full mesh",
+        }
+    }
+
+    /// The nodes node `i` of `n` dials (all before it).
+    fn dials(self, i: usize, n: usize) -> Vec<usize> {
+        match self {
+            Topology::Ring if i == 0 => Vec::new(),
+            Topology::Ring if i == n - 1 && n > 2 => vec![i - 1, 0],
+            Topology::Ring => vec![i - 1],
+            Topology::Full => (0..i).collect(),
+        }
+    }
+
+    /// Links up on every node once the federation stands.
+    fn links(self, n: usize) -> usize {
+        match self {
+            Topology::Ring if n > 2 => 2,
+            Topology::Ring => 1,
+            Topology::Full => n - 1,
+        }
+    }
+}
+
 /// Starts a ring of `n` (node i dials node i-1; the last also dials node 0) and waits until every
 /// link is up.
 fn ring(launch: &Launch, n: usize) -> Result<Vec<Node>, String> {
+    federation(launch, n, Topology::Ring)
+}
+
+/// Starts `n` relays linked as `topology` says and waits until every link is up.
+pub fn federation(launch: &Launch, n: usize, topology: Topology) -> Result<Vec<Node>, String> {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let mut nodes: Vec<Node> = Vec::with_capacity(n);
     for i in 0..n {
-        let mut peers: Vec<SocketAddr> = nodes.last().map(|p| p.mesh).into_iter().collect();
-        if i == n - 1 && n > 2 {
-            peers.push(nodes[0].mesh);
-        }
+        let peers: Vec<SocketAddr> = topology.dials(i, n).into_iter().map(|j| nodes[j].mesh()).collect();
         nodes.push(Node::start(launch, &format!("n{i:02}"), any, &peers, "", None));
     }
-    let want = if n > 2 { 2 } else { 1 };
+    let want = topology.links(n);
+    let what = topology.name();
     let deadline = Instant::now() + LINK_LIMIT;
     loop {
         let linked: Vec<usize> = nodes.iter().map(|node| health(&node.relay).map_or(0, |h| h.linked.len())).collect();
@@ -266,8 +323,8 @@ fn ring(launch: &Launch, n: usize) -> Result<Vec<Node>, String> {
             return Ok(nodes);
         }
         if Instant::now() > deadline {
-            stop_all(nodes, "ring", &mut Vec::new(), 0);
-            return Err(format!("ring of {n}: links not all up after {LINK_LIMIT:?}: {linked:?}"));
+            stop_all(nodes, what, &mut Vec::new(), 0);
+            return Err(format!("{what} of {n}: links not all up after {LINK_LIMIT:?}: {linked:?}"));
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -275,7 +332,7 @@ fn ring(launch: &Launch, n: usize) -> Result<Vec<Node>, String> {
 
 /// Sends SIGTERM to every relay at once (so no survivor keeps redialling one already gone),
 /// then stops and checks each; every ledger must hold at least `keys` records.
-fn stop_all(nodes: Vec<Node>, what: &str, notes: &mut Vec<String>, keys: u64) {
+pub fn stop_all(nodes: Vec<Node>, what: &str, notes: &mut Vec<String>, keys: u64) {
     for node in &nodes {
         node.relay.terminate();
     }
@@ -286,7 +343,7 @@ fn stop_all(nodes: Vec<Node>, what: &str, notes: &mut Vec<String>, keys: u64) {
 }
 
 /// Ops a relay has sent to each peer, from its `/healthz`.
-fn ops_out(relay: &Relay) -> Vec<(String, u64)> {
+pub fn ops_out(relay: &Relay) -> Vec<(String, u64)> {
     let v = relay.healthz().unwrap_or_default();
     v["mesh"]["peers"]
         .as_array()
@@ -301,7 +358,7 @@ fn ops_out(relay: &Relay) -> Vec<(String, u64)> {
 
 /// Polls every relay (one thread each) until each shows at least `keys` keys, then checks that
 /// their fingerprints are equal (polling on until they are). Returns when that was first seen.
-fn converged(relays: &[&Relay], keys: u64, deadline: Instant) -> Result<Instant, String> {
+pub fn converged(relays: &[&Relay], keys: u64, deadline: Instant) -> Result<Instant, String> {
     let seen: Vec<Option<(Instant, String)>> = thread::scope(|s| {
         let pollers: Vec<_> = relays
             .iter()
@@ -346,7 +403,7 @@ fn converged(relays: &[&Relay], keys: u64, deadline: Instant) -> Result<Instant,
 
 /// Writes `count` keys `{prefix}{i}`, keeping up to `window` un-echoed, reading (and skipping)
 /// every other frame. Returns the first send and the last own echo.
-fn write_keys(client: &mut Client, prefix: &str, count: u64, window: u64) -> Result<(Instant, Instant), String> {
+pub fn write_keys(client: &mut Client, prefix: &str, count: u64, window: u64) -> Result<(Instant, Instant), String> {
     let mut sent = 0;
     let mut acked = 0;
     let mut first = None;
@@ -516,7 +573,7 @@ fn catch_up(launch: &Launch, s: &Settings, notes: &mut Vec<String>) -> Result<Ca
     println!("  catch-up: B stopped, {} writes on A, B restarted on its ledger and mesh port", s.catchup);
     let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let b = Node::start(launch, "n1", any, &[], "", None);
-    let a = Node::start(launch, "n0", any, &[b.mesh], "redial_max_s = 0.5\n", None);
+    let a = Node::start(launch, "n0", any, &[b.mesh()], "redial_max_s = 0.5\n", None);
     let mut c = CatchUp { writes: s.catchup, ..CatchUp::default() };
     let result = (|| -> Result<Node, String> {
         let mut client = Client::connect(a.relay.addr, &a.relay.url())?;
@@ -591,7 +648,41 @@ fn spread(launch: &Launch, s: &Settings, notes: &mut Vec<String>) -> Result<Spre
     println!("  spread: ring of {n}, one client per relay writing {} keys, {} in flight", s.spread_writes, s.window);
     let nodes = ring(launch, n)?;
     let relays: Vec<&Relay> = nodes.iter().map(|n| &n.relay).collect();
-    let total = s.spread_writes * n as u64;
+    let load = Load { writes: s.spread_writes, window: s.window, wait: s.wait, held: 0, prefix: "s" };
+    let (out, errors) = spread_over(&relays, &load);
+    notes.extend(errors.into_iter().map(|e| format!("aether-actix spread: {e}")));
+    if out.rate.is_some() {
+        println!(
+            "    aether-actix: {} writes, {:.0} acked/s; all converged {}",
+            out.writes,
+            out.rate.unwrap_or(0.0),
+            out.converged.map_or("never".into(), |c| format!("{c:.2} s after the first send"))
+        );
+    }
+    stop_all(nodes, "spread", notes, if out.converged.is_some() { out.writes } else { 0 });
+    Ok(out)
+}
+
+/// What each writer of a spread run writes.
+pub struct Load<'a> {
+    /// Writes per relay.
+    pub writes: u64,
+    /// In flight per writer.
+    pub window: u64,
+    /// Longest wait for convergence, s.
+    pub wait: f64,
+    /// Keys every relay holds before the run (the run's keys are new).
+    pub held: u64,
+    /// Key prefix: writer i writes `{prefix}{i:02}:{j}`.
+    pub prefix: &'a str,
+}
+
+/// A writer on every relay of `relays` at once (connected first, then started together), each
+/// writing `load.writes` keys of its own with `load.window` in flight and reading every broadcast;
+/// then every relay polled until all hold every key with one fingerprint. The run and its errors.
+pub fn spread_over(relays: &[&Relay], load: &Load) -> (Spread, Vec<String>) {
+    let n = relays.len();
+    let total = load.writes * n as u64;
     let (start, done) = (Barrier::new(n), Barrier::new(n));
     let errors = Mutex::new(Vec::new());
     let times: Vec<Option<(Instant, Instant)>> = thread::scope(|sc| {
@@ -604,7 +695,7 @@ fn spread(launch: &Launch, s: &Settings, notes: &mut Vec<String>) -> Result<Spre
                     let mut client = Client::connect(relay.addr, &relay.url());
                     start.wait();
                     let result = match &mut client {
-                        Ok(c) => write_keys(c, &format!("s{i:02}:"), s.spread_writes, s.window),
+                        Ok(c) => write_keys(c, &format!("{}{i:02}:", load.prefix), load.writes, load.window),
                         Err(e) => Err(e.clone()),
                     };
                     done.wait(); // nobody closes while others still receive broadcasts
@@ -617,26 +708,18 @@ fn spread(launch: &Launch, s: &Settings, notes: &mut Vec<String>) -> Result<Spre
             .collect();
         writers.into_iter().map(|w| w.join().expect("writer")).collect()
     });
-    let errors = errors.into_inner().expect("errors");
+    let mut errors = errors.into_inner().expect("errors");
     let mut out = Spread { nodes: n, writes: total, ..Spread::default() };
     if errors.is_empty() {
         let first = times.iter().flatten().map(|t| t.0).min().expect("writers");
         let last = times.iter().flatten().map(|t| t.1).max().expect("writers");
         out.rate = Some(total as f64 / (last - first).as_secs_f64());
-        match converged(&relays, total, Instant::now() + Duration::from_secs_f64(s.wait)) {
+        match converged(relays, load.held + total, Instant::now() + Duration::from_secs_f64(load.wait)) {
             Ok(at) => out.converged = Some((at - first).as_secs_f64()),
-            Err(e) => notes.push(format!("aether-actix spread: {e}")),
+            Err(e) => errors.push(e),
         }
-        println!(
-            "    aether-actix: {total} writes, {:.0} acked/s; all converged {}",
-            out.rate.unwrap_or(0.0),
-            out.converged.map_or("never".into(), |c| format!("{c:.2} s after the first send"))
-        );
-    } else {
-        notes.extend(errors.into_iter().map(|e| format!("aether-actix spread: {e}")));
     }
-    stop_all(nodes, "spread", notes, if out.converged.is_some() { total } else { 0 });
-    Ok(out)
+    (out, errors)
 }
 
 /// Upstream's spread run, with its limits `raised` (as `relay.py`) or at their defaults.

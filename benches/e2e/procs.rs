@@ -1,5 +1,6 @@
 //! The relays under test, as child processes: ours (the release binary) and upstream's
-//! (`benches/upstream/relay.py` under the interpreter named by `AETHER_BENCH_UPSTREAM`).
+//! (`benches/upstream/relay.py` under the interpreter named by `AETHER_BENCH_UPSTREAM`); and the
+//! `nats-server` the `nats` scenario federates ours through.
 //!
 //! Both listen on `127.0.0.1:0` only; the bench learns the port from the relay's own output
 //! (ours logs `listening on http://ADDR`, the driver prints its `ws://` URL). Every process is
@@ -391,4 +392,118 @@ pub fn histogram(metrics: &str, name: &str) -> Option<(f64, f64)> {
             .and_then(|v| v.trim().parse::<f64>().ok())
     };
     Some((value("sum")?, value("count")?))
+}
+
+/// Debian's `nats-server` (or `AETHER_BENCH_NATS_SERVER`): on PATH, or where Debian puts it.
+pub fn nats_server_bin() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("AETHER_BENCH_NATS_SERVER").filter(|b| !b.is_empty()) {
+        return Some(PathBuf::from(bin));
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// A running `nats-server` with JetStream (file storage in a fresh temporary directory), on a
+/// free port of 127.0.0.1 (it picks one, `-p -1`, and logs it).
+pub struct NatsServer {
+    child: Child,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+fn nats_ready(line: &str) -> Option<String> {
+    line.split("Listening for client connections on ").nth(1).map(|rest| rest.trim().to_owned())
+}
+
+impl NatsServer {
+    /// Starts `bin -js -a 127.0.0.1 -p -1 -sd DIR` and waits until it listens.
+    pub fn start(bin: &Path) -> Result<NatsServer, String> {
+        let dir = temp_dir();
+        let mut child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        watch(child.stderr.take().expect("stderr is piped"), Arc::clone(&log), nats_ready, tx);
+        let addr = rx.recv_timeout(Duration::from_secs(20)).ok().and_then(|a| a.parse::<SocketAddr>().ok());
+        let Some(addr) = addr.filter(|a| matches!(a, SocketAddr::V4(v4) if v4.ip().is_loopback())) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            thread::sleep(Duration::from_millis(100));
+            return Err(format!(
+                "nats-server did not listen on 127.0.0.1; output:\n{}",
+                log.lock().expect("log lock").join("\n")
+            ));
+        };
+        Ok(NatsServer { child, addr, log, _dir: dir })
+    }
+
+    /// `nats://ADDR`.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// CPU seconds it has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(&self.child.id().to_string())
+    }
+
+    /// SIGTERM, then SIGKILL if still running after 10 s; notes on a bad or slow exit and on its
+    /// warnings and errors (`[WRN]`, `[ERR]`, `[FTL]`), grouped.
+    pub fn stop(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let started = Instant::now();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                thread::sleep(Duration::from_millis(20)); // let the log reader catch up
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        // nats-server shuts down the same on SIGTERM and SIGINT, but exits 1 on SIGTERM.
+        let graceful = self.log.lock().expect("log lock").iter().any(|l| l.contains("Server Exiting"));
+        match status {
+            Some(s) if s.success() || (s.code() == Some(1) && graceful) => {}
+            Some(s) => notes.push(format!("nats-server: exited with {s} after SIGTERM")),
+            None => notes.push("nats-server: still running 10 s after SIGTERM; killed".to_owned()),
+        }
+        let lines = self.log.lock().expect("log lock").clone();
+        // `[PID] DATE TIME [WRN] 127.0.0.1:PORT - cid:N - text` as `[WRN] text`, so that repeats group.
+        let notable = lines.iter().filter_map(|l| {
+            let at = ["[WRN]", "[ERR]", "[FTL]"].iter().find_map(|w| l.find(w))?;
+            let words =
+                l[at..].split(' ').filter(|w| !w.starts_with("127.0.0.1:") && !w.starts_with("cid:") && *w != "-");
+            Some(words.collect::<Vec<_>>().join(" "))
+        });
+        for (n, line) in crate::util::grouped(notable) {
+            notes.push(format!("nats-server: log, {n}x: {line:.200}"));
+        }
+        notes
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
