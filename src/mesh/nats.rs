@@ -279,6 +279,8 @@ pub struct NatsActor {
     resync: Arc<AtomicBool>,
     cursors: Cursors,
     heard: HashMap<String, Instant>,
+    /// Whether `stats` shows the connection up.
+    shown_up: bool,
 }
 
 /// The name the stream's ops are received under (the "peer" of every op from NATS).
@@ -316,6 +318,7 @@ impl NatsActor {
             max_queue: cfg.max_publish_queue,
             resync: Arc::new(AtomicBool::new(true)),
             heard: HashMap::new(),
+            shown_up: false,
         })
     }
 
@@ -342,10 +345,10 @@ impl Actor for NatsActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
+        self.timers(ctx);
         if self.publish.is_some() {
-            return; // restarted by its supervisor: the tasks and timers still run
+            return; // restarted by its supervisor: the background tasks still run
         }
-        let mut up = false;
         let (tx, rx) = mpsc::unbounded_channel();
         self.publish = Some(tx);
         let tasks = self.tasks();
@@ -368,11 +371,24 @@ impl Actor for NatsActor {
                 Err(err) => log::error!("nats: cannot subscribe to {subject}: {err}; cursors stay local"),
             }
         });
-        ctx.run_interval(HEARTBEAT, move |act, _| {
-            if act.conn.connected.load(Ordering::Relaxed) != up {
-                up = !up;
-                if up { act.stats.link_up(Arc::new(AtomicUsize::new(0))) } else { act.stats.link_down() }
-            }
+    }
+}
+
+impl NatsActor {
+    /// Shows the NATS connection in the peer counters (`/healthz`, `/metrics`) as it is now.
+    fn show_connection(&mut self) {
+        let up = self.conn.connected.load(Ordering::Relaxed);
+        if up != self.shown_up {
+            self.shown_up = up;
+            if up { self.stats.link_up(Arc::new(AtomicUsize::new(0))) } else { self.stats.link_down() }
+        }
+    }
+
+    /// Heartbeats, cursor refreshes and expiry (the context's timers, set again on a restart).
+    fn timers(&mut self, ctx: &mut Context<Self>) {
+        self.show_connection();
+        ctx.run_interval(HEARTBEAT, |act, _| {
+            act.show_connection();
             act.send_presence(wire::heartbeat(&act.shared.node_id));
             let lost: Vec<String> =
                 act.heard.iter().filter(|(_, at)| at.elapsed() > HEARTBEAT_LOST).map(|(o, _)| o.clone()).collect();
