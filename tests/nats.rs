@@ -202,9 +202,12 @@ fn a_new_relay_bootstraps_from_the_latest_snapshot_after_the_stream_was_trimmed(
     let small = "max_bytes = 262144\n";
     let a = relay("a", &servers, small);
     write_keys(&a, "old-", 5000);
-    let published = |s: &Server| s.log().matches("snapshot up to sequence").count();
-    let before = published(&a);
-    wait_within(CONVERGE, "a snapshot after the writes", || published(&a) > before);
+    // Wait for a snapshot of everything: a's position stops at the stream's end once it has
+    // applied its own writes back, and the next snapshot covers it.
+    wait_within(CONVERGE, "a snapshot of everything", || {
+        let applied = position(&a)["applied"].as_u64().unwrap_or(0);
+        applied > 0 && a.log().contains(&format!("snapshot up to sequence {applied} published"))
+    });
     let late = relay("late", &servers, small);
     wait_within(CONVERGE, "the snapshot loaded", || late.log().contains("loaded snapshot"));
     let snapshot = converged(&[&a, &late], 5000);
@@ -277,15 +280,15 @@ fn cursors_cross_relays_over_nats_and_leave_with_their_relay() {
     assert_eq!(seen, json!({"type": "presence", "id": on_a.id(), "color": on_a.hello["color"], "x": 3, "y": 4}));
     let id = on_a.id();
     drop(on_a);
-    assert_eq!(on_b.recv_until(|f| f["type"] == "presence-leave")["id"], id);
+    // (Other clients leaving, like the ones that read snapshots above, show up as leaves too.)
+    on_b.recv_until(|f| f["type"] == "presence-leave" && f["id"] == id);
     // A relay that vanishes: its cursors leave once its heartbeat stops (6 s).
     let mut on_a = a.client();
     on_a.send(json!({"type": "presence", "x": 5, "y": 6}));
     on_b.recv_until(|f| f["type"] == "presence" && f["id"] == on_a.id());
     let started = Instant::now();
     drop(a.kill9());
-    let leave = on_b.recv_until_within(Duration::from_secs(15), |f| f["type"] == "presence-leave");
-    assert_eq!(leave["id"], on_a.id());
+    on_b.recv_until_within(Duration::from_secs(15), |f| f["type"] == "presence-leave" && f["id"] == on_a.id());
     assert!(started.elapsed() < Duration::from_secs(12), "left after {:?}", started.elapsed());
 }
 

@@ -271,6 +271,7 @@ pub struct NatsActor {
     conn: Arc<Connection>,
     position_path: PathBuf,
     position: Arc<Mutex<Position>>,
+    file: Arc<Mutex<()>>,
     snapshot_interval: Duration,
     stats: Arc<PeerStats>,
     publish: Option<mpsc::UnboundedSender<Vec<Op>>>,
@@ -311,6 +312,7 @@ impl NatsActor {
             conn: Arc::new(conn),
             position_path,
             position: Arc::new(Mutex::new(position)),
+            file: Arc::default(),
             snapshot_interval: Duration::from_secs_f64(cfg.snapshot_interval_s),
             stats,
             publish: None,
@@ -327,6 +329,7 @@ impl NatsActor {
             shared: Arc::clone(&self.shared),
             conn: Arc::clone(&self.conn),
             position: Arc::clone(&self.position),
+            file: Arc::clone(&self.file),
             path: self.position_path.clone(),
             stats: Arc::clone(&self.stats),
         }
@@ -497,16 +500,26 @@ struct Tasks {
     shared: Arc<Shared>,
     conn: Arc<Connection>,
     position: Arc<Mutex<Position>>,
+    /// Held while the position file is written.
+    file: Arc<Mutex<()>>,
     path: PathBuf,
     stats: Arc<PeerStats>,
 }
 
 impl Tasks {
-    /// Updates the position and writes it durably.
-    fn save(&self, update: impl FnOnce(&mut Position)) {
-        let mut position = self.position.lock().unwrap_or_else(PoisonError::into_inner);
-        update(&mut position);
-        if let Err(err) = position.save(&self.path) {
+    /// Updates the position and writes it durably, on the blocking pool (file I/O never runs on
+    /// the arbiter). Writes are serialized and each writes the newest position, so a slow write
+    /// can never overwrite a newer one.
+    async fn save(&self, update: impl FnOnce(&mut Position)) {
+        update(&mut self.position.lock().unwrap_or_else(PoisonError::into_inner));
+        let (position, path, file) = (Arc::clone(&self.position), self.path.clone(), Arc::clone(&self.file));
+        let written = actix_web::rt::task::spawn_blocking(move || {
+            let _serial = file.lock().unwrap_or_else(PoisonError::into_inner);
+            let newest = position.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            newest.save(&path)
+        })
+        .await;
+        if let Ok(Err(err)) | Err(err) = written.map_err(std::io::Error::other) {
             log::error!("nats: cannot write {}: {err} (a restart would re-read a little more)", self.path.display());
         }
     }
@@ -565,7 +578,7 @@ impl Tasks {
                         Ok(first) => first,
                         Err(_) => {
                             // Quiet: make the cursor durable now.
-                            self.save(|_| {});
+                            self.save(|_| {}).await;
                             (last_save, unsaved) = (Instant::now(), false);
                             continue;
                         }
@@ -601,7 +614,7 @@ impl Tasks {
                     advance(&mut self.position.lock().unwrap_or_else(PoisonError::into_inner));
                     unsaved = true;
                     if last_save.elapsed() >= CHECKPOINT {
-                        self.save(|_| {});
+                        self.save(|_| {}).await;
                         (last_save, unsaved) = (Instant::now(), false);
                     }
                 }
@@ -710,7 +723,7 @@ impl Tasks {
     /// Everything handed to the state up to `seq` is durable: record it.
     async fn checkpoint(&self, seq: u64) -> Result<(), String> {
         self.shared.state.send(Barrier).await.map_err(|_| "state unavailable")?;
-        self.save(|p| p.applied = p.applied.max(seq));
+        self.save(|p| p.applied = p.applied.max(seq)).await;
         Ok(())
     }
 
@@ -725,13 +738,20 @@ impl Tasks {
                 newest = Some((covered, info.name));
             }
         }
-        let Some((covered, name)) = newest.filter(|(c, _)| c + 1 >= first) else {
+        let Some((covered, name)) = newest else {
             log::error!(
-                "nats: the stream starts at sequence {first}, past what this relay applied, and no snapshot reaches it: \
+                "nats: the stream starts at sequence {first}, past what this relay applied, and there is no snapshot: \
                  state before it is missing here (raise the stream's retention, or keep a relay publishing snapshots)"
             );
             return Ok(first - 1);
         };
+        if covered + 1 < first {
+            // Still the most this relay can get: the snapshot, then the stream from its start.
+            log::error!(
+                "nats: the newest snapshot covers sequences up to {covered} but the stream starts at {first}: \
+                 ops in between are missing here (raise the stream's retention or snapshot more often)"
+            );
+        }
         let mut object = self.conn.store.get(&name).await.map_err(|e| format!("snapshot {name}: {e}"))?;
         let mut bytes = Vec::new();
         object.read_to_end(&mut bytes).await.map_err(|e| format!("snapshot {name}: {e}"))?;
@@ -746,9 +766,10 @@ impl Tasks {
             }
         }
         self.shared.ingest(peer, values, false, &self.stats, &mut refused).await?;
-        self.checkpoint(covered).await?;
+        let resume = covered.max(first - 1);
+        self.checkpoint(resume).await?;
         log::info!("nats: loaded snapshot {name} covering sequences up to {covered}");
-        Ok(covered)
+        Ok(resume)
     }
 
     /// Publishes a snapshot every `interval` while the applied sequence moves.
