@@ -28,13 +28,15 @@
 //!   resume; `state::compaction`: online compaction riding on appends; `state::remote`: peers' ops,
 //!   digests and cursors).
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
-//! - [`mesh`]: federation. `MeshActor` owns the peer links, forwards durable ops, dials with
-//!   backoff, relays cursors; `mesh::link` runs one link (handshake with challenge-response auth,
-//!   flow-controlled reading, anti-entropy, paced writing); `mesh::wire` is the peer protocol
-//!   (upstream's `hello`/`op` plus ours), `mesh::transport` the sockets (actix-ws in, awc out),
-//!   `mesh::presence` cursors across relays. `mesh::nats` is the other transport: a NATS
-//!   JetStream stream instead of peer links, behind the same seam (`state::StateEvent` out,
-//!   checked `RemoteOps` in).
+//! - [`mesh`]: federation. `MeshActor` owns the peer links, forwards durable ops and relays
+//!   cursors; `mesh::dial` redials `peers` with backoff, `mesh::listener` accepts peers,
+//!   `mesh::handshake` authenticates them (challenge-response), `mesh::link` runs one link
+//!   (flow-controlled reading, anti-entropy, paced writing), `mesh::shared` is the one checked path
+//!   by which peer ops reach the state; `mesh::wire` is the peer protocol (upstream's `hello`/`op`
+//!   plus ours), `mesh::transport` the sockets (actix-ws in, awc out), `mesh::presence` cursors
+//!   across relays. `mesh::nats` is the other transport: a NATS JetStream stream instead of peer
+//!   links (connection, position file, publisher/consumer/snapshot tasks), behind the same seam
+//!   (`state::StateEvent` out, checked `RemoteOps` in).
 //! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
 //! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`).

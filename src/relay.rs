@@ -15,7 +15,7 @@ use crate::{
     ledger::{self, Ledger, LedgerActor, LedgerError},
     limits::ConnectionCounter,
     lww::LwwMap,
-    mesh::{self, MeshActor, MeshSettings, MeshShutdown, link::Shared, nats},
+    mesh::{self, MeshActor, MeshSettings, MeshShutdown, nats, shared::Shared},
     metrics::Metrics,
     proxy::TrustedProxies,
     session::Deps,
@@ -133,7 +133,7 @@ impl Relay {
                 state: state.clone(),
                 admission: Arc::clone(&admission),
                 metrics: Arc::clone(&metrics),
-                seen: std::sync::Mutex::new(mesh::link::SeenCache::new(limits.max_seen_stamps)),
+                seen: std::sync::Mutex::new(mesh::shared::SeenCache::new(limits.max_seen_stamps)),
             });
             let arbiter = Arbiter::new().handle();
             let actor_shared = Arc::clone(&shared);

@@ -1,4 +1,5 @@
-//! One peer link: the handshake (either role), then reading and writing at the same time.
+//! One peer link, once its handshake ([`super::handshake`]) is done: reading and writing at the
+//! same time.
 //!
 //! Reading decodes and checks every op, drops what the seen-stamp cache already passed, takes an
 //! admission slot per op (when the relay is saturated, reading pauses and TCP pushes back on the
@@ -9,36 +10,29 @@
 //! with anti-entropy answers), paced for upstream peers so their rate limit never trips, and
 //! pings; a peer silent for [`PEER_TIMEOUT`] is dropped and redialled.
 
-use std::{
-    collections::{HashSet, VecDeque},
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use actix::Addr;
 use actix_web::web::Bytes;
 use bytestring::ByteString;
 use serde_json::Value;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
-    time::{Instant, sleep, sleep_until, timeout},
+    sync::mpsc,
+    time::{Instant, sleep, sleep_until},
 };
 
 use super::{
     Connected, Disconnected, MeshActor, PeerCursor, Refusal,
-    auth::{self, Role, Transcript},
+    handshake::Peer,
+    shared::Shared,
     stats::PeerStats,
     transport::{Gone, Incoming, Reader, Writer},
-    wire::{self, Caps, Hello, PeerFrame},
+    wire::{self, PeerFrame},
 };
 use crate::{
-    config::Limits,
-    hlc::wall_clock_ns,
     limits::TokenBucket,
-    lww::Op,
-    metrics::Metrics,
     outbox::{Outbound, Outbox, OutboxReceiver, PushError, outbox},
-    state::{DigestRequest, NodeId, RegistersIn, RemoteOps, StateActor},
+    state::{DigestRequest, RegistersIn},
 };
 
 /// Interval between pings on a link.
@@ -48,209 +42,6 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Upstream's per-peer rate limit (`SecurityLimits.messages_burst`, `messages_per_second`).
 const UPSTREAM_BURST: u32 = 200;
 const UPSTREAM_PER_SECOND: f64 = 100.0;
-/// Our peer protocol version (in `hello`).
-const VERSION: u32 = 1;
-
-/// What every link shares.
-pub struct Shared {
-    /// Our node id.
-    pub node_id: NodeId,
-    /// Random id of this process.
-    pub instance: String,
-    /// The mesh token, if peers must authenticate.
-    pub token: Option<String>,
-    /// Upstream's token-in-hello accepted and used.
-    pub token_in_hello: bool,
-    /// Refuse ops stamped further ahead than this.
-    pub max_drift_ns: u64,
-    /// Anti-entropy rounds on quiet links, besides the one on connect.
-    pub anti_entropy: Option<Duration>,
-    /// Time for the peer's `hello` (and `auth`).
-    pub handshake_timeout: Duration,
-    /// Bytes queued for a peer before its link counts as stuck.
-    pub max_queue_bytes: usize,
-    /// Key and value limits, and upstream's rate (for pacing).
-    pub limits: Arc<Limits>,
-    /// The state.
-    pub state: Addr<StateActor>,
-    /// Admission slots shared with browser writes.
-    pub admission: Arc<Semaphore>,
-    /// Counters (the mesh's are `metrics.mesh`).
-    pub metrics: Arc<Metrics>,
-    /// Ops already passed on (by stamp and key), so gossip arriving by several paths costs once.
-    pub seen: Mutex<SeenCache>,
-}
-
-/// A peer that completed the handshake.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// Its node id.
-    pub node: NodeId,
-    /// Its process id (ours only).
-    pub instance: Option<String>,
-    /// One of ours (speaks digests, batches, presence) or upstream's.
-    pub ours: bool,
-}
-
-/// Why a handshake failed: the close to send, and what to log.
-#[derive(Debug)]
-pub struct HandshakeError {
-    /// Close code, if a close frame is worth sending.
-    pub close: Option<(u16, &'static str)>,
-    /// For the log.
-    pub why: String,
-}
-
-fn fail(close: Option<(u16, &'static str)>, why: impl Into<String>) -> HandshakeError {
-    HandshakeError { close, why: why.into() }
-}
-
-const AUTH_FAILED: Option<(u16, &str)> = Some((1008, "auth failed"));
-
-async fn recv_text(reader: &mut Reader, writer: &mut Writer, wait: Duration) -> Result<String, HandshakeError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        match timeout(deadline.saturating_duration_since(Instant::now()), reader.recv()).await {
-            Err(_) => return Err(fail(None, "no handshake in time")),
-            Ok(Incoming::Text(text)) => return Ok(text),
-            Ok(Incoming::Ping(bytes)) => writer.pong(bytes).await.map_err(|_| fail(None, "socket closed"))?,
-            Ok(Incoming::Alive) => {}
-            Ok(Incoming::Closed(code)) => return Err(fail(None, format!("closed during handshake ({code:?})"))),
-        }
-    }
-}
-
-async fn recv_hello(reader: &mut Reader, writer: &mut Writer, wait: Duration) -> Result<Hello, HandshakeError> {
-    let text = recv_text(reader, writer, wait).await?;
-    match wire::parse(&text) {
-        Some(PeerFrame::Hello(hello)) if !hello.node_id.is_empty() && hello.node_id.len() <= 128 => Ok(hello),
-        _ => Err(fail(Some((1002, "bad handshake")), "first frame is not a valid hello")),
-    }
-}
-
-async fn send(writer: &mut Writer, frame: ByteString) -> Result<(), HandshakeError> {
-    writer.text(frame).await.map_err(|_| fail(None, "socket closed"))?;
-    writer.flush().await.map_err(|_| fail(None, "socket closed"))
-}
-
-impl Shared {
-    fn caps(&self, nonce: &str, proof: Option<String>) -> Caps {
-        Caps { v: VERSION, instance: self.instance.clone(), nonce: nonce.to_owned(), proof }
-    }
-
-    /// The listener's side of the handshake.
-    ///
-    /// # Errors
-    /// [`HandshakeError`] with the close to send.
-    pub async fn accept(&self, reader: &mut Reader, writer: &mut Writer) -> Result<Peer, HandshakeError> {
-        let hello = recv_hello(reader, writer, self.handshake_timeout).await?;
-        let node: NodeId = hello.node_id.as_str().into();
-        let Some(theirs) = hello.aether else {
-            // An upstream MeshNode: it can only authenticate with the token itself.
-            if let Some(token) = &self.token {
-                if !self.token_in_hello {
-                    return Err(fail(
-                        AUTH_FAILED,
-                        format!("{node} speaks upstream's protocol; accepting its token needs [mesh] token_in_hello"),
-                    ));
-                }
-                if !hello.auth_token.as_deref().is_some_and(|t| auth::same_token(token, t)) {
-                    return Err(fail(AUTH_FAILED, format!("{node} sent a wrong or no token")));
-                }
-            }
-            // It proved it holds the token, so ours may go back (its dialler checks it).
-            send(writer, wire::hello(&self.node_id, None, self.token.as_deref())).await?;
-            return Ok(Peer { node, instance: None, ours: false });
-        };
-        let nonce = auth::nonce();
-        let t = Transcript {
-            dialler_nonce: &theirs.nonce,
-            listener_nonce: &nonce,
-            dialler: &hello.node_id,
-            listener: &self.node_id,
-        };
-        let proof = self.token.as_ref().map(|token| auth::proof(token, Role::Listener, &t));
-        send(writer, wire::hello(&self.node_id, Some(&self.caps(&nonce, proof)), None)).await?;
-        if let Some(token) = &self.token {
-            let text = recv_text(reader, writer, self.handshake_timeout).await?;
-            let ok = match wire::parse(&text) {
-                Some(PeerFrame::Auth { proof }) => auth::verify(token, Role::Dialler, &t, &proof),
-                _ => false,
-            };
-            if !ok {
-                return Err(fail(AUTH_FAILED, format!("{node} did not prove it holds the mesh token")));
-            }
-        }
-        Ok(Peer { node, instance: Some(theirs.instance), ours: true })
-    }
-
-    /// The dialler's side of the handshake.
-    ///
-    /// # Errors
-    /// [`HandshakeError`] with the close to send.
-    pub async fn dial(&self, reader: &mut Reader, writer: &mut Writer) -> Result<Peer, HandshakeError> {
-        let nonce = auth::nonce();
-        let token_in_hello = self.token.as_deref().filter(|_| self.token_in_hello);
-        send(writer, wire::hello(&self.node_id, Some(&self.caps(&nonce, None)), token_in_hello)).await?;
-        let hello = recv_hello(reader, writer, self.handshake_timeout).await?;
-        let node: NodeId = hello.node_id.as_str().into();
-        let Some(theirs) = hello.aether else {
-            if let Some(token) = &self.token {
-                // Upstream's mutual check: its reply must carry the same token.
-                if !(self.token_in_hello && hello.auth_token.as_deref().is_some_and(|t| auth::same_token(token, t))) {
-                    return Err(fail(
-                        AUTH_FAILED,
-                        format!("{node} (upstream protocol) did not present the mesh token"),
-                    ));
-                }
-            }
-            return Ok(Peer { node, instance: None, ours: false });
-        };
-        if let Some(token) = &self.token {
-            let t = Transcript {
-                dialler_nonce: &nonce,
-                listener_nonce: &theirs.nonce,
-                dialler: &self.node_id,
-                listener: &hello.node_id,
-            };
-            if !theirs.proof.as_deref().is_some_and(|p| auth::verify(token, Role::Listener, &t, p)) {
-                return Err(fail(AUTH_FAILED, format!("{node} did not prove it holds the mesh token")));
-            }
-            send(writer, wire::auth(&auth::proof(token, Role::Dialler, &t))).await?;
-        }
-        Ok(Peer { node, instance: Some(theirs.instance), ours: true })
-    }
-}
-
-/// Ops already seen, by (stamp, key), first in first out.
-#[derive(Debug)]
-pub struct SeenCache {
-    set: HashSet<u64>,
-    order: VecDeque<u64>,
-    capacity: usize,
-}
-
-impl SeenCache {
-    /// A cache of at most `capacity` entries (`[limits] max_seen_stamps`).
-    pub fn new(capacity: usize) -> Self {
-        Self { set: HashSet::new(), order: VecDeque::new(), capacity }
-    }
-
-    /// Records `op`; false if it was there already.
-    pub fn insert(&mut self, op: &Op) -> bool {
-        let id = crate::digest::register_hash(&op.key, &op.stamp, false, &Value::Null);
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.capacity
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
-    }
-}
 
 /// Writer commands that jump the queue.
 #[derive(Debug)]
@@ -449,69 +240,6 @@ impl Link {
     async fn ingest(&mut self, values: Vec<Value>, gossip: bool, last_op: &mut Instant) -> Result<(), String> {
         *last_op = Instant::now();
         self.shared.ingest(&self.peer.node, values, gossip, &self.stats, &mut self.refused).await
-    }
-}
-
-impl Shared {
-    /// Counts and (sparingly) logs an op refused from `peer`; `refused` is that peer's count.
-    pub fn refuse(&self, peer: &str, reason: wire::Refused, refused: &mut u64) {
-        self.metrics.mesh.refused(reason);
-        *refused += 1;
-        if refused.is_power_of_two() {
-            log::warn!("mesh: refused {refused} op(s) from {peer} so far; latest: {}", reason.as_str());
-        }
-    }
-
-    /// Checks ops from `peer` and hands them to the state with an admission slot each. `gossip`
-    /// ops pass the seen-stamp cache; anti-entropy and snapshot ops do not (they repair what gossip
-    /// missed).
-    ///
-    /// # Errors
-    /// When admission is closed (shutting down).
-    pub async fn ingest(
-        &self,
-        peer: &NodeId,
-        values: Vec<Value>,
-        gossip: bool,
-        stats: &PeerStats,
-        refused: &mut u64,
-    ) -> Result<(), String> {
-        let now = wall_clock_ns();
-        let mut batch = Vec::with_capacity(values.len());
-        let mut newest = 0;
-        for value in values {
-            let op = match wire::decode_op(value, &self.limits, now, self.max_drift_ns) {
-                Ok(op) => op,
-                Err(reason) => {
-                    self.refuse(peer, reason, refused);
-                    continue;
-                }
-            };
-            if gossip && !self.seen.lock().unwrap_or_else(PoisonError::into_inner).insert(&op) {
-                self.metrics.mesh.duplicate();
-                continue;
-            }
-            newest = newest.max(op.stamp.p);
-            let permit = match Arc::clone(&self.admission).try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    // Saturated: hand over what we hold (never sit on slots while waiting for
-                    // more), then wait; meanwhile this peer is not read.
-                    self.hand_over(peer, std::mem::take(&mut batch), stats, 0);
-                    Arc::clone(&self.admission).acquire_owned().await.map_err(|_| "admission closed")?
-                }
-            };
-            batch.push((op, permit));
-        }
-        self.hand_over(peer, batch, stats, now.saturating_sub(newest));
-        Ok(())
-    }
-
-    fn hand_over(&self, peer: &NodeId, ops: Vec<(Op, OwnedSemaphorePermit)>, stats: &PeerStats, lag_ns: u64) {
-        if !ops.is_empty() {
-            stats.received(ops.len(), lag_ns);
-            self.state.do_send(RemoteOps { peer: Arc::clone(peer), ops });
-        }
     }
 }
 

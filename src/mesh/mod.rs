@@ -13,44 +13,37 @@
 //!   and jitter; simultaneous mutual dials settle on the link dialled by the smaller node id; a
 //!   second process claiming a linked node id (or ours) is refused loudly.
 //!
-//! Layers: [`wire`] (frames), [`auth`] (challenge-response), [`transport`] (sockets), [`link`] (one
-//! link: handshake, reading with flow control, paced writing), [`presence`] (cursors), [`stats`]
-//! (counters); this module owns the set of links, forwarding, dialling and presence across nodes.
+//! Layers: [`wire`] (frames), [`auth`] (challenge-response), [`handshake`], [`transport`]
+//! (sockets), [`link`] (one link: reading with flow control, paced writing), [`shared`] (the checked
+//! path of peer ops into the state), [`presence`] (cursors), [`stats`] (counters), `dial` and
+//! `listener`; this module owns the set of links, forwarding and presence across nodes.
 //!
 //! The seam with the state is transport-neutral: the state sends [`StateEvent`]s (durable ops,
 //! local cursors) and takes checked ops as `RemoteOps`. [`nats`] is the second transport behind
 //! that seam: a NATS JetStream stream instead of peer links (`[mesh] transport = "nats"`).
 
 pub mod auth;
+mod dial;
+pub mod handshake;
 pub mod link;
+mod listener;
 pub mod nats;
 pub mod presence;
+pub mod shared;
 pub mod stats;
 pub mod transport;
 pub mod wire;
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, TcpListener},
-    rc::Rc,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+pub use listener::serve;
+
+use std::{collections::HashMap, rc::Rc, sync::Arc, time::Duration};
 
 use actix::prelude::*;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use openssl::ssl::{SslAcceptorBuilder, SslConnector};
+use openssl::ssl::SslConnector;
 use tokio::sync::{Notify, mpsc};
-use uuid::Uuid;
 
-use self::{
-    link::{Control, Ended, Shared},
-    presence::Cursors,
-    transport::Dialer,
-    wire::RemoteCursor,
-};
+use self::{link::Control, presence::Cursors, shared::Shared, transport::Dialer, wire::RemoteCursor};
 use crate::{
-    limits::ConnectionCounter,
     lww::Op,
     outbox::{Outbound, Outbox, PushError},
     state::{NodeId, RemoteLeave, RemotePresence, StateEvent},
@@ -181,7 +174,7 @@ impl MeshActor {
         let dialer =
             Rc::new(Dialer::new(self.settings.tls.clone(), self.shared.handshake_timeout.max(Duration::from_secs(5))));
         for url in self.settings.peers.clone() {
-            let task = dial_forever(
+            let task = dial::dial_forever(
                 Arc::clone(&self.shared),
                 Arc::clone(&self.settings),
                 ctx.address(),
@@ -401,7 +394,7 @@ impl Handler<MeshShutdown> for MeshActor {
 /// Is the mesh shutting down? (Diallers stop.)
 #[derive(Message)]
 #[rtype(result = "bool")]
-struct Stopping;
+pub(super) struct Stopping;
 
 impl Handler<Stopping> for MeshActor {
     type Result = bool;
@@ -409,148 +402,4 @@ impl Handler<Stopping> for MeshActor {
     fn handle(&mut self, _: Stopping, _: &mut Context<Self>) -> bool {
         self.stopping
     }
-}
-
-/// Dials `url` for as long as the relay runs: connect, handshake, run the link; after it ends,
-/// wait (exponential backoff with jitter, reset by every link that came up) and dial again.
-async fn dial_forever(
-    shared: Arc<Shared>,
-    settings: Arc<MeshSettings>,
-    mesh: Addr<MeshActor>,
-    dialer: Rc<Dialer>,
-    url: String,
-    link_down: Arc<Notify>,
-) {
-    let mut delay = settings.redial_min;
-    let mut failures: u64 = 0;
-    for attempt in 0u64.. {
-        if mesh.send(Stopping).await.unwrap_or(true) {
-            return;
-        }
-        if attempt > 0 {
-            shared.metrics.mesh.redial(&url);
-        }
-        let down = link_down.notified();
-        tokio::pin!(down);
-        down.as_mut().enable();
-        let began = Instant::now();
-        let outcome = match dialer.connect(&url).await {
-            Err(err) => Err(err),
-            Ok((mut reader, mut writer)) => match shared.dial(&mut reader, &mut writer).await {
-                Err(err) => {
-                    if let Some((code, reason)) = err.close {
-                        writer.close(code, reason).await;
-                    }
-                    Err(err.why)
-                }
-                Ok(peer) => {
-                    Ok(link::run(Arc::clone(&shared), mesh.clone(), peer, reader, writer, true, url.clone()).await)
-                }
-            },
-        };
-        match outcome {
-            // A link that lasted resets the backoff; one closed at once (refused by the peer)
-            // counts as a failure, so a peer that keeps refusing is not hammered.
-            Ok(Ended::Ran(_)) if began.elapsed() >= STABLE_LINK => {
-                delay = settings.redial_min;
-                failures = 0;
-            }
-            Ok(Ended::Refused(r)) if r == SELF_DIAL => {
-                log::warn!("mesh: {url} leads back to this relay; not dialling it again");
-                return;
-            }
-            Ok(Ended::Refused(r)) if r == ALREADY_LINKED => {
-                // Linked by another way already: wait for some link to drop, then check again.
-                tokio::select! {
-                    () = &mut down => {}
-                    () = tokio::time::sleep(settings.redial_max) => {}
-                }
-                continue;
-            }
-            Ok(Ended::Refused(_) | Ended::Ran(_)) | Err(_) => {
-                failures += 1;
-                if let Err(why) = &outcome
-                    && failures.is_power_of_two()
-                {
-                    log::warn!("mesh: cannot link to {url} ({failures} attempts): {why}");
-                }
-                delay = (delay * 2).min(settings.redial_max);
-            }
-        }
-        tokio::time::sleep(jitter(delay)).await;
-    }
-}
-
-/// `delay` scaled by a random factor in [0.5, 1], so peers that lost a link together do not
-/// redial in lockstep.
-fn jitter(delay: Duration) -> Duration {
-    let random = (Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
-    delay.mul_f64(0.5 + random / 2.0)
-}
-
-/// What the peer listener's handler needs.
-#[derive(Clone)]
-struct Listener {
-    shared: Arc<Shared>,
-    mesh: Addr<MeshActor>,
-    slots: ConnectionCounter,
-}
-
-/// Serves the peer listener on `listener` (TLS when `tls` is given), until the returned server
-/// is stopped.
-///
-/// # Errors
-/// When the listener cannot be served.
-pub fn serve(
-    listener: TcpListener,
-    tls: Option<SslAcceptorBuilder>,
-    shared: Arc<Shared>,
-    mesh: Addr<MeshActor>,
-    max_peers: usize,
-) -> std::io::Result<actix_web::dev::Server> {
-    let data = Listener { shared, mesh, slots: ConnectionCounter::new(max_peers, max_peers) };
-    let server =
-        HttpServer::new(move || App::new().app_data(web::Data::new(data.clone())).default_service(web::to(accept)))
-            .disable_signals()
-            .workers(1)
-            .tcp_nodelay(true)
-            .shutdown_timeout(2);
-    let server = match tls {
-        Some(acceptor) => server.listen_openssl(listener, acceptor)?,
-        None => server.listen(listener)?,
-    };
-    Ok(server.run())
-}
-
-async fn accept(
-    req: HttpRequest,
-    body: web::Payload,
-    listener: web::Data<Listener>,
-) -> actix_web::Result<HttpResponse> {
-    let addr = req.peer_addr();
-    let source = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    let remote = addr.map_or_else(|| "?".to_owned(), |a| a.to_string());
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let listener = listener.into_inner();
-    actix_web::rt::spawn(async move {
-        let (mut reader, mut writer) = transport::accepted(session, stream);
-        let Some(_slot) = listener.slots.acquire(source) else {
-            log::warn!("mesh: peer connection from {remote} refused: [mesh] max_peers reached");
-            writer.close(1013, "server busy").await;
-            return;
-        };
-        match listener.shared.accept(&mut reader, &mut writer).await {
-            Ok(peer) => {
-                link::run(Arc::clone(&listener.shared), listener.mesh.clone(), peer, reader, writer, false, remote)
-                    .await;
-            }
-            Err(err) => {
-                log::warn!("mesh: peer connection from {remote} refused: {}", err.why);
-                if let Some((code, reason)) = err.close {
-                    writer.close(code, reason).await;
-                }
-            }
-        }
-    });
-    Ok(response)
 }
