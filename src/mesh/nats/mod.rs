@@ -14,7 +14,7 @@
 //!   so nothing accepted is ever lost to an outage or a crash (republishing twice is harmless).
 //! - **Consuming.** Each relay reads the whole stream with a durable consumer of its own, starting
 //!   after the last stream sequence it applied. That sequence is kept beside the ledger
-//!   (`<ledger>.nats.json`, written atomically) and advanced only after a [`Barrier`] says every op
+//!   (`<ledger>.nats.json`, written atomically) and advanced only after a [`Barrier`](crate::state::Barrier) says every op
 //!   up to it is durable here, so a relay killed at any point resumes where its ledger stands.
 //! - **Bootstrap.** Relays publish compacted snapshots (every register, as ledger records) to an
 //!   object store bucket, with the stream sequence they cover. A relay whose next sequence is no
