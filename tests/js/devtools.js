@@ -1,6 +1,7 @@
 'use strict';
 // Shared by the browser tests that drive Chromium over the DevTools protocol: the protocol client,
-// launching and killing headless Chromium, and starting and stopping the real relay.
+// opening a page in its own browser context, launching and killing headless Chromium, and starting
+// and stopping the real relay.
 
 const fs = require('node:fs');
 const path = require('node:path');
@@ -58,6 +59,32 @@ class CDP {
   close() {
     this.ws.close();
   }
+}
+
+/**
+ * Opens a blank page in a new browser context (its own storage, caches, service workers and
+ * BroadcastChannel, so two pages only meet through the relay), attached as a flat session on `cdp`,
+ * with a `width`x`height` viewport and focus emulation (each page acts as the focused one although
+ * several share the browser, so focus and blur behave: the kanban demo saves a card on blur).
+ * Resolves {sessionId, browserContextId, targetId, errors}: `errors` is a live array of the page's
+ * uncaught exceptions and console.error lines, listened for before Runtime.enable so nothing the
+ * page reports early is missed.
+ */
+async function openPage(cdp, { width = 1280, height = 800 } = {}) {
+  const { browserContextId } = await cdp.send('Target.createBrowserContext', { disposeOnDetach: true });
+  const { targetId } = await cdp.send('Target.createTarget', { url: 'about:blank', browserContextId });
+  const { sessionId } = await cdp.send('Target.attachToTarget', { targetId, flatten: true });
+  const errors = [];
+  cdp.listeners.push((msg) => {
+    if (msg.sessionId !== sessionId) return;
+    if (msg.method === 'Runtime.exceptionThrown') errors.push(msg.params.exceptionDetails.exception?.description || msg.params.exceptionDetails.text);
+    if (msg.method === 'Runtime.consoleAPICalled' && msg.params.type === 'error') errors.push(msg.params.args.map((a) => a.value ?? a.description).join(' '));
+  });
+  await cdp.send('Runtime.enable', {}, sessionId);
+  await cdp.send('Page.enable', {}, sessionId);
+  await cdp.send('Emulation.setDeviceMetricsOverride', { width, height, deviceScaleFactor: 1, mobile: false }, sessionId);
+  await cdp.send('Emulation.setFocusEmulationEnabled', { enabled: true }, sessionId);
+  return { sessionId, browserContextId, targetId, errors };
 }
 
 /**
@@ -125,4 +152,4 @@ function closeChromium(chromium) {
   killChromium(chromium.proc);
 }
 
-module.exports = { CDP, startRelay, stopRelay, launchChromium, killChromium, closeChromium };
+module.exports = { CDP, openPage, startRelay, stopRelay, launchChromium, killChromium, closeChromium };

@@ -13,7 +13,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { test, aetherBin, browserSkip, untilAsync } = require('./helpers');
-const { startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
+const { openPage, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
 
 const BIN = aetherBin();
 const STATIC = path.join(__dirname, '..', '..', 'static');
@@ -21,24 +21,12 @@ const skip = browserSkip(BIN);
 
 /** One page in its own browser context, over the shared DevTools connection. */
 class Page {
-  constructor(cdp, name, browserContextId, targetId, sessionId) {
-    Object.assign(this, { cdp, name, browserContextId, targetId, session: sessionId, errors: [], closed: false });
-    cdp.listeners.push((msg) => {
-      if (msg.sessionId !== sessionId) return;
-      if (msg.method === 'Runtime.exceptionThrown') this.errors.push(msg.params.exceptionDetails.exception?.description || msg.params.exceptionDetails.text);
-      if (msg.method === 'Runtime.consoleAPICalled' && msg.params.type === 'error') this.errors.push(msg.params.args.map((a) => a.value ?? a.description).join(' '));
-    });
+  constructor(cdp, name, { browserContextId, targetId, sessionId, errors }) {
+    Object.assign(this, { cdp, name, browserContextId, targetId, session: sessionId, errors, closed: false });
   }
   static async open(cdp, url, name) {
-    const { browserContextId } = await cdp.send('Target.createBrowserContext', { disposeOnDetach: true });
-    const { targetId } = await cdp.send('Target.createTarget', { url: 'about:blank', browserContextId });
-    const { sessionId } = await cdp.send('Target.attachToTarget', { targetId, flatten: true });
-    const page = new Page(cdp, name, browserContextId, targetId, sessionId);
-    await cdp.send('Runtime.enable', {}, sessionId);
-    await cdp.send('Page.enable', {}, sessionId);
-    await cdp.send('Emulation.setDeviceMetricsOverride', { width: 1280, height: 800, deviceScaleFactor: 1, mobile: false }, sessionId);
-    await cdp.send('Emulation.setFocusEmulationEnabled', { enabled: true }, sessionId);
-    await cdp.send('Page.navigate', { url }, sessionId);
+    const page = new Page(cdp, name, await openPage(cdp));
+    await cdp.send('Page.navigate', { url }, page.session);
     await page.wait('document.readyState === "complete" && !!window.aether', 15000, 'page load');
     await page.wait(`document.getElementById('status').dataset.state === 'connected'`, 10000, 'connected pill');
     return page;

@@ -17,29 +17,15 @@ const BIN = aetherBin();
 const STATIC = path.join(__dirname, '..', '..', 'static');
 const WS = loadWs();
 const skip = browserSkip(BIN);
-const { startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
+const { openPage, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
 
 /** One tab in its own browser context (own storage, caches and service workers). */
 class Tab {
-  constructor(cdp, sessionId, name) {
-    this.cdp = cdp;
-    this.session = sessionId;
-    this.name = name;
-    this.errors = [];
-    cdp.listeners.push((msg) => {
-      if (msg.sessionId !== sessionId) return;
-      if (msg.method === 'Runtime.exceptionThrown') this.errors.push(msg.params.exceptionDetails.exception?.description || msg.params.exceptionDetails.text);
-      if (msg.method === 'Runtime.consoleAPICalled' && msg.params.type === 'error') this.errors.push(msg.params.args.map((a) => a.value ?? a.description).join(' '));
-    });
+  constructor(cdp, { sessionId, errors }, name) {
+    Object.assign(this, { cdp, session: sessionId, name, errors });
   }
   static async open(cdp, url, name) {
-    const { browserContextId } = await cdp.send('Target.createBrowserContext', { disposeOnDetach: true });
-    const { targetId } = await cdp.send('Target.createTarget', { url: 'about:blank', browserContextId });
-    const { sessionId } = await cdp.send('Target.attachToTarget', { targetId, flatten: true });
-    const tab = new Tab(cdp, sessionId, name);
-    await cdp.send('Runtime.enable', {}, sessionId);
-    await cdp.send('Page.enable', {}, sessionId);
-    await cdp.send('Emulation.setFocusEmulationEnabled', { enabled: true }, sessionId);
+    const tab = new Tab(cdp, await openPage(cdp), name);
     if (url) await tab.goto(url);
     return tab;
   }
