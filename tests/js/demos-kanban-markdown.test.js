@@ -22,13 +22,13 @@ const SHOTS =
 const { loadWs, browserSkip, untilAsync } = require('./helpers');
 const WS = loadWs();
 const skip = browserSkip(BIN);
-const { openPage, startRelay, stopRelay, launchChromium, killChromium } = require('./devtools');
+const { openPage, PageHandle, startRelay, stopRelay, launchChromium, killChromium } = require('./devtools');
 
 
 /** One tab in its own browser context (own localStorage, no BroadcastChannel with the other). */
-class Tab {
-  constructor(cdp, { sessionId, errors }, name) {
-    Object.assign(this, { cdp, session: sessionId, name, errors });
+class Tab extends PageHandle {
+  constructor(cdp, opened, name) {
+    super(cdp, name, opened);
   }
   static async open(cdp, url, name) {
     const tab = new Tab(cdp, await openPage(cdp), name);
@@ -44,14 +44,6 @@ class Tab {
     await this.eval('window.__beforeReload = true');
     await this.cdp.send('Page.reload', { ignoreCache: true }, this.session);
     await untilAsync(() => this.eval('!window.__beforeReload && document.readyState === "complete" && !!window.aether'), 15000, this.name + ' reload');
-  }
-  async eval(expression) {
-    const r = await this.cdp.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true, userGesture: true }, this.session);
-    if (r.exceptionDetails) throw new Error(this.name + ': ' + (r.exceptionDetails.exception?.description || r.exceptionDetails.text));
-    return r.result.value;
-  }
-  wait(expression, ms, what) {
-    return untilAsync(() => this.eval(expression), ms, `${this.name}: ${what || expression}`);
   }
   async screenshot(file) {
     const { data } = await this.cdp.send('Page.captureScreenshot', { format: 'png', clip: { x: 0, y: 0, width: 1280, height: 800, scale: 1 } }, this.session);

@@ -6,7 +6,7 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
-const { until, sleep, aetherBin, findChromium, loadWs } = require('./helpers');
+const { until, untilAsync, sleep, aetherBin, findChromium, loadWs } = require('./helpers');
 
 const BIN = aetherBin();
 const CHROMIUM = findChromium();
@@ -88,6 +88,24 @@ async function openPage(cdp, { width = 1280, height = 800 } = {}) {
 }
 
 /**
+ * What every page class of the browser tests shares: a page opened by `openPage`, evaluated in and
+ * polled. The classes extend it with their own navigation, reload and screenshot behaviour.
+ */
+class PageHandle {
+  constructor(cdp, name, { sessionId, browserContextId, targetId, errors }) {
+    Object.assign(this, { cdp, name, session: sessionId, browserContextId, targetId, errors });
+  }
+  async eval(expression) {
+    const r = await this.cdp.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true, userGesture: true }, this.session);
+    if (r.exceptionDetails) throw new Error(this.name + ': ' + (r.exceptionDetails.exception?.description || r.exceptionDetails.text));
+    return r.result.value;
+  }
+  wait(expression, ms, what) {
+    return untilAsync(() => this.eval(expression), ms, `${this.name}: ${what || expression}`);
+  }
+}
+
+/**
  * Starts the relay on `port` (0: any) with the given ledger and static dir, `extra` TOML appended
  * to its config (e.g. a `[mesh]` table); resolves {proc, port, mesh, log}, `mesh` being the
  * `host:port` of the peer listener when it logs one (`mesh listening on ws://…`), else null.
@@ -152,4 +170,4 @@ function closeChromium(chromium) {
   killChromium(chromium.proc);
 }
 
-module.exports = { CDP, openPage, startRelay, stopRelay, launchChromium, killChromium, closeChromium };
+module.exports = { CDP, openPage, PageHandle, startRelay, stopRelay, launchChromium, killChromium, closeChromium };

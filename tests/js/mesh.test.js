@@ -13,16 +13,17 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { test, aetherBin, browserSkip, untilAsync } = require('./helpers');
-const { openPage, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
+const { openPage, PageHandle, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
 
 const BIN = aetherBin();
 const STATIC = path.join(__dirname, '..', '..', 'static');
 const skip = browserSkip(BIN);
 
 /** One page in its own browser context, over the shared DevTools connection. */
-class Page {
-  constructor(cdp, name, { browserContextId, targetId, sessionId, errors }) {
-    Object.assign(this, { cdp, name, browserContextId, targetId, session: sessionId, errors, closed: false });
+class Page extends PageHandle {
+  constructor(cdp, name, opened) {
+    super(cdp, name, opened);
+    this.closed = false;
   }
   static async open(cdp, url, name) {
     const page = new Page(cdp, name, await openPage(cdp));
@@ -30,14 +31,6 @@ class Page {
     await page.wait('document.readyState === "complete" && !!window.aether', 15000, 'page load');
     await page.wait(`document.getElementById('status').dataset.state === 'connected'`, 10000, 'connected pill');
     return page;
-  }
-  async eval(expression) {
-    const r = await this.cdp.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true, userGesture: true }, this.session);
-    if (r.exceptionDetails) throw new Error(this.name + ': ' + (r.exceptionDetails.exception?.description || r.exceptionDetails.text));
-    return r.result.value;
-  }
-  wait(expression, ms, what) {
-    return untilAsync(() => this.eval(expression), ms, `${this.name}: ${what || expression}`);
   }
   mouse(type, x, y, extra = {}) {
     return this.cdp.send('Input.dispatchMouseEvent', Object.assign({ type, x, y, button: type === 'mouseMoved' ? 'none' : 'left', clickCount: 1 }, extra), this.session);

@@ -17,12 +17,12 @@ const BIN = aetherBin();
 const STATIC = path.join(__dirname, '..', '..', 'static');
 const WS = loadWs();
 const skip = browserSkip(BIN);
-const { openPage, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
+const { openPage, PageHandle, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
 
 /** One tab in its own browser context (own storage, caches and service workers). */
-class Tab {
-  constructor(cdp, { sessionId, errors }, name) {
-    Object.assign(this, { cdp, session: sessionId, name, errors });
+class Tab extends PageHandle {
+  constructor(cdp, opened, name) {
+    super(cdp, name, opened);
   }
   static async open(cdp, url, name) {
     const tab = new Tab(cdp, await openPage(cdp), name);
@@ -38,14 +38,6 @@ class Tab {
     await this.eval('window.__beforeReload = true');
     await this.cdp.send('Page.reload', { ignoreCache: false }, this.session);
     await untilAsync(() => this.eval('!window.__beforeReload && document.readyState === "complete" && !!window.aether'), 15000, this.name + ' reload');
-  }
-  async eval(expression) {
-    const r = await this.cdp.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true, userGesture: true }, this.session);
-    if (r.exceptionDetails) throw new Error(this.name + ': ' + (r.exceptionDetails.exception?.description || r.exceptionDetails.text));
-    return r.result.value;
-  }
-  wait(expression, ms, what) {
-    return untilAsync(() => this.eval(expression), ms, `${this.name}: ${what || expression}`);
   }
   /** Waits until the service worker controls this page and has precached `path`. */
   shellReady(pathname) {
