@@ -124,7 +124,9 @@ pub struct StateActor {
     /// to reach the former's value when they came.
     queued_total: u64,
     settled_total: u64,
-    barriers: Vec<(u64, oneshot::Sender<()>)>,
+    barriers: Vec<(u64, oneshot::Sender<u64>)>,
+    /// Ops dropped because the ledger refused their batch, since start.
+    dropped_total: u64,
 }
 
 /// When and where the state actor compacts the ledger online.
@@ -152,6 +154,7 @@ impl StateActor {
             queued_total: 0,
             settled_total: 0,
             barriers: Vec::new(),
+            dropped_total: 0,
             mesh: None,
             overlay: HashMap::new(),
             ledger_pos: (0, compaction.ledger_len),
@@ -241,6 +244,7 @@ impl StateActor {
                     Err(err) => {
                         self.metrics.ledger_failure();
                         log::error!("{} writes were not made durable and are dropped: {err}", ops.len());
+                        self.dropped_total += metas.len() as u64;
                         self.rebuild_overlay();
                         self.refuse(&metas, "ledger_failed");
                     }
@@ -249,6 +253,7 @@ impl StateActor {
             Err(err) => {
                 self.metrics.ledger_failure();
                 log::error!("ledger actor unavailable, batch dropped: {err}");
+                self.dropped_total += metas.len() as u64;
                 self.rebuild_overlay();
                 self.refuse(&metas, "ledger_failed");
             }
@@ -263,9 +268,9 @@ impl StateActor {
 
     /// Answers the barriers whose ops have all settled.
     fn release_barriers(&mut self) {
-        let settled = self.settled_total;
+        let (settled, dropped) = (self.settled_total, self.dropped_total);
         for (_, waiter) in self.barriers.extract_if(.., |(target, _)| *target <= settled) {
-            let _ = waiter.send(());
+            let _ = waiter.send(dropped);
         }
     }
 
@@ -300,8 +305,11 @@ impl Supervised for StateActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         log::warn!("state actor restarting; {} members kept", self.members.len());
         self.in_flight = None;
-        // The batch in flight is gone: count it settled so barriers do not wait for it forever.
-        self.settled_total = self.queued_total - self.queue.len() as u64;
+        // The batch in flight is gone: count it settled (and dropped) so barriers do not wait for
+        // it forever and transports read it again.
+        let lost = self.queued_total - self.queue.len() as u64 - self.settled_total;
+        self.dropped_total += lost;
+        self.settled_total += lost;
         self.release_barriers();
     }
 }

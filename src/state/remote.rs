@@ -137,25 +137,24 @@ impl Handler<RegistersIn> for StateActor {
     }
 }
 
-/// Replies once every op queued before it is durable (or was dropped with its batch), so a
-/// transport may record that it has applied everything it handed over up to now.
+/// Replies once every op queued before it is durable or was dropped with a batch the ledger
+/// refused, with the number of ops ever dropped that way: a transport records that it applied
+/// everything it handed over only if that number did not grow (otherwise it reads them again).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "u64")]
 pub struct Barrier;
 
 impl Handler<Barrier> for StateActor {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<u64>;
 
     fn handle(&mut self, _: Barrier, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.settled_total >= self.queued_total {
-            let _ = tx.send(());
+            let _ = tx.send(self.dropped_total);
         } else {
             self.barriers.push((self.queued_total, tx));
         }
-        Box::pin(async move {
-            let _ = rx.await;
-        })
+        Box::pin(async move { rx.await.unwrap_or(u64::MAX) })
     }
 }
 

@@ -167,9 +167,11 @@ impl Tasks {
         let peer: NodeId = NATS_PEER.into();
         let name = format!("relay-{}", sanitize(&self.shared.node_id));
         let mut refused = 0;
+        // Ops the ledger refused so far: a checkpoint that sees more reads its range again.
+        let Ok(mut seen) = self.shared.state.send(Barrier).await else { return };
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.consume_once(&peer, &name, &mut refused).await {
+            match self.consume_once(&peer, &name, &mut refused, &mut seen).await {
                 Ok(()) => return,
                 // The client closes when the relay stops: nothing to report then.
                 Err(err) if err == CONSUMER_ENDED => {
@@ -185,7 +187,7 @@ impl Tasks {
         }
     }
 
-    async fn consume_once(&self, peer: &NodeId, name: &str, refused: &mut u64) -> Result<(), String> {
+    async fn consume_once(&self, peer: &NodeId, name: &str, refused: &mut u64, seen: &mut u64) -> Result<(), String> {
         let mut stream = self.conn.stream.clone();
         let info = stream.info().await.map_err(|e| e.to_string())?.clone();
         let mut applied = self.position().applied;
@@ -194,7 +196,7 @@ impl Tasks {
             applied = 0;
         }
         if applied + 1 < info.state.first_sequence {
-            applied = self.bootstrap(peer, info.state.first_sequence).await?;
+            applied = self.bootstrap(peer, info.state.first_sequence, seen).await?;
         }
         let _ = stream.delete_consumer(name).await;
         let consumer = stream
@@ -247,22 +249,28 @@ impl Tasks {
                 }
                 _ = checkpoint.tick() => {
                     if handed > self.position().applied {
-                        self.checkpoint(handed).await?;
+                        self.checkpoint(handed, seen).await?;
                     }
                 }
             }
         }
     }
 
-    /// Everything handed to the state up to `seq` is durable: record it.
-    async fn checkpoint(&self, seq: u64) -> Result<(), String> {
-        self.shared.state.send(Barrier).await.map_err(|_| "state unavailable")?;
+    /// Everything handed to the state up to `seq` is settled: record it, unless the ledger
+    /// refused some of it meanwhile (`dropped` grew past `seen`), in which case reading starts
+    /// again from the last recorded sequence.
+    async fn checkpoint(&self, seq: u64, seen: &mut u64) -> Result<(), String> {
+        let dropped = self.shared.state.send(Barrier).await.map_err(|_| "state unavailable")?;
+        if dropped > *seen {
+            *seen = dropped;
+            return Err(format!("the ledger refused ops up to sequence {seq}; reading them again"));
+        }
         self.save(|p| p.applied = p.applied.max(seq)).await;
         Ok(())
     }
 
     /// Loads the newest snapshot that reaches `first - 1` and returns the sequence it covers.
-    async fn bootstrap(&self, peer: &NodeId, first: u64) -> Result<u64, String> {
+    async fn bootstrap(&self, peer: &NodeId, first: u64, seen: &mut u64) -> Result<u64, String> {
         let mut newest: Option<(u64, String)> = None;
         let mut list = self.conn.store.list().await.map_err(|e| e.to_string())?;
         while let Some(info) = list.next().await {
@@ -301,7 +309,7 @@ impl Tasks {
         }
         self.shared.ingest(peer, values, false, &self.stats, &mut refused).await?;
         let resume = covered.max(first - 1);
-        self.checkpoint(resume).await?;
+        self.checkpoint(resume, seen).await?;
         log::info!("nats: loaded snapshot {name} covering sequences up to {covered}");
         Ok(resume)
     }
