@@ -22,28 +22,14 @@ const SHOTS =
 const { loadWs, browserSkip, untilAsync } = require('./helpers');
 const WS = loadWs();
 const skip = browserSkip(BIN);
-const { openPage, PageHandle, startRelay, stopRelay, launchChromium, killChromium } = require('./devtools');
+const { PageHandle, startRelay, stopRelay, launchChromium, killChromium } = require('./devtools');
 
 
 /** One tab in its own browser context (own localStorage, no BroadcastChannel with the other). */
 class Tab extends PageHandle {
-  constructor(cdp, opened, name) {
-    super(cdp, name, opened);
-  }
-  static async open(cdp, url, name) {
-    const tab = new Tab(cdp, await openPage(cdp), name);
-    if (url) await tab.goto(url);
-    return tab;
-  }
-  async goto(url) {
-    await this.cdp.send('Page.navigate', { url }, this.session);
-    await untilAsync(() => this.eval('document.readyState === "complete" && !!window.aether'), 15000, this.name + ' page load');
-  }
-  /** Page.reload, then waits for the new document (a marker set on the old one is gone). */
-  async reload() {
-    await this.eval('window.__beforeReload = true');
-    await this.cdp.send('Page.reload', { ignoreCache: true }, this.session);
-    await untilAsync(() => this.eval('!window.__beforeReload && document.readyState === "complete" && !!window.aether'), 15000, this.name + ' reload');
+  /** A hard reload: the page comes from the relay, not from a cache. */
+  reload() {
+    return super.reload({ ignoreCache: true });
   }
   async screenshot(file) {
     const { data } = await this.cdp.send('Page.captureScreenshot', { format: 'png', clip: { x: 0, y: 0, width: 1280, height: 800, scale: 1 } }, this.session);

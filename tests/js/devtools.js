@@ -95,6 +95,26 @@ class PageHandle {
   constructor(cdp, name, { sessionId, browserContextId, targetId, errors }) {
     Object.assign(this, { cdp, name, session: sessionId, browserContextId, targetId, errors });
   }
+  /** A fresh page in its own context (of the calling class), on `url` if given. */
+  static async open(cdp, url, name) {
+    const page = new this(cdp, name, await openPage(cdp));
+    if (url) await page.goto(url);
+    return page;
+  }
+  /** Navigates, then waits for the document and the page's `aether` client. */
+  async goto(url) {
+    await this.cdp.send('Page.navigate', { url }, this.session);
+    await this.wait('document.readyState === "complete" && !!window.aether', 15000, 'page load');
+  }
+  /**
+   * Page.reload, then waits for the new document (a marker set on the old one is gone).
+   * `ignoreCache`: a hard reload, which also bypasses the service worker.
+   */
+  async reload({ ignoreCache }) {
+    await this.eval('window.__beforeReload = true');
+    await this.cdp.send('Page.reload', { ignoreCache }, this.session);
+    await this.wait('!window.__beforeReload && document.readyState === "complete" && !!window.aether', 15000, 'reload');
+  }
   async eval(expression) {
     const r = await this.cdp.send('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true, userGesture: true }, this.session);
     if (r.exceptionDetails) throw new Error(this.name + ': ' + (r.exceptionDetails.exception?.description || r.exceptionDetails.text));

@@ -13,7 +13,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { test, aetherBin, browserSkip, untilAsync } = require('./helpers');
-const { openPage, PageHandle, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
+const { PageHandle, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
 
 const BIN = aetherBin();
 const STATIC = path.join(__dirname, '..', '..', 'static');
@@ -26,9 +26,7 @@ class Page extends PageHandle {
     this.closed = false;
   }
   static async open(cdp, url, name) {
-    const page = new Page(cdp, name, await openPage(cdp));
-    await cdp.send('Page.navigate', { url }, page.session);
-    await page.wait('document.readyState === "complete" && !!window.aether', 15000, 'page load');
+    const page = await super.open(cdp, url, name);
     await page.wait(`document.getElementById('status').dataset.state === 'connected'`, 10000, 'connected pill');
     return page;
   }

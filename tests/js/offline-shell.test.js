@@ -11,33 +11,19 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { test, Aether, MemoryStorage, until, sleep, aetherBin, loadWs, browserSkip, untilAsync } = require('./helpers');
+const { test, Aether, MemoryStorage, until, sleep, aetherBin, loadWs, browserSkip } = require('./helpers');
 
 const BIN = aetherBin();
 const STATIC = path.join(__dirname, '..', '..', 'static');
 const WS = loadWs();
 const skip = browserSkip(BIN);
-const { openPage, PageHandle, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
+const { PageHandle, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
 
 /** One tab in its own browser context (own storage, caches and service workers). */
 class Tab extends PageHandle {
-  constructor(cdp, opened, name) {
-    super(cdp, name, opened);
-  }
-  static async open(cdp, url, name) {
-    const tab = new Tab(cdp, await openPage(cdp), name);
-    if (url) await tab.goto(url);
-    return tab;
-  }
-  async goto(url) {
-    await this.cdp.send('Page.navigate', { url }, this.session);
-    await untilAsync(() => this.eval('document.readyState === "complete" && !!window.aether'), 15000, this.name + ' page load');
-  }
   /** An ordinary reload (not a hard one: that would bypass the service worker). */
-  async reload() {
-    await this.eval('window.__beforeReload = true');
-    await this.cdp.send('Page.reload', { ignoreCache: false }, this.session);
-    await untilAsync(() => this.eval('!window.__beforeReload && document.readyState === "complete" && !!window.aether'), 15000, this.name + ' reload');
+  reload() {
+    return super.reload({ ignoreCache: false });
   }
   /** Waits until the service worker controls this page and has precached `path`. */
   shellReady(pathname) {
