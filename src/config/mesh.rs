@@ -4,6 +4,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
 
+use super::redacted;
+
 /// `[mesh]`: federation with other relays (ours, or upstream's Python `MeshNode`).
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -134,16 +136,15 @@ impl Default for NatsConfig {
 impl fmt::Debug for NatsConfig {
     /// Never prints the secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
         f.debug_struct("NatsConfig")
             .field("servers", &self.servers)
             .field("cluster", &self.cluster)
             .field("stream", &self.stream_name())
             .field("subject", &self.subject_name())
             .field("replicas", &self.replicas)
-            .field("token", &secret(&self.token))
+            .field("token", &redacted(&self.token))
             .field("user", &self.user)
-            .field("password", &secret(&self.password))
+            .field("password", &redacted(&self.password))
             .finish_non_exhaustive()
     }
 }
@@ -151,42 +152,29 @@ impl fmt::Debug for NatsConfig {
 impl NatsConfig {
     /// The stream's name.
     pub fn stream_name(&self) -> String {
-        if !self.stream.is_empty() {
-            return self.stream.clone();
-        }
-        let cluster: String = self
-            .cluster
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
-            .collect();
-        format!("AETHER_{cluster}")
+        configured_or(&self.stream, || format!("AETHER_{}", self.cluster_token().to_ascii_uppercase()))
     }
 
     /// The ops subject.
     pub fn subject_name(&self) -> String {
-        if self.subject.is_empty() { format!("aether.{}.ops", self.cluster) } else { self.subject.clone() }
+        configured_or(&self.subject, || format!("aether.{}.ops", self.cluster))
     }
 
     /// The presence subject.
     pub fn presence_subject_name(&self) -> String {
-        if self.presence_subject.is_empty() {
-            format!("aether.{}.presence", self.cluster)
-        } else {
-            self.presence_subject.clone()
-        }
+        configured_or(&self.presence_subject, || format!("aether.{}.presence", self.cluster))
     }
 
     /// The snapshot bucket's name.
     pub fn bucket_name(&self) -> String {
-        if !self.snapshot_bucket.is_empty() {
-            return self.snapshot_bucket.clone();
-        }
-        let cluster: String = self
-            .cluster
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-            .collect();
-        format!("aether_{cluster}_snapshots")
+        configured_or(&self.snapshot_bucket, || {
+            format!("aether_{}_snapshots", self.cluster_token().to_ascii_lowercase())
+        })
+    }
+
+    /// `cluster` as it goes into stream and bucket names (letters and digits; the rest as `_`).
+    fn cluster_token(&self) -> String {
+        self.cluster.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
     }
 
     pub(super) fn validate(&self) -> Result<(), String> {
@@ -247,7 +235,7 @@ impl fmt::Debug for MeshConfig {
             .field("node_id", &self.node_id)
             .field("bind", &self.bind)
             .field("peers", &self.peers)
-            .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .field("token", &redacted(&self.token))
             .field("token_file", &self.token_file)
             .field("token_in_hello", &self.token_in_hello)
             .field("max_clock_drift_s", &self.max_clock_drift_s)
@@ -324,4 +312,9 @@ pub struct MeshTlsConfig {
     /// PEM file of the certificate authorities that sign peers' certificates, for dialling
     /// `wss://` peers. Unset: the system's trust store. Host names are always verified.
     pub ca: Option<PathBuf>,
+}
+
+/// `value` when set, else the name derived from the cluster.
+fn configured_or(value: &str, derived: impl FnOnce() -> String) -> String {
+    if value.is_empty() { derived() } else { value.to_owned() }
 }

@@ -173,7 +173,7 @@ impl fmt::Debug for AuthConfig {
     /// Never prints the secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
-            .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .field("token", &redacted(&self.token))
             .field("token_file", &self.token_file)
             .finish()
     }
@@ -319,6 +319,11 @@ fn resolve_secret(token: &mut String, file: Option<&Path>, env: Option<String>) 
     Ok(())
 }
 
+/// How a secret shows in `Debug` output: whether it is set, never what it is.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { "<redacted>" }
+}
+
 /// One line from a TOML error: line number, key and section where known, and the message.
 fn describe(err: &toml::de::Error, text: &str) -> String {
     let message = err.message().trim().replace('\n', " ");
@@ -402,6 +407,19 @@ mod tests {
         fs::write(&file, "\n").unwrap();
         let mut config = Config::parse(&format!("[auth]\ntoken_file = {file:?}\n"), Path::new("c.toml")).unwrap();
         assert!(config.resolve_secrets(None, None).unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn nats_names_derive_from_the_cluster_unless_set() {
+        let config = Config::parse("[mesh.nats]\ncluster = \"Prod-1\"\n", Path::new("c.toml")).unwrap();
+        let n = &config.mesh.nats;
+        assert_eq!(
+            [n.stream_name(), n.subject_name(), n.presence_subject_name(), n.bucket_name()],
+            ["AETHER_PROD_1", "aether.Prod-1.ops", "aether.Prod-1.presence", "aether_prod_1_snapshots"]
+        );
+        let config =
+            Config::parse("[mesh.nats]\nstream = \"S\"\nsnapshot_bucket = \"b\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!((config.mesh.nats.stream_name(), config.mesh.nats.bucket_name()), ("S".into(), "b".into()));
     }
 
     #[test]
