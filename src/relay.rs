@@ -82,7 +82,12 @@ impl Relay {
     /// [`Error::Ledger`] when the ledger cannot be opened or replayed, [`Error::Tls`] when the
     /// mesh's CA file cannot be used, [`Error::Nats`] when the NATS position file cannot be read.
     pub fn start(config: &Config, nats: Option<nats::Connection>) -> Result<Relay, Error> {
-        let mesh_tls = mesh::transport::tls_connector(config.mesh.tls.ca.as_deref())
+        // The dialler's TLS, only with peer links (checked before the replay, so a bad CA fails fast).
+        let mesh_tls = config
+            .mesh
+            .enabled()
+            .then(|| mesh::transport::tls_connector(config.mesh.tls.ca.as_deref()))
+            .transpose()
             .map_err(|err| Error::Tls(format!("[mesh.tls] ca: {err}")))?;
         let mut clock = Clock::new(config.mesh.node_id.clone());
         let mut map = LwwMap::new();
@@ -118,8 +123,8 @@ impl Relay {
         let limits = Arc::new(config.limits.clone());
         let admission = Arc::new(Semaphore::new(MAX_PENDING_WRITES));
         let m = &config.mesh;
-        let mesh = if m.enabled() || nats.is_some() {
-            let shared = Arc::new(Shared {
+        let shared = || {
+            Arc::new(Shared {
                 node_id: m.node_id.as_str().into(),
                 instance: uuid::Uuid::new_v4().simple().to_string(),
                 token: (!m.token.is_empty()).then(|| m.token.clone()),
@@ -134,38 +139,37 @@ impl Relay {
                 admission: Arc::clone(&admission),
                 metrics: Arc::clone(&metrics),
                 seen: std::sync::Mutex::new(mesh::shared::SeenCache::new(limits.max_seen_stamps)),
-            });
-            let arbiter = Arbiter::new().handle();
-            let actor_shared = Arc::clone(&shared);
-            let mesh = match nats {
-                Some(conn) => {
-                    let actor =
-                        nats::NatsActor::new(actor_shared, conn, &m.nats, &config.ledger.path).map_err(Error::Nats)?;
-                    let addr = Supervisor::start_in_arbiter(&arbiter, move |_| actor);
-                    state.do_send(state::AttachMesh(addr.clone().recipient()));
-                    Mesh { links: None, stop: addr.recipient(), shared }
+            })
+        };
+        let mesh = match (nats, mesh_tls) {
+            (Some(conn), _) => {
+                let shared = shared();
+                let actor = nats::NatsActor::new(Arc::clone(&shared), conn, &m.nats, &config.ledger.path)
+                    .map_err(Error::Nats)?;
+                let addr = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| actor);
+                state.do_send(state::AttachMesh(addr.clone().recipient()));
+                Some(Mesh { links: None, stop: addr.recipient(), shared })
+            }
+            (None, Some(tls)) => {
+                let shared = shared();
+                let settings = MeshSettings {
+                    peers: m.peers.clone(),
+                    redial_min: Duration::from_secs_f64(m.redial_min_s),
+                    redial_max: Duration::from_secs_f64(m.redial_max_s),
+                    tls,
+                };
+                let actor_shared = Arc::clone(&shared);
+                let addr = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                    MeshActor::new(actor_shared, settings)
+                });
+                state.do_send(state::AttachMesh(addr.clone().recipient()));
+                log::info!("mesh: node {} dialling {} peer(s)", m.node_id, m.peers.len());
+                if m.bind.is_some() && m.token.is_empty() {
+                    log::warn!("mesh: no [mesh] token: any process that reaches the peer listener can join and write");
                 }
-                None => {
-                    let settings = MeshSettings {
-                        peers: m.peers.clone(),
-                        redial_min: Duration::from_secs_f64(m.redial_min_s),
-                        redial_max: Duration::from_secs_f64(m.redial_max_s),
-                        tls: mesh_tls,
-                    };
-                    let addr = Supervisor::start_in_arbiter(&arbiter, move |_| MeshActor::new(actor_shared, settings));
-                    state.do_send(state::AttachMesh(addr.clone().recipient()));
-                    log::info!("mesh: node {} dialling {} peer(s)", m.node_id, m.peers.len());
-                    if m.bind.is_some() && m.token.is_empty() {
-                        log::warn!(
-                            "mesh: no [mesh] token: any process that reaches the peer listener can join and write"
-                        );
-                    }
-                    Mesh { stop: addr.clone().recipient(), links: Some(addr), shared }
-                }
-            };
-            Some(mesh)
-        } else {
-            None
+                Some(Mesh { stop: addr.clone().recipient(), links: Some(addr), shared })
+            }
+            (None, None) => None,
         };
         let static_dir = Arc::new(config.server.static_dir.clone());
         if !static_dir.is_dir() {
