@@ -76,9 +76,7 @@ impl Register {
         let value = if tombstone { Value::Null } else { op.value };
         (op.key, Register { value, stamp: op.stamp, tombstone })
     }
-}
 
-impl Register {
     /// The op that writes this register at `key` (a delete for a tombstone).
     pub fn to_op(&self, key: &str) -> Op {
         let kind = if self.tombstone { OpKind::Del } else { OpKind::Set };

@@ -134,8 +134,7 @@ impl Link {
             let buckets = self.shared.state.send(DigestRequest).await.map_err(|_| "state unavailable")?;
             self.push(vec![wire::digest(&buckets)], 0)
         } else {
-            let ops =
-                self.shared.state.send(RegistersIn { theirs: Vec::new() }).await.map_err(|_| "state unavailable")?;
+            let ops = self.shared.state.send(RegistersIn::all()).await.map_err(|_| "state unavailable")?;
             let n = ops.len();
             self.push(ops.iter().map(wire::op).collect(), n)
         }

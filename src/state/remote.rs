@@ -119,6 +119,14 @@ pub struct RegistersIn {
     pub theirs: Vec<u64>,
 }
 
+impl RegistersIn {
+    /// Every register: an empty digest differs in every bucket (for peers without digests, and
+    /// for snapshots).
+    pub fn all() -> Self {
+        Self { theirs: Vec::new() }
+    }
+}
+
 impl Handler<RegistersIn> for StateActor {
     type Result = MessageResult<RegistersIn>;
 
