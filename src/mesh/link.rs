@@ -136,7 +136,7 @@ impl Link {
         } else {
             let ops = self.shared.state.send(RegistersIn::all()).await.map_err(|_| "state unavailable")?;
             let n = ops.len();
-            self.push(ops.iter().map(wire::op).collect(), n)
+            self.push(ops.iter().map(|op| wire::op(&wire::record_of(op))).collect(), n)
         }
     }
 

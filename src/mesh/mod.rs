@@ -153,7 +153,7 @@ impl MeshActor {
             let frames: Vec<_> = if link.ours {
                 wire::batches("ops", picked.iter().map(|&i| records[i].as_slice()))
             } else {
-                picked.iter().map(|&i| wire::op(&ops[i])).collect()
+                picked.iter().map(|&i| wire::op(&records[i])).collect()
             };
             match link.outbox.push(Outbound::frames(frames.into())) {
                 Ok(()) => self.shared.metrics.mesh.peer(node).sent(picked.len()),

@@ -212,12 +212,11 @@ pub fn auth(proof: &str) -> ByteString {
     json!({"type": "auth", "proof": proof}).to_string().into()
 }
 
-/// Upstream's `op` frame.
-pub fn op(op: &Op) -> ByteString {
-    let mut out = Vec::with_capacity(96 + op.key.len());
+/// Upstream's `op` frame around `record` (a ledger record without its newline, [`record_of`]).
+pub fn op(record: &[u8]) -> ByteString {
+    let mut out = Vec::with_capacity(20 + record.len());
     out.extend_from_slice(b"{\"type\":\"op\",\"op\":");
-    record::encode(op, &mut out);
-    out.pop(); // the record's newline
+    out.extend_from_slice(record);
     out.push(b'}');
     utf8(out)
 }
@@ -320,7 +319,7 @@ mod tests {
             back.extend(ops.into_iter().map(|v| decode_op(v, &limits(), u64::MAX, 0).unwrap()));
         }
         assert_eq!(back, ops);
-        let Some(PeerFrame::Op { op: one }) = parse(&op(&ops[0])) else { panic!() };
+        let Some(PeerFrame::Op { op: one }) = parse(&op(&records[0])) else { panic!() };
         assert_eq!(decode_op(one, &limits(), u64::MAX, 0).unwrap(), ops[0]);
         let Some(PeerFrame::Digest { buckets }) = parse(&digest(&[u64::MAX, 0])) else { panic!() };
         assert_eq!(buckets, vec![u64::MAX, 0]);
