@@ -31,12 +31,28 @@ impl Stamp {
     }
 }
 
+impl Stamp {
+    /// Is the logical counter at most [`MAX_LOGICAL`]? Stamps from peers must be.
+    pub fn counter_in_range(&self) -> bool {
+        self.l <= MAX_LOGICAL
+    }
+}
+
 impl fmt::Display for Stamp {
     /// Upstream's `encode()` form: `{p:020}.{l:010}.{node}`, sortable as text for equal-width ids.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:020}.{:010}.{}", self.p, self.l, self.n)
     }
 }
+
+/// The largest logical counter a stamp may carry.
+///
+/// The counter only counts events that share one physical reading (or that happen while the wall
+/// clock lags behind a stamp already seen), so real stamps stay far below it: four billion writes
+/// within one nanosecond, or within the few seconds of drift the mesh allows, cannot happen. A peer
+/// op above it is refused ([`Stamp::counter_in_range`]), and the clock never counts past it: it
+/// carries into the physical part instead, so the counter can never wrap to a smaller stamp.
+pub const MAX_LOGICAL: u64 = u32::MAX as u64;
 
 /// Nanoseconds since the Unix epoch from the system clock (0 if the clock is before 1970).
 pub fn wall_clock_ns() -> u64 {
@@ -78,10 +94,9 @@ impl Clock {
     /// counter advances, so stamps stay strictly increasing even when the wall clock steps back.
     pub fn tick_at(&mut self, now_ns: u64) -> Stamp {
         if now_ns > self.p {
-            self.p = now_ns;
-            self.l = 0;
+            self.set(now_ns, 0);
         } else {
-            self.l += 1;
+            self.set(self.p, self.l.saturating_add(1));
         }
         self.last()
     }
@@ -91,16 +106,28 @@ impl Clock {
     pub fn observe_at(&mut self, remote: &Stamp, now_ns: u64) {
         let m = now_ns.max(self.p).max(remote.p);
         let l = if m == self.p && m == remote.p {
-            self.l.max(remote.l) + 1
+            self.l.max(remote.l).saturating_add(1)
         } else if m == self.p {
-            self.l + 1
+            self.l.saturating_add(1)
         } else if m == remote.p {
-            remote.l + 1
+            remote.l.saturating_add(1)
         } else {
             0
         };
-        self.p = m;
-        self.l = l;
+        self.set(m, l);
+    }
+
+    /// Moves the clock to `(p, l)`. A counter past [`MAX_LOGICAL`] carries into the physical
+    /// part (one nanosecond later, counter 0), which orders after every `(p, _)`: the clock stays
+    /// strictly increasing and never wraps, whatever stamps it was shown.
+    fn set(&mut self, p: u64, l: u64) {
+        if l > MAX_LOGICAL {
+            self.p = p.saturating_add(1);
+            self.l = 0;
+        } else {
+            self.p = p;
+            self.l = l;
+        }
     }
 
     /// [`Clock::observe_at`] with the wall clock.
@@ -159,6 +186,26 @@ mod tests {
         clock.witness(&Stamp::new(5, 5, "x"));
         clock.witness(&Stamp::new(4, 9, "x"));
         assert_eq!((clock.last().p, clock.last().l), (5, 5));
+    }
+
+    #[test]
+    fn counter_never_wraps_it_carries_into_the_physical_part() {
+        let mut clock = Clock::new("a");
+        let hostile = Stamp::new(1_000, u64::MAX, "peer");
+        assert!(!hostile.counter_in_range());
+        clock.observe_at(&hostile, 10);
+        let next = clock.tick_at(10);
+        assert!(next > hostile, "{next} must order after {hostile}");
+        assert_eq!((next.p, next.l), (1_001, 1));
+        // Replay (witness) of such a stamp, then local writes: still after it, still increasing.
+        let mut replayed = Clock::new("a");
+        replayed.witness(&hostile);
+        let (s1, s2) = (replayed.tick_at(10), replayed.tick_at(10));
+        assert!(hostile < s1 && s1 < s2);
+        // At the bound exactly, the next tick carries.
+        let mut edge = Clock::new("a");
+        edge.witness(&Stamp::new(5, MAX_LOGICAL, "x"));
+        assert_eq!((edge.tick_at(1).p, edge.last().l), (6, 0));
     }
 
     #[test]

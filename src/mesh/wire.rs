@@ -151,12 +151,21 @@ pub enum Refused {
     BadNode,
     /// Stamped further ahead of our clock than `max_clock_drift_s`.
     ClockDrift,
+    /// A logical counter above [`crate::hlc::MAX_LOGICAL`]: no real clock gets there, and
+    /// taking it would push our own clock towards the counter's end.
+    BadCounter,
 }
 
 impl Refused {
     /// Every reason, for metrics.
-    pub const ALL: [Refused; 5] =
-        [Refused::Malformed, Refused::BadKey, Refused::BadValue, Refused::BadNode, Refused::ClockDrift];
+    pub const ALL: [Refused; 6] = [
+        Refused::Malformed,
+        Refused::BadKey,
+        Refused::BadValue,
+        Refused::BadNode,
+        Refused::ClockDrift,
+        Refused::BadCounter,
+    ];
 
     /// Name for logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -166,6 +175,7 @@ impl Refused {
             Refused::BadValue => "bad_value",
             Refused::BadNode => "bad_node",
             Refused::ClockDrift => "clock_drift",
+            Refused::BadCounter => "bad_counter",
         }
     }
 }
@@ -188,6 +198,9 @@ pub fn decode_op(value: Value, limits: &Limits, now_ns: u64, max_drift_ns: u64) 
     }
     if op.stamp.p > now_ns.saturating_add(max_drift_ns) {
         return Err(Refused::ClockDrift);
+    }
+    if !op.stamp.counter_in_range() {
+        return Err(Refused::BadCounter);
     }
     Ok(op)
 }
@@ -335,6 +348,8 @@ mod tests {
         assert_eq!(check(rec(&"k".repeat(257), json!(1), 1, "a")), Some(Refused::BadKey));
         assert_eq!(check(rec("k", json!("v".repeat(40_000)), 1, "a")), Some(Refused::BadValue));
         assert_eq!(check(rec("k", json!(1), 1, "")), Some(Refused::BadNode));
+        let wrapping = json!({"kind": "set", "key": "k", "value": 1, "stamp": {"p": 1, "l": u64::MAX, "n": "a"}});
+        assert_eq!(check(wrapping), Some(Refused::BadCounter));
         assert_eq!(
             check(json!({"kind": "set", "key": 5, "stamp": {"p": 1, "l": 0, "n": "a"}})),
             Some(Refused::Malformed)
