@@ -11,8 +11,6 @@ use super::{NodeId, Source, StateActor, WriteMeta};
 use crate::{
     digest,
     lww::{Op, OpKind},
-    outbox::Outbound,
-    protocol,
 };
 
 /// What the state tells the mesh.
@@ -75,7 +73,11 @@ impl Handler<RemoteOps> for StateActor {
 
     fn handle(&mut self, msg: RemoteOps, ctx: &mut Context<Self>) {
         if self.stopping.is_some() {
-            return; // the peer's next anti-entropy round brings them again
+            // Not taken: counted as dropped, so a transport's next Barrier sees them and it does
+            // not record them as applied (NATS reads them again at the next start; a peer link
+            // brings them again with anti-entropy).
+            self.dropped_total += msg.ops.len() as u64;
+            return;
         }
         for (op, permit) in msg.ops {
             if !self.wins(&op) {
@@ -191,43 +193,47 @@ impl Handler<LocalAfter> for StateActor {
     }
 }
 
-/// A cursor of a client on another node, to show to every local member.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RemotePresence {
-    /// The remote client's id.
-    pub id: String,
-    /// Its colour.
-    pub color: String,
-    /// Horizontal position.
-    pub x: i64,
-    /// Vertical position.
-    pub y: i64,
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
 
-impl Handler<RemotePresence> for StateActor {
-    type Result = ();
+    use actix::prelude::*;
+    use tokio::sync::Semaphore;
 
-    fn handle(&mut self, msg: RemotePresence, _: &mut Context<Self>) {
-        let item = Outbound::frames(Arc::new([protocol::presence(&msg.id, &msg.color, msg.x, msg.y)]));
-        self.broadcast(&item, &item, None);
-    }
-}
+    use super::{Barrier, RemoteOps};
+    use crate::{
+        hlc::{Clock, Stamp},
+        ledger::{Ledger, LedgerActor, SyncMode},
+        lww::{LwwMap, Op},
+        metrics::Metrics,
+        state::{Compaction, Shutdown, StateActor},
+    };
 
-/// Clients of other nodes that left (or whose node went away).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RemoteLeave {
-    /// Their ids.
-    pub ids: Vec<String>,
-}
-
-impl Handler<RemoteLeave> for StateActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: RemoteLeave, _: &mut Context<Self>) {
-        for id in msg.ids {
-            self.broadcast_leave(&id, None);
-        }
+    /// A peer batch that reaches the state after shutdown began is not taken, and the next
+    /// barrier says so (a transport must not record it as applied).
+    #[actix::test]
+    async fn ops_arriving_during_shutdown_count_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let (ledger, _) = Ledger::open(&path, SyncMode::Always, |_| {}).unwrap();
+        let compaction = Compaction { after_bytes: 0, ledger_path: path, ledger_len: 0 };
+        let state = StateActor::new(
+            Clock::new("a"),
+            LwwMap::new(),
+            LedgerActor::start(ledger),
+            Arc::new(Metrics::default()),
+            compaction,
+        )
+        .start();
+        let admission = Arc::new(Semaphore::new(8));
+        let ops = |n: u64| {
+            let permit = Arc::clone(&admission).try_acquire_owned().unwrap();
+            vec![(Op::set(format!("k{n}"), serde_json::json!(n), Stamp::new(n, 0, "peer")), permit)]
+        };
+        state.do_send(RemoteOps { peer: "peer".into(), ops: ops(1) });
+        assert_eq!(state.send(Barrier).await.unwrap(), 0, "taken and durable");
+        state.send(Shutdown).await.unwrap();
+        state.do_send(RemoteOps { peer: "peer".into(), ops: ops(2) });
+        assert_eq!(state.send(Barrier).await.unwrap(), 1, "the batch that came during shutdown is reported");
     }
 }
