@@ -25,8 +25,8 @@
 //! Actors and I/O:
 //! - [`state`]: `StateActor`, the singleton that stamps, merges, batches to the ledger and fans
 //!   out durable ops to every session's bounded queue (`state::fanout`: per-version frames and v2
-//!   resume; `state::compaction`: online compaction riding on appends; `state::remote`: peers' ops,
-//!   digests and cursors).
+//!   resume; `state::presence`: cursors coalesced per tick; `state::compaction`: online compaction
+//!   riding on appends; `state::remote`: peers' ops and digests).
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
 //! - [`mesh`]: federation. `MeshActor` owns the peer links, forwards durable ops and relays
 //!   cursors; `mesh::dial` redials `peers` with backoff, `mesh::listener` accepts peers,

@@ -384,7 +384,8 @@ impl Connection {
             }
             Ok(ClientFrame::Presence { x, y }) => {
                 metrics.inbound(Inbound::Presence);
-                self.deps.state.do_send(Presence { id: self.id, x, y });
+                // A full mailbox drops the cursor: the next one replaces it anyway.
+                let _ = self.deps.state.try_send(Presence { id: self.id, x, y });
             }
             Ok(ClientFrame::Auth { .. }) => metrics.inbound(Inbound::Auth),
             Err(reason) => {

@@ -15,16 +15,17 @@
 //! and other peers, and a stale or duplicate op costs one comparison. Once durable, every op goes
 //! to the mesh (if any) to be forwarded to the peers that have not seen it.
 //!
-//! Submodules: `fanout` (applying batches, per-version frames, first frames), `compaction`
-//! (online compaction) and `remote` (ops, digests and cursors from the mesh).
+//! Submodules: `fanout` (applying batches, per-version frames, first frames), `presence`
+//! (cursors, coalesced per tick), `compaction` (online compaction) and `remote` (ops and digests
+//! from the mesh).
 
 mod compaction;
 mod fanout;
+mod presence;
 mod remote;
 
-pub use remote::{
-    AttachMesh, Barrier, DigestRequest, LocalAfter, RegistersIn, RemoteLeave, RemoteOps, RemotePresence, StateEvent,
-};
+pub use presence::{Presence, RemoteLeave, RemotePresence};
+pub use remote::{AttachMesh, Barrier, DigestRequest, LocalAfter, RegistersIn, RemoteOps, StateEvent};
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -127,6 +128,8 @@ pub struct StateActor {
     barriers: Vec<(u64, oneshot::Sender<u64>)>,
     /// Ops dropped because the ledger refused their batch, since start.
     dropped_total: u64,
+    /// Cursors waiting for the next presence tick.
+    cursors: presence::Cursors,
 }
 
 /// When and where the state actor compacts the ledger online.
@@ -155,6 +158,7 @@ impl StateActor {
             settled_total: 0,
             barriers: Vec::new(),
             dropped_total: 0,
+            cursors: presence::Cursors::default(),
             mesh: None,
             overlay: HashMap::new(),
             ledger_pos: (0, compaction.ledger_len),
@@ -406,31 +410,6 @@ impl Handler<Write> for StateActor {
         let source = Source::Client { origin: msg.origin, reference: msg.reference };
         self.enqueue(op, WriteMeta { source, _permit: msg.permit });
         self.flush(ctx);
-    }
-}
-
-/// A client's cursor, relayed to every other member.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Presence {
-    /// The sender.
-    pub id: Uuid,
-    /// Horizontal position.
-    pub x: i64,
-    /// Vertical position.
-    pub y: i64,
-}
-
-impl Handler<Presence> for StateActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Presence, _: &mut Context<Self>) {
-        let Some(member) = self.members.get(&msg.id) else { return };
-        let item = Outbound::frames(Arc::new([protocol::presence(&msg.id.to_string(), &member.color, msg.x, msg.y)]));
-        if let Some(mesh) = &self.mesh {
-            mesh.do_send(StateEvent::Presence { id: msg.id, color: member.color.clone(), x: msg.x, y: msg.y });
-        }
-        self.broadcast(&item, &item, Some(msg.id));
     }
 }
 
