@@ -24,9 +24,10 @@
 //!
 //! Actors and I/O:
 //! - [`state`]: `StateActor`, the singleton that stamps, merges, batches to the ledger and fans
-//!   out durable ops to every session's bounded queue (`state::fanout`: per-version frames and v2
-//!   resume; `state::presence`: cursors coalesced per tick; `state::compaction`: online compaction
-//!   riding on appends; `state::remote`: peers' ops and digests).
+//!   out durable ops to every session's bounded queue (`state::fanout`: per-version frames;
+//!   `state::join`: first frames, v2 resume, snapshots encoded off the actor for large maps;
+//!   `state::presence`: cursors coalesced per tick; `state::compaction`: online compaction riding
+//!   on appends; `state::remote`: peers' ops and digests).
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
 //! - [`mesh`]: federation. `MeshActor` owns the peer links, forwards durable ops and relays
 //!   cursors; `mesh::dial` redials `peers` with backoff, `mesh::listener` accepts peers,

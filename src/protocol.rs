@@ -286,9 +286,14 @@ pub fn hello_v2(id: &str, color: &str, node: &str) -> ByteString {
 /// v2 `{"type":"snapshot","data":{…},"resume":TOKEN}`: the whole state, and the token that resumes
 /// from it.
 pub fn snapshot_v2<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>, resume: &str) -> ByteString {
-    let whole = snapshot(entries);
-    // `{"type":"snapshot","data":{…}}` + `,"resume":…}`: reuse the v1 encoding.
-    let mut out = whole.as_bytes()[..whole.len() - 1].to_vec();
+    snapshot_v2_of(&snapshot(entries), resume)
+}
+
+/// [`snapshot_v2`] from the v1 `snapshot` frame of the same state (one encoding serves both).
+pub fn snapshot_v2_of(v1: &ByteString, resume: &str) -> ByteString {
+    // `{"type":"snapshot","data":{…}}` + `,"resume":…}`.
+    let mut out = Vec::with_capacity(v1.len() + resume.len() + 16);
+    out.extend_from_slice(&v1.as_bytes()[..v1.len() - 1]);
     out.extend_from_slice(b",\"resume\":");
     push_json(&mut out, resume);
     out.push(b'}');

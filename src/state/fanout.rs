@@ -1,10 +1,8 @@
 //! Fan-out: applying durable batches and sending every member the frames of its protocol
-//! version, through its bounded outbox; joining members' first frames (v1 snapshot, v2 snapshot
-//! or delta).
+//! version, through its bounded outbox; removing members that are gone, each with one leave.
 
 use std::sync::Arc;
 
-use bytestring::ByteString;
 use uuid::Uuid;
 
 use super::{Member, Source, StateActor, StateEvent, WriteMeta};
@@ -15,36 +13,6 @@ use crate::{
 };
 
 impl StateActor {
-    /// The token that resumes from the current state: `<epoch>.<seq>`.
-    pub(super) fn resume_token(&self) -> String {
-        format!("{}.{}", self.epoch, self.seq)
-    }
-
-    /// A v2 client's second frame: what changed since its resume token if the token is from this
-    /// run, the whole state otherwise.
-    pub(super) fn state_v2(&self, resume: Option<String>) -> ByteString {
-        let token = self.resume_token();
-        let since = resume.as_deref().and_then(|r| r.split_once('.')).and_then(|(epoch, seq)| {
-            let seq = seq.parse::<u64>().ok()?;
-            (epoch == self.epoch && seq <= self.seq).then_some(seq)
-        });
-        let Some(since) = since else { return protocol::snapshot_v2(self.map.live(), &token) };
-        let (mut changed, mut deleted) = (Vec::new(), Vec::new());
-        for (key, _) in self.changed_at.iter().filter(|(_, at)| **at > since) {
-            match self.map.register(key) {
-                Some(register) if !register.tombstone => changed.push((key, &register.value)),
-                _ => deleted.push(key),
-            }
-        }
-        changed.sort_by(|a, b| a.0.cmp(b.0));
-        deleted.sort();
-        protocol::delta_v2(changed.into_iter(), &deleted, &token)
-    }
-
-    pub(super) fn snapshot_frame(&mut self) -> ByteString {
-        self.snapshot_cache.get_or_insert_with(|| protocol::snapshot(self.map.live())).clone()
-    }
-
     /// Applies a durable batch and sends what won: v1 frames to v1 members, v2 frames (stamp,
     /// origin, sequence number) to v2 members, then an `ack` to each v2 writer that asked for one,
     /// and the winners to the mesh.
@@ -55,7 +23,9 @@ impl StateActor {
     /// relay's value instead (see [`StateActor::lost`]).
     pub(super) fn publish(&mut self, ops: Vec<Op>, metas: &[WriteMeta]) {
         let has = |v| self.members.values().any(|m| m.version == v);
-        let (want_v1, want_v2) = (has(Version::V1), has(Version::V2));
+        // Joiners waiting for a snapshot being encoded get these frames after it, in their version.
+        let recording = self.snapshots.recording();
+        let (want_v1, want_v2) = (recording || has(Version::V1), recording || has(Version::V2));
         let (mut v1, mut v2, mut acks) = (Vec::new(), Vec::new(), Vec::new());
         let (mut durable, mut sources) = (Vec::new(), Vec::new());
         for (op, meta) in ops.into_iter().zip(metas) {
@@ -85,9 +55,14 @@ impl StateActor {
                     Source::Client { .. } => None,
                 });
             }
-            self.changed_at.insert(op.key.clone(), seq);
+            if let Some(before) = self.changed_at.insert(op.key.clone(), seq) {
+                self.changes.remove(&before);
+            }
+            self.changes.insert(seq, op.key.clone());
             self.apply(op);
-            self.snapshot_cache = None;
+        }
+        if recording {
+            self.snapshots.record(&v1, &v2);
         }
         if let Some(mesh) = &self.mesh
             && !durable.is_empty()

@@ -15,22 +15,28 @@
 //! and other peers, and a stale or duplicate op costs one comparison. Once durable, every op goes
 //! to the mesh (if any) to be forwarded to the peers that have not seen it.
 //!
-//! Submodules: `fanout` (applying batches, per-version frames, first frames), `presence`
+//! Submodules: `fanout` (applying batches, per-version frames), `join` (first frames), `presence`
 //! (cursors, coalesced per tick), `compaction` (online compaction) and `remote` (ops and digests
 //! from the mesh).
 
 mod compaction;
 mod fanout;
+mod join;
 mod presence;
 mod remote;
 
+pub use join::Join;
 pub use presence::{Presence, RemoteLeave, RemotePresence};
 pub use remote::{AttachMesh, Barrier, DigestRequest, LocalAfter, RegistersIn, RemoteOps, StateEvent};
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use actix::prelude::*;
-use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use uuid::Uuid;
@@ -42,7 +48,7 @@ use crate::{
     lww::{LwwMap, Op, Register},
     metrics::Metrics,
     outbox::{Outbound, Outbox},
-    protocol::{self, Version, close},
+    protocol::{Version, close},
 };
 
 /// Most ops in one ledger batch: bounds the time one fsync holds the next batch back.
@@ -97,10 +103,13 @@ pub struct StateActor {
     epoch: String,
     /// Sequence number of the last op applied in this run.
     seq: u64,
-    /// The sequence number at which each key last changed in this run (for v2 deltas).
+    /// The sequence number at which each key last changed in this run, and the same ordered by
+    /// sequence number (a v2 delta costs what changed since, not the map).
     changed_at: HashMap<String, u64>,
+    changes: BTreeMap<u64, String>,
     members: HashMap<Uuid, Member>,
-    snapshot_cache: Option<ByteString>,
+    /// Encoded snapshots for joiners, and joiners waiting for one.
+    snapshots: join::Snapshots,
     /// Set once shutdown began: the waiters to answer when everything accepted is durable and sent.
     stopping: Option<Vec<oneshot::Sender<()>>>,
     metrics: Arc<Metrics>,
@@ -169,13 +178,14 @@ impl StateActor {
             epoch: format!("{:016x}", Uuid::new_v4().as_u64_pair().0),
             seq: 0,
             changed_at: HashMap::new(),
+            changes: BTreeMap::new(),
             clock,
             map,
             ledger,
             queue: Vec::new(),
             in_flight: None,
             members: HashMap::new(),
-            snapshot_cache: None,
+            snapshots: join::Snapshots::default(),
             stopping: None,
             metrics,
         }
@@ -283,6 +293,9 @@ impl StateActor {
             return;
         }
         let Some(waiters) = self.stopping.as_mut().map(std::mem::take) else { return };
+        for join in self.snapshots.drain_waiting() {
+            let _ = join.outbox.push(Outbound::Close(close::GOING_AWAY, "server shutting down"));
+        }
         for (_, member) in self.members.drain() {
             if member.outbox.push(Outbound::Close(close::GOING_AWAY, "server shutting down")).is_err()
                 && let Some(kick) = member.kick
@@ -315,49 +328,6 @@ impl Supervised for StateActor {
         self.dropped_total += lost;
         self.settled_total += lost;
         self.release_barriers();
-    }
-}
-
-/// Register a new connection; the actor pushes `hello` and `snapshot` into `tx` first.
-/// Replies false when the server is shutting down.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct Join {
-    /// The connection's id (sent in `hello`).
-    pub id: Uuid,
-    /// Its colour (sent in `hello`).
-    pub color: String,
-    /// Its protocol version.
-    pub version: Version,
-    /// v2: the resume token the client presented (`?resume=`), for a delta instead of the
-    /// whole state.
-    pub resume: Option<String>,
-    /// Its bounded outbound queue.
-    pub outbox: Outbox,
-    /// Fired when the member must close at once (its queue is full).
-    pub kick: oneshot::Sender<(u16, &'static str)>,
-}
-
-impl Handler<Join> for StateActor {
-    type Result = bool;
-
-    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> bool {
-        if self.stopping.is_some() {
-            return false;
-        }
-        let id = msg.id.to_string();
-        let first = match msg.version {
-            Version::V1 => Arc::new([protocol::hello(&id, &msg.color), self.snapshot_frame()]),
-            Version::V2 => {
-                Arc::new([protocol::hello_v2(&id, &msg.color, self.clock.node()), self.state_v2(msg.resume)])
-            }
-        };
-        if msg.outbox.push(Outbound::frames(first)).is_err() {
-            return false;
-        }
-        let member = Member { color: msg.color, version: msg.version, outbox: msg.outbox, kick: Some(msg.kick) };
-        self.members.insert(msg.id, member);
-        true
     }
 }
 
