@@ -3,11 +3,12 @@
 // Chromium against the real relay: a demo opened once reloads with the relay stopped (served by
 // the service worker), renders its last state, keeps edits in the outbox across reloads and sends
 // them when the relay is back, without a reload; the two counter examples load without console
-// errors and sync between two browser contexts; the shell is one versioned unit: changed files
-// reach a page only with a new version, every page load runs one version's page and client, a
-// failed precache keeps the old worker and cache, and nothing but the listed shell is ever cached
-// or answered from a cache (a same-origin API-like GET with a query and no-store goes to the
-// network, offline too). The shell list and its VERSION are checked without a browser.
+// errors and sync between two browser contexts; React hooks on the example page under StrictMode
+// open one socket per configuration, close the old one on a token change and the last on unmount;
+// the shell is one versioned unit: changed files reach a page only with a new version, every page
+// load runs one version's page and client, a failed precache keeps the old worker and cache, and
+// nothing but the listed shell is ever cached or answered from a cache (a same-origin API-like GET
+// with a query and no-store goes to the network, offline too). The shell list and its VERSION are checked without a browser.
 // The browser tests need AETHER_BIN and Chromium (CHROMIUM=<path>, or `chromium` on PATH).
 
 const assert = require('node:assert/strict');
@@ -249,6 +250,68 @@ test('examples: the vanilla and the React counter load without errors and sync b
     await r1.wait(`${status} === 'connected'`, 20000, 'react reconnected');
 
     for (const t of [v1, v2, r1, r2]) assert.deepEqual(t.errors, [], t.name + ' console errors');
+  } finally {
+    closeChromium(chromium);
+    await stopRelay(relay);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Injected before a page's own scripts: every WebSocket the page makes, in order. */
+const RECORD_SOCKETS = `(() => {
+  const Native = window.WebSocket;
+  window.__sockets = [];
+  window.WebSocket = class extends Native {
+    constructor(url, protocols) {
+      super(url, protocols);
+      window.__sockets.push(this);
+    }
+  };
+})();`;
+
+test('React hooks in Chromium against the relay: StrictMode opens one socket per configuration, a token change closes the old one, unmount the last', { skip, timeout: 90000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-hooks-'));
+  let relay = null;
+  let chromium = null;
+  try {
+    relay = await startRelay(dir, 0, path.join(dir, 'ledger.jsonl'));
+    chromium = await launchChromium(dir);
+    const tab = await Tab.open(chromium.cdp, null, 'react');
+    await chromium.cdp.send('Page.addScriptToEvaluateOnNewDocument', { source: RECORD_SOCKETS }, tab.session);
+    await tab.goto(`http://127.0.0.1:${relay.port}/examples/react-counter.html`);
+    await tab.wait(`document.getElementById('status').dataset.state === 'connected'`, 10000, 'the example connected');
+    assert.equal(await tab.eval(`window.__sockets.length`), 1, 'the example: one client (getAether), one socket, under StrictMode');
+    // A second root, StrictMode, hooks with a token of their own: open, switch the token, unmount.
+    const open = `window.__sockets.slice(1).filter((s) => s.readyState <= 1).map((s) => new URL(s.url).searchParams.get('auth_token'))`;
+    await tab.eval(`(async () => {
+      const React = (await import('react')).default;
+      const { createRoot } = await import('react-dom/client');
+      const { useAether } = await import('/aether-react.mjs');
+      const h = React.createElement;
+      function Probe({ token }) {
+        const [value, setValue, meta] = useAether('hooks:probe', 'none', { authToken: token, cacheKey: 'aether::hooks-probe' });
+        React.useEffect(() => { if (meta.connected) setValue('written with ' + token); }, [meta.connected, token, setValue]);
+        return h('output', { id: 'probe' }, token + '|' + meta.connected + '|' + value);
+      }
+      const div = document.body.appendChild(document.createElement('div'));
+      const root = createRoot(div);
+      window.__probe = (token) => token ? root.render(h(React.StrictMode, null, h(Probe, { token }), h(Probe, { token }))) : root.unmount();
+      window.__probe('t1');
+      return true;
+    })()`);
+    await tab.wait(`document.getElementById('probe')?.textContent === 't1|true|written with t1'`, 10000, 'the hooks connected and wrote');
+    assert.deepEqual(await tab.eval(open), ['t1'], 'two components under StrictMode: one socket');
+    assert.equal(await tab.eval(`window.__sockets.length`), 2);
+    await tab.eval(`window.__probe('t2')`);
+    await tab.wait(`document.getElementById('probe')?.textContent === 't2|true|written with t2'`, 10000, 'the new token connected');
+    await tab.wait(`JSON.stringify(${open}) === '["t2"]'`, 5000, 'the t1 socket closed');
+    await tab.eval(`window.__probe(null)`);
+    await tab.wait(`${open}.length === 0`, 5000, 'unmount closed the last socket');
+    await sleep(1000); // a client left open would reconnect within its first backoff step (200 ms)
+    assert.deepEqual(await tab.eval(open), []);
+    assert.equal(await tab.eval(`window.__sockets.length`), 3, 'no socket reopened');
+    assert.equal(await tab.eval(`window.__sockets[0].readyState`), 1, "the example's own client is untouched");
+    assert.deepEqual(tab.errors, []);
   } finally {
     closeChromium(chromium);
     await stopRelay(relay);
