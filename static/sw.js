@@ -24,7 +24,7 @@
  */
 'use strict';
 
-const VERSION = '9574b5a8982f2bb6';
+const VERSION = 'a02ffe56628e8faa';
 const PREFIX = 'aether-shell-';
 const CACHE = PREFIX + VERSION;
 
@@ -51,14 +51,7 @@ const PRECACHE = [
   '/examples/vendor/react-dom.production.min.js',
 ];
 /** The pages among them: a navigation to one is answered whatever its query string. */
-const PAGES = new Set([
-  '/',
-  '/index.html',
-  '/demos/kanban.html',
-  '/demos/markdown.html',
-  '/examples/vanilla-counter.html',
-  '/examples/react-counter.html',
-]);
+const PAGES = new Set(PRECACHE.filter((url) => url.endsWith('/') || url.endsWith('.html')));
 const SHELL = new Set(PRECACHE);
 
 const noStore = (headers) => /(^|[\s,])no-store($|[\s,;=])/i.test(headers.get('cache-control') || '');

@@ -6,7 +6,8 @@
 // errors and sync between two browser contexts; React hooks on the example page under StrictMode
 // open one socket per configuration, close the old one on a token change and the last on unmount;
 // the shell is one versioned unit: changed files reach a page only with a new version, every page
-// load runs one version's page and client, a failed precache keeps the old worker and cache, and
+// load runs one version's page and client, a new version waits while two windows run the old one
+// and then takes over the last one alone, a failed precache keeps the old worker and cache, and
 // nothing but the listed shell is ever cached or answered from a cache (a same-origin API-like GET
 // with a query and no-store goes to the network, offline too). The shell list and its VERSION are checked without a browser.
 // The browser tests need AETHER_BIN and Chromium (CHROMIUM=<path>, or `chromium` on PATH).
@@ -333,7 +334,19 @@ const CACHED = `(async () => { const names = await caches.keys(); if (names.leng
 /** A fetch from the page: its status and body, or the error's name. */
 const get = (url, init = {}) => `fetch(${JSON.stringify(url)}, ${JSON.stringify(init)}).then(async (r) => r.status + ' ' + (await r.text()).slice(0, 20), (e) => e.name)`;
 
-test('offline shell versions: one version per page load, a new version only once complete, a failed precache keeps the old, only the shell is cached', { skip, timeout: 180000 }, async () => {
+/** Another window in `tab`'s browser context (the same service worker and caches), on `url`. */
+async function sibling(cdp, tab, url, name) {
+  const { targetId } = await cdp.send('Target.createTarget', { url: 'about:blank', browserContextId: tab.browserContextId });
+  const { sessionId } = await cdp.send('Target.attachToTarget', { targetId, flatten: true });
+  await cdp.send('Runtime.enable', {}, sessionId);
+  await cdp.send('Page.enable', {}, sessionId);
+  await cdp.send('Page.addScriptToEvaluateOnNewDocument', { source: RECORD_LOADS }, sessionId);
+  const page = new Tab(cdp, name, { sessionId, browserContextId: tab.browserContextId, targetId, errors: [] });
+  await page.goto(url);
+  return page;
+}
+
+test('offline shell versions: one version per page load, a new version only once complete and not beside an old window, a failed precache keeps the old, only the shell is cached', { skip, timeout: 180000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-shell-up-'));
   const ledger = path.join(dir, 'ledger.jsonl');
   const site = path.join(dir, 'static');
@@ -393,9 +406,28 @@ test('offline shell versions: one version per page load, a new version only once
     assert.deepEqual(await tab.eval(CACHED), [...SHELL.precache].sort());
     await tab.wait(connected, 10000, 'connected again');
 
+    // Two windows: a new version waits (both keep build 2, reloads too) until one is left, then
+    // takes over that one, which reloads into it whole.
+    const other = await sibling(chromium.cdp, tab, `http://127.0.0.1:${port}/demos/kanban.html`, 'kanban, second window');
+    assert.equal(await other.eval(BUILD), '2/2');
+    ship(4, { version: 'build-4' });
+    await tab.reload();
+    await tab.wait(`navigator.serviceWorker.getRegistration().then((r) => !!r.waiting)`, 15000, 'build 4 installed and waiting');
+    await sleep(500); // time for a take-over, were it (wrongly) to happen
+    assert.equal(await tab.eval(BUILD), '2/2');
+    await other.reload();
+    assert.equal(await other.eval(BUILD), '2/2', 'the other window keeps the version in charge');
+    assert.deepEqual((await tab.eval(CACHES)).split(',').sort(), ['aether-shell-build-2', 'aether-shell-build-4'], 'the old cache stays while it serves');
+    assert.deepEqual(await other.eval(`JSON.parse(sessionStorage.getItem('shell-loads')).map((l) => l.page + '/' + l.client).join(' ')`), '2/2 2/2');
+    await chromium.cdp.send('Target.closeTarget', { targetId: other.targetId });
+    await tab.reload();
+    await tab.wait(`${BUILD} === '4/4'`, 20000, 'the lone window reloaded into build 4');
+    await tab.wait(`${CACHES}.then((k) => k === 'aether-shell-build-4')`, 15000, 'then the old cache goes');
+    await tab.wait(connected, 10000, 'connected again');
+
     // A new version whose precache fails (a listed file is missing): its install fails, the worker
-    // and cache in charge stay, and pages keep loading build 2 whole although the relay has 3.
-    ship(3, { version: 'build-3', extra: '/missing-file.js' });
+    // and cache in charge stay, and pages keep loading build 4 whole although the relay has 5.
+    ship(5, { version: 'build-5', extra: '/missing-file.js' });
     await tab.reload();
     const attempt = await tab.eval(`(async () => {
       const reg = await navigator.serviceWorker.getRegistration();
@@ -415,18 +447,18 @@ test('offline shell versions: one version per page load, a new version only once
     })()`);
     assert.ok(attempt.states.includes('redundant'), 'the install failed: ' + JSON.stringify(attempt));
     assert.deepEqual([attempt.waiting, attempt.installing, attempt.active], [false, false, 'activated'], JSON.stringify(attempt));
-    assert.equal(await tab.eval(CACHES), 'aether-shell-build-2', 'the old cache stays, no half-filled new one');
+    assert.equal(await tab.eval(CACHES), 'aether-shell-build-4', 'the old cache stays, no half-filled new one');
     assert.deepEqual(await tab.eval(CACHED), [...SHELL.precache].sort());
     await tab.reload();
     assert.equal(await tab.eval(FROM_SW), true);
-    assert.equal(await tab.eval(BUILD), '2/2');
+    assert.equal(await tab.eval(BUILD), '4/4');
 
-    // Offline: the complete build 2 still loads; nothing outside the shell comes from a cache.
+    // Offline: the complete build 4 still loads; nothing outside the shell comes from a cache.
     await stopRelay(relay);
     await tab.wait(offline, 10000, 'offline');
     await tab.reload();
     assert.equal(await tab.eval(FROM_SW), true);
-    assert.equal(await tab.eval(BUILD), '2/2');
+    assert.equal(await tab.eval(BUILD), '4/4');
     assert.equal(await tab.eval(`document.querySelectorAll('.col').length`), 3, 'the board from localStorage');
     assert.equal(await tab.eval(get('/api/me.json?user=alice', { headers: { 'Cache-Control': 'no-store' } })), 'TypeError', 'the API answer is not served offline');
     assert.equal(await tab.eval(get('/api/me.json')), 'TypeError');
@@ -434,11 +466,11 @@ test('offline shell versions: one version per page load, a new version only once
     assert.equal(await tab.eval(get('/aether.js', { cache: 'no-store' })), 'TypeError', 'no-store is never answered from a cache');
     assert.match(await tab.eval(get('/aether.js')), /^200 /, 'the shell is');
 
-    // Every load ran one build's page and client, never a mix, and never build 3.
+    // Every load ran one build's page and client, never a mix, and never build 5.
     const loads = await tab.eval(`JSON.parse(sessionStorage.getItem('shell-loads'))`);
-    assert.ok(loads.length >= 7, JSON.stringify(loads));
+    assert.ok(loads.length >= 9, JSON.stringify(loads));
     for (const l of loads) assert.equal(l.page, l.client, 'page and client of one load: ' + JSON.stringify(loads));
-    assert.deepEqual([...new Set(loads.map((l) => l.page))], [1, 2], JSON.stringify(loads));
+    assert.deepEqual([...new Set(loads.map((l) => l.page))], [1, 2, 4], JSON.stringify(loads));
     assert.deepEqual(tab.errors, []);
   } finally {
     closeChromium(chromium);
