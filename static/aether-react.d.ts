@@ -51,6 +51,10 @@ export interface AetherStatusResult {
 }
 
 export declare function configureAether(config: AetherConfig): void;
+/**
+ * The shared client for this configuration, opened now if needed. The app owns it: hooks never
+ * close it; `client.close()` does, and the next call opens a new one.
+ */
 export declare function getAether(options?: AetherHookOptions): AetherClient;
 
 export declare function useAether<T = AetherValue>(
