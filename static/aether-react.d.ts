@@ -9,7 +9,10 @@ type AetherValue = import('./aether.js').Value;
 type AetherWriteHandle<T> = import('./aether.js').Write<T>;
 type AetherStatusInfo = import('./aether.js').Status;
 
-/** Defaults for every hook: the relay URL and client options, or an existing client. */
+/**
+ * Defaults for every hook: the relay URL and client options, or an existing client. Every option
+ * tells clients apart: hooks with another token, URL or cache key get (and close) their own.
+ */
 export interface AetherConfig extends AetherOptions {
   url?: string;
   client?: AetherClient;
@@ -21,7 +24,8 @@ export type AetherHookOptions = AetherConfig;
 export interface AetherMeta {
   readonly ready: boolean;
   readonly connected: boolean;
-  readonly client: AetherClient;
+  /** null until the hook has mounted and opened its client, and always on a server. */
+  readonly client: AetherClient | null;
 }
 
 export type SetAetherValue<T> = (
@@ -34,17 +38,23 @@ export interface AetherSnapshotResult {
   readonly deleteKey: (key: string) => AetherWriteHandle<never>;
   readonly ready: boolean;
   readonly connected: boolean;
-  readonly client: AetherClient;
+  /** null until the hook has mounted and opened its client, and always on a server. */
+  readonly client: AetherClient | null;
 }
 
 export interface AetherStatusResult {
   readonly connected: boolean;
   readonly ready: boolean;
   readonly status: AetherStatusInfo;
-  readonly client: AetherClient;
+  /** null until the hook has mounted and opened its client, and always on a server. */
+  readonly client: AetherClient | null;
 }
 
 export declare function configureAether(config: AetherConfig): void;
+/**
+ * The shared client for this configuration, opened now if needed. The app owns it: hooks never
+ * close it; `client.close()` does, and the next call opens a new one.
+ */
 export declare function getAether(options?: AetherHookOptions): AetherClient;
 
 export declare function useAether<T = AetherValue>(

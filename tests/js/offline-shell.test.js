@@ -3,11 +3,17 @@
 // Chromium against the real relay: a demo opened once reloads with the relay stopped (served by
 // the service worker), renders its last state, keeps edits in the outbox across reloads and sends
 // them when the relay is back, without a reload; the two counter examples load without console
-// errors and sync between two browser contexts; after the relay ships a changed page (and a new
-// service worker version) a reload picks it up, online and then offline.
-// Needs AETHER_BIN and Chromium (CHROMIUM=<path>, or `chromium` on PATH); skipped otherwise.
+// errors and sync between two browser contexts; React hooks on the example page under StrictMode
+// open one socket per configuration, close the old one on a token change and the last on unmount;
+// the shell is one versioned unit: changed files reach a page only with a new version, every page
+// load runs one version's page and client, a new version waits while two windows run the old one
+// and then takes over the last one alone, a failed precache keeps the old worker and cache, and
+// nothing but the listed shell is ever cached or answered from a cache (a same-origin API-like GET
+// with a query and no-store goes to the network, offline too). The shell list and its VERSION are checked without a browser.
+// The browser tests need AETHER_BIN and Chromium (CHROMIUM=<path>, or `chromium` on PATH).
 
 const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -18,6 +24,64 @@ const STATIC = path.join(__dirname, '..', '..', 'static');
 const WS = loadWs();
 const skip = browserSkip(BIN);
 const { PageHandle, startRelay, stopRelay, launchChromium, closeChromium } = require('./devtools');
+
+/** PRECACHE and VERSION as written in a copy of sw.js. */
+function shellOf(swText) {
+  const list = /const PRECACHE = \[([\s\S]*?)\];/.exec(swText);
+  const version = /const VERSION = '([^']*)';/.exec(swText);
+  assert.ok(list && version, 'sw.js declares PRECACHE and VERSION');
+  return { precache: Array.from(list[1].matchAll(/'([^']*)'/g), (m) => m[1]), version: version[1] };
+}
+/** The file the relay serves for a shell URL. */
+const fileOf = (dir, url) => path.join(dir, url === '/' ? 'index.html' : url.slice(1));
+/** What VERSION must be: a hash of sw.js (its VERSION blanked) and of every listed file, in order. */
+function shellHash(dir) {
+  const text = fs.readFileSync(path.join(dir, 'sw.js'), 'utf8');
+  const h = crypto.createHash('sha256');
+  h.update(text.replace(/const VERSION = '[^']*';/, "const VERSION = '';"));
+  for (const url of shellOf(text).precache) {
+    h.update('\0' + url + '\0');
+    h.update(fs.readFileSync(fileOf(dir, url)));
+  }
+  return h.digest('hex').slice(0, 16);
+}
+const SHELL = shellOf(fs.readFileSync(path.join(STATIC, 'sw.js'), 'utf8'));
+const CACHE = 'aether-shell-' + SHELL.version;
+
+/** Same-origin files a shell file loads: scripts, stylesheets, import maps, module imports, CSS url()s. */
+function loadsOf(url, text) {
+  const refs = [];
+  if (url === '/' || url.endsWith('.html')) {
+    for (const m of text.matchAll(/<script\b[^>]*\bsrc="([^"]+)"/g)) refs.push(m[1]);
+    for (const m of text.matchAll(/<link\b[^>]*\bhref="([^"]+)"/g)) refs.push(m[1]);
+    for (const m of text.matchAll(/<script type="importmap">([\s\S]*?)<\/script>/g)) refs.push(...Object.values(JSON.parse(m[1]).imports || {}));
+  }
+  if (/\.(html|m?js)$/.test(url) || url === '/') {
+    for (const m of text.matchAll(/(?:\bfrom|\bimport)\s*\(?\s*['"]([./][^'"]*)['"]/g)) refs.push(m[1]);
+  }
+  if (url.endsWith('.css')) for (const m of text.matchAll(/url\(\s*['"]?([^'")]+)/g)) if (!m[1].startsWith('data:')) refs.push(m[1]);
+  const base = new URL(url, 'http://shell.test');
+  return refs.map((r) => new URL(r, base)).filter((u) => u.origin === base.origin).map((u) => u.pathname);
+}
+
+test('the shell list: every listed file exists, every file the shell loads is listed, VERSION is the hash of the shell', () => {
+  const listed = new Set(SHELL.precache);
+  assert.equal(listed.size, SHELL.precache.length, 'no URL listed twice');
+  for (const url of SHELL.precache) {
+    assert.ok(fs.existsSync(fileOf(STATIC, url)), url + ' exists in static/');
+    assert.ok(!/[?#]/.test(url), url + ': no query or fragment');
+  }
+  assert.ok(!listed.has('/sw.js'), 'the worker itself is never cached');
+  const missing = [];
+  for (const url of SHELL.precache) {
+    for (const dep of loadsOf(url, fs.readFileSync(fileOf(STATIC, url), 'utf8'))) {
+      if (!listed.has(dep) && dep !== '/sw.js') missing.push(`${url} loads ${dep}`);
+    }
+  }
+  assert.deepEqual(missing, [], 'add these to PRECACHE in static/sw.js');
+  const want = shellHash(STATIC);
+  assert.equal(SHELL.version, want, `a shell file changed: set static/sw.js to  const VERSION = '${want}';`);
+});
 
 /** One tab in its own browser context (own storage, caches and service workers). */
 class Tab extends PageHandle {
@@ -76,7 +140,8 @@ test('offline shell: a demo reloads with the relay stopped, keeps edits across r
     }
     await a.shellReady('/demos/kanban.html');
     // Everything the page needs is precached (and nothing live is).
-    const cached = await a.eval(`(async () => (await (await caches.open('aether-shell-v1')).keys()).map((r) => new URL(r.url).pathname).sort())()`);
+    const cached = await a.eval(`(async () => (await (await caches.open(${JSON.stringify(CACHE)})).keys()).map((r) => new URL(r.url).pathname + new URL(r.url).search).sort())()`);
+    assert.deepEqual(cached, [...SHELL.precache].sort(), 'exactly the shell is cached');
     for (const p of ['/', '/demos/kanban.html', '/demos/markdown.html', '/demos/demo.css', '/demos/demo-common.js', '/aether.js', '/aether.mjs', '/aether-react.mjs', '/topology/topology.js', '/topology/topology.css']) {
       assert.ok(cached.includes(p), p + ' precached: ' + cached.join(' '));
     }
@@ -193,51 +258,219 @@ test('examples: the vanilla and the React counter load without errors and sync b
   }
 });
 
-test('offline shell upgrade: a changed page and a new worker version reach the browser on reload, online and offline', { skip, timeout: 120000 }, async () => {
+/** Injected before a page's own scripts: every WebSocket the page makes, in order. */
+const RECORD_SOCKETS = `(() => {
+  const Native = window.WebSocket;
+  window.__sockets = [];
+  window.WebSocket = class extends Native {
+    constructor(url, protocols) {
+      super(url, protocols);
+      window.__sockets.push(this);
+    }
+  };
+})();`;
+
+test('React hooks in Chromium against the relay: StrictMode opens one socket per configuration, a token change closes the old one, unmount the last', { skip, timeout: 90000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-hooks-'));
+  let relay = null;
+  let chromium = null;
+  try {
+    relay = await startRelay(dir, 0, path.join(dir, 'ledger.jsonl'));
+    chromium = await launchChromium(dir);
+    const tab = await Tab.open(chromium.cdp, null, 'react');
+    await chromium.cdp.send('Page.addScriptToEvaluateOnNewDocument', { source: RECORD_SOCKETS }, tab.session);
+    await tab.goto(`http://127.0.0.1:${relay.port}/examples/react-counter.html`);
+    await tab.wait(`document.getElementById('status').dataset.state === 'connected'`, 10000, 'the example connected');
+    assert.equal(await tab.eval(`window.__sockets.length`), 1, 'the example: one client (getAether), one socket, under StrictMode');
+    // A second root, StrictMode, hooks with a token of their own: open, switch the token, unmount.
+    const open = `window.__sockets.slice(1).filter((s) => s.readyState <= 1).map((s) => new URL(s.url).searchParams.get('auth_token'))`;
+    await tab.eval(`(async () => {
+      const React = (await import('react')).default;
+      const { createRoot } = await import('react-dom/client');
+      const { useAether } = await import('/aether-react.mjs');
+      const h = React.createElement;
+      function Probe({ token }) {
+        const [value, setValue, meta] = useAether('hooks:probe', 'none', { authToken: token, cacheKey: 'aether::hooks-probe' });
+        React.useEffect(() => { if (meta.connected) setValue('written with ' + token); }, [meta.connected, token, setValue]);
+        return h('output', { id: 'probe' }, token + '|' + meta.connected + '|' + value);
+      }
+      const div = document.body.appendChild(document.createElement('div'));
+      const root = createRoot(div);
+      window.__probe = (token) => token ? root.render(h(React.StrictMode, null, h(Probe, { token }), h(Probe, { token }))) : root.unmount();
+      window.__probe('t1');
+      return true;
+    })()`);
+    await tab.wait(`document.getElementById('probe')?.textContent === 't1|true|written with t1'`, 10000, 'the hooks connected and wrote');
+    assert.deepEqual(await tab.eval(open), ['t1'], 'two components under StrictMode: one socket');
+    assert.equal(await tab.eval(`window.__sockets.length`), 2);
+    await tab.eval(`window.__probe('t2')`);
+    await tab.wait(`document.getElementById('probe')?.textContent === 't2|true|written with t2'`, 10000, 'the new token connected');
+    await tab.wait(`JSON.stringify(${open}) === '["t2"]'`, 5000, 'the t1 socket closed');
+    await tab.eval(`window.__probe(null)`);
+    await tab.wait(`${open}.length === 0`, 5000, 'unmount closed the last socket');
+    await sleep(1000); // a client left open would reconnect within its first backoff step (200 ms)
+    assert.deepEqual(await tab.eval(open), []);
+    assert.equal(await tab.eval(`window.__sockets.length`), 3, 'no socket reopened');
+    assert.equal(await tab.eval(`window.__sockets[0].readyState`), 1, "the example's own client is untouched");
+    assert.deepEqual(tab.errors, []);
+  } finally {
+    closeChromium(chromium);
+    await stopRelay(relay);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Run at every page load of a tab: which build the page and its aether.js came from. */
+const RECORD_LOADS = `addEventListener('load', () => {
+  const m = /\\(build (\\d+)\\)/.exec((document.querySelector('footer') || {}).textContent || '');
+  const loads = JSON.parse(sessionStorage.getItem('shell-loads') || '[]');
+  loads.push({ page: m ? Number(m[1]) : 0, client: globalThis.__shellBuild || 0 });
+  sessionStorage.setItem('shell-loads', JSON.stringify(loads));
+});`;
+const BUILD = `[(/\\(build (\\d+)\\)/.exec(document.querySelector('footer').textContent) || [])[1], String(globalThis.__shellBuild)].join('/')`;
+const CACHES = `caches.keys().then((k) => k.join(','))`;
+/** The URLs in the one shell cache there is. */
+const CACHED = `(async () => { const names = await caches.keys(); if (names.length !== 1) return names; return (await (await caches.open(names[0])).keys()).map((r) => new URL(r.url).pathname + new URL(r.url).search).sort(); })()`;
+/** A fetch from the page: its status and body, or the error's name. */
+const get = (url, init = {}) => `fetch(${JSON.stringify(url)}, ${JSON.stringify(init)}).then(async (r) => r.status + ' ' + (await r.text()).slice(0, 20), (e) => e.name)`;
+
+/** Another window in `tab`'s browser context (the same service worker and caches), on `url`. */
+async function sibling(cdp, tab, url, name) {
+  const { targetId } = await cdp.send('Target.createTarget', { url: 'about:blank', browserContextId: tab.browserContextId });
+  const { sessionId } = await cdp.send('Target.attachToTarget', { targetId, flatten: true });
+  await cdp.send('Runtime.enable', {}, sessionId);
+  await cdp.send('Page.enable', {}, sessionId);
+  await cdp.send('Page.addScriptToEvaluateOnNewDocument', { source: RECORD_LOADS }, sessionId);
+  const page = new Tab(cdp, name, { sessionId, browserContextId: tab.browserContextId, targetId, errors: [] });
+  await page.goto(url);
+  return page;
+}
+
+test('offline shell versions: one version per page load, a new version only once complete and not beside an old window, a failed precache keeps the old, only the shell is cached', { skip, timeout: 180000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-shell-up-'));
   const ledger = path.join(dir, 'ledger.jsonl');
   const site = path.join(dir, 'static');
   fs.cpSync(STATIC, site, { recursive: true, filter: (src) => !src.includes(path.join('demos', 'screenshots')) });
-  const kanban = path.join(site, 'demos', 'kanban.html');
-  const sw = path.join(site, 'sw.js');
-  const edit = (file, from, to) => {
-    const text = fs.readFileSync(file, 'utf8');
-    assert.ok(text.includes(from), `${file} contains ${from}`);
-    fs.writeFileSync(file, text.replace(from, to));
+  // An API-like answer on the same origin: the relay serves it like any file, but it is not the shell.
+  fs.mkdirSync(path.join(site, 'api'));
+  fs.writeFileSync(path.join(site, 'api', 'me.json'), '{"user":"alice"}');
+  const files = {
+    kanban: path.join(site, 'demos', 'kanban.html'),
+    client: path.join(site, 'aether.js'),
+    sw: path.join(site, 'sw.js'),
+  };
+  const original = Object.fromEntries(Object.entries(files).map(([k, f]) => [k, fs.readFileSync(f, 'utf8')]));
+  /** The relay now ships build `n`: the page's footer and aether.js say so; sw.js as given. */
+  const ship = (n, { version = null, extra = null } = {}) => {
+    assert.ok(original.kanban.includes('Built on aether-actix'));
+    fs.writeFileSync(files.kanban, original.kanban.replace('Built on aether-actix', `Built on aether-actix (build ${n})`));
+    fs.writeFileSync(files.client, original.client + `\n;globalThis.__shellBuild = ${n};\n`);
+    let sw = original.sw;
+    if (version) sw = sw.replace(/const VERSION = '[^']*';/, `const VERSION = '${version}';`);
+    if (extra) sw = sw.replace('const PRECACHE = [', `const PRECACHE = [\n  ${JSON.stringify(extra)},`);
+    fs.writeFileSync(files.sw, sw);
   };
   let relay = null;
   let chromium = null;
   try {
+    ship(1, { version: 'build-1' });
     relay = await startRelay(dir, 0, ledger, site);
     const port = relay.port;
     chromium = await launchChromium(dir);
-    const tab = await Tab.open(chromium.cdp, `http://127.0.0.1:${port}/demos/kanban.html`, 'kanban');
+    const tab = await Tab.open(chromium.cdp, null, 'kanban');
+    await chromium.cdp.send('Page.addScriptToEvaluateOnNewDocument', { source: RECORD_LOADS }, tab.session);
+    await tab.goto(`http://127.0.0.1:${port}/demos/kanban.html`);
     await tab.wait(connected, 10000, 'connected');
     await tab.shellReady('/demos/kanban.html');
-    const footer = `document.querySelector('footer').textContent`;
-    assert.ok(!(await tab.eval(footer)).includes('marker'));
+    assert.equal(await tab.eval(CACHES), 'aether-shell-build-1');
+    assert.deepEqual(await tab.eval(CACHED), [...SHELL.precache].sort());
 
-    // A changed page, same worker: network-first, so an ordinary reload shows it.
-    edit(kanban, 'Built on aether-actix', 'Built on aether-actix (marker 2)');
+    // Only the shell: same-origin GETs outside it go to the relay and are never stored.
+    assert.equal(await tab.eval(get('/api/me.json?user=alice', { headers: { 'Cache-Control': 'no-store' } })), '200 {"user":"alice"}');
+    assert.equal(await tab.eval(get('/api/me.json')), '200 {"user":"alice"}');
+    assert.match(await tab.eval(get('/aether.js?user=alice')), /^200 /);
+    assert.deepEqual(await tab.eval(CACHED), [...SHELL.precache].sort(), 'nothing cached at run time');
+
+    // Changed files, the same version: the page keeps its whole version (page and client alike).
+    ship(2, { version: 'build-1' });
     await tab.reload();
-    assert.match(await tab.eval(footer), /marker 2/);
+    assert.equal(await tab.eval(FROM_SW), true);
+    assert.equal(await tab.eval(BUILD), '1/1');
 
-    // A changed page and a new worker version: the new worker takes over and drops the old cache.
-    edit(kanban, '(marker 2)', '(marker 3)');
-    edit(sw, `const VERSION = 'v1';`, `const VERSION = 'v2-test';`);
+    // A new version: the old worker serves this load, the new one precaches, takes over, and the
+    // page reloads itself once into the new version whole; the old cache goes only then.
+    ship(2, { version: 'build-2' });
     await tab.reload();
-    assert.match(await tab.eval(footer), /marker 3/);
-    await tab.wait(`(async () => (await caches.keys()).join(',') === 'aether-shell-v2-test')()`, 15000, 'only the new cache is left');
-    await tab.wait(`(async () => { const r = await navigator.serviceWorker.getRegistration(); return !!(r && r.active && !r.waiting && !r.installing) && navigator.serviceWorker.controller && navigator.serviceWorker.controller.scriptURL === r.active.scriptURL; })()`, 15000, 'the new worker controls the page');
-    await tab.shellReady('/demos/kanban.html');
+    await tab.wait(`${BUILD} === '2/2'`, 20000, 'the page reloaded into build 2');
+    await tab.wait(`${CACHES}.then((k) => k === 'aether-shell-build-2')`, 15000, 'only the new cache is left');
+    assert.deepEqual(await tab.eval(CACHED), [...SHELL.precache].sort());
+    await tab.wait(connected, 10000, 'connected again');
 
-    // Offline now: the reload gets the new version from the new cache, not a stale one.
+    // Two windows: a new version waits (both keep build 2, reloads too) until one is left, then
+    // takes over that one, which reloads into it whole.
+    const other = await sibling(chromium.cdp, tab, `http://127.0.0.1:${port}/demos/kanban.html`, 'kanban, second window');
+    assert.equal(await other.eval(BUILD), '2/2');
+    ship(4, { version: 'build-4' });
+    await tab.reload();
+    await tab.wait(`navigator.serviceWorker.getRegistration().then((r) => !!r.waiting)`, 15000, 'build 4 installed and waiting');
+    await sleep(500); // time for a take-over, were it (wrongly) to happen
+    assert.equal(await tab.eval(BUILD), '2/2');
+    await other.reload();
+    assert.equal(await other.eval(BUILD), '2/2', 'the other window keeps the version in charge');
+    assert.deepEqual((await tab.eval(CACHES)).split(',').sort(), ['aether-shell-build-2', 'aether-shell-build-4'], 'the old cache stays while it serves');
+    assert.deepEqual(await other.eval(`JSON.parse(sessionStorage.getItem('shell-loads')).map((l) => l.page + '/' + l.client).join(' ')`), '2/2 2/2');
+    await chromium.cdp.send('Target.closeTarget', { targetId: other.targetId });
+    await tab.reload();
+    await tab.wait(`${BUILD} === '4/4'`, 20000, 'the lone window reloaded into build 4');
+    await tab.wait(`${CACHES}.then((k) => k === 'aether-shell-build-4')`, 15000, 'then the old cache goes');
+    await tab.wait(connected, 10000, 'connected again');
+
+    // A new version whose precache fails (a listed file is missing): its install fails, the worker
+    // and cache in charge stay, and pages keep loading build 4 whole although the relay has 5.
+    ship(5, { version: 'build-5', extra: '/missing-file.js' });
+    await tab.reload();
+    const attempt = await tab.eval(`(async () => {
+      const reg = await navigator.serviceWorker.getRegistration();
+      const states = [];
+      for (let i = 0; i < 3 && !states.includes('redundant'); i++) {
+        await reg.update().catch((e) => states.push('update: ' + e.name));
+        const w = reg.installing;
+        if (!w) continue;
+        states.push(w.state);
+        await new Promise((resolve) => {
+          const done = () => ['redundant', 'installed', 'activated'].includes(w.state) && resolve();
+          w.addEventListener('statechange', () => { states.push(w.state); done(); });
+          done();
+        });
+      }
+      return { states, waiting: !!reg.waiting, installing: !!reg.installing, active: reg.active && reg.active.state };
+    })()`);
+    assert.ok(attempt.states.includes('redundant'), 'the install failed: ' + JSON.stringify(attempt));
+    assert.deepEqual([attempt.waiting, attempt.installing, attempt.active], [false, false, 'activated'], JSON.stringify(attempt));
+    assert.equal(await tab.eval(CACHES), 'aether-shell-build-4', 'the old cache stays, no half-filled new one');
+    assert.deepEqual(await tab.eval(CACHED), [...SHELL.precache].sort());
+    await tab.reload();
+    assert.equal(await tab.eval(FROM_SW), true);
+    assert.equal(await tab.eval(BUILD), '4/4');
+
+    // Offline: the complete build 4 still loads; nothing outside the shell comes from a cache.
     await stopRelay(relay);
     await tab.wait(offline, 10000, 'offline');
     await tab.reload();
     assert.equal(await tab.eval(FROM_SW), true);
-    assert.match(await tab.eval(footer), /marker 3/);
+    assert.equal(await tab.eval(BUILD), '4/4');
     assert.equal(await tab.eval(`document.querySelectorAll('.col').length`), 3, 'the board from localStorage');
+    assert.equal(await tab.eval(get('/api/me.json?user=alice', { headers: { 'Cache-Control': 'no-store' } })), 'TypeError', 'the API answer is not served offline');
+    assert.equal(await tab.eval(get('/api/me.json')), 'TypeError');
+    assert.equal(await tab.eval(get('/aether.js?user=alice')), 'TypeError', 'a query string is another URL');
+    assert.equal(await tab.eval(get('/aether.js', { cache: 'no-store' })), 'TypeError', 'no-store is never answered from a cache');
+    assert.match(await tab.eval(get('/aether.js')), /^200 /, 'the shell is');
+
+    // Every load ran one build's page and client, never a mix, and never build 5.
+    const loads = await tab.eval(`JSON.parse(sessionStorage.getItem('shell-loads'))`);
+    assert.ok(loads.length >= 9, JSON.stringify(loads));
+    for (const l of loads) assert.equal(l.page, l.client, 'page and client of one load: ' + JSON.stringify(loads));
+    assert.deepEqual([...new Set(loads.map((l) => l.page))], [1, 2, 4], JSON.stringify(loads));
     assert.deepEqual(tab.errors, []);
   } finally {
     closeChromium(chromium);
