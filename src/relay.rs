@@ -12,7 +12,7 @@ use crate::{
     config::{Config, TlsConfig},
     hlc::Clock,
     http,
-    ledger::{self, Ledger, LedgerActor, LedgerError},
+    ledger::{self, Ledger, LedgerActor, LedgerError, LedgerHealth},
     limits::ConnectionCounter,
     lww::LwwMap,
     mesh::{self, MeshActor, MeshSettings, MeshShutdown, nats, shared::Shared},
@@ -58,8 +58,8 @@ pub struct Mesh {
 pub struct Relay {
     /// What sessions need.
     pub deps: Deps,
-    /// The ledger singleton (for health probes).
-    pub ledger: Addr<LedgerActor>,
+    /// The ledger's health, published by the ledger thread (read without a message).
+    pub ledger: Arc<LedgerHealth>,
     /// Open WebSocket connections, per source.
     pub connections: ConnectionCounter,
     /// Where static files come from.
@@ -115,8 +115,8 @@ impl Relay {
             ledger_path: config.ledger.path.clone(),
             ledger_len: ledger.len(),
         };
-        let ledger = LedgerActor::start(ledger);
-        let (state_ledger, state_metrics) = (ledger.clone(), Arc::clone(&metrics));
+        let (ledger, ledger_health) = LedgerActor::start(ledger);
+        let (state_ledger, state_metrics) = (ledger, Arc::clone(&metrics));
         let state = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
             StateActor::new(clock, map, state_ledger, state_metrics, compaction)
         });
@@ -184,7 +184,7 @@ impl Relay {
                 ping_interval: config.server.ping_interval(),
                 metrics,
             },
-            ledger,
+            ledger: ledger_health,
             connections: ConnectionCounter::new(limits.max_connections_total, limits.max_connections_per_source),
             static_dir,
             // validate() already parsed these, so the fallback is never taken.

@@ -13,6 +13,7 @@ use actix::prelude::*;
 
 use super::{
     file::{Compacted, Ledger, LedgerError},
+    health::{Busy, LedgerHealth},
     record,
 };
 use crate::lww::Op;
@@ -21,13 +22,23 @@ use crate::lww::Op;
 pub struct LedgerActor {
     ledger: Arc<Mutex<Ledger>>,
     buf: Vec<u8>,
+    health: Arc<LedgerHealth>,
 }
 
 impl LedgerActor {
-    /// Starts the actor on its own thread and returns its address.
-    pub fn start(ledger: Ledger) -> Addr<LedgerActor> {
+    /// Starts the actor on its own thread; returns its address and the health it publishes
+    /// (read by `/healthz` without a message, so a probe never waits behind an fsync or a
+    /// compaction).
+    pub fn start(ledger: Ledger) -> (Addr<LedgerActor>, Arc<LedgerHealth>) {
+        let health = Arc::new(LedgerHealth::new(ledger.len()));
         let ledger = Arc::new(Mutex::new(ledger));
-        SyncArbiter::start(1, move || LedgerActor { ledger: Arc::clone(&ledger), buf: Vec::new() })
+        let shared = Arc::clone(&health);
+        let addr = SyncArbiter::start(1, move || LedgerActor {
+            ledger: Arc::clone(&ledger),
+            buf: Vec::new(),
+            health: Arc::clone(&shared),
+        });
+        (addr, health)
     }
 }
 
@@ -84,39 +95,45 @@ impl Handler<Append> for LedgerActor {
         for op in &msg.ops {
             record::encode(op, &mut self.buf);
         }
-        let started = Instant::now();
         let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = if msg.ops.is_empty() { Ok(()) } else { ledger.append(&self.buf) };
-        let elapsed = started.elapsed();
-        if let Err(err) = &result {
-            log::error!("ledger append of {} ops failed: {err}", msg.ops.len());
-        }
-        let compacted = msg.compact.map(|job| {
-            if job.generation == ledger.generation() {
-                ledger.compact(&job.snapshot, job.covered)
-            } else {
-                Err(LedgerError::Stale { expected: ledger.generation(), got: job.generation })
+        let started = Instant::now();
+        let result = if msg.ops.is_empty() {
+            Ok(())
+        } else {
+            self.health.begin(Busy::Appending);
+            let result = ledger.append(&self.buf);
+            match &result {
+                Ok(()) => self.health.append_ok(),
+                Err(err) => {
+                    log::error!("ledger append of {} ops failed: {err}", msg.ops.len());
+                    self.health.append_failed(err.to_string());
+                }
             }
+            result
+        };
+        let elapsed = started.elapsed();
+        let compacted = msg.compact.map(|job| {
+            if job.generation != ledger.generation() {
+                return Err(LedgerError::Stale { expected: ledger.generation(), got: job.generation });
+            }
+            self.health.begin(Busy::Compacting);
+            let outcome = ledger.compact(&job.snapshot, job.covered);
+            self.health.compaction_done(outcome.as_ref().err().map(ToString::to_string));
+            if let Err(err) = &outcome
+                && ledger.is_poisoned()
+            {
+                // The ledger refuses appends until it is reopened: that is a write failure.
+                self.health.append_failed(err.to_string());
+            }
+            outcome
         });
         let position = (ledger.generation(), ledger.len());
+        self.health.idle(ledger.len());
         drop(ledger);
         let bytes = self.buf.len() as u64;
         if self.buf.capacity() > 8 << 20 {
             self.buf = Vec::new(); // do not keep a huge buffer after a burst
         }
         MessageResult(Appended { ops: msg.ops, result, bytes, elapsed, position, compacted })
-    }
-}
-
-/// Health probe: replies with the ledger's length in bytes.
-#[derive(Message)]
-#[rtype(result = "u64")]
-pub struct Probe;
-
-impl Handler<Probe> for LedgerActor {
-    type Result = u64;
-
-    fn handle(&mut self, _: Probe, _: &mut SyncContext<Self>) -> u64 {
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
