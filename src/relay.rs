@@ -115,10 +115,10 @@ impl Relay {
             ledger_path: config.ledger.path.clone(),
             ledger_len: ledger.len(),
         };
-        let (ledger, ledger_health) = LedgerActor::start(ledger);
-        let (state_ledger, state_metrics) = (ledger, Arc::clone(&metrics));
+        let (ledger, ledger_health) = LedgerActor::start(ledger, config.ledger.retention());
+        let state_metrics = Arc::clone(&metrics);
         let state = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            StateActor::new(clock, map, state_ledger, state_metrics, compaction)
+            StateActor::new(clock, map, ledger, state_metrics, compaction)
         });
         let limits = Arc::new(config.limits.clone());
         let admission = Arc::new(Semaphore::new(MAX_PENDING_WRITES));

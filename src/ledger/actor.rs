@@ -5,8 +5,12 @@
 //! next batch meanwhile: that is the group commit (one `fdatasync` covers a whole batch).
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use actix::prelude::*;
@@ -15,6 +19,7 @@ use super::{
     file::{Compacted, Ledger, LedgerError},
     health::{Busy, LedgerHealth},
     record,
+    retention::{self, Retention},
 };
 use crate::lww::Op;
 
@@ -23,22 +28,55 @@ pub struct LedgerActor {
     ledger: Arc<Mutex<Ledger>>,
     buf: Vec<u8>,
     health: Arc<LedgerHealth>,
+    retention: Retention,
+    /// A prune runs on its own thread; at most one at a time.
+    pruning: Arc<AtomicBool>,
 }
 
 impl LedgerActor {
     /// Starts the actor on its own thread; returns its address and the health it publishes
     /// (read by `/healthz` without a message, so a probe never waits behind an fsync or a
-    /// compaction).
-    pub fn start(ledger: Ledger) -> (Addr<LedgerActor>, Arc<LedgerHealth>) {
+    /// compaction). After each successful compaction, archives are pruned as `retention` says.
+    pub fn start(ledger: Ledger, retention: Retention) -> (Addr<LedgerActor>, Arc<LedgerHealth>) {
         let health = Arc::new(LedgerHealth::new(ledger.len()));
         let ledger = Arc::new(Mutex::new(ledger));
-        let shared = Arc::clone(&health);
+        let (shared, pruning) = (Arc::clone(&health), Arc::new(AtomicBool::new(false)));
         let addr = SyncArbiter::start(1, move || LedgerActor {
             ledger: Arc::clone(&ledger),
             buf: Vec::new(),
             health: Arc::clone(&shared),
+            retention,
+            pruning: Arc::clone(&pruning),
         });
         (addr, health)
+    }
+
+    /// Prunes archives on a thread of its own (it reads whole archives): appends never wait for it.
+    fn prune(&self, ledger: PathBuf) {
+        if self.retention.keeps_all() || self.pruning.swap(true, Ordering::AcqRel) {
+            return; // the next compaction prunes what this one would have
+        }
+        let (retention, pruning) = (self.retention, Arc::clone(&self.pruning));
+        let spawned = std::thread::Builder::new().name("aether-prune".into()).spawn(move || {
+            match retention::prune(&ledger, &retention, SystemTime::now()) {
+                Ok(done) if done.removed.is_empty() => {}
+                Ok(done) => log::info!(
+                    "pruned {} archive(s) of {} ([ledger] keep_archives = {}, keep_archive_days = {}); {} kept; history exact from {}",
+                    done.removed.len(),
+                    ledger.display(),
+                    retention.keep_archives,
+                    retention.keep_archive_days,
+                    done.kept,
+                    done.horizon.map_or_else(|| "the start".to_owned(), super::history::format_time),
+                ),
+                Err(err) => log::error!("archive pruning failed (nothing deleted; retried after the next compaction): {err}"),
+            }
+            pruning.store(false, Ordering::Release);
+        });
+        if let Err(err) = spawned {
+            log::error!("cannot start archive pruning: {err}");
+            self.pruning.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -129,7 +167,11 @@ impl Handler<Append> for LedgerActor {
         });
         let position = (ledger.generation(), ledger.len());
         self.health.idle(ledger.len());
+        let path = ledger.path().to_owned();
         drop(ledger);
+        if matches!(compacted, Some(Ok(_))) {
+            self.prune(path);
+        }
         let bytes = self.buf.len() as u64;
         if self.buf.capacity() > 8 << 20 {
             self.buf = Vec::new(); // do not keep a huge buffer after a burst

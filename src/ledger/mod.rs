@@ -1,5 +1,5 @@
 //! The append-only JSON-lines ledger: record codec, snapshot files, the ledger file (replay, repair,
-//! durable append, compaction), history over archives, the actor that owns the
+//! durable append, compaction), archive retention, history over archives, the actor that owns the
 //! file, and the health it publishes.
 
 mod actor;
@@ -7,6 +7,7 @@ mod file;
 pub mod health;
 pub mod history;
 pub mod record;
+pub mod retention;
 pub mod snapshot;
 
 pub use actor::{Append, Appended, Compact, LedgerActor};
@@ -14,3 +15,4 @@ pub use file::{
     CompactStep, Compacted, Ledger, LedgerError, ReplayStats, SyncMode, archive_prefix, lock_path, snapshot_path,
 };
 pub use health::LedgerHealth;
+pub use retention::Retention;
