@@ -197,3 +197,45 @@ fn a_full_disk_is_degraded_then_recovers_and_replays_cleanly() {
     assert_eq!(keys, acked, "exactly the acknowledged writes survive; refused: {refused:?}");
     // The servers stop before the mount guard (declared first) unmounts.
 }
+
+/// A compaction that runs out of space on a nearly full disk gives the space back: its staging
+/// file is removed, so appends carry on (health stays `ok`) instead of failing for the bytes a
+/// half-written snapshot holds.
+#[test]
+fn a_compaction_that_runs_out_of_space_gives_the_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let _mount = match Tmpfs::mount(dir.path(), "512k") {
+        Ok(mount) => mount,
+        Err(err) => {
+            eprintln!(
+                "SKIPPED a_compaction_that_runs_out_of_space_gives_the_space_back: cannot mount a tmpfs ({err}); needs root (CAP_SYS_ADMIN)"
+            );
+            return;
+        }
+    };
+    let dir = Arc::new(dir);
+    let server = Server::start_in(Arc::clone(&dir), "[ledger]\ncompact_after_bytes = 30000\n");
+    let mut client = Client::connect(&format!("{}?v=2", server.url()));
+    let pad = "x".repeat(1000);
+    for i in 0..25 {
+        assert_eq!(write(&mut client, &format!("k{i}"), json!({"pad": pad}), i)["type"], "ack");
+    }
+    // Leave 8 KiB free: enough for a few more appends, far from enough for a ~30 KB snapshot.
+    let slack = dir.path().join("slack");
+    fs::write(&slack, vec![0u8; 8192]).unwrap();
+    fill(&dir.path().join("filler"));
+    fs::remove_file(&slack).unwrap();
+    let mut reference = 100;
+    common::wait_until("a compaction to fail for want of space", || {
+        reference += 1;
+        let reply = write(&mut client, &format!("more{reference}"), json!({"pad": "y".repeat(200)}), reference);
+        assert_eq!(reply["type"], "ack", "{reply}\n{}", server.log());
+        server.log().contains("compaction failed")
+    });
+    let staging = format!("{}.snapshot.json.tmp", server.ledger_path().display());
+    assert!(!Path::new(&staging).exists(), "the half-written snapshot is gone");
+    assert_eq!(write(&mut client, "after", json!("small"), 999)["type"], "ack", "{}", server.log());
+    let (status, body) = health(&server);
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    assert!(body["ledger"]["last_compaction_error"].as_str().unwrap().contains("No space left"), "{body}");
+}

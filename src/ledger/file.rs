@@ -243,7 +243,7 @@ impl Ledger {
         let stop = |step| stop_after == Some(step);
 
         // 1. The new snapshot, durable under a temporary name. Boot: old snapshot + full ledger.
-        write_durably(&tmp, snapshot)?;
+        write_staged(&tmp, snapshot)?;
         if stop(CompactStep::SnapshotWritten) {
             return Ok(None);
         }
@@ -256,7 +256,7 @@ impl Ledger {
         // 3. The tail the snapshot does not cover, durable as the next ledger.
         let mut tail = vec![0; usize::try_from(self.len - covered).unwrap_or(usize::MAX)];
         self.file.read_exact_at(&mut tail, covered).map_err(io_err("cannot read tail of", &ledger))?;
-        write_durably(&next, &tail)?;
+        write_staged(&next, &tail)?;
         if stop(CompactStep::TailWritten) {
             return Ok(None);
         }
@@ -391,6 +391,15 @@ pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LedgerError
     let mut file = File::create(path).map_err(io_err("cannot create", path))?;
     file.write_all(bytes).map_err(io_err("cannot write", path))?;
     file.sync_all().map_err(io_err("cannot fsync", path))
+}
+
+/// [`write_durably`] for a staging file of a compaction: on failure the file is removed, so a
+/// compaction that ran out of disk space does not leave the space taken (and the next append
+/// failing for want of it).
+pub(super) fn write_staged(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+    write_durably(path, bytes).inspect_err(|_| {
+        let _ = fs::remove_file(path);
+    })
 }
 
 pub(super) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {

@@ -18,7 +18,7 @@ use std::{
 };
 
 use super::{
-    file::{LedgerError, suffixed, sync_dir, write_durably},
+    file::{LedgerError, suffixed, sync_dir, write_staged},
     history, snapshot,
 };
 use crate::lww::{LwwMap, Op};
@@ -92,7 +92,7 @@ pub fn prune(ledger: &Path, retention: &Retention, now: SystemTime) -> Result<Pr
         map.apply(op);
     }
     let tmp = suffixed(&base, ".tmp");
-    write_durably(&tmp, &snapshot::encode(&map, ledger))?;
+    write_staged(&tmp, &snapshot::encode(&map, ledger))?;
     fs::rename(&tmp, &base).map_err(|source| LedgerError::Io {
         what: "cannot rename history base into place:",
         path: base.clone(),
