@@ -213,13 +213,15 @@ impl Ledger {
     /// Folds the ledger's first `covered` bytes into a snapshot: `snapshot` (from
     /// [`snapshot::encode`]) must hold the whole state as of exactly that prefix, previous snapshot
     /// included. Records past `covered` stay in the live ledger; the old ledger is kept as an
-    /// archive (for history), under a name no other archive has.
+    /// archive (for history, until [`super::retention`] prunes it), under a name no other archive
+    /// has. A staging file whose write fails is removed.
     ///
     /// Every step is durable before the next, and the files are in a state that boots to the same
     /// data after a crash between any two steps (see [`CompactStep`]).
     ///
     /// # Errors
-    /// [`LedgerError::Io`] when a step fails; the ledger stays usable unless the final reopen failed.
+    /// [`LedgerError::Io`] when a step fails; the ledger stays usable, except after a failed final
+    /// reopen, which every later append retries first.
     pub fn compact(&mut self, snapshot: &[u8], covered: u64) -> Result<Compacted, LedgerError> {
         match self.compact_until(snapshot, covered, None)? {
             Some(done) => Ok(done),
