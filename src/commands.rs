@@ -105,13 +105,15 @@ fn history(config: &Config, err: &mut impl Write) -> Result<History, CommandErro
     }
     // A snapshot entry that neither a record nor the base explains is state from before the oldest
     // file we have (an upstream snapshot, or archives deleted by hand): it joins the base.
-    let known: HashSet<_> = records.iter().chain(&base).map(|op| (op.stamp.clone(), op.key.clone())).collect();
     let mut unexplained = Vec::new();
-    let _ = snapshot::load(&snapshot_path(path), &mut |op| {
-        if !known.contains(&(op.stamp.clone(), op.key.clone())) {
-            unexplained.push(op);
-        }
-    });
+    {
+        let known: HashSet<_> = records.iter().chain(&base).map(|op| (&op.stamp, &op.key)).collect();
+        let _ = snapshot::load(&snapshot_path(path), &mut |op| {
+            if !known.contains(&(&op.stamp, &op.key)) {
+                unexplained.push(op);
+            }
+        });
+    }
     let unexplained_horizon = unexplained.iter().map(|op| op.stamp.p).max();
     if let Some(newest) = unexplained_horizon {
         writeln!(
