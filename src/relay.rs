@@ -115,7 +115,7 @@ impl Relay {
             ledger_path: config.ledger.path.clone(),
             ledger_len: ledger.len(),
         };
-        let (ledger, ledger_health) = LedgerActor::start(ledger, config.ledger.retention());
+        let (ledger, ledger_health) = LedgerActor::start_with(ledger, config.ledger.retention());
         let state_metrics = Arc::clone(&metrics);
         // Not under an actix `Supervisor`: it restarts an actor that stopped, never one that
         // panicked, and none of ours stops by itself. A panic aborts the process (Cargo.toml,

@@ -34,10 +34,15 @@ pub struct LedgerActor {
 }
 
 impl LedgerActor {
+    /// Starts the actor on its own thread, keeping every archive; returns its address.
+    pub fn start(ledger: Ledger) -> Addr<LedgerActor> {
+        Self::start_with(ledger, Retention::KEEP_ALL).0
+    }
+
     /// Starts the actor on its own thread; returns its address and the health it publishes
     /// (read by `/healthz` without a message, so a probe never waits behind an fsync or a
     /// compaction). After each successful compaction, archives are pruned as `retention` says.
-    pub fn start(ledger: Ledger, retention: Retention) -> (Addr<LedgerActor>, Arc<LedgerHealth>) {
+    pub fn start_with(ledger: Ledger, retention: Retention) -> (Addr<LedgerActor>, Arc<LedgerHealth>) {
         let health = Arc::new(LedgerHealth::new(ledger.len()));
         let ledger = Arc::new(Mutex::new(ledger));
         let (shared, pruning) = (Arc::clone(&health), Arc::new(AtomicBool::new(false)));

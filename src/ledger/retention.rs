@@ -33,6 +33,9 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// No limit: every archive is kept.
+    pub const KEEP_ALL: Retention = Retention { keep_archives: 0, keep_archive_days: 0 };
+
     /// Neither limit is set: archives are kept forever.
     pub fn keeps_all(&self) -> bool {
         self.keep_archives == 0 && self.keep_archive_days == 0
