@@ -29,8 +29,8 @@ pub struct LedgerActor {
     buf: Vec<u8>,
     health: Arc<LedgerHealth>,
     retention: Retention,
-    /// A prune runs on its own thread; at most one at a time.
-    pruning: Arc<AtomicBool>,
+    /// A prune runs on its own thread; at most one at a time (see [`Pruning`]).
+    pruning: Arc<Pruning>,
 }
 
 impl LedgerActor {
@@ -45,7 +45,7 @@ impl LedgerActor {
     pub fn start_with(ledger: Ledger, retention: Retention) -> (Addr<LedgerActor>, Arc<LedgerHealth>) {
         let health = Arc::new(LedgerHealth::new(ledger.len()));
         let ledger = Arc::new(Mutex::new(ledger));
-        let (shared, pruning) = (Arc::clone(&health), Arc::new(AtomicBool::new(false)));
+        let (shared, pruning) = (Arc::clone(&health), Arc::new(Pruning::default()));
         let addr = SyncArbiter::start(1, move || LedgerActor {
             ledger: Arc::clone(&ledger),
             buf: Vec::new(),
@@ -57,31 +57,55 @@ impl LedgerActor {
     }
 
     /// Prunes archives on a thread of its own (it reads whole archives): appends never wait for it.
+    /// A compaction that ends while a prune runs makes that prune go round once more, so the
+    /// archives it added are pruned too, even if no compaction follows.
     fn prune(&self, ledger: PathBuf) {
-        if self.retention.keeps_all() || self.pruning.swap(true, Ordering::AcqRel) {
-            return; // the next compaction prunes what this one would have
+        if self.retention.keeps_all() {
+            return;
+        }
+        self.pruning.again.store(true, Ordering::SeqCst);
+        if self.pruning.running.swap(true, Ordering::SeqCst) {
+            return; // the running prune sees `again`
         }
         let (retention, pruning) = (self.retention, Arc::clone(&self.pruning));
         let spawned = std::thread::Builder::new().name("aether-prune".into()).spawn(move || {
-            match retention::prune(&ledger, &retention, SystemTime::now()) {
-                Ok(done) if done.removed.is_empty() => {}
-                Ok(done) => log::info!(
-                    "pruned {} archive(s) of {} ([ledger] keep_archives = {}, keep_archive_days = {}); {} kept; history exact from {}",
-                    done.removed.len(),
-                    ledger.display(),
-                    retention.keep_archives,
-                    retention.keep_archive_days,
-                    done.kept,
-                    done.horizon.map_or_else(|| "the start".to_owned(), super::history::format_time),
-                ),
-                Err(err) => log::error!("archive pruning failed (nothing deleted; retried after the next compaction): {err}"),
+            loop {
+                pruning.again.store(false, Ordering::SeqCst);
+                prune_once(&ledger, retention);
+                pruning.running.store(false, Ordering::SeqCst);
+                // Asked again meanwhile, and no new prune thread took over: go round.
+                if !pruning.again.load(Ordering::SeqCst) || pruning.running.swap(true, Ordering::SeqCst) {
+                    break;
+                }
             }
-            pruning.store(false, Ordering::Release);
         });
         if let Err(err) = spawned {
             log::error!("cannot start archive pruning: {err}");
-            self.pruning.store(false, Ordering::Release);
+            self.pruning.running.store(false, Ordering::SeqCst);
         }
+    }
+}
+
+/// Whether a prune thread runs, and whether it was asked to go round again.
+#[derive(Default)]
+struct Pruning {
+    running: AtomicBool,
+    again: AtomicBool,
+}
+
+fn prune_once(ledger: &std::path::Path, retention: Retention) {
+    match retention::prune(ledger, &retention, SystemTime::now()) {
+        Ok(done) if done.removed.is_empty() => {}
+        Ok(done) => log::info!(
+            "pruned {} archive(s) of {} ([ledger] keep_archives = {}, keep_archive_days = {}); {} kept; history exact from {}",
+            done.removed.len(),
+            ledger.display(),
+            retention.keep_archives,
+            retention.keep_archive_days,
+            done.kept,
+            done.horizon.map_or_else(|| "the start".to_owned(), super::history::format_time),
+        ),
+        Err(err) => log::error!("archive pruning failed (nothing deleted; retried after the next compaction): {err}"),
     }
 }
 
