@@ -3,15 +3,15 @@
 //! Each reads the configuration's ledger and writes its report to the given writer; `main` maps
 //! errors to exit codes.
 
-use std::{collections::HashSet, io::Write};
+use std::{collections::HashSet, io::Write, time::SystemTime};
 
 use serde_json::{Map, Value};
 
 use crate::{
     config::Config,
     hlc::Clock,
-    ledger::{Ledger, LedgerError, history, snapshot, snapshot_path},
-    lww::{LwwMap, OpKind},
+    ledger::{Ledger, LedgerError, history, retention, snapshot, snapshot_path},
+    lww::{LwwMap, Op, OpKind},
 };
 
 /// Why a subcommand failed.
@@ -60,34 +60,81 @@ pub fn compact(config: &Config, out: &mut impl Write) -> Result<(), CommandError
         map.len() - map.live_len(),
         done.archive.display(),
     )?;
+    let pruned = retention::prune(path, &config.ledger.retention(), SystemTime::now())?;
+    if !pruned.removed.is_empty() {
+        writeln!(
+            out,
+            "pruned {} archive(s) ([ledger] keep_archives = {}, keep_archive_days = {}), {} kept; history exact from {}",
+            pruned.removed.len(),
+            config.ledger.keep_archives,
+            config.ledger.keep_archive_days,
+            pruned.kept,
+            pruned.horizon.map_or_else(|| "the first write".to_owned(), history::format_time),
+        )?;
+    }
     Ok(())
 }
 
-/// Reads every record of history, and warns on `err` when older history was folded away.
-fn history_records(config: &Config, err: &mut impl Write) -> Result<Vec<crate::lww::Op>, CommandError> {
+/// What the ledger's files can tell of the past.
+struct History {
+    /// State from before the horizon: the history base (pruned archives) and snapshot entries no
+    /// record explains (an upstream snapshot, archives deleted by hand). Every stamp is at or
+    /// before `horizon`.
+    base: Vec<Op>,
+    /// Every record still on disk, in file order.
+    records: Vec<Op>,
+    /// History is exact from here on (ns since 1970); `None`: from the first write.
+    horizon: Option<u64>,
+}
+
+/// Reads every record of history, and says on `err` how far back it can see.
+fn history(config: &Config, err: &mut impl Write) -> Result<History, CommandError> {
     let path = &config.ledger.path;
     let files = history::files(path)?;
     let records = history::records(&files)?;
-    // A snapshot entry no record explains means state from before the oldest file we have
-    // (an upstream snapshot, or archives deleted): history before that is incomplete.
-    let known: HashSet<_> = records.iter().map(|op| (&op.stamp, &op.key)).collect();
-    let mut unexplained = Vec::new();
-    let _ = snapshot::load(&snapshot_path(path), &mut |op| {
-        if !known.contains(&(&op.stamp, &op.key)) {
-            unexplained.push(op.stamp.p);
-        }
-    });
-    if let Some(newest) = unexplained.iter().max() {
+    let (mut base, pruned_horizon) = retention::base(path)?;
+    if let Some(horizon) = pruned_horizon {
         writeln!(
             err,
-            "note: {} entries of {} come from before the oldest archive; history up to {} is incomplete",
-            unexplained.len(),
-            snapshot_path(path).display(),
-            history::format_time(*newest)
+            "note: older archives were pruned into {} ([ledger] keep_archives = {}, keep_archive_days = {}); before {} only the state then is known, not each write",
+            retention::base_path(path).display(),
+            config.ledger.keep_archives,
+            config.ledger.keep_archive_days,
+            history::format_time(horizon),
         )?;
     }
-    writeln!(err, "read {} records from {} files", records.len(), files.len())?;
-    Ok(records)
+    // A snapshot entry that neither a record nor the base explains is state from before the oldest
+    // file we have (an upstream snapshot, or archives deleted by hand): it joins the base.
+    let mut unexplained = Vec::new();
+    {
+        let known: HashSet<_> = records.iter().chain(&base).map(|op| (&op.stamp, &op.key)).collect();
+        let _ = snapshot::load(&snapshot_path(path), &mut |op| {
+            if !known.contains(&(&op.stamp, &op.key)) {
+                unexplained.push(op);
+            }
+        });
+    }
+    let unexplained_horizon = unexplained.iter().map(|op| op.stamp.p).max();
+    if let Some(newest) = unexplained_horizon {
+        writeln!(
+            err,
+            "note: {} entries of {} come from before the oldest archive; history before {} is incomplete",
+            unexplained.len(),
+            snapshot_path(path).display(),
+            history::format_time(newest)
+        )?;
+    }
+    base.extend(unexplained);
+    let horizon = pruned_horizon.max(unexplained_horizon);
+    writeln!(
+        err,
+        "read {} records from {} files ({} archives and the live ledger); history exact from {}",
+        records.len(),
+        files.len(),
+        files.len().saturating_sub(usize::from(path.exists())),
+        horizon.map_or_else(|| "the first write".to_owned(), history::format_time),
+    )?;
+    Ok(History { base, records, horizon })
 }
 
 /// `aether-actix ledger state --at T`: the live state as of `at` as a JSON object.
@@ -96,31 +143,53 @@ fn history_records(config: &Config, err: &mut impl Write) -> Result<Vec<crate::l
 /// [`CommandError::Usage`] for a bad time, [`CommandError::Ledger`] for unreadable files.
 pub fn state_at(config: &Config, at: &str, out: &mut impl Write, err: &mut impl Write) -> Result<(), CommandError> {
     let at_ns = history::parse_time(at).map_err(CommandError::Usage)?;
-    let records = history_records(config, err)?;
-    let map = history::state_at(&records, at_ns);
+    let history = history(config, err)?;
+    if let Some(horizon) = history.horizon.filter(|&horizon| at_ns < horizon) {
+        return Err(CommandError::Usage(format!(
+            "cannot tell the state at {}: history is exact only from {} (older archives were pruned or are missing)",
+            history::format_time(at_ns),
+            history::format_time(horizon)
+        )));
+    }
+    let map = history::state_at(&history.base, &history.records, at_ns);
     let state: Map<String, Value> = map.live().map(|(k, v)| (k.clone(), v.clone())).collect();
     writeln!(out, "{}", serde_json::to_string_pretty(&Value::Object(state)).unwrap_or_default())?;
     Ok(())
 }
 
 /// `aether-actix ledger log KEY`: every write to the key, oldest first, one a line:
-/// time, node, logical counter, `set`/`del`, value; the current winner is marked `*`.
+/// time, node, logical counter, `set`/`del`, value; the current winner is marked `*`. A line marked
+/// `~` is the key's value at the history horizon (its earlier writes were pruned).
 ///
 /// # Errors
 /// [`CommandError::Ledger`] for unreadable files.
 pub fn key_log(config: &Config, key: &str, out: &mut impl Write, err: &mut impl Write) -> Result<(), CommandError> {
-    let records = history_records(config, err)?;
-    let writes = history::key_log(&records, key);
+    let history = history(config, err)?;
+    let mut writes: Vec<(&Op, bool)> =
+        history::key_log(&history.records, key).into_iter().map(|op| (op, false)).collect();
+    // The value at the horizon, unless a record still on disk is that very write.
+    for op in history.base.iter().filter(|op| op.key == key) {
+        if !writes.iter().any(|(w, _)| w.stamp == op.stamp) {
+            writes.push((op, true));
+        }
+    }
+    writes.sort_by(|a, b| a.0.stamp.cmp(&b.0.stamp));
     if writes.is_empty() {
         writeln!(err, "no writes to {key:?} in the ledger or its archives")?;
     }
     let last = writes.len().saturating_sub(1);
-    for (i, op) in writes.iter().enumerate() {
+    for (i, (op, from_base)) in writes.iter().enumerate() {
         let value = match op.kind {
             OpKind::Set => op.value.to_string(),
             OpKind::Del => String::new(),
         };
-        let mark = if i == last { '*' } else { ' ' };
+        let mark = if i == last {
+            '*'
+        } else if *from_base {
+            '~'
+        } else {
+            ' '
+        };
         writeln!(
             out,
             "{mark} {}  {}  l={}  {}  {value}",

@@ -65,44 +65,58 @@ async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>
     Ok(response)
 }
 
+/// `200 {"status":"ok",…}` when the state actor answers within [`HEALTH_TIMEOUT`] and the ledger
+/// writes; `503 {"status":"degraded","reason":…,"since":…,…}` while the ledger fails (its last
+/// append failed, or one append has been stuck past [`ledger::health::APPEND_STALL`]), back to
+/// `ok` as soon as an append succeeds; `503 {"status":"unavailable"}` when the state actor does
+/// not answer. The ledger part is read from what the ledger thread publishes, never through its
+/// mailbox: a long compaction or fsync does not make the relay look dead.
 async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
     let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe)).await;
-    let ledger = tokio::time::timeout(HEALTH_TIMEOUT, relay.ledger.send(ledger::Probe)).await;
-    match (state, ledger) {
-        (Ok(Ok(info)), Ok(Ok(ledger_bytes))) => HttpResponse::Ok().json(serde_json::json!({
-            "status": "ok",
-            "keys": info.keys,
-            "clients": info.clients,
-            "connections": relay.connections.total(),
-            "pending_writes": info.pending_writes,
-            "durable_writes": info.durable_writes,
-            "ledger_batches": info.ledger_batches,
-            "ledger_bytes": ledger_bytes,
-            "registers": info.registers,
-            "fingerprint": format!("{:016x}", info.fingerprint),
-            "mesh": relay.mesh.as_ref().map(|mesh| serde_json::json!({
-                "node": &*mesh.shared.node_id,
-                "peers": relay.deps.metrics.mesh.summary(),
-            })),
-        })),
-        (state, ledger) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
+    let ledger = relay.ledger.report();
+    let Ok(Ok(info)) = state else {
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({
             "status": "unavailable",
-            "state": matches!(state, Ok(Ok(_))),
-            "ledger": matches!(ledger, Ok(Ok(_))),
+            "reason": "the state actor did not answer within 2 s",
+            "state": false,
+            "ledger": ledger.to_json(),
+        }));
+    };
+    let problem = ledger.problem();
+    let mut body = serde_json::json!({
+        "status": if problem.is_some() { "degraded" } else { "ok" },
+        "keys": info.keys,
+        "clients": info.clients,
+        "connections": relay.connections.total(),
+        "pending_writes": info.pending_writes,
+        "durable_writes": info.durable_writes,
+        "ledger_batches": info.ledger_batches,
+        "ledger_bytes": ledger.bytes,
+        "ledger": ledger.to_json(),
+        "registers": info.registers,
+        "fingerprint": format!("{:016x}", info.fingerprint),
+        "mesh": relay.mesh.as_ref().map(|mesh| serde_json::json!({
+            "node": &*mesh.shared.node_id,
+            "peers": relay.deps.metrics.mesh.summary(),
         })),
+    });
+    match problem {
+        None => HttpResponse::Ok().json(body),
+        Some((reason, since)) => {
+            body["reason"] = reason.into();
+            body["since"] = ledger::history::format_time(ledger::health::unix_ns(since)).into();
+            HttpResponse::ServiceUnavailable().json(body)
+        }
     }
 }
 
 async fn metrics(relay: web::Data<Relay>) -> HttpResponse {
     let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe)).await;
-    let ledger = tokio::time::timeout(HEALTH_TIMEOUT, relay.ledger.send(ledger::Probe)).await;
     let mut live = Live { connections: relay.connections.total(), ..Live::default() };
     if let Ok(Ok(info)) = state {
         (live.clients, live.keys, live.pending_writes) = (info.clients, info.keys, info.pending_writes);
     }
-    if let Ok(Ok(bytes)) = ledger {
-        live.ledger_bytes = bytes;
-    }
+    live.ledger_bytes = relay.ledger.bytes();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(relay.deps.metrics.render(live))
 }
 

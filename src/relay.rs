@@ -2,7 +2,7 @@
 
 use std::{net::TcpListener, path::PathBuf, sync::Arc, time::Duration};
 
-use actix::{Addr, Arbiter, Supervisor};
+use actix::{Actor, Addr, Arbiter};
 use actix_web::{App, HttpServer};
 use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslFiletype, SslMethod};
 use tokio::sync::Semaphore;
@@ -12,7 +12,7 @@ use crate::{
     config::{Config, TlsConfig},
     hlc::Clock,
     http,
-    ledger::{self, Ledger, LedgerActor, LedgerError},
+    ledger::{self, Ledger, LedgerActor, LedgerError, LedgerHealth},
     limits::ConnectionCounter,
     lww::LwwMap,
     mesh::{self, MeshActor, MeshSettings, MeshShutdown, nats, shared::Shared},
@@ -58,8 +58,8 @@ pub struct Mesh {
 pub struct Relay {
     /// What sessions need.
     pub deps: Deps,
-    /// The ledger singleton (for health probes).
-    pub ledger: Addr<LedgerActor>,
+    /// The ledger's health, published by the ledger thread (read without a message).
+    pub ledger: Arc<LedgerHealth>,
     /// Open WebSocket connections, per source.
     pub connections: ConnectionCounter,
     /// Where static files come from.
@@ -115,10 +115,13 @@ impl Relay {
             ledger_path: config.ledger.path.clone(),
             ledger_len: ledger.len(),
         };
-        let ledger = LedgerActor::start(ledger);
-        let (state_ledger, state_metrics) = (ledger.clone(), Arc::clone(&metrics));
-        let state = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            StateActor::new(clock, map, state_ledger, state_metrics, compaction)
+        let (ledger, ledger_health) = LedgerActor::start_with(ledger, config.ledger.retention());
+        let state_metrics = Arc::clone(&metrics);
+        // Not under an actix `Supervisor`: it restarts an actor that stopped, never one that
+        // panicked, and none of ours stops by itself. A panic aborts the process (Cargo.toml,
+        // `panic = "abort"`) and the service manager restarts it; boot replays the ledger.
+        let state = StateActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            StateActor::new(clock, map, ledger, state_metrics, compaction)
         });
         let limits = Arc::new(config.limits.clone());
         let admission = Arc::new(Semaphore::new(MAX_PENDING_WRITES));
@@ -146,7 +149,7 @@ impl Relay {
                 let shared = shared();
                 let actor = nats::NatsActor::new(Arc::clone(&shared), conn, &m.nats, &config.ledger.path)
                     .map_err(Error::Nats)?;
-                let addr = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| actor);
+                let addr = nats::NatsActor::start_in_arbiter(&Arbiter::new().handle(), move |_| actor);
                 state.do_send(state::AttachMesh(addr.clone().recipient()));
                 Some(Mesh { links: None, stop: addr.recipient(), shared })
             }
@@ -159,7 +162,7 @@ impl Relay {
                     tls,
                 };
                 let actor_shared = Arc::clone(&shared);
-                let addr = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                let addr = MeshActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
                     MeshActor::new(actor_shared, settings)
                 });
                 state.do_send(state::AttachMesh(addr.clone().recipient()));
@@ -184,7 +187,7 @@ impl Relay {
                 ping_interval: config.server.ping_interval(),
                 metrics,
             },
-            ledger,
+            ledger: ledger_health,
             connections: ConnectionCounter::new(limits.max_connections_total, limits.max_connections_per_source),
             static_dir,
             // validate() already parsed these, so the fallback is never taken.
@@ -217,6 +220,30 @@ impl Relay {
     }
 }
 
+/// What a panic does, logged at start: the process always ends (see [`abort_on_panic`]).
+pub const PANIC_STRATEGY: &str = if cfg!(panic = "abort") {
+    "abort (panic = \"abort\"): the process exits; the service manager restarts it and boot replays the ledger"
+} else {
+    "abort (panic hook): the process exits; the service manager restarts it and boot replays the ledger"
+};
+
+/// Makes any panic, on any thread, end the process (after the usual message), in every build.
+///
+/// actix does not restart an actor that panicked (its `Supervisor` restarts only actors that
+/// stopped), so after a panic in a singleton the process would keep serving with that actor gone:
+/// every join answered with 1001, every write refused. Ending the process lets the service
+/// manager restart it (`Restart=always`), and boot replays the ledger, which holds everything
+/// any client was shown. Release builds also set `panic = "abort"` (Cargo.toml); this hook
+/// covers debug builds, whose tests need unwinding.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("aether-actix: aborting after a panic (a relay with a dead actor must not keep serving)");
+        std::process::abort();
+    }));
+}
+
 /// Serves the relay on `listener` until SIGINT or SIGTERM, then shuts down gracefully.
 ///
 /// # Errors
@@ -224,6 +251,7 @@ impl Relay {
 pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     // Handlers first: from the moment anything is served, SIGTERM means a graceful stop.
     let signals = Signals::install();
+    abort_on_panic();
     // Check TLS files before the (possibly long) replay, so a typo fails at once.
     let tls = tls_acceptor(&config.tls).map_err(|e| Error::Tls(format!("[tls] {e}")))?;
     let mesh_tls = TlsConfig { cert: config.mesh.tls.cert.clone(), key: config.mesh.tls.key.clone() };
@@ -240,6 +268,7 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
         Transport::Websocket => None,
     };
     let relay = Relay::start(&config, nats)?;
+    log::info!("on panic: {PANIC_STRATEGY}");
     let mesh_server = match (relay.mesh.as_ref().and_then(|m| Some((m, m.links.as_ref()?))), mesh_listener) {
         (Some((mesh, links)), Some(listener)) => {
             let addr = listener.local_addr()?;

@@ -87,11 +87,30 @@ pub struct LedgerConfig {
     /// Fold the ledger into the snapshot (online, without stopping) once it grows past this many
     /// bytes; 0 never compacts online. Default 64 MiB.
     pub compact_after_bytes: u64,
+    /// Keep at most this many archives (the newest) after a compaction; 0: no count limit.
+    /// Default 10.
+    pub keep_archives: u64,
+    /// Delete archives archived more than this many days ago, after a compaction; 0: no age
+    /// limit. Default 30.
+    pub keep_archive_days: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("data/aether.jsonl"), sync: SyncMode::Always, compact_after_bytes: 64 << 20 }
+        Self {
+            path: PathBuf::from("data/aether.jsonl"),
+            sync: SyncMode::Always,
+            compact_after_bytes: 64 << 20,
+            keep_archives: 10,
+            keep_archive_days: 30,
+        }
+    }
+}
+
+impl LedgerConfig {
+    /// The archive retention these keys ask for.
+    pub fn retention(&self) -> crate::ledger::Retention {
+        crate::ledger::Retention { keep_archives: self.keep_archives, keep_archive_days: self.keep_archive_days }
     }
 }
 

@@ -5,15 +5,21 @@
 //! next batch meanwhile: that is the group commit (one `fdatasync` covers a whole batch).
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use actix::prelude::*;
 
 use super::{
     file::{Compacted, Ledger, LedgerError},
+    health::{Busy, LedgerHealth},
     record,
+    retention::{self, Retention},
 };
 use crate::lww::Op;
 
@@ -21,13 +27,85 @@ use crate::lww::Op;
 pub struct LedgerActor {
     ledger: Arc<Mutex<Ledger>>,
     buf: Vec<u8>,
+    health: Arc<LedgerHealth>,
+    retention: Retention,
+    /// A prune runs on its own thread; at most one at a time (see [`Pruning`]).
+    pruning: Arc<Pruning>,
 }
 
 impl LedgerActor {
-    /// Starts the actor on its own thread and returns its address.
+    /// Starts the actor on its own thread, keeping every archive; returns its address.
     pub fn start(ledger: Ledger) -> Addr<LedgerActor> {
+        Self::start_with(ledger, Retention::KEEP_ALL).0
+    }
+
+    /// Starts the actor on its own thread; returns its address and the health it publishes
+    /// (read by `/healthz` without a message, so a probe never waits behind an fsync or a
+    /// compaction). After each successful compaction, archives are pruned as `retention` says.
+    pub fn start_with(ledger: Ledger, retention: Retention) -> (Addr<LedgerActor>, Arc<LedgerHealth>) {
+        let health = Arc::new(LedgerHealth::new(ledger.len()));
         let ledger = Arc::new(Mutex::new(ledger));
-        SyncArbiter::start(1, move || LedgerActor { ledger: Arc::clone(&ledger), buf: Vec::new() })
+        let (shared, pruning) = (Arc::clone(&health), Arc::new(Pruning::default()));
+        let addr = SyncArbiter::start(1, move || LedgerActor {
+            ledger: Arc::clone(&ledger),
+            buf: Vec::new(),
+            health: Arc::clone(&shared),
+            retention,
+            pruning: Arc::clone(&pruning),
+        });
+        (addr, health)
+    }
+
+    /// Prunes archives on a thread of its own (it reads whole archives): appends never wait for it.
+    /// A compaction that ends while a prune runs makes that prune go round once more, so the
+    /// archives it added are pruned too, even if no compaction follows.
+    fn prune(&self, ledger: PathBuf) {
+        if self.retention.keeps_all() {
+            return;
+        }
+        self.pruning.again.store(true, Ordering::SeqCst);
+        if self.pruning.running.swap(true, Ordering::SeqCst) {
+            return; // the running prune sees `again`
+        }
+        let (retention, pruning) = (self.retention, Arc::clone(&self.pruning));
+        let spawned = std::thread::Builder::new().name("aether-prune".into()).spawn(move || {
+            loop {
+                pruning.again.store(false, Ordering::SeqCst);
+                prune_once(&ledger, retention);
+                pruning.running.store(false, Ordering::SeqCst);
+                // Asked again meanwhile, and no new prune thread took over: go round.
+                if !pruning.again.load(Ordering::SeqCst) || pruning.running.swap(true, Ordering::SeqCst) {
+                    break;
+                }
+            }
+        });
+        if let Err(err) = spawned {
+            log::error!("cannot start archive pruning: {err}");
+            self.pruning.running.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether a prune thread runs, and whether it was asked to go round again.
+#[derive(Default)]
+struct Pruning {
+    running: AtomicBool,
+    again: AtomicBool,
+}
+
+fn prune_once(ledger: &std::path::Path, retention: Retention) {
+    match retention::prune(ledger, &retention, SystemTime::now()) {
+        Ok(done) if done.removed.is_empty() => {}
+        Ok(done) => log::info!(
+            "pruned {} archive(s) of {} ([ledger] keep_archives = {}, keep_archive_days = {}); {} kept; history exact from {}",
+            done.removed.len(),
+            ledger.display(),
+            retention.keep_archives,
+            retention.keep_archive_days,
+            done.kept,
+            done.horizon.map_or_else(|| "the start".to_owned(), super::history::format_time),
+        ),
+        Err(err) => log::error!("archive pruning failed (nothing deleted; retried after the next compaction): {err}"),
     }
 }
 
@@ -84,39 +162,49 @@ impl Handler<Append> for LedgerActor {
         for op in &msg.ops {
             record::encode(op, &mut self.buf);
         }
-        let started = Instant::now();
         let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = if msg.ops.is_empty() { Ok(()) } else { ledger.append(&self.buf) };
-        let elapsed = started.elapsed();
-        if let Err(err) = &result {
-            log::error!("ledger append of {} ops failed: {err}", msg.ops.len());
-        }
-        let compacted = msg.compact.map(|job| {
-            if job.generation == ledger.generation() {
-                ledger.compact(&job.snapshot, job.covered)
-            } else {
-                Err(LedgerError::Stale { expected: ledger.generation(), got: job.generation })
+        let started = Instant::now();
+        let result = if msg.ops.is_empty() {
+            Ok(())
+        } else {
+            self.health.begin(Busy::Appending);
+            let result = ledger.append(&self.buf);
+            match &result {
+                Ok(()) => self.health.append_ok(),
+                Err(err) => {
+                    log::error!("ledger append of {} ops failed: {err}", msg.ops.len());
+                    self.health.append_failed(err.to_string());
+                }
             }
+            result
+        };
+        let elapsed = started.elapsed();
+        let compacted = msg.compact.map(|job| {
+            if job.generation != ledger.generation() {
+                return Err(LedgerError::Stale { expected: ledger.generation(), got: job.generation });
+            }
+            self.health.begin(Busy::Compacting);
+            let outcome = ledger.compact(&job.snapshot, job.covered);
+            self.health.compaction_done(outcome.as_ref().err().map(ToString::to_string));
+            if let Err(err) = &outcome
+                && ledger.is_poisoned()
+            {
+                // The ledger refuses appends until it is reopened: that is a write failure.
+                self.health.append_failed(err.to_string());
+            }
+            outcome
         });
         let position = (ledger.generation(), ledger.len());
+        self.health.idle(ledger.len());
+        let path = ledger.path().to_owned();
         drop(ledger);
+        if matches!(compacted, Some(Ok(_))) {
+            self.prune(path);
+        }
         let bytes = self.buf.len() as u64;
         if self.buf.capacity() > 8 << 20 {
             self.buf = Vec::new(); // do not keep a huge buffer after a burst
         }
         MessageResult(Appended { ops: msg.ops, result, bytes, elapsed, position, compacted })
-    }
-}
-
-/// Health probe: replies with the ledger's length in bytes.
-#[derive(Message)]
-#[rtype(result = "u64")]
-pub struct Probe;
-
-impl Handler<Probe> for LedgerActor {
-    type Result = u64;
-
-    fn handle(&mut self, _: Probe, _: &mut SyncContext<Self>) -> u64 {
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }

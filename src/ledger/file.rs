@@ -67,8 +67,9 @@ pub enum LedgerError {
         /// What is wrong with it.
         reason: String,
     },
-    /// An earlier failure left the file in an unknown state; appends are refused until restart.
-    #[error("ledger {0} failed earlier and refuses writes until the relay restarts")]
+    /// An earlier failure left the file in an unknown state and it could not be repaired yet
+    /// (every later append tries again; see [`Ledger::append`]).
+    #[error("ledger {0} failed earlier and cannot be repaired yet")]
     Poisoned(PathBuf),
     /// A compaction was prepared against an older generation of the ledger file.
     #[error("snapshot prepared for ledger generation {got}, but the ledger is at generation {expected}")]
@@ -110,7 +111,7 @@ pub fn archive_prefix(ledger: &Path) -> PathBuf {
     suffixed(ledger, ".archived.")
 }
 
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -124,7 +125,9 @@ pub struct Ledger {
     /// Length of the durable prefix: everything before it was appended successfully.
     len: u64,
     sync: SyncMode,
-    poisoned: bool,
+    /// Set when a failure left the file in an unknown state: what must succeed before the next
+    /// append may go ahead.
+    poisoned: Option<Repair>,
     /// Compactions since this ledger was opened: which file `len` refers to.
     generation: u64,
     /// Held for the lifetime of the ledger; the OS releases the lock when it closes.
@@ -175,20 +178,19 @@ impl Ledger {
             .map_err(io_err("cannot open ledger", path))?;
         let len = replay(path, &file, &mut stats, &mut apply)?;
         stats.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Ok((Ledger { path: path.to_owned(), file, len, sync, poisoned: false, generation: 0, _lock: lock }, stats))
+        Ok((Ledger { path: path.to_owned(), file, len, sync, poisoned: None, generation: 0, _lock: lock }, stats))
     }
 
     /// Appends `bytes` (whole records) and, in [`SyncMode::Always`], makes them durable.
     ///
     /// On failure the file is cut back to its last durable length, so a failed batch never shows
-    /// up at the next boot; if even that fails, the ledger refuses all later appends.
+    /// up at the next boot. If even that fails, every later append first retries the repair and
+    /// is refused while it fails: a full disk that gets space back writes again, no restart needed.
     ///
     /// # Errors
-    /// [`LedgerError::Io`] for the failed call, [`LedgerError::Poisoned`] after an unrepaired one.
+    /// [`LedgerError::Io`] for the failed call (or the failed repair).
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), LedgerError> {
-        if self.poisoned {
-            return Err(LedgerError::Poisoned(self.path.clone()));
-        }
+        self.repair()?;
         let result =
             self.file.write_all(bytes).map_err(io_err("cannot write", &self.path)).and_then(|()| match self.sync {
                 SyncMode::Always => self.file.sync_data().map_err(io_err("cannot fdatasync", &self.path)),
@@ -201,7 +203,7 @@ impl Ledger {
             }
             Err(err) => {
                 if self.file.set_len(self.len).and_then(|()| self.file.sync_all()).is_err() {
-                    self.poisoned = true;
+                    self.poisoned = Some(Repair::CutBack);
                 }
                 Err(err)
             }
@@ -211,13 +213,15 @@ impl Ledger {
     /// Folds the ledger's first `covered` bytes into a snapshot: `snapshot` (from
     /// [`snapshot::encode`]) must hold the whole state as of exactly that prefix, previous snapshot
     /// included. Records past `covered` stay in the live ledger; the old ledger is kept as an
-    /// archive (for history), under a name no other archive has.
+    /// archive (for history, until [`super::retention`] prunes it), under a name no other archive
+    /// has. A staging file whose write fails is removed.
     ///
     /// Every step is durable before the next, and the files are in a state that boots to the same
     /// data after a crash between any two steps (see [`CompactStep`]).
     ///
     /// # Errors
-    /// [`LedgerError::Io`] when a step fails; the ledger stays usable unless the final reopen failed.
+    /// [`LedgerError::Io`] when a step fails; the ledger stays usable, except after a failed final
+    /// reopen, which every later append retries first.
     pub fn compact(&mut self, snapshot: &[u8], covered: u64) -> Result<Compacted, LedgerError> {
         match self.compact_until(snapshot, covered, None)? {
             Some(done) => Ok(done),
@@ -232,9 +236,7 @@ impl Ledger {
         covered: u64,
         stop_after: Option<CompactStep>,
     ) -> Result<Option<Compacted>, LedgerError> {
-        if self.poisoned {
-            return Err(LedgerError::Poisoned(self.path.clone()));
-        }
+        self.repair()?;
         let started = Instant::now();
         let covered = covered.min(self.len);
         let (ledger, snap, tmp, next) =
@@ -243,7 +245,7 @@ impl Ledger {
         let stop = |step| stop_after == Some(step);
 
         // 1. The new snapshot, durable under a temporary name. Boot: old snapshot + full ledger.
-        write_durably(&tmp, snapshot)?;
+        write_staged(&tmp, snapshot)?;
         if stop(CompactStep::SnapshotWritten) {
             return Ok(None);
         }
@@ -256,7 +258,7 @@ impl Ledger {
         // 3. The tail the snapshot does not cover, durable as the next ledger.
         let mut tail = vec![0; usize::try_from(self.len - covered).unwrap_or(usize::MAX)];
         self.file.read_exact_at(&mut tail, covered).map_err(io_err("cannot read tail of", &ledger))?;
-        write_durably(&next, &tail)?;
+        write_staged(&next, &tail)?;
         if stop(CompactStep::TailWritten) {
             return Ok(None);
         }
@@ -274,7 +276,7 @@ impl Ledger {
             Ok(file) => self.file = file,
             Err(source) => {
                 // Our handle now points at the archive: refuse writes rather than lose them.
-                self.poisoned = true;
+                self.poisoned = Some(Repair::Reopen);
                 return Err(LedgerError::Io { what: "cannot reopen ledger", path: ledger, source });
             }
         }
@@ -288,6 +290,40 @@ impl Ledger {
             tail_bytes: self.len,
             elapsed: started.elapsed(),
         }))
+    }
+
+    /// Brings a poisoned ledger back to a known state, if it can now; a no-op otherwise.
+    fn repair(&mut self) -> Result<(), LedgerError> {
+        match self.poisoned {
+            None => {}
+            Some(Repair::CutBack) => {
+                // Bytes of a failed batch may still sit past `len`: cut them before anything else.
+                self.file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_all())
+                    .map_err(io_err("cannot cut back to its last durable length the ledger", &self.path))?;
+                log::warn!("ledger {}: cut back to {} bytes; appends resume", self.path.display(), self.len);
+            }
+            Some(Repair::Reopen) => {
+                // The compaction renamed the tail over the ledger, then could not open it.
+                let file = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(io_err("cannot reopen ledger", &self.path))?;
+                let len = file.metadata().map_err(io_err("cannot stat ledger", &self.path))?.len();
+                (self.file, self.len) = (file, len);
+                self.generation += 1;
+                log::warn!("ledger {}: reopened after a compaction; appends resume", self.path.display());
+            }
+        }
+        self.poisoned = None;
+        Ok(())
+    }
+
+    /// True while an earlier failure left the file in a state that must be repaired first.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 
     /// Compactions since the ledger was opened.
@@ -314,6 +350,15 @@ impl Ledger {
     pub fn sync_mode(&self) -> SyncMode {
         self.sync
     }
+}
+
+/// What a poisoned ledger must do before it may append again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repair {
+    /// Cut the file back to its durable length (a failed batch may be partly in it).
+    CutBack,
+    /// Open the ledger path again (a compaction replaced the file but could not reopen it).
+    Reopen,
 }
 
 /// The steps of [`Ledger::compact`], in order.
@@ -344,13 +389,22 @@ pub struct Compacted {
     pub elapsed: std::time::Duration,
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     let mut file = File::create(path).map_err(io_err("cannot create", path))?;
     file.write_all(bytes).map_err(io_err("cannot write", path))?;
     file.sync_all().map_err(io_err("cannot fsync", path))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+/// [`write_durably`] for a staging file of a compaction: on failure the file is removed, so a
+/// compaction that ran out of disk space does not leave the space taken (and the next append
+/// failing for want of it).
+pub(super) fn write_staged(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+    write_durably(path, bytes).inspect_err(|_| {
+        let _ = fs::remove_file(path);
+    })
+}
+
+pub(super) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("cannot fsync directory", dir))
 }
 
@@ -464,6 +518,32 @@ mod tests {
         let (_, stats, map) = open(&path);
         assert_eq!((stats.records, stats.truncated_bytes), (3, 0));
         assert_eq!(map.get("z"), Some(&json!(2)));
+    }
+
+    #[test]
+    fn a_poisoned_ledger_repairs_itself_at_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let (mut ledger, _, _) = open(&path);
+        append_ops(&mut ledger, &ops("a", 1, 3));
+        // A failed batch left bytes past the durable length, and cutting them failed too.
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"kind\":\"set\",\"ke").unwrap();
+        ledger.poisoned = Some(Repair::CutBack);
+        append_ops(&mut ledger, &ops("b", 10, 2));
+        assert!(!ledger.is_poisoned());
+        // A compaction renamed a new file over the ledger and could not open it.
+        let tail = dir.path().join("tail");
+        let mut bytes = Vec::new();
+        record::encode(&Op::set("t", json!(1), Stamp::new(50, 0, "n")), &mut bytes);
+        fs::write(&tail, &bytes).unwrap();
+        fs::rename(&tail, &path).unwrap();
+        ledger.poisoned = Some(Repair::Reopen);
+        append_ops(&mut ledger, &ops("c", 60, 1));
+        assert_eq!((ledger.generation(), ledger.len()), (1, fs::metadata(&path).unwrap().len()));
+        drop(ledger);
+        let (_, stats, map) = open(&path);
+        assert_eq!((stats.records, stats.corrupt, stats.truncated_bytes), (2, 0, 0));
+        assert_eq!(map.get("t"), Some(&json!(1)));
     }
 
     #[test]

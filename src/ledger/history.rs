@@ -1,7 +1,7 @@
 //! History from the ledger files: the state at a past moment, and one key's writes over time.
 //!
-//! Reads the archives that compaction leaves (`<ledger>.archived.*`, oldest first) and then the live
-//! ledger, without taking the ledger's lock: it only reads, so it is safe beside a running relay
+//! Reads the history base that retention leaves (see [`super::retention`]), the archives that
+//! compaction leaves (`<ledger>.archived.*`, oldest first) and then the live ledger, without taking the ledger's lock: it only reads, so it is safe beside a running relay
 //! (a torn last line, a write in progress, is ignored).
 
 use std::{
@@ -17,11 +17,20 @@ use super::{
 };
 use crate::lww::{LwwMap, Op};
 
-/// The ledger files holding history, oldest first: archives, then the live ledger.
+/// One archive compaction left: `<ledger>.archived.<secs>-<n>` (ours) or `.<secs>` (upstream's).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Archive {
+    /// When it was archived (seconds since 1970), then our number within that second.
+    pub order: (u64, u64),
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// The archives beside `ledger`, oldest first.
 ///
 /// # Errors
 /// [`LedgerError::Io`] when the directory cannot be listed.
-pub fn files(ledger: &Path) -> Result<Vec<PathBuf>, LedgerError> {
+pub fn archives(ledger: &Path) -> Result<Vec<Archive>, LedgerError> {
     let prefix = archive_prefix(ledger);
     let dir = ledger.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name_prefix = prefix.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -30,16 +39,24 @@ pub fn files(ledger: &Path) -> Result<Vec<PathBuf>, LedgerError> {
         path: dir.to_owned(),
         source,
     })?;
-    let mut archives: Vec<((u64, u64), PathBuf)> = entries
+    let mut archives: Vec<Archive> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let order = archive_order(name.strip_prefix(&name_prefix)?)?;
-            Some((order, entry.path()))
+            Some(Archive { order, path: entry.path() })
         })
         .collect();
     archives.sort();
-    let mut files: Vec<PathBuf> = archives.into_iter().map(|(_, path)| path).collect();
+    Ok(archives)
+}
+
+/// The ledger files holding history, oldest first: archives, then the live ledger.
+///
+/// # Errors
+/// [`LedgerError::Io`] when the directory cannot be listed.
+pub fn files(ledger: &Path) -> Result<Vec<PathBuf>, LedgerError> {
+    let mut files: Vec<PathBuf> = archives(ledger)?.into_iter().map(|a| a.path).collect();
     if ledger.exists() {
         files.push(ledger.to_owned());
     }
@@ -87,10 +104,12 @@ pub fn records(files: &[PathBuf]) -> Result<Vec<Op>, LedgerError> {
     Ok(out)
 }
 
-/// The state as of wall time `at_ns`: every record stamped at or before it, merged.
-pub fn state_at(records: &[Op], at_ns: u64) -> LwwMap {
+/// The state as of wall time `at_ns`: the history base (see [`super::retention`]; empty when
+/// nothing was pruned), then every record stamped at or before `at_ns`, merged. Exact for any
+/// `at_ns` at or after the base's horizon.
+pub fn state_at(base: &[Op], records: &[Op], at_ns: u64) -> LwwMap {
     let mut map = LwwMap::new();
-    for op in records.iter().filter(|op| op.stamp.p <= at_ns) {
+    for op in base.iter().chain(records.iter().filter(|op| op.stamp.p <= at_ns)) {
         map.apply(op.clone());
     }
     map

@@ -1,0 +1,241 @@
+//! `/healthz` tells the ledger's health both ways, against the real binary: a long compaction is
+//! not a failure (the probe never waits behind the ledger thread), a ledger that cannot write is
+//! (503 `degraded` with the reason and since when), and it is `ok` again once a write succeeds,
+//! without a restart.
+
+mod common;
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{Read, Write},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Client, Server};
+use serde_json::{Value, json};
+
+fn health(server: &Server) -> (u16, Value) {
+    let (status, body) = server.get("/healthz");
+    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("healthz JSON: {body}")))
+}
+
+/// Sends a v2 write with `reference` and returns the ack or nack that answers it.
+fn write(client: &mut Client, key: &str, value: Value, reference: u64) -> Value {
+    client.send(json!({"type": "set", "key": key, "value": value, "ref": reference}));
+    client.recv_until(|f| (f["type"] == "ack" || f["type"] == "nack") && f["ref"] == reference)
+}
+
+/// Compaction is held up for longer than the old 2 s probe timeout: the snapshot's staging file is
+/// a FIFO nobody reads yet, so the ledger thread blocks opening it. `/healthz` stays 200 all along
+/// and says a compaction is running; a write made meanwhile waits (it is not durable yet) and is
+/// acknowledged once the ledger thread is free.
+#[test]
+fn a_long_compaction_keeps_healthz_ok() {
+    let server = Server::start("[ledger]\ncompact_after_bytes = 1\n");
+    let staging = PathBuf::from(format!("{}.snapshot.json.tmp", server.ledger_path().display()));
+    let name = CString::new(staging.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that lives for the call.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo {}", staging.display());
+    let mut client = Client::connect(&format!("{}?v=2", server.url()));
+    assert_eq!(write(&mut client, "first", json!(1), 1)["type"], "ack");
+    common::wait_until("the compaction to start", || health(&server).1["ledger"]["compacting_since"].is_string());
+
+    client.send(json!({"type": "set", "key": "during", "value": 2, "ref": 2}));
+    let held = Instant::now();
+    let mut probes = 0;
+    while held.elapsed() < Duration::from_secs(3) {
+        let (status, body) = health(&server);
+        assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+        assert!(body["ledger"]["compacting_since"].is_string(), "{body}");
+        probes += 1;
+    }
+    assert!(probes > 3);
+    assert_eq!(client.next_within(Duration::from_millis(50)), None, "nothing is acknowledged mid-compaction");
+
+    // Let the compaction go on: it then fails (a FIFO cannot be fsynced), which loses nothing.
+    let reader = thread::spawn(move || {
+        let mut drained = Vec::new();
+        fs::File::open(&staging).unwrap().read_to_end(&mut drained).unwrap();
+        drained.len()
+    });
+    let ack = client.recv_until(|f| f["ref"] == 2);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert!(reader.join().unwrap() > 0);
+    let (status, body) = health(&server);
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    assert!(body["ledger"]["last_compaction_error"].is_string(), "{body}");
+    assert!(server.log().contains("compaction failed (nothing lost"), "{}", server.log());
+}
+
+/// A tmpfs this test mounts (and unmounts on the way out).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// Fills the file system holding `path` with `path` itself; returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    let mut filler = fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 4096];
+    let mut written = 0;
+    for _ in 0..100_000 {
+        match filler.write(&chunk) {
+            Ok(n) => written += n as u64,
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => return written,
+            Err(err) => panic!("filling {}: {err}", path.display()),
+        }
+    }
+    panic!("{} never filled up", path.display());
+}
+
+/// A really full file system: appends fail with ENOSPC, `/healthz` answers 503 `degraded` with
+/// the reason and since when, every refused write gets a nack and none reaches the file; once space
+/// comes back, the next write succeeds and `/healthz` is `ok` again, without a restart; a restart
+/// then replays cleanly (no torn or corrupt line) exactly the writes that were acknowledged.
+#[test]
+fn a_full_disk_is_degraded_then_recovers_and_replays_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let _mount = match Tmpfs::mount(dir.path(), "512k") {
+        Ok(mount) => mount,
+        Err(err) => {
+            eprintln!(
+                "SKIPPED a_full_disk_is_degraded_then_recovers_and_replays_cleanly: cannot mount a tmpfs ({err}); needs root (CAP_SYS_ADMIN)"
+            );
+            return;
+        }
+    };
+    let dir = Arc::new(dir);
+    let server = Server::start_in(Arc::clone(&dir), "");
+    let mut client = Client::connect(&format!("{}?v=2", server.url()));
+    assert_eq!(write(&mut client, "before", json!("fits"), 0)["type"], "ack");
+    assert_eq!(health(&server).0, 200);
+
+    let filler = dir.path().join("filler");
+    assert!(fill(&filler) > 0);
+    let pad = "x".repeat(1000);
+    let (mut acked, mut refused) = (vec!["before".to_owned()], Vec::new());
+    for i in 1..=50 {
+        let key = format!("k{i}");
+        let reply = write(&mut client, &key, json!({"i": i, "pad": pad}), i);
+        if reply["type"] == "ack" {
+            acked.push(key);
+        } else {
+            assert_eq!(reply["reason"], "ledger_failed", "{reply}");
+            refused.push(key);
+            break;
+        }
+    }
+    assert_eq!(refused.len(), 1, "no write was refused on a full disk");
+    let (status, body) = health(&server);
+    assert_eq!((status, &body["status"]), (503, &json!("degraded")), "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("No space left on device"), "{body}");
+    let since = body["since"].as_str().unwrap().to_owned();
+    assert_eq!(body["ledger"]["failing_since"], json!(since), "{body}");
+    // curl, a client that is not ours, sees the same status.
+    let curl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{}/healthz", server.addr))
+        .output();
+    if let Ok(curl) = curl {
+        assert_eq!(String::from_utf8_lossy(&curl.stdout), "503");
+    }
+    // Still full: refused again, and still failing since the first failure.
+    assert_eq!(write(&mut client, "again", json!({"pad": pad}), 100)["type"], "nack");
+    refused.push("again".to_owned());
+    let body = health(&server).1;
+    assert_eq!((&body["since"], body["ledger"]["failed_appends"].as_u64()), (&json!(since), Some(2)), "{body}");
+    // Nothing of a refused batch is in the file: every line is a whole record.
+    let text = fs::read_to_string(server.ledger_path()).unwrap();
+    assert!(text.is_empty() || text.ends_with('\n'));
+    assert_eq!(text.lines().count(), acked.len());
+
+    // Space comes back: the next write goes through and health is ok again, same process.
+    fs::remove_file(&filler).unwrap();
+    assert_eq!(health(&server).0, 503, "no write succeeded yet");
+    assert_eq!(write(&mut client, "after", json!("space again"), 200)["type"], "ack");
+    acked.push("after".to_owned());
+    let (status, body) = health(&server);
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    assert!(body["ledger"]["failing_since"].is_null() && body["reason"].is_null(), "{body}");
+    assert!(server.log().contains("ledger writes again after 2 failed batches"), "{}", server.log());
+
+    drop(client);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    let restarted = Server::start_in(Arc::clone(&dir), "");
+    let log = restarted.log();
+    assert!(log.contains("0 corrupt lines skipped, 0 torn bytes cut"), "{log}");
+    let data = restarted.client().snapshot["data"].clone();
+    let mut keys: Vec<String> = data.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    acked.sort();
+    assert_eq!(keys, acked, "exactly the acknowledged writes survive; refused: {refused:?}");
+    // The servers stop before the mount guard (declared first) unmounts.
+}
+
+/// A compaction that runs out of space on a nearly full disk gives the space back: its staging
+/// file is removed, so appends carry on (health stays `ok`) instead of failing for the bytes a
+/// half-written snapshot holds.
+#[test]
+fn a_compaction_that_runs_out_of_space_gives_the_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let _mount = match Tmpfs::mount(dir.path(), "512k") {
+        Ok(mount) => mount,
+        Err(err) => {
+            eprintln!(
+                "SKIPPED a_compaction_that_runs_out_of_space_gives_the_space_back: cannot mount a tmpfs ({err}); needs root (CAP_SYS_ADMIN)"
+            );
+            return;
+        }
+    };
+    let dir = Arc::new(dir);
+    let server = Server::start_in(Arc::clone(&dir), "[ledger]\ncompact_after_bytes = 30000\n");
+    let mut client = Client::connect(&format!("{}?v=2", server.url()));
+    let pad = "x".repeat(1000);
+    for i in 0..25 {
+        assert_eq!(write(&mut client, &format!("k{i}"), json!({"pad": pad}), i)["type"], "ack");
+    }
+    // Leave 8 KiB free: enough for a few more appends, far from enough for a ~30 KB snapshot.
+    let slack = dir.path().join("slack");
+    fs::write(&slack, vec![0u8; 8192]).unwrap();
+    fill(&dir.path().join("filler"));
+    fs::remove_file(&slack).unwrap();
+    let mut reference = 100;
+    common::wait_until("a compaction to fail for want of space", || {
+        reference += 1;
+        let reply = write(&mut client, &format!("more{reference}"), json!({"pad": "y".repeat(200)}), reference);
+        assert_eq!(reply["type"], "ack", "{reply}\n{}", server.log());
+        server.log().contains("compaction failed")
+    });
+    let staging = format!("{}.snapshot.json.tmp", server.ledger_path().display());
+    assert!(!Path::new(&staging).exists(), "the half-written snapshot is gone");
+    assert_eq!(write(&mut client, "after", json!("small"), 999)["type"], "ack", "{}", server.log());
+    let (status, body) = health(&server);
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    assert!(body["ledger"]["last_compaction_error"].as_str().unwrap().contains("No space left"), "{body}");
+}
