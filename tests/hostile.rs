@@ -151,3 +151,72 @@ fn forwarded_addresses_count_per_source_only_from_trusted_proxies() {
     let mut c3 = Client::try_raw(&url, &xff("198.51.100.3")).unwrap();
     assert_eq!(common::wait_closed(&mut c3), Closed::Frame(1013, "server busy".into()), "spoofed headers ignored");
 }
+
+/// Opens a raw TCP connection with a receive buffer of `rcvbuf` bytes (set before connecting, so
+/// the kernel does not grow it) and upgrades it to a WebSocket at `path` by hand.
+fn small_window_upgrade(addr: std::net::SocketAddr, path: &str, rcvbuf: usize) -> TcpStream {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+/// Writes masked ping frames (125-byte payloads) until the peer stops taking them (a write
+/// blocks for 300 ms) or `max` were sent; returns how many went out.
+fn flood_pings(tcp: &mut TcpStream, max: usize) -> usize {
+    use std::io::Write;
+    let mut frame = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+    frame.extend((0..125u8).map(|i| i ^ [1, 2, 3, 4][usize::from(i) % 4]));
+    let burst: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 64).collect();
+    tcp.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut sent = 0;
+    while sent < max {
+        if tcp.write_all(&burst).is_err() {
+            break;
+        }
+        sent += 64;
+    }
+    sent
+}
+
+/// A client (raw TCP, a tiny receive window) that sends pings and never reads: the pongs fill its
+/// window, the relay's socket buffers and actix-ws's channel. It is closed as too slow in bounded
+/// time and its slot comes back; a well-behaved client is not held up meanwhile.
+#[test]
+fn a_client_that_pings_and_never_reads_is_closed_and_its_slot_freed() {
+    let server = Server::start("[limits]\nhandshake_timeout_s = 1.0\n[server]\nping_interval_s = 0.5\n");
+    let mut flooder = small_window_upgrade(server.addr, "/ws", 4096);
+    let sent = flood_pings(&mut flooder, 2_000_000);
+    assert!(sent < 2_000_000, "the relay kept taking pings: it never stalled on its pongs");
+    let mut bystander = server.client();
+    bystander.set("during", json!(1));
+    bystander.recv_set("during");
+    drop(bystander);
+    // The write limit is 2 × ping_interval_s + handshake_timeout_s = 2 s, then 1 s for the close.
+    let started = Instant::now();
+    common::wait_within(Duration::from_secs(20), "the flooder's slot to be freed", || {
+        server.health("connections") == 0
+    });
+    assert!(started.elapsed() < Duration::from_secs(10), "freed after {:?}", started.elapsed());
+    assert!(
+        server.get("/metrics").1.contains("aether_connections_closed_total{code=\"1013\"} 1"),
+        "closed as too slow"
+    );
+    drop(flooder);
+}
