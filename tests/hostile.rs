@@ -220,3 +220,91 @@ fn a_client_that_pings_and_never_reads_is_closed_and_its_slot_freed() {
     );
     drop(flooder);
 }
+
+/// A peer listener of node "a" that holds at most one peer, with a 1 s handshake timeout.
+fn mesh_node() -> Server {
+    Server::start(
+        "[mesh]\nnode_id = \"a\"\nbind = \"127.0.0.1:0\"\nmax_peers = 1\n[limits]\nhandshake_timeout_s = 1.0\n",
+    )
+}
+
+/// A would-be peer that sends pings instead of `hello` and never reads: the handshake's pongs are
+/// written within its timeout too, so the connection is dropped in time and its slot comes back.
+#[test]
+fn a_peer_that_pings_through_the_handshake_and_never_reads_is_dropped() {
+    let server = mesh_node();
+    let mut flooder = small_window_upgrade(server.mesh.unwrap(), "/", 4096);
+    let started = Instant::now();
+    flood_pings(&mut flooder, 2_000_000);
+    common::wait_within(Duration::from_secs(15), "the handshake to time out", || {
+        server.log().contains("refused: no handshake in time")
+    });
+    assert!(started.elapsed() < Duration::from_secs(10), "dropped after {:?}", started.elapsed());
+    // Its slot (max_peers = 1) is free again: a peer gets through the handshake.
+    let mut peer = Client::raw(&server.mesh_url());
+    peer.send(Message::text(json!({"type": "hello", "node_id": "p"}).to_string())).unwrap();
+    assert_eq!(common::recv_json(&mut peer), json!({"type": "hello", "node_id": "a"}));
+    drop(flooder);
+}
+
+/// A peer we dial (a fake listener speaking upstream's protocol, with a tiny receive window)
+/// that sends pings without end and never reads. Its pongs must not pile up in a queue (only the
+/// latest ping is answered), and since it answers none of our pings it is not heard: the link
+/// ends within the peer timeout (20 s) instead of living as long as the pings come.
+#[test]
+fn a_dialled_peer_that_pings_and_never_reads_is_dropped() {
+    use std::{
+        io::Write,
+        net::TcpListener,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap(); // inherited by the accepted socket
+    socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(1).unwrap();
+    let listener: TcpListener = socket.into();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let server = Server::start(&format!(
+        "[mesh]\nnode_id = \"a\"\npeers = [\"{url}\"]\nredial_min_s = 60.0\nredial_max_s = 60.0\n"
+    ));
+    let (tcp, _) = listener.accept().unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ws = tungstenite::accept(tcp).unwrap();
+    let hello = common::recv_json(&mut ws);
+    assert_eq!(hello["node_id"], "a");
+    ws.send(Message::text(json!({"type": "hello", "node_id": "p"}).to_string())).unwrap();
+    common::wait_until("the link to come up", || server.healthz()["mesh"]["peers"][0]["connected"] == true);
+    // Server frames are not masked: a ping with a 125-byte payload, 64 at a time.
+    let mut frame = vec![0x89, 125];
+    frame.extend(std::iter::repeat_n(b'p', 125));
+    let burst: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 64).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tcp = ws.get_ref().try_clone().unwrap();
+    let flood = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            // Fast enough to fill every buffer on the way back, then steadily so it is never silent.
+            for _ in 0..3000 {
+                if tcp.write_all(&burst).is_err() {
+                    return;
+                }
+            }
+            while !stop.load(Ordering::Relaxed) && tcp.write_all(&frame).is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let started = Instant::now();
+    common::wait_within(Duration::from_secs(45), "the link to be dropped", || {
+        server.log().contains("link to p at ws://")
+            && ["closed: peer too slow", "closed: no pong or message"].iter().any(|why| server.log().contains(why))
+    });
+    assert!(started.elapsed() < Duration::from_secs(35), "dropped after {:?}", started.elapsed());
+    assert_eq!(server.healthz()["mesh"]["peers"][0]["connected"], false);
+    stop.store(true, Ordering::Relaxed);
+    drop(ws);
+    flood.join().unwrap();
+}

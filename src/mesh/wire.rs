@@ -35,7 +35,7 @@ use crate::{
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 
 /// Batches are cut at about this many bytes of records.
-const CHUNK_BYTES: usize = 192 * 1024;
+pub const CHUNK_BYTES: usize = 192 * 1024;
 
 /// Our extension of `hello`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -151,12 +151,20 @@ pub enum Refused {
     BadNode,
     /// Stamped further ahead of our clock than `max_clock_drift_s`.
     ClockDrift,
+    /// Not an op: a digest of the wrong length (ignored; never answered with a full dump).
+    BadDigest,
 }
 
 impl Refused {
     /// Every reason, for metrics.
-    pub const ALL: [Refused; 5] =
-        [Refused::Malformed, Refused::BadKey, Refused::BadValue, Refused::BadNode, Refused::ClockDrift];
+    pub const ALL: [Refused; 6] = [
+        Refused::Malformed,
+        Refused::BadKey,
+        Refused::BadValue,
+        Refused::BadNode,
+        Refused::ClockDrift,
+        Refused::BadDigest,
+    ];
 
     /// Name for logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -166,6 +174,7 @@ impl Refused {
             Refused::BadValue => "bad_value",
             Refused::BadNode => "bad_node",
             Refused::ClockDrift => "clock_drift",
+            Refused::BadDigest => "bad_digest",
         }
     }
 }
