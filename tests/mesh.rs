@@ -465,3 +465,18 @@ fn a_digest_of_the_wrong_length_is_ignored_and_counted() {
     wait_within(CONVERGE, "both counted", || metric(&a, "aether_mesh_ops_refused_total{reason=\"bad_digest\"}") == 2.0);
     assert_eq!(connected(&a), ["p"]);
 }
+
+/// Pings no longer count as hearing a peer; an idle link between two of ours lives on the pongs
+/// each answers to the other's pings, past the 20 s peer timeout.
+#[test]
+fn an_idle_link_outlives_the_peer_timeout() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    wait_within(CONVERGE, "linked", || connected(&a) == ["b"]);
+    std::thread::sleep(Duration::from_secs(25));
+    for server in [&a, &b] {
+        assert!(!server.log().contains("closed:"), "a link dropped:\n{}", server.log());
+    }
+    write_keys(&a, "after-", 5);
+    converged(&[&a, &b], 5);
+}

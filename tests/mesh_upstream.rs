@@ -349,3 +349,16 @@ fn a_state_larger_than_the_peer_queue_reaches_upstream_on_connect() {
     assert_eq!(health["connected"], true);
     assert!((KEYS + LIVE..=KEYS + 2 * LIVE).contains(&(health["ops_out"].as_u64().unwrap() as usize)), "{health}");
 }
+
+/// Pings from a peer no longer count as hearing it (a peer that pings and never reads is
+/// dropped), so an idle link lives on upstream's pongs to ours: it outlives the 20 s peer timeout.
+#[test]
+fn an_idle_link_to_upstream_outlives_the_peer_timeout() {
+    let server = Server::start(&mesh_config(""));
+    let mut node = Upstream::start(None);
+    assert_eq!(node.connect(&server.mesh_url()), json!({"ok": true, "peer": OURS}));
+    wait_until("linked", || linked(&server, THEIRS));
+    thread::sleep(Duration::from_secs(25));
+    assert!(linked(&server, THEIRS) && !server.log().contains("closed:"), "{}", server.log());
+    assert_syncs_both_ways(&server, &mut node, "idle");
+}
