@@ -154,6 +154,7 @@ impl OutboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::close;
 
     fn batch(len: usize) -> Outbound {
         Outbound::frames(Arc::new([ByteString::from("x".repeat(len))]))
@@ -170,7 +171,7 @@ mod tests {
         assert_eq!(tx.queued(), 40);
         tx.push(batch(60)).unwrap();
         // Close frames are never refused.
-        tx.push(Outbound::Close(1001, "bye")).unwrap();
+        tx.push(Outbound::Close(close::GOING_AWAY, "bye")).unwrap();
     }
 
     #[tokio::test]
@@ -210,6 +211,6 @@ mod tests {
         tx.push(batch(1000)).unwrap();
         assert_eq!(tx.push(batch(1)), Err(PushError::Full));
         drop(rx);
-        assert_eq!(tx.push(Outbound::Close(1000, "")), Err(PushError::Closed));
+        assert_eq!(tx.push(Outbound::Close(close::NORMAL, "")), Err(PushError::Closed));
     }
 }

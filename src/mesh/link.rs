@@ -446,3 +446,53 @@ async fn write_next(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::hlc::Stamp;
+
+    fn ops(sizes: &[usize]) -> Vec<Op> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Op::set(format!("k{i}"), json!("v".repeat(n)), Stamp::new(1, 0, "a")))
+            .collect()
+    }
+
+    /// Cuts `ops` the way catching up does; returns the chunks' sizes and the ops read back.
+    fn cut(ops: &[Op], ours: bool, limit: usize) -> (Vec<usize>, Vec<Op>) {
+        let (mut sizes, mut back, mut rest) = (Vec::new(), Vec::new(), ops);
+        while !rest.is_empty() {
+            let (frames, taken) = chunk_of(rest, ours, limit);
+            assert!(taken > 0);
+            rest = &rest[taken..];
+            sizes.push(frames.iter().map(|f| f.len()).sum());
+            for frame in &frames {
+                let values = match wire::parse(frame) {
+                    Some(PeerFrame::Sync { ops }) if ours => ops,
+                    Some(PeerFrame::Op { op }) if !ours => vec![op],
+                    _ => panic!("unexpected frame {frame}"),
+                };
+                back.extend(values.into_iter().map(|v| wire::decode_op(v, &Default::default(), u64::MAX, 0).unwrap()));
+            }
+        }
+        (sizes, back)
+    }
+
+    #[test]
+    fn catch_up_chunks_stay_under_their_limit_and_carry_every_op_in_order() {
+        let all = ops(&[100; 500]);
+        for ours in [true, false] {
+            let (sizes, back) = cut(&all, ours, 4096);
+            assert_eq!(back, all);
+            assert!(sizes.len() > 10 && sizes.iter().all(|&s| s <= 4096 + 64), "{sizes:?}");
+        }
+        // An op larger than the limit still goes, alone.
+        let big = ops(&[10, 10_000, 10]);
+        let (sizes, back) = cut(&big, true, 1000);
+        assert_eq!((back, sizes.len()), (big, 3));
+    }
+}
