@@ -320,7 +320,11 @@ impl Connection {
                 }
                 Event::In(Some(Ok(msg))) => {
                     heard = true;
-                    last_heard = Instant::now();
+                    // A ping proves the client writes, not that it reads: one that pings and
+                    // never reads (so never answers ours) still meets the keepalive timeout.
+                    if !matches!(msg, Message::Ping(_)) {
+                        last_heard = Instant::now();
+                    }
                     if let Some(end) = self.inbound(msg, session, &mut kick).await {
                         return end;
                     }
