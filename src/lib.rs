@@ -14,8 +14,8 @@
 //! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
 //!   durable append, crash-safe compaction), history over archives, and `LedgerActor`, the single
 //!   thread that appends (group commit) and compacts.
-//! - [`protocol`]: v1 and v2 wire frames and close codes, parsed once at the edge and encoded once
-//!   per broadcast.
+//! - [`protocol`]: v1 and v2 wire frames, parsed once at the edge and encoded once per broadcast,
+//!   and `protocol::close`, every close code the relay sends (browsers and peers).
 //! - [`limits`]: token bucket and connection counter.
 //! - [`proxy`]: trusted reverse proxies and the client address behind them.
 //! - [`config`]: the typed TOML configuration.

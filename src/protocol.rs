@@ -249,24 +249,55 @@ pub fn op_frame(op: &Op) -> ByteString {
     into_frame(out)
 }
 
-/// Close codes this server uses (see the README's protocol sections).
+/// Every close code this server sends, to browsers and to peers (the README's protocol sections
+/// and config/README.md's federation section list them). No other module writes a bare code.
 pub mod close {
-    /// Normal closure.
+    // Standard codes (RFC 6455 §7.4.1), shared by v1 clients, v2 clients and peer links.
+
+    /// Normal closure: the client closed first and this answers it.
     pub const NORMAL: u16 = 1000;
-    /// The server is shutting down.
+    /// The relay is shutting down (clients and peer links), or a link's writer lost its queue.
     pub const GOING_AWAY: u16 = 1001;
-    /// Protocol error: broken WebSocket framing.
+    /// Protocol error: broken WebSocket framing; on a peer link, a first frame that is not a valid
+    /// `hello` or a digest of the wrong length.
     pub const PROTOCOL: u16 = 1002;
+    /// Never sent; what a connection that ended without a close frame counts as in metrics.
+    pub const ABNORMAL: u16 = 1006;
     /// A text frame that is not UTF-8.
     pub const INVALID_DATA: u16 = 1007;
-    /// Auth failed, or rate limit exceeded.
+    /// Auth failed, handshake timeout, or rate limit exceeded (v1); a peer that failed the mesh
+    /// token check.
     pub const POLICY: u16 = 1008;
     /// Message larger than `max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
-    /// No pong to our pings.
+    /// No pong to our pings (keepalive timeout); on a peer link, the mesh actor was unavailable.
     pub const KEEPALIVE: u16 = 1011;
-    /// Connection cap reached, or this client read too slowly.
+    /// Connection cap reached, or this client (or peer) read too slowly: its queue filled up or
+    /// one write to its socket stalled.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+
+    // v2 only: distinct codes for the closes a v2 client should act on differently (see
+    // `session::close_code_for`); v1 clients see the standard code instead.
+
+    /// v2 `auth failed` (v1: [`POLICY`]): stop reconnecting until there is a token.
+    pub const V2_AUTH_FAILED: u16 = 4401;
+    /// v2 `handshake timeout` (v1: [`POLICY`]).
+    pub const V2_HANDSHAKE_TIMEOUT: u16 = 4408;
+    /// v2 `rate limit` (v1: [`POLICY`]): slow down.
+    pub const V2_RATE_LIMIT: u16 = 4429;
+    /// v2 `server busy` (v1: [`TRY_AGAIN_LATER`]): back off.
+    pub const V2_SERVER_BUSY: u16 = 4503;
+    /// v2 `too slow` (v1: [`TRY_AGAIN_LATER`]): reconnect and resume.
+    pub const V2_TOO_SLOW: u16 = 4504;
+
+    // Peer links only.
+
+    /// A second link to a node already linked (mutual dial, or two URLs naming one node).
+    pub const DUPLICATE_LINK: u16 = 4409;
+    /// Another process already uses this node id (or the peer claims ours).
+    pub const NODE_ID_IN_USE: u16 = 4410;
+    /// The URL leads back to this very process.
+    pub const SELF_DIAL: u16 = 4411;
 }
 
 /// A connection's protocol version: v1 (upstream's, the default) or v2 (`?v=2`).

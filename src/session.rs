@@ -120,11 +120,11 @@ pub async fn run(
 fn close_code_for(version: Version, code: u16, reason: &str) -> u16 {
     match (version, code, reason) {
         (Version::V1, ..) => code,
-        (_, close::POLICY, "auth failed") => 4401,
-        (_, close::POLICY, "handshake timeout") => 4408,
-        (_, close::POLICY, "rate limit") => 4429,
-        (_, close::TRY_AGAIN_LATER, "server busy") => 4503,
-        (_, close::TRY_AGAIN_LATER, "too slow") => 4504,
+        (_, close::POLICY, "auth failed") => close::V2_AUTH_FAILED,
+        (_, close::POLICY, "handshake timeout") => close::V2_HANDSHAKE_TIMEOUT,
+        (_, close::POLICY, "rate limit") => close::V2_RATE_LIMIT,
+        (_, close::TRY_AGAIN_LATER, "server busy") => close::V2_SERVER_BUSY,
+        (_, close::TRY_AGAIN_LATER, "too slow") => close::V2_TOO_SLOW,
         _ => code,
     }
 }
@@ -135,7 +135,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Sends the close frame (if any) and waits, briefly, for the client to answer it and hang up, so
 /// the frame is on the wire before the connection (and its slot) goes away.
 async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mut MessageStream, end: End) {
-    deps.metrics.closed(end.map_or(1006, |(code, _)| code));
+    deps.metrics.closed(end.map_or(close::ABNORMAL, |(code, _)| code));
     let Some((code, text)) = end else { return };
     let code = close_code_for(version, code, text);
     let reason = CloseReason { code: CloseCode::from(code), description: (!text.is_empty()).then(|| text.to_owned()) };
@@ -143,6 +143,26 @@ async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mu
     if let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await {
         // Stop at the first error: a broken stream may report the same error forever.
         let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.recv().await {} }).await;
+    }
+}
+
+/// Why a write stalled: the client accepts nothing (its socket and actix-ws's channel are full).
+const STALLED: (u16, &str) = (close::TRY_AGAIN_LATER, "too slow");
+
+/// Runs one write to the socket, raced against a kick and bounded by `limit`: every write goes
+/// through here (frames, pings, pongs, nacks), so a client that never reads (say, one that sends
+/// pings and never takes the pongs) cannot hold its task, and with it its connection slot, by
+/// filling actix-ws's channel. `Err` carries the end of the connection.
+async fn bounded(
+    kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>,
+    limit: Duration,
+    write: impl Future<Output = Result<(), actix_ws::Closed>>,
+) -> Result<(), End> {
+    tokio::select! {
+        biased;
+        reason = kicked(kick) => Err(Some(reason)),
+        written = write => written.map_err(|_| None),
+        () = tokio::time::sleep(limit) => Err(Some(STALLED)),
     }
 }
 
@@ -275,10 +295,8 @@ impl Connection {
                         Ok::<(), actix_ws::Closed>(())
                     };
                     self.deps.metrics.frames_out(count);
-                    tokio::select! {
-                        biased;
-                        reason = kicked(&mut kick) => return Some(reason),
-                        written = write => if written.is_err() { return None },
+                    if let Err(end) = bounded(&mut kick, self.write_limit(), write).await {
+                        return end;
                     }
                     rx.written(total);
                     if close_after.is_some() {
@@ -302,8 +320,12 @@ impl Connection {
                 }
                 Event::In(Some(Ok(msg))) => {
                     heard = true;
-                    last_heard = Instant::now();
-                    if let Some(end) = self.inbound(msg, session).await {
+                    // A ping proves the client writes, not that it reads: one that pings and
+                    // never reads (so never answers ours) still meets the keepalive timeout.
+                    if !matches!(msg, Message::Ping(_)) {
+                        last_heard = Instant::now();
+                    }
+                    if let Some(end) = self.inbound(msg, session, &mut kick).await {
                         return end;
                     }
                 }
@@ -312,16 +334,26 @@ impl Connection {
                     if last_heard.elapsed() > self.deps.client_timeout() {
                         return Some((close::KEEPALIVE, "keepalive timeout"));
                     }
-                    if session.ping(b"").await.is_err() {
-                        return None;
+                    if let Err(end) = bounded(&mut kick, self.write_limit(), session.ping(b"")).await {
+                        return end;
                     }
                 }
             }
         }
     }
 
+    /// How long one write may wait for the socket: as long as the client may stay silent.
+    fn write_limit(&self) -> Duration {
+        self.deps.client_timeout()
+    }
+
     /// Handles one inbound WebSocket message; `Some` ends the connection.
-    async fn inbound(&mut self, msg: Message, session: &mut Session) -> Option<End> {
+    async fn inbound(
+        &mut self,
+        msg: Message,
+        session: &mut Session,
+        kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>,
+    ) -> Option<End> {
         let max = self.deps.limits.max_frame_bytes;
         let text: Bytes = match msg {
             Message::Text(text) => text.into_bytes(),
@@ -350,7 +382,7 @@ impl Connection {
                 buf.freeze()
             }
             Message::Ping(bytes) => {
-                return session.pong(&bytes).await.err().map(|_| None);
+                return bounded(kick, self.write_limit(), session.pong(&bytes)).await.err();
             }
             Message::Pong(_) | Message::Nop => return None,
             Message::Close(_) => return Some(Some((close::NORMAL, ""))),
@@ -394,9 +426,11 @@ impl Connection {
                 // v1 drops silently; v2 tells the writer which write will never apply.
                 if self.version == Version::V2
                     && let Some(reference) = protocol::dropped_reference(text)
-                    && session.text(protocol::nack(&reference, reason.as_str())).await.is_err()
+                    && let Err(end) =
+                        bounded(kick, self.write_limit(), session.text(protocol::nack(&reference, reason.as_str())))
+                            .await
                 {
-                    return Some(None);
+                    return Some(end);
                 }
             }
         }

@@ -151,3 +151,180 @@ fn forwarded_addresses_count_per_source_only_from_trusted_proxies() {
     let mut c3 = Client::try_raw(&url, &xff("198.51.100.3")).unwrap();
     assert_eq!(common::wait_closed(&mut c3), Closed::Frame(1013, "server busy".into()), "spoofed headers ignored");
 }
+
+/// Opens a raw TCP connection with a receive buffer of `rcvbuf` bytes (set before connecting, so
+/// the kernel does not grow it) and upgrades it to a WebSocket at `path` by hand.
+fn small_window_upgrade(addr: std::net::SocketAddr, path: &str, rcvbuf: usize) -> TcpStream {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+/// Writes masked ping frames (125-byte payloads) until the peer stops taking them (a write
+/// blocks for 300 ms) or `max` were sent; returns how many went out.
+fn flood_pings(tcp: &mut TcpStream, max: usize) -> usize {
+    use std::io::Write;
+    let mut frame = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+    frame.extend((0..125u8).map(|i| i ^ [1, 2, 3, 4][usize::from(i) % 4]));
+    let burst: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 64).collect();
+    tcp.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut sent = 0;
+    while sent < max {
+        if tcp.write_all(&burst).is_err() {
+            break;
+        }
+        sent += 64;
+    }
+    sent
+}
+
+/// A client (raw TCP, a tiny receive window) that sends pings and never reads: the pongs fill its
+/// window, the relay's socket buffers and actix-ws's channel. It is closed in bounded time and its
+/// slot comes back; a well-behaved client is not held up meanwhile.
+#[test]
+fn a_client_that_pings_and_never_reads_is_closed_and_its_slot_freed() {
+    let server = Server::start("[limits]\nhandshake_timeout_s = 1.0\n[server]\nping_interval_s = 0.5\n");
+    let mut flooder = small_window_upgrade(server.addr, "/ws", 4096);
+    let sent = flood_pings(&mut flooder, 2_000_000);
+    assert!(sent < 2_000_000, "the relay kept taking pings: it never stalled on its pongs");
+    let mut bystander = server.client();
+    bystander.set("during", json!(1));
+    bystander.recv_set("during");
+    drop(bystander);
+    // The write limit is 2 × ping_interval_s + handshake_timeout_s = 2 s, then 1 s for the close.
+    let started = Instant::now();
+    common::wait_within(Duration::from_secs(20), "the flooder's slot to be freed", || {
+        server.health("connections") == 0
+    });
+    assert!(started.elapsed() < Duration::from_secs(10), "freed after {:?}", started.elapsed());
+    // Closed as too slow (a pong waited 2 s), or by the keepalive when the flood itself lasted
+    // that long (its pings do not count as hearing it).
+    let metrics = server.get("/metrics").1;
+    let closed = |code: u16| metrics.contains(&format!("aether_connections_closed_total{{code=\"{code}\"}} 1"));
+    assert!(closed(1013) || closed(1011), "{metrics}");
+    drop(flooder);
+}
+
+/// A client that sends a ping now and then and never reads: too slow to fill any buffer, so no
+/// write stalls; its pings do not count as hearing it (they prove it writes, not that it reads),
+/// so it meets the keepalive timeout like a silent one, even in a room where nothing happens.
+#[test]
+fn a_client_that_pings_slowly_and_never_reads_meets_the_keepalive_timeout() {
+    use std::io::Write;
+    let server = Server::start("[limits]\nhandshake_timeout_s = 1.0\n[server]\nping_interval_s = 0.3\n");
+    let mut pinger = small_window_upgrade(server.addr, "/ws", 4096);
+    let ping = [0x89, 0x80, 1, 2, 3, 4];
+    let started = Instant::now();
+    // 2 × 0.3 s + 1 s of no pong: closed after about 1.6 s.
+    while server.health("connections") > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "a pinging client that never reads kept its slot");
+        let _ = pinger.write_all(&ping);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.get("/metrics").1.contains("aether_connections_closed_total{code=\"1011\"} 1"));
+}
+
+/// A peer listener of node "a" that holds at most one peer, with a 1 s handshake timeout.
+fn mesh_node() -> Server {
+    Server::start(
+        "[mesh]\nnode_id = \"a\"\nbind = \"127.0.0.1:0\"\nmax_peers = 1\n[limits]\nhandshake_timeout_s = 1.0\n",
+    )
+}
+
+/// A would-be peer that sends pings instead of `hello` and never reads: the handshake's pongs are
+/// written within its timeout too, so the connection is dropped in time and its slot comes back.
+#[test]
+fn a_peer_that_pings_through_the_handshake_and_never_reads_is_dropped() {
+    let server = mesh_node();
+    let mut flooder = small_window_upgrade(server.mesh.unwrap(), "/", 4096);
+    let started = Instant::now();
+    flood_pings(&mut flooder, 2_000_000);
+    common::wait_within(Duration::from_secs(15), "the handshake to time out", || {
+        server.log().contains("refused: no handshake in time")
+    });
+    assert!(started.elapsed() < Duration::from_secs(10), "dropped after {:?}", started.elapsed());
+    // Its slot (max_peers = 1) is free again: a peer gets through the handshake.
+    let mut peer = Client::raw(&server.mesh_url());
+    peer.send(Message::text(json!({"type": "hello", "node_id": "p"}).to_string())).unwrap();
+    assert_eq!(common::recv_json(&mut peer), json!({"type": "hello", "node_id": "a"}));
+    drop(flooder);
+}
+
+/// A peer we dial (a fake listener speaking upstream's protocol, with a tiny receive window)
+/// that sends pings without end and never reads. Its pongs must not pile up in a queue (only the
+/// latest ping is answered), and since it answers none of our pings it is not heard: the link
+/// ends within the peer timeout (20 s) instead of living as long as the pings come.
+#[test]
+fn a_dialled_peer_that_pings_and_never_reads_is_dropped() {
+    use std::{
+        io::Write,
+        net::TcpListener,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap(); // inherited by the accepted socket
+    socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(1).unwrap();
+    let listener: TcpListener = socket.into();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let server = Server::start(&format!(
+        "[mesh]\nnode_id = \"a\"\npeers = [\"{url}\"]\nredial_min_s = 60.0\nredial_max_s = 60.0\n"
+    ));
+    let (tcp, _) = listener.accept().unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ws = tungstenite::accept(tcp).unwrap();
+    let hello = common::recv_json(&mut ws);
+    assert_eq!(hello["node_id"], "a");
+    ws.send(Message::text(json!({"type": "hello", "node_id": "p"}).to_string())).unwrap();
+    common::wait_until("the link to come up", || server.healthz()["mesh"]["peers"][0]["connected"] == true);
+    // Server frames are not masked: a ping with a 125-byte payload, 64 at a time.
+    let mut frame = vec![0x89, 125];
+    frame.extend(std::iter::repeat_n(b'p', 125));
+    let burst: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 64).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tcp = ws.get_ref().try_clone().unwrap();
+    let flood = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            // Fast enough to fill every buffer on the way back, then steadily so it is never silent.
+            for _ in 0..3000 {
+                if tcp.write_all(&burst).is_err() {
+                    return;
+                }
+            }
+            while !stop.load(Ordering::Relaxed) && tcp.write_all(&frame).is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let started = Instant::now();
+    common::wait_within(Duration::from_secs(45), "the link to be dropped", || {
+        server.log().contains("link to p at ws://")
+            && ["closed: peer too slow", "closed: no pong or message"].iter().any(|why| server.log().contains(why))
+    });
+    assert!(started.elapsed() < Duration::from_secs(35), "dropped after {:?}", started.elapsed());
+    assert_eq!(server.healthz()["mesh"]["peers"][0]["connected"], false);
+    stop.store(true, Ordering::Relaxed);
+    drop(ws);
+    flood.join().unwrap();
+}

@@ -399,3 +399,85 @@ fn anti_entropy_sends_only_the_buckets_that_differ() {
     let sent = metric(&a, "aether_mesh_ops_out_total{peer=\"b\"}") - sent_before;
     assert!((5.0..100.0).contains(&sent), "a sent {sent} ops to catch b up");
 }
+
+/// Writes `n` sets of `prefix{i}`, each a string of `size` bytes, and waits for the last echo.
+fn write_sized_keys(server: &Server, prefix: &str, n: usize, size: usize) {
+    let mut client = Client::connect(&server.url());
+    let value = "v".repeat(size);
+    for i in 0..n {
+        client.set(&format!("{prefix}{i}"), json!(value));
+    }
+    client.recv_set(&format!("{prefix}{}", n - 1));
+}
+
+/// A node whose state is 30 times its peer queue bound catches a new peer up in chunks that wait
+/// for room, while live writes keep flowing to that peer: one link, no redial, same state. (The
+/// bound stays above a digest frame, up to 86 KB, which cannot be cut.)
+#[test]
+fn a_state_larger_than_the_peer_queue_converges_without_redialling() {
+    const QUEUE: &str = "max_peer_queue_bytes = 131072";
+    let a = Server::start(&node_toml("a", "127.0.0.1:0", &[], QUEUE));
+    write_sized_keys(&a, "big-", 4000, 1000);
+    let b = Server::start(&node_toml("b", "127.0.0.1:0", &[a.mesh_url()], QUEUE));
+    // Live writes on a, one at a time, for as long as b is catching up (and a little after).
+    let mut live = a.client();
+    let mut written = 0;
+    let started = Instant::now();
+    while written < 20 || b.healthz()["registers"].as_u64().unwrap_or(0) < 4000 {
+        assert!(started.elapsed() < CONVERGE, "b never caught up: {}", b.healthz());
+        live.set(&format!("live-{written}"), json!(written));
+        live.recv_set(&format!("live-{written}"));
+        written += 1;
+    }
+    converged(&[&a, &b], 4000 + written);
+    for server in [&a, &b] {
+        assert!(!server.log().contains("closed:"), "a link dropped:\n{}", server.log());
+    }
+    assert_eq!(metric(&b, "aether_mesh_redials_total"), 0.0);
+    assert_eq!((connected(&a), connected(&b)), (vec!["b".to_owned()], vec!["a".to_owned()]));
+}
+
+/// A digest of the wrong length is ignored and counted (`bad_digest`), never answered with a
+/// full dump; the link stays, and the next well-formed digest gets only what differs.
+#[test]
+fn a_digest_of_the_wrong_length_is_ignored_and_counted() {
+    let a = node("a", &[]);
+    write_keys(&a, "k", 10);
+    let caps = json!({"v": 1, "instance": "fake", "nonce": "n"});
+    let mut peer = fake_peer(&a, json!({"type": "hello", "node_id": "p", "aether": caps}));
+    let hello = common::recv_json(&mut peer);
+    assert_eq!((hello["type"].as_str(), hello["node_id"].as_str()), (Some("hello"), Some("a")), "{hello}");
+    let digest = common::recv_json(&mut peer);
+    assert_eq!(digest["type"], "digest", "{digest}");
+    let mut buckets: Vec<u64> = digest["buckets"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
+    let send = |peer: &mut tungstenite::WebSocket<TcpStream>, buckets: &[u64]| {
+        peer.send(Message::text(json!({"type": "digest", "buckets": buckets}).to_string())).unwrap();
+    };
+    send(&mut peer, &buckets[..3]);
+    send(&mut peer, &[]);
+    // Ours again, but for one bucket that holds a key: only that bucket's keys come back.
+    let one = buckets.iter().position(|b| *b != 0).unwrap();
+    buckets[one] = 0;
+    send(&mut peer, &buckets);
+    let sync = common::recv_json(&mut peer);
+    assert_eq!(sync["type"], "sync", "{sync}");
+    let keys = sync["ops"].as_array().unwrap().len();
+    assert!((1..10).contains(&keys), "{keys} ops sent back, not the 10 of a full dump: {sync}");
+    wait_within(CONVERGE, "both counted", || metric(&a, "aether_mesh_ops_refused_total{reason=\"bad_digest\"}") == 2.0);
+    assert_eq!(connected(&a), ["p"]);
+}
+
+/// Pings no longer count as hearing a peer; an idle link between two of ours lives on the pongs
+/// each answers to the other's pings, past the 20 s peer timeout.
+#[test]
+fn an_idle_link_outlives_the_peer_timeout() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    wait_within(CONVERGE, "linked", || connected(&a) == ["b"]);
+    std::thread::sleep(Duration::from_secs(25));
+    for server in [&a, &b] {
+        assert!(!server.log().contains("closed:"), "a link dropped:\n{}", server.log());
+    }
+    write_keys(&a, "after-", 5);
+    converged(&[&a, &b], 5);
+}

@@ -312,3 +312,53 @@ fn a_burst_of_writes_stays_under_upstreams_rate_limit() {
         Some(json!({"node": THEIRS, "connected": true, "ops_in": 0, "ops_out": KEYS}))
     );
 }
+
+/// Our state, ten times the peer queue bound, reaches a new upstream peer on connect in chunks
+/// that wait for room (paced under its rate limit), while live writes keep coming: the link is
+/// never closed as too slow, and upstream ends with every key.
+#[test]
+fn a_state_larger_than_the_peer_queue_reaches_upstream_on_connect() {
+    const KEYS: usize = 600;
+    const LIVE: usize = 20;
+    let limits = "[limits]\nmessages_per_second = 100000.0\nmessages_burst = 100000\n";
+    let server = Server::start(&format!("{}{limits}", mesh_config("max_peer_queue_bytes = 16384")));
+    let mut browser = server.client();
+    let value = "v".repeat(200);
+    for i in 0..KEYS {
+        browser.set(&format!("big/{i:04}"), json!(value));
+    }
+    browser.recv_set(&format!("big/{:04}", KEYS - 1));
+
+    let mut node = Upstream::start(None);
+    assert_eq!(node.connect(&server.mesh_url()), json!({"ok": true, "peer": OURS}));
+    // Paced at 90 ops/s, the catch-up takes about 6 s: these writes land in the middle of it.
+    for i in 0..LIVE {
+        browser.set(&format!("live/{i}"), json!(i));
+        browser.recv_set(&format!("live/{i}"));
+    }
+    wait_within(Duration::from_secs(60), "every key to reach upstream", || {
+        assert!(!server.log().contains("closed:"), "our link closed:\n{}", server.log());
+        assert!(!node.log().contains("exceeded rate budget"), "upstream closed our link:\n{}", node.log());
+        let (state, peers) = node.state();
+        assert_eq!(peers, [OURS], "upstream dropped our link; its log:\n{}", node.log());
+        state.len() == KEYS + LIVE
+    });
+    assert_eq!(node.get(&format!("big/{:04}", KEYS - 1)), Some(json!(value)));
+    // A write that became durable while the catch-up was read from the state travels twice.
+    let health = health_of(&server, THEIRS).expect("peer in /healthz");
+    assert_eq!(health["connected"], true);
+    assert!((KEYS + LIVE..=KEYS + 2 * LIVE).contains(&(health["ops_out"].as_u64().unwrap() as usize)), "{health}");
+}
+
+/// Pings from a peer no longer count as hearing it (a peer that pings and never reads is
+/// dropped), so an idle link lives on upstream's pongs to ours: it outlives the 20 s peer timeout.
+#[test]
+fn an_idle_link_to_upstream_outlives_the_peer_timeout() {
+    let server = Server::start(&mesh_config(""));
+    let mut node = Upstream::start(None);
+    assert_eq!(node.connect(&server.mesh_url()), json!({"ok": true, "peer": OURS}));
+    wait_until("linked", || linked(&server, THEIRS));
+    thread::sleep(Duration::from_secs(25));
+    assert!(linked(&server, THEIRS) && !server.log().contains("closed:"), "{}", server.log());
+    assert_syncs_both_ways(&server, &mut node, "idle");
+}

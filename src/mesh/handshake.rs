@@ -2,7 +2,7 @@
 //! challenge-response of [`super::auth`], or upstream's token-in-hello when allowed.
 
 use bytestring::ByteString;
-use tokio::time::{Duration, Instant, timeout};
+use tokio::time::{Duration, timeout};
 
 use super::{
     auth::{self, Role, Transcript},
@@ -10,7 +10,7 @@ use super::{
     transport::{Incoming, Reader, Writer},
     wire::{self, Caps, Hello, PeerFrame},
 };
-use crate::state::NodeId;
+use crate::{protocol::close, state::NodeId};
 
 /// Our peer protocol version (in `hello`).
 const VERSION: u32 = 1;
@@ -39,32 +39,39 @@ fn fail(close: Option<(u16, &'static str)>, why: impl Into<String>) -> Handshake
     HandshakeError { close, why: why.into() }
 }
 
-const AUTH_FAILED: Option<(u16, &str)> = Some((1008, "auth failed"));
+const AUTH_FAILED: Option<(u16, &str)> = Some((close::POLICY, "auth failed"));
 
+/// The next text frame within `wait`, answering pings meanwhile: the pongs too are written within
+/// `wait`, so a peer that pings and never reads cannot hold the handshake (and its slot).
 async fn recv_text(reader: &mut Reader, writer: &mut Writer, wait: Duration) -> Result<String, HandshakeError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        match timeout(deadline.saturating_duration_since(Instant::now()), reader.recv()).await {
-            Err(_) => return Err(fail(None, "no handshake in time")),
-            Ok(Incoming::Text(text)) => return Ok(text),
-            Ok(Incoming::Ping(bytes)) => writer.pong(bytes).await.map_err(|_| fail(None, "socket closed"))?,
-            Ok(Incoming::Alive) => {}
-            Ok(Incoming::Closed(code)) => return Err(fail(None, format!("closed during handshake ({code:?})"))),
+    let next = async {
+        loop {
+            match reader.recv().await {
+                Incoming::Text(text) => return Ok(text),
+                Incoming::Ping(bytes) => writer.pong(bytes).await.map_err(|_| fail(None, "socket closed"))?,
+                Incoming::Alive => {}
+                Incoming::Closed(code) => return Err(fail(None, format!("closed during handshake ({code:?})"))),
+            }
         }
-    }
+    };
+    timeout(wait, next).await.unwrap_or_else(|_| Err(fail(None, "no handshake in time")))
 }
 
 async fn recv_hello(reader: &mut Reader, writer: &mut Writer, wait: Duration) -> Result<Hello, HandshakeError> {
     let text = recv_text(reader, writer, wait).await?;
     match wire::parse(&text) {
         Some(PeerFrame::Hello(hello)) if !hello.node_id.is_empty() && hello.node_id.len() <= 128 => Ok(hello),
-        _ => Err(fail(Some((1002, "bad handshake")), "first frame is not a valid hello")),
+        _ => Err(fail(Some((close::PROTOCOL, "bad handshake")), "first frame is not a valid hello")),
     }
 }
 
-async fn send(writer: &mut Writer, frame: ByteString) -> Result<(), HandshakeError> {
-    writer.text(frame).await.map_err(|_| fail(None, "socket closed"))?;
-    writer.flush().await.map_err(|_| fail(None, "socket closed"))
+/// Writes `frame` within `wait` (a peer that reads nothing cannot hold the handshake).
+async fn send(writer: &mut Writer, frame: ByteString, wait: Duration) -> Result<(), HandshakeError> {
+    let write = async {
+        writer.text(frame).await.map_err(|_| fail(None, "socket closed"))?;
+        writer.flush().await.map_err(|_| fail(None, "socket closed"))
+    };
+    timeout(wait, write).await.unwrap_or_else(|_| Err(fail(None, "peer reads nothing")))
 }
 
 impl Shared {
@@ -93,7 +100,7 @@ impl Shared {
                 }
             }
             // It proved it holds the token, so ours may go back (its dialler checks it).
-            send(writer, wire::hello(&self.node_id, None, self.token.as_deref())).await?;
+            send(writer, wire::hello(&self.node_id, None, self.token.as_deref()), self.handshake_timeout).await?;
             return Ok(Peer { node, instance: None, ours: false });
         };
         let nonce = auth::nonce();
@@ -104,7 +111,7 @@ impl Shared {
             listener: &self.node_id,
         };
         let proof = self.token.as_ref().map(|token| auth::proof(token, Role::Listener, &t));
-        send(writer, wire::hello(&self.node_id, Some(&self.caps(&nonce, proof)), None)).await?;
+        send(writer, wire::hello(&self.node_id, Some(&self.caps(&nonce, proof)), None), self.handshake_timeout).await?;
         if let Some(token) = &self.token {
             let text = recv_text(reader, writer, self.handshake_timeout).await?;
             let ok = match wire::parse(&text) {
@@ -125,7 +132,12 @@ impl Shared {
     pub async fn dial(&self, reader: &mut Reader, writer: &mut Writer) -> Result<Peer, HandshakeError> {
         let nonce = auth::nonce();
         let token_in_hello = self.token.as_deref().filter(|_| self.token_in_hello);
-        send(writer, wire::hello(&self.node_id, Some(&self.caps(&nonce, None)), token_in_hello)).await?;
+        send(
+            writer,
+            wire::hello(&self.node_id, Some(&self.caps(&nonce, None)), token_in_hello),
+            self.handshake_timeout,
+        )
+        .await?;
         let hello = recv_hello(reader, writer, self.handshake_timeout).await?;
         let node: NodeId = hello.node_id.as_str().into();
         let Some(theirs) = hello.aether else {
@@ -150,7 +162,7 @@ impl Shared {
             if !theirs.proof.as_deref().is_some_and(|p| auth::verify(token, Role::Listener, &t, p)) {
                 return Err(fail(AUTH_FAILED, format!("{node} did not prove it holds the mesh token")));
             }
-            send(writer, wire::auth(&auth::proof(token, Role::Dialler, &t))).await?;
+            send(writer, wire::auth(&auth::proof(token, Role::Dialler, &t)), self.handshake_timeout).await?;
         }
         Ok(Peer { node, instance: Some(theirs.instance), ours: true })
     }

@@ -12,7 +12,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use openssl::ssl::SslAcceptorBuilder;
 
 use super::{MeshActor, link, shared::Shared, transport};
-use crate::limits::ConnectionCounter;
+use crate::{limits::ConnectionCounter, protocol::close};
 
 /// What the peer listener's handler needs.
 #[derive(Clone)]
@@ -64,7 +64,7 @@ async fn accept(
         let (mut reader, mut writer) = transport::accepted(session, stream);
         let Some(_slot) = listener.slots.acquire(source) else {
             log::warn!("mesh: peer connection from {remote} refused: [mesh] max_peers reached");
-            writer.close(1013, "server busy").await;
+            writer.close(close::TRY_AGAIN_LATER, "server busy").await;
             return;
         };
         match listener.shared.accept(&mut reader, &mut writer).await {

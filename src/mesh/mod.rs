@@ -9,6 +9,8 @@
 //!   nodes exchange bucketed digests ([`crate::digest`]) and send each other the registers of the
 //!   buckets that differ; so writes made while nodes were apart, or lost with a dropped link or a
 //!   crash, reach both. An upstream peer has no digest: it is sent our whole state on connect.
+//!   Either goes in chunks that wait for room in the link's queue ([`link`]), so a state larger
+//!   than `max_peer_queue_bytes` still converges.
 //! - Links come back: each `[mesh] peers` URL has a dialler that redials with exponential backoff
 //!   and jitter; simultaneous mutual dials settle on the link dialled by the smaller node id; a
 //!   second process claiming a linked node id (or ours) is refused loudly.
@@ -46,23 +48,12 @@ use self::{link::Control, presence::Cursors, shared::Shared, transport::Dialer, 
 use crate::{
     lww::Op,
     outbox::{Outbound, Outbox, PushError},
+    protocol::close,
     state::{NodeId, RemoteLeave, RemotePresence, StateEvent},
 };
 
 /// A link that stayed up this long resets its dialler's backoff.
 const STABLE_LINK: Duration = Duration::from_secs(10);
-
-/// Close codes on peer links (beside upstream's 1008 "auth failed" and 1013 "server busy").
-pub mod close {
-    /// A second link to a node already linked (mutual dial, or two URLs naming one node).
-    pub const DUPLICATE_LINK: u16 = 4409;
-    /// Another process already uses this node id (or the peer claims ours).
-    pub const NODE_ID_IN_USE: u16 = 4410;
-    /// The URL leads back to this very process.
-    pub const SELF_DIAL: u16 = 4411;
-    /// The peer did not read what we queued for it fast enough.
-    pub const TOO_SLOW: u16 = 1013;
-}
 
 /// Why the mesh refused to register a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +75,7 @@ struct LinkEntry {
     dialled: bool,
     ours: bool,
     outbox: Outbox,
-    control: mpsc::UnboundedSender<Control>,
+    control: mpsc::Sender<Control>,
 }
 
 /// Settings of the mesh besides what links share.
@@ -159,7 +150,7 @@ impl MeshActor {
                 Ok(()) => self.shared.metrics.mesh.peer(node).sent(picked.len()),
                 Err(PushError::Full) => {
                     log::warn!("mesh: {node} reads too slowly; closing its link (anti-entropy catches it up)");
-                    let _ = link.control.send(Control::Close(close::TOO_SLOW, "too slow"));
+                    let _ = link.control.try_send(Control::Close(close::TRY_AGAIN_LATER, "too slow"));
                 }
                 Err(PushError::Closed) => {}
             }
@@ -241,7 +232,7 @@ pub struct Connected {
     /// Where the mesh queues frames for it.
     pub outbox: Outbox,
     /// Where the mesh tells it to close.
-    pub control: mpsc::UnboundedSender<Control>,
+    pub control: mpsc::Sender<Control>,
     /// Its address or URL, for logs.
     pub remote: String,
 }
@@ -251,7 +242,7 @@ impl Handler<Connected> for MeshActor {
 
     fn handle(&mut self, msg: Connected, _: &mut Context<Self>) -> Self::Result {
         if self.stopping {
-            return Err(Refusal { code: 1001, reason: "going away" });
+            return Err(Refusal { code: close::GOING_AWAY, reason: "going away" });
         }
         let node = Arc::clone(&msg.node);
         if node == self.shared.node_id {
@@ -286,7 +277,7 @@ impl Handler<Connected> for MeshActor {
             if !keep_new {
                 return Err(ALREADY_LINKED);
             }
-            let _ = existing.control.send(Control::Close(ALREADY_LINKED.code, ALREADY_LINKED.reason));
+            let _ = existing.control.try_send(Control::Close(ALREADY_LINKED.code, ALREADY_LINKED.reason));
         }
         self.next_id += 1;
         let entry = LinkEntry {
@@ -375,7 +366,7 @@ impl Handler<PeerCursor> for MeshActor {
     }
 }
 
-/// Close every link (1001) and stop dialling: the relay is shutting down.
+/// Close every link ([`close::GOING_AWAY`]) and stop dialling: the relay is shutting down.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct MeshShutdown;
@@ -386,7 +377,7 @@ impl Handler<MeshShutdown> for MeshActor {
     fn handle(&mut self, _: MeshShutdown, _: &mut Context<Self>) {
         self.stopping = true;
         for link in self.links.values() {
-            let _ = link.control.send(Control::Close(1001, "going away"));
+            let _ = link.control.try_send(Control::Close(close::GOING_AWAY, "going away"));
         }
     }
 }

@@ -24,6 +24,9 @@ use super::wire::MAX_FRAME_BYTES;
 
 type Framed = actix_codec::Framed<BoxedSocket, Codec>;
 
+/// How long a close frame may wait for the socket to take it.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// What arrives on a link.
 #[derive(Debug)]
 pub enum Incoming {
@@ -143,15 +146,16 @@ impl Writer {
         }
     }
 
-    /// Sends a close frame with `code` and `reason`; the socket is finished afterwards.
+    /// Sends a close frame with `code` and `reason`, waiting at most [`CLOSE_WAIT`] for the socket
+    /// to take it (a peer that reads nothing gets none); the socket is finished afterwards.
     pub async fn close(self, code: u16, reason: &str) {
         let reason = Some(CloseReason { code: CloseCode::from(code), description: Some(reason.to_owned()) });
         match self {
             Writer::Accepted(session) => {
-                let _ = session.close(reason).await;
+                let _ = tokio::time::timeout(CLOSE_WAIT, session.close(reason)).await;
             }
             Writer::Dialled(mut sink) => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
                     let _ = sink.send(Message::Close(reason)).await;
                     let _ = sink.close().await;
                 })

@@ -35,7 +35,7 @@ use crate::{
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 
 /// Batches are cut at about this many bytes of records.
-const CHUNK_BYTES: usize = 192 * 1024;
+pub const CHUNK_BYTES: usize = 192 * 1024;
 
 /// Our extension of `hello`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -154,17 +154,20 @@ pub enum Refused {
     /// A logical counter above [`crate::hlc::MAX_LOGICAL`]: no real clock gets there, and
     /// taking it would push our own clock towards the counter's end.
     BadCounter,
+    /// Not an op: a digest of the wrong length (ignored; never answered with a full dump).
+    BadDigest,
 }
 
 impl Refused {
     /// Every reason, for metrics.
-    pub const ALL: [Refused; 6] = [
+    pub const ALL: [Refused; 7] = [
         Refused::Malformed,
         Refused::BadKey,
         Refused::BadValue,
         Refused::BadNode,
         Refused::ClockDrift,
         Refused::BadCounter,
+        Refused::BadDigest,
     ];
 
     /// Name for logs and metrics.
@@ -176,6 +179,7 @@ impl Refused {
             Refused::BadNode => "bad_node",
             Refused::ClockDrift => "clock_drift",
             Refused::BadCounter => "bad_counter",
+            Refused::BadDigest => "bad_digest",
         }
     }
 }

@@ -112,31 +112,33 @@ impl Handler<DigestRequest> for StateActor {
     }
 }
 
-/// Every durable register whose bucket differs from a peer's digest, as ops (deletes for
-/// tombstones).
-#[derive(Message)]
+/// Durable registers as ops (deletes for tombstones), for anti-entropy and snapshots.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
 #[rtype(result = "Vec<Op>")]
-pub struct RegistersIn {
-    /// The peer's digest.
-    pub theirs: Vec<u64>,
-}
-
-impl RegistersIn {
-    /// Every register: an empty digest differs in every bucket (for peers without digests, and
-    /// for snapshots).
-    pub fn all() -> Self {
-        Self { theirs: Vec::new() }
-    }
+pub enum RegistersIn {
+    /// Every register: for peers without digests (upstream's), and for snapshots.
+    All,
+    /// The registers of the buckets where this digest (a peer's, one number per bucket) differs
+    /// from ours. A digest of the wrong length selects nothing: links refuse it before asking
+    /// (never read it as "everything differs", which a peer could use to ask for a full dump).
+    Differing(Vec<u64>),
 }
 
 impl Handler<RegistersIn> for StateActor {
     type Result = MessageResult<RegistersIn>;
 
     fn handle(&mut self, msg: RegistersIn, _: &mut Context<Self>) -> Self::Result {
-        let mut wanted = vec![false; digest::BUCKETS];
-        for b in self.digest.differing(&msg.theirs) {
-            wanted[b] = true;
-        }
+        let wanted = match msg {
+            RegistersIn::All => vec![true; digest::BUCKETS],
+            RegistersIn::Differing(theirs) if theirs.len() == digest::BUCKETS => {
+                let mut wanted = vec![false; digest::BUCKETS];
+                for b in self.digest.differing(&theirs) {
+                    wanted[b] = true;
+                }
+                wanted
+            }
+            RegistersIn::Differing(_) => return MessageResult(Vec::new()),
+        };
         let ops = self
             .map
             .registers()

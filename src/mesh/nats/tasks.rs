@@ -337,7 +337,7 @@ impl Tasks {
 
     async fn snapshot(&self, covered: u64) -> Result<usize, String> {
         // The map holds every op up to `covered` (it was checkpointed after a barrier).
-        let ops = self.shared.state.send(RegistersIn::all()).await.map_err(|_| "state unavailable")?;
+        let ops = self.shared.state.send(RegistersIn::All).await.map_err(|_| "state unavailable")?;
         let mut body = Vec::new();
         for op in &ops {
             body.extend_from_slice(&wire::record_of(op));
