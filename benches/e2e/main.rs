@@ -17,6 +17,7 @@ mod idle;
 mod ledger;
 mod mesh;
 mod nats;
+mod pauses;
 mod poller;
 mod procs;
 mod replay;
@@ -59,11 +60,14 @@ struct Settings {
     append_secs: f64,
     other_max: f64,
     retries: usize,
+    pause_keys: usize,
+    pause_secs: f64,
     mesh: mesh::Settings,
     nats: nats::Settings,
 }
 
-const SCENARIOS: [&str; 8] = ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay", "mesh", "nats"];
+const SCENARIOS: [&str; 9] =
+    ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay", "pauses", "mesh", "nats"];
 
 impl Settings {
     fn from_env() -> Settings {
@@ -133,6 +137,8 @@ impl Settings {
             append_secs: env_or("AETHER_BENCH_APPEND_SECS", pick(quick, 2.0, 0.5)),
             other_max: env_or("AETHER_BENCH_OTHER_MAX", 35.0) / 100.0,
             retries: env_or("AETHER_BENCH_RETRIES", 2),
+            pause_keys: env_or("AETHER_BENCH_PAUSE_KEYS", pick(quick, 1_000_000, 100_000)),
+            pause_secs: env_or("AETHER_BENCH_PAUSE_SECS", pick(quick, 5.0, 2.0)),
             mesh: mesh::Settings {
                 rings,
                 writes: env_or("AETHER_BENCH_MESH_WRITES", 100),
@@ -242,6 +248,9 @@ fn main() {
     }
     if s.runs("replay") {
         replay(&s, &mut out);
+    }
+    if s.runs("pauses") {
+        pauses(&s, &mut out);
     }
     if s.runs("mesh") {
         federation(&s, &mut out);
@@ -605,6 +614,28 @@ fn replay(s: &Settings, out: &mut Out) {
         r.boot.1.median(),
         3,
     ));
+}
+
+fn pauses(s: &Settings, out: &mut Out) {
+    let keys = s.pause_keys;
+    println!("\n== State actor pauses on {keys} keys: echo alone, then beside joins, probes and a compaction ==");
+    let p = pauses::run(&s.launch, keys, s.pause_secs);
+    println!(
+        "echo alone p50/p99/max {:.2}/{:.2}/{:.2} ms; busy {:.2}/{:.2}/{:.2} ms; {} joins (slowest {:.0} ms), {} probes, compacted: {}",
+        p.alone.0, p.alone.1, p.alone.2, p.busy.0, p.busy.1, p.busy.2, p.joins.0, p.joins.1, p.probes, p.compacted
+    );
+    out.notes.extend(p.notes);
+    if !p.compacted {
+        out.notes.push("pauses: no online compaction finished during the busy phase".into());
+    }
+    out.section(&format!("State actor pauses, {keys} keys (ours only; reference: the same echo alone)"));
+    out.rows.push(Row::new("echo p99 alone, ms", Some(p.alone.1), None, 2));
+    out.rows.push(Row::new("echo max alone, ms", Some(p.alone.2), None, 2));
+    out.rows.push(Row::new("echo p99 beside joins, probes, compaction, ms", Some(p.busy.1), None, 2));
+    out.rows.push(
+        Row::new("echo max beside joins, probes, compaction, ms", Some(p.busy.2), None, 2).goal(Goal::AtMost(10.0)),
+    );
+    out.rows.push(Row::new("joins of the whole state during it", Some(p.joins.0 as f64), None, 0));
 }
 
 fn federation(s: &Settings, out: &mut Out) {

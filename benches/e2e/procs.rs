@@ -61,11 +61,13 @@ pub struct OursConfig {
     pub limits: String,
     /// Extra tables at the end (`[mesh]`).
     pub mesh: String,
+    /// `[ledger] compact_after_bytes` (0: never compact online).
+    pub compact_after_bytes: u64,
 }
 
 impl Default for OursConfig {
     fn default() -> Self {
-        OursConfig { sync: "always", limits: String::new(), mesh: String::new() }
+        OursConfig { sync: "always", limits: String::new(), mesh: String::new(), compact_after_bytes: 0 }
     }
 }
 
@@ -74,10 +76,11 @@ pub fn write_ours_config(dir: &Path, ledger: &Path, cfg: &OursConfig) -> PathBuf
     let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
     let text = format!(
         "[server]\nbind = \"127.0.0.1:0\"\nstatic_dir = {static_dir:?}\n\n\
-         [ledger]\npath = {ledger:?}\nsync = \"{sync}\"\ncompact_after_bytes = 0\n\n\
+         [ledger]\npath = {ledger:?}\nsync = \"{sync}\"\ncompact_after_bytes = {compact}\n\n\
          [limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\n\
          max_connections_per_source = 20000\nmax_connections_total = 20000\n{extra}\n{mesh}",
         sync = cfg.sync,
+        compact = cfg.compact_after_bytes,
         extra = cfg.limits,
         mesh = cfg.mesh,
     );

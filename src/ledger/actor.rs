@@ -127,11 +127,12 @@ pub struct Append {
     pub compact: Option<Compact>,
 }
 
-/// Fold the first `covered` bytes of ledger generation `generation` into `snapshot` (see
-/// [`Ledger::compact`]).
+/// Fold the first `covered` bytes of ledger generation `generation` into the snapshot staged by
+/// [`super::stage_snapshot`] (see [`Ledger::compact_staged`]).
 pub struct Compact {
-    /// The whole state as of `covered`, from [`super::snapshot::encode`].
-    pub snapshot: Vec<u8>,
+    /// Size of the staged snapshot (the whole state as of `covered`), or why it could not be
+    /// staged: then the compaction fails here, with its error in the ledger's health.
+    pub staged: Result<u64, LedgerError>,
     /// Ledger length the snapshot covers.
     pub covered: u64,
     /// The ledger generation `covered` refers to; a compaction for another one is refused.
@@ -184,7 +185,7 @@ impl Handler<Append> for LedgerActor {
                 return Err(LedgerError::Stale { expected: ledger.generation(), got: job.generation });
             }
             self.health.begin(Busy::Compacting);
-            let outcome = ledger.compact(&job.snapshot, job.covered);
+            let outcome = job.staged.and_then(|bytes| ledger.compact_staged(bytes, job.covered));
             self.health.compaction_done(outcome.as_ref().err().map(ToString::to_string));
             if let Err(err) = &outcome
                 && ledger.is_poisoned()

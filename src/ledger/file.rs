@@ -223,16 +223,43 @@ impl Ledger {
     /// [`LedgerError::Io`] when a step fails; the ledger stays usable, except after a failed final
     /// reopen, which every later append retries first.
     pub fn compact(&mut self, snapshot: &[u8], covered: u64) -> Result<Compacted, LedgerError> {
-        match self.compact_until(snapshot, covered, None)? {
+        stage_snapshot(&self.path, snapshot)?;
+        self.compact_staged(snapshot.len() as u64, covered)
+    }
+
+    /// [`Ledger::compact`] with its first step already done by [`stage_snapshot`] (off the
+    /// ledger's thread: writing and fsyncing a large snapshot would hold appends back):
+    /// `snapshot_bytes` long, durable under its staging name.
+    ///
+    /// # Errors
+    /// As [`Ledger::compact`].
+    pub fn compact_staged(&mut self, snapshot_bytes: u64, covered: u64) -> Result<Compacted, LedgerError> {
+        match self.fold(snapshot_bytes, covered, None)? {
             Some(done) => Ok(done),
             None => Err(LedgerError::Poisoned(self.path.clone())), // unreachable without a stop step
         }
     }
 
     /// [`Ledger::compact`], stopping right after `stop_after` (to test crashes between steps).
+    #[cfg(test)]
     pub(crate) fn compact_until(
         &mut self,
         snapshot: &[u8],
+        covered: u64,
+        stop_after: Option<CompactStep>,
+    ) -> Result<Option<Compacted>, LedgerError> {
+        // 1. The new snapshot, durable under a temporary name. Boot: old snapshot + full ledger.
+        stage_snapshot(&self.path, snapshot)?;
+        if stop_after == Some(CompactStep::SnapshotWritten) {
+            return Ok(None);
+        }
+        self.fold(snapshot.len() as u64, covered, stop_after)
+    }
+
+    /// Steps 2 to 5 of a compaction, the snapshot being staged.
+    fn fold(
+        &mut self,
+        snapshot_bytes: u64,
         covered: u64,
         stop_after: Option<CompactStep>,
     ) -> Result<Option<Compacted>, LedgerError> {
@@ -244,11 +271,6 @@ impl Ledger {
         let dir = ledger.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
         let stop = |step| stop_after == Some(step);
 
-        // 1. The new snapshot, durable under a temporary name. Boot: old snapshot + full ledger.
-        write_staged(&tmp, snapshot)?;
-        if stop(CompactStep::SnapshotWritten) {
-            return Ok(None);
-        }
         // 2. In place. Boot: new snapshot + full ledger (records it covers merge idempotently).
         fs::rename(&tmp, &snap).map_err(io_err("cannot rename snapshot into place:", &snap))?;
         sync_dir(&dir)?;
@@ -285,7 +307,7 @@ impl Ledger {
         self.generation += 1;
         Ok(Some(Compacted {
             archive,
-            snapshot_bytes: snapshot.len() as u64,
+            snapshot_bytes,
             folded_bytes: folded,
             tail_bytes: self.len,
             elapsed: started.elapsed(),
@@ -388,6 +410,37 @@ pub struct Compacted {
     /// How long the fold took (writes wait this long).
     pub elapsed: std::time::Duration,
 }
+
+/// Step 1 of a compaction of `ledger`: `snapshot` (from [`snapshot::encode`]) durable under the
+/// snapshot's staging name, where [`Ledger::compact_staged`] takes it. Safe beside a live ledger:
+/// nothing reads the staging file but the compaction that wrote it (one at a time).
+///
+/// # Errors
+/// [`LedgerError::Io`] when it cannot be written (the partial file is removed).
+pub fn stage_snapshot(ledger: &Path, snapshot: &[u8]) -> Result<(), LedgerError> {
+    // Appends go on while this runs: never take the disk space they need. Without room for the
+    // snapshot and a reserve beyond it, the compaction fails before writing anything.
+    let staging = snapshot_tmp_path(ledger);
+    let dir = ledger.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let stat = rustix::fs::statvfs(dir).map_err(|e| LedgerError::Io {
+        what: "cannot read the free space of",
+        path: dir.to_owned(),
+        source: e.into(),
+    })?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if free < snapshot.len() as u64 + STAGING_RESERVE {
+        let source = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        return Err(LedgerError::Io {
+            what: "no space left on device for a compaction staged as",
+            path: staging,
+            source,
+        });
+    }
+    write_staged(&staging, snapshot)
+}
+
+/// Free space a compaction leaves to appends beyond its snapshot.
+const STAGING_RESERVE: u64 = 1 << 20;
 
 pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     let mut file = File::create(path).map_err(io_err("cannot create", path))?;

@@ -13,6 +13,7 @@ pub mod snapshot;
 pub use actor::{Append, Appended, Compact, LedgerActor};
 pub use file::{
     CompactStep, Compacted, Ledger, LedgerError, ReplayStats, SyncMode, archive_prefix, lock_path, snapshot_path,
+    stage_snapshot,
 };
 pub use health::LedgerHealth;
 pub use retention::Retention;

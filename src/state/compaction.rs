@@ -1,6 +1,8 @@
 //! Online compaction: when the ledger has grown past `[ledger] compact_after_bytes`, the map is
-//! copied and encoded off-thread, then the snapshot rides on the next append (see
-//! [`crate::ledger::Append`]), so the ledger position it covers is always exact.
+//! copied (O(1): a persistent map), encoded and staged durably on a thread of its own, then the
+//! fold rides on the next append (see [`crate::ledger::Append`]), so the ledger position it covers
+//! is always exact. Neither the state actor nor the ledger thread does work that grows with the
+//! map: the ledger thread only renames the snapshot into place and moves the short tail.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use crate::ledger::{Compact, Compacted, LedgerError, snapshot};
 
 impl StateActor {
     /// Starts an online compaction when the ledger has grown enough: the map (which reflects
-    /// exactly the first `ledger_len` bytes) is copied and encoded on a thread of its own, so
+    /// exactly the first `ledger_len` bytes) is encoded and staged on a thread of its own, so
     /// neither writes nor broadcasts wait for it; the ledger actor then folds it in between two
     /// appends.
     pub(super) fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
@@ -22,11 +24,13 @@ impl StateActor {
             return;
         }
         self.compacting = true;
+        log::info!("compaction started: a snapshot of {} registers, covering {covered} ledger bytes", self.map.len());
         let (map, path, me) = (self.map.clone(), self.compaction.ledger_path.clone(), ctx.address());
         let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
             let snapshot = snapshot::encode(&map, &path);
             drop(map);
-            me.do_send(SnapshotReady(Compact { snapshot, covered, generation }));
+            let staged = crate::ledger::stage_snapshot(&path, &snapshot).map(|()| snapshot.len() as u64);
+            me.do_send(SnapshotReady(Compact { staged, covered, generation }));
         });
         if let Err(err) = spawned {
             log::error!("cannot start compaction: {err}");
@@ -56,7 +60,8 @@ impl StateActor {
     }
 }
 
-/// A snapshot encoded off-thread, ready to ride on the next append.
+/// A snapshot encoded and staged off-thread (or the error that kept it from being staged), ready
+/// to ride on the next append.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SnapshotReady(Compact);

@@ -113,11 +113,11 @@ impl StateActor {
 
     /// The second frame for `version`, if it can be had now: a v2 delta, the cached snapshot when
     /// current, or a fresh one when the map is small enough to encode here.
-    fn state_now(&mut self, version: Version, resume: Option<&str>) -> Option<ByteString> {
+    fn state_now(&mut self, version: Version, resume: Option<&str>) -> Option<(ByteString, bool)> {
         if version == Version::V2
             && let Some(delta) = self.delta_v2(resume)
         {
-            return Some(delta);
+            return Some((delta, false));
         }
         if self.snapshots.cached.as_ref().is_none_or(|c| c.at != self.seq) {
             if self.map.len() > INLINE_REGISTERS {
@@ -128,20 +128,27 @@ impl StateActor {
             self.snapshots.cached = Some(Encoded { at: self.seq, v1, v2 });
         }
         let cached = self.snapshots.cached.as_ref()?;
-        Some(if version == Version::V1 { cached.v1.clone() } else { cached.v2.clone() })
+        Some((if version == Version::V1 { cached.v1.clone() } else { cached.v2.clone() }, true))
     }
 
     /// Pushes `hello`, `state` and `after` (ops since the state) to the joiner and makes it a
-    /// member; false if its connection is already gone.
-    fn admit(&mut self, join: Join, state: ByteString, after: &[(ByteString, ByteString)]) -> bool {
+    /// member; false if its connection is already gone. `shared`: `state` is the cached snapshot.
+    fn admit(&mut self, join: Join, (state, shared): (ByteString, bool), after: &[(ByteString, ByteString)]) -> bool {
         let id = join.id.to_string();
         let hello = match join.version {
             Version::V1 => protocol::hello(&id, &join.color),
             Version::V2 => protocol::hello_v2(&id, &join.color, self.clock.node()),
         };
+        // The whole-state snapshot is one buffer shared by every joiner (it costs no memory per
+        // connection), so it does not count against the joiner's outbox bound: on a large map
+        // the frames that follow it would otherwise find the queue "full" and close every joiner
+        // that had not finished reading a snapshot of tens of megabytes. A v2 delta is its own.
+        let uncounted = if shared { state.len() } else { 0 };
         let mut frames = vec![hello, state];
         frames.extend(after.iter().map(|(v1, v2)| if join.version == Version::V1 { v1.clone() } else { v2.clone() }));
-        if join.outbox.push(Outbound::frames(frames.into())).is_err() {
+        let frames: std::sync::Arc<[ByteString]> = frames.into();
+        let bytes = frames.iter().map(|f| f.len()).sum::<usize>() - uncounted;
+        if join.outbox.push(Outbound::Frames { frames, bytes }).is_err() {
             return false;
         }
         let member = Member { color: join.color, version: join.version, outbox: join.outbox, kick: Some(join.kick) };
@@ -209,7 +216,7 @@ impl Handler<Encoded> for StateActor {
         self.snapshots.waiting = later;
         for (_, join) in ready {
             let state = if join.version == Version::V1 { encoded.v1.clone() } else { encoded.v2.clone() };
-            self.admit(join, state, &since);
+            self.admit(join, (state, true), &since);
         }
         self.snapshots.cached = Some(encoded);
         if !self.snapshots.waiting.is_empty() {
