@@ -1,0 +1,388 @@
+//! Fault runs: real processes broken on purpose under write load, each bounded in time. Every
+//! write is made by a protocol v2 client with a `ref`, so the relay acknowledges it (`ack`) once
+//! it is durable; a run passes only if every acknowledged write is present, with its value, on
+//! every relay at the end, and the relays hold byte-identical state.
+//!
+//! - `kill -9` of one relay of a three-relay mesh, three times (each relay once), under load;
+//! - a NATS server killed and restarted under load, twice;
+//! - a disk (a small tmpfs the test mounts) that fills during an online compaction: the relay
+//!   keeps what it acknowledged, boots to the same state while the disk is still full and again
+//!   after space returns, and compacts once it can.
+//!
+//! What each run proves is written down in SECURITY.md, "Reliability: what the fault runs prove".
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    io::Write,
+    net::TcpStream,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    Server,
+    federation::{CONVERGE, converged, fingerprint, node, restart, snapshot_text},
+    nats::{Nats, relay},
+    wait_within,
+};
+use serde_json::{Value, json};
+use tungstenite::{Message, WebSocket};
+
+/// How long a whole run may take before it fails (each takes seconds when healthy).
+const RUN_LIMIT: Duration = Duration::from_secs(50);
+
+/// Writes in flight per writer before it waits for acknowledgements.
+const WINDOW: usize = 32;
+
+/// Writers that keep writing unique keys (`w<writer>-<n>` = n) on v2 connections and record each
+/// write the relay acknowledged. A writer whose connection breaks (its relay was killed) moves to
+/// the next relay of `urls`; the writes it had in flight are unknown (they may or may not have
+/// been durable), so they are not counted either way.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, u64>>>,
+    refused: Arc<AtomicU64>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `writers` writers; writer `w` starts on `urls[w % urls.len()]`. The test may replace an
+    /// entry of `urls` (a restarted relay has a new port).
+    fn start(urls: &Arc<Mutex<Vec<String>>>, writers: usize) -> Load {
+        let (stop, acked, refused) = (Arc::new(AtomicBool::new(false)), Arc::default(), Arc::default());
+        let threads = (0..writers)
+            .map(|w| {
+                let (urls, stop, acked, refused) =
+                    (Arc::clone(urls), Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&refused));
+                thread::spawn(move || write_until_stopped(w, &urls, &stop, &acked, &refused))
+            })
+            .collect();
+        Load { stop, acked, refused, threads }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `more` writes beyond those acknowledged so far are acknowledged.
+    fn wait_for_more(&self, more: usize, what: &str) {
+        let target = self.acked() + more;
+        wait_within(CONVERGE, &format!("{more} more acknowledged writes ({what})"), || self.acked() >= target);
+    }
+
+    /// Stops the writers; returns every acknowledged write (key, value) and how many were refused.
+    fn stop(self) -> (BTreeMap<String, u64>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            thread.join().expect("writer");
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        (acked, self.refused.load(Ordering::SeqCst))
+    }
+}
+
+fn write_until_stopped(
+    w: usize,
+    urls: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+    acked: &Mutex<BTreeMap<String, u64>>,
+    refused: &AtomicU64,
+) {
+    let mut n = 0u64;
+    let mut pick = w;
+    let give_up = Instant::now() + RUN_LIMIT;
+    while !stop.load(Ordering::SeqCst) {
+        assert!(Instant::now() < give_up, "writer {w} still running after {RUN_LIMIT:?}");
+        let url = {
+            let urls = urls.lock().unwrap();
+            format!("{}?v=2", urls[pick % urls.len()])
+        };
+        let Some(mut ws) = connect_v2(&url) else {
+            // Its relay is down: try the next one (a short pause, not to spin on a dead port).
+            pick += 1;
+            thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let mut in_flight: HashMap<u64, String> = HashMap::new();
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            if stopping && in_flight.is_empty() {
+                return;
+            }
+            if !stopping && in_flight.len() < WINDOW {
+                let key = format!("w{w}-{n}");
+                let frame = json!({"type": "set", "key": key, "value": n, "ref": n});
+                if ws.send(Message::text(frame.to_string())).is_err() {
+                    break;
+                }
+                in_flight.insert(n, key);
+                n += 1;
+                continue;
+            }
+            match ws.read() {
+                Ok(Message::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).expect("frame is JSON");
+                    let reference = frame["ref"].as_u64();
+                    match (frame["type"].as_str(), reference.and_then(|r| in_flight.remove(&r))) {
+                        (Some("ack"), Some(key)) => {
+                            assert_eq!(frame["key"], key.as_str(), "ack names the key written");
+                            acked.lock().unwrap().insert(key, reference.unwrap());
+                        }
+                        (Some("nack"), Some(_)) => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        // The connection broke: what was in flight is unknown. Carry on elsewhere.
+        pick += 1;
+    }
+}
+
+/// A v2 connection past `hello` and `snapshot`, or None if the relay is not there.
+fn connect_v2(url: &str) -> Option<WebSocket<TcpStream>> {
+    let authority = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let stream = TcpStream::connect(authority).ok()?;
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut ws, _) = tungstenite::client(url, stream).ok()?;
+    let mut seen = 0;
+    while seen < 2 {
+        match ws.read().ok()? {
+            Message::Text(_) => seen += 1,
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+    Some(ws)
+}
+
+/// How many mesh links of `server` are up.
+fn linked(server: &Server) -> usize {
+    let health = server.healthz();
+    health["mesh"]["peers"].as_array().map_or(0, |peers| peers.iter().filter(|p| p["connected"] == true).count())
+}
+
+/// The state a new client of `server` is shown (`key -> value`).
+fn state(server: &Server) -> Value {
+    let snapshot: Value = serde_json::from_str(&snapshot_text(server)).unwrap();
+    snapshot["data"].clone()
+}
+
+/// Every acknowledged write is in `state` with its value.
+fn assert_all_present(where_: &str, state: &Value, acked: &BTreeMap<String, u64>) {
+    let missing: Vec<String> = acked
+        .iter()
+        .filter(|(key, value)| state.get(key.as_str()) != Some(&json!(value)))
+        .map(|(key, value)| format!("{key}={value} (found {:?})", state.get(key.as_str())))
+        .take(20)
+        .collect();
+    assert!(missing.is_empty(), "{where_}: acknowledged writes missing (first 20): {missing:?}");
+}
+
+#[test]
+fn kill_9_of_one_relay_in_a_three_relay_mesh_under_load_loses_no_acknowledged_write() {
+    let started = Instant::now();
+    // A ring (b dials a; c dials b and a): any one relay down leaves the other two linked.
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&b, &a]);
+    let mut relays = [Some(a), Some(b), Some(c)];
+    let urls = Arc::new(Mutex::new(relays.iter().map(|r| r.as_ref().unwrap().url()).collect::<Vec<_>>()));
+    let load = Load::start(&urls, 6);
+    load.wait_for_more(1000, "before the first kill");
+    // Each relay in turn is killed mid-stream and restarted from its ledger on its peer port,
+    // dialling the peers it dialled at first.
+    const DIALS: [&[usize]; 3] = [&[], &[0], &[1, 0]];
+    for victim in [1, 2, 0] {
+        let id = ["a", "b", "c"][victim];
+        let server = relays[victim].take().unwrap();
+        let (mesh_port, registers) = (server.mesh.unwrap().port(), server.healthz()["registers"].clone());
+        let dir = server.kill9();
+        // The survivors keep acknowledging writes while it is down.
+        load.wait_for_more(500, &format!("with {id} down"));
+        let peers: Vec<&Server> = DIALS[victim].iter().map(|&p| relays[p].as_ref().unwrap()).collect();
+        let back = restart(id, dir, mesh_port, &peers);
+        eprintln!("{id}: killed -9 holding {registers} registers, back {:?} into the run", started.elapsed());
+        urls.lock().unwrap()[victim] = back.url();
+        // Back in the ring (both its links up) and taking writes before the next kill.
+        wait_within(CONVERGE, &format!("{id}'s links"), || linked(&back) == 2);
+        relays[victim] = Some(back);
+        load.wait_for_more(1000, &format!("after {id} came back"));
+    }
+    let (acked, refused) = load.stop();
+    assert_eq!(refused, 0, "no write was refused");
+    let nodes: Vec<&Server> = relays.iter().flatten().collect();
+    converged(&nodes, acked.len() as u64);
+    for (server, id) in nodes.iter().zip(["a", "b", "c"]) {
+        assert_all_present(id, &state(server), &acked);
+    }
+    eprintln!("{} acknowledged writes on every relay after 3 kills, in {:?}", acked.len(), started.elapsed());
+    assert!(started.elapsed() < RUN_LIMIT);
+}
+
+#[test]
+fn a_nats_server_restarted_under_load_loses_no_acknowledged_write() {
+    let started = Instant::now();
+    let mut nats = Nats::single();
+    let servers = [nats.url()];
+    // A small publish queue, so each outage overflows it and the republish-from-ledger path runs.
+    let relays: Vec<Server> = (0..3).map(|i| relay(&format!("r{i}"), &servers, "max_publish_queue = 100\n")).collect();
+    let urls = Arc::new(Mutex::new(relays.iter().map(Server::url).collect::<Vec<_>>()));
+    let load = Load::start(&urls, 6);
+    load.wait_for_more(1000, "before the first outage");
+    for round in 1..=2 {
+        nats.kill();
+        // Relays keep acknowledging their clients' writes (durable locally) while NATS is away.
+        load.wait_for_more(1000, &format!("during outage {round}"));
+        nats.restart();
+        // NATS carries writes between relays again before the next outage.
+        let (mut on_first, mut on_last) = (relays[0].client(), relays[2].client());
+        on_first.set(&format!("back-{round}"), json!(round));
+        on_last.recv_until_within(CONVERGE, |f| f["type"] == "set" && f["key"] == format!("back-{round}"));
+        load.wait_for_more(1000, &format!("after restart {round}"));
+    }
+    let (acked, refused) = load.stop();
+    assert_eq!(refused, 0, "no write was refused");
+    let nodes: Vec<&Server> = relays.iter().collect();
+    converged(&nodes, acked.len() as u64);
+    for server in &nodes {
+        assert_all_present(&server.url(), &state(server), &acked);
+    }
+    assert!(relays.iter().any(|r| r.log().contains("publish queue full")), "the overflow path ran");
+    eprintln!("{} acknowledged writes on every relay after 2 NATS restarts, in {:?}", acked.len(), started.elapsed());
+    assert!(started.elapsed() < RUN_LIMIT);
+}
+
+/// A tmpfs of `bytes` mounted on a fresh temporary directory (unmounted on drop), or None where
+/// mounting is not permitted (not root, or no CAP_SYS_ADMIN in a container).
+struct Tmpfs {
+    dir: Arc<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    fn mount(bytes: u64) -> Option<Tmpfs> {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!("SKIPPED: cannot mount a tmpfs here: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system with `filler` until only about `leave` bytes are free.
+    fn fill(&self, filler: &Path, leave: u64) {
+        let mut file = fs::File::create(filler).unwrap();
+        let chunk = vec![0x5a_u8; 4096];
+        let mut written = 0u64;
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => written += chunk.len() as u64,
+                Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(err) => panic!("filling the disk: {err}"),
+            }
+        }
+        file.set_len(written.saturating_sub(leave)).unwrap();
+        file.sync_all().unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let text = server.get("/metrics").1;
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+}
+
+/// `[ledger] compact_after_bytes` in the disk run.
+const COMPACT_AFTER: u64 = 128 << 10;
+
+fn compacting() -> String {
+    format!(
+        "[ledger]\ncompact_after_bytes = {COMPACT_AFTER}\n\
+         [limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\n"
+    )
+}
+
+#[test]
+fn a_disk_that_fills_during_a_compaction_loses_nothing_and_boots_to_the_same_state() {
+    let Some(disk) = Tmpfs::mount(4 << 20) else { return };
+    let started = Instant::now();
+    let server = Server::start_in(Arc::clone(&disk.dir), &compacting());
+    let urls = Arc::new(Mutex::new(vec![server.url()]));
+
+    // With room: the ledger passes compact_after_bytes and is compacted (a snapshot now exists).
+    let load = Load::start(&urls, 2);
+    wait_within(CONVERGE, "a first compaction", || metric(&server, "aether_compactions_total") >= 1);
+
+    // The disk fills while writers keep writing: it leaves room for the ledger to reach
+    // compact_after_bytes again, and then for half the last snapshot: less than the next one.
+    let ledger = server.ledger_path();
+    let snapshot_bytes = fs::metadata(format!("{}.snapshot.json", ledger.display())).unwrap().len();
+    let to_threshold = COMPACT_AFTER.saturating_sub(fs::metadata(&ledger).unwrap().len());
+    let filler = disk.path().join("filler");
+    disk.fill(&filler, to_threshold + snapshot_bytes / 2);
+    wait_within(CONVERGE, "a compaction to fail on the full disk", || server.log().contains("compaction failed"));
+    wait_within(CONVERGE, "writes refused on the full disk", || load.refused.load(Ordering::SeqCst) > 0);
+    let (acked, refused) = load.stop();
+    assert!(refused > 0);
+    let log = server.log();
+    assert!(log.contains("No space left on device"), "the log names the cause:\n{log}");
+
+    // Nothing acknowledged is lost, and what the relay shows is what it will boot to.
+    let before = state(&server);
+    assert_all_present("the running relay", &before, &acked);
+    let fingerprint_before = fingerprint(&server).expect("settled").0;
+
+    // kill -9 while the disk is still full; the restart cleans up the half-written snapshot.
+    let dir = server.kill9();
+    let server = Server::start_in(dir, &compacting());
+    assert_eq!(state(&server), before, "booted on a full disk to a different state");
+    assert!(server.log().contains("snapshot.json.tmp left by an interrupted compaction"), "{}", server.log());
+    assert_eq!(fingerprint(&server).expect("settled").0, fingerprint_before);
+
+    // Space returns: writes are taken again, the ledger compacts, and a restart sees it all.
+    fs::remove_file(&filler).unwrap();
+    let mut client = server.client();
+    client.set("after-space-returned", json!(true));
+    client.recv_set("after-space-returned");
+    wait_within(CONVERGE, "a compaction once there is room", || {
+        server.log().contains("compacted") && metric(&server, "aether_compactions_total") >= 1
+    });
+    let after = state(&server);
+    assert_eq!(after["after-space-returned"], true);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    let server = Server::start_in(Arc::clone(&disk.dir), &compacting());
+    assert_eq!(state(&server), after, "booted after space returned to a different state");
+    assert_all_present("after space returned", &state(&server), &acked);
+    eprintln!("{} acknowledged writes kept through a full disk, in {:?}", acked.len(), started.elapsed());
+    drop(server);
+    assert!(started.elapsed() < RUN_LIMIT);
+}
