@@ -4,7 +4,8 @@
 //! every relay at the end (see [`Load`]), and the relays hold byte-identical state.
 //!
 //! - `kill -9` of one relay of a three-relay mesh, three times (each relay once), under load;
-//! - a NATS server killed and restarted under load, twice;
+//! - a NATS server killed and restarted under load, twice, the second time with a relay killed
+//!   while NATS was away;
 //! - a disk (a small tmpfs the test mounts) that fills during an online compaction: the relay
 //!   keeps what it acknowledged, boots to the same state while the disk is still full and again
 //!   after space returns, and compacts once it can.
@@ -30,7 +31,7 @@ use std::{
 use common::{
     Server,
     federation::{CONVERGE, converged, fingerprint, node, restart, snapshot_text},
-    nats::{Nats, relay},
+    nats::{Nats, relay, relay_toml},
     wait_within,
 };
 use serde_json::{Value, json};
@@ -266,29 +267,43 @@ fn a_nats_server_restarted_under_load_loses_no_acknowledged_write() {
     let mut nats = Nats::single();
     let servers = [nats.url()];
     // A small publish queue, so each outage overflows it and the republish-from-ledger path runs.
-    let relays: Vec<Server> = (0..3).map(|i| relay(&format!("r{i}"), &servers, "max_publish_queue = 100\n")).collect();
-    let urls = Arc::new(Mutex::new(relays.iter().map(Server::url).collect::<Vec<_>>()));
+    let small_queue = "max_publish_queue = 100\n";
+    let mut relays: Vec<Option<Server>> =
+        (0..3).map(|i| Some(relay(&format!("r{i}"), &servers, small_queue))).collect();
+    let urls = Arc::new(Mutex::new(relays.iter().flatten().map(Server::url).collect::<Vec<_>>()));
     let load = Load::start(&urls, 6);
     load.wait_for_more(1000, "before the first outage");
     for round in 1..=2 {
         nats.kill();
         // Relays keep acknowledging their clients' writes (durable locally) while NATS is away.
         load.wait_for_more(1000, &format!("during outage {round}"));
+        // The second time, a relay also dies holding acknowledged writes it could not publish:
+        // they are only in its ledger until it comes back.
+        let crashed = (round == 2).then(|| relays[0].take().unwrap().kill9());
+        if crashed.is_some() {
+            load.wait_for_more(300, "with r0 down too");
+        }
         nats.restart();
+        if let Some(dir) = crashed {
+            let back = Server::start_in(dir, &relay_toml("r0", &servers, small_queue));
+            urls.lock().unwrap()[0] = back.url();
+            relays[0] = Some(back);
+        }
         // NATS carries writes between relays again before the next outage.
-        let (mut on_first, mut on_last) = (relays[0].client(), relays[2].client());
+        let (first, last) = (relays[0].as_ref().unwrap(), relays[2].as_ref().unwrap());
+        let (mut on_first, mut on_last) = (first.client(), last.client());
         on_first.set(&format!("back-{round}"), json!(round));
         on_last.recv_until_within(CONVERGE, |f| f["type"] == "set" && f["key"] == format!("back-{round}"));
         load.wait_for_more(1000, &format!("after restart {round}"));
     }
     let (acked, count, refused) = load.stop();
     assert_eq!(refused, 0, "no write was refused");
-    let nodes: Vec<&Server> = relays.iter().collect();
+    let nodes: Vec<&Server> = relays.iter().flatten().collect();
     converged(&nodes, acked.len() as u64);
     for server in &nodes {
         assert_all_present(&server.url(), &state(server), &acked);
     }
-    assert!(relays.iter().any(|r| r.log().contains("publish queue full")), "the overflow path ran");
+    assert!(nodes.iter().any(|r| r.log().contains("publish queue full")), "the overflow path ran");
     eprintln!("{count} acknowledged writes on every relay after 2 NATS restarts, in {:?}", started.elapsed());
     assert!(started.elapsed() < RUN_LIMIT);
 }
