@@ -2,6 +2,7 @@
 //! and a blocking WebSocket client with timeouts.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod disk;
 pub mod federation;
 pub mod nats;
 pub mod proxy;
