@@ -150,6 +150,7 @@ fn sync_per_source_caps_and_idle_connections_through_caddy() {
     let forged = [("X-Forwarded-For", "198.51.100.77"), ("X-Real-IP", "198.51.100.78")];
     let mut a3 = connect_from(caddy.addr, &ca, [127, 0, 0, 2], &forged);
     assert_eq!(closed(&mut a3), Closed::Frame(1013, "server busy".into()));
+    common::wait_until("the refusal in the relay's log", || relay.log().contains("connection from 127.0.0.2 refused"));
     // Another address still gets in.
     let (_c, _) = open(&caddy, &ca, [127, 0, 0, 4], &[]);
 
