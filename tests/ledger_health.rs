@@ -8,7 +8,7 @@ mod common;
 use std::{
     ffi::CString,
     fs,
-    io::{Read, Write},
+    io::Read,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     process::Command,
@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, Server};
+use common::{
+    Client, Server,
+    disk::{Tmpfs, fill},
+};
 use serde_json::{Value, json};
 
 fn health(server: &Server) -> (u16, Value) {
@@ -73,69 +76,24 @@ fn a_long_compaction_keeps_healthz_ok() {
     assert!(server.log().contains("compaction failed (nothing lost"), "{}", server.log());
 }
 
-/// A tmpfs this test mounts (and unmounts on the way out).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-        }
-        Ok(Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = fs::remove_dir(&self.0);
-    }
-}
-
-/// Fills the file system holding `path` with `path` itself; returns the bytes written.
-fn fill(path: &Path) -> u64 {
-    let mut filler = fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 4096];
-    let mut written = 0;
-    for _ in 0..100_000 {
-        match filler.write(&chunk) {
-            Ok(n) => written += n as u64,
-            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => return written,
-            Err(err) => panic!("filling {}: {err}", path.display()),
-        }
-    }
-    panic!("{} never filled up", path.display());
-}
-
 /// A really full file system: appends fail with ENOSPC, `/healthz` answers 503 `degraded` with
 /// the reason and since when, every refused write gets a nack and none reaches the file; once space
 /// comes back, the next write succeeds and `/healthz` is `ok` again, without a restart; a restart
 /// then replays cleanly (no torn or corrupt line) exactly the writes that were acknowledged.
 #[test]
 fn a_full_disk_is_degraded_then_recovers_and_replays_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let _mount = match Tmpfs::mount(dir.path(), "512k") {
-        Ok(mount) => mount,
-        Err(err) => {
-            eprintln!(
-                "SKIPPED a_full_disk_is_degraded_then_recovers_and_replays_cleanly: cannot mount a tmpfs ({err}); needs root (CAP_SYS_ADMIN)"
-            );
-            return;
-        }
+    let Some(disk) = Tmpfs::mount_or_skip(512 << 10, "a_full_disk_is_degraded_then_recovers_and_replays_cleanly")
+    else {
+        return;
     };
-    let dir = Arc::new(dir);
+    let dir = disk.dir();
     let server = Server::start_in(Arc::clone(&dir), "");
     let mut client = Client::connect(&format!("{}?v=2", server.url()));
     assert_eq!(write(&mut client, "before", json!("fits"), 0)["type"], "ack");
     assert_eq!(health(&server).0, 200);
 
     let filler = dir.path().join("filler");
-    assert!(fill(&filler) > 0);
+    assert!(fill(&filler, 0) > 0);
     let pad = "x".repeat(1000);
     let (mut acked, mut refused) = (vec!["before".to_owned()], Vec::new());
     for i in 1..=50 {
@@ -203,17 +161,10 @@ fn a_full_disk_is_degraded_then_recovers_and_replays_cleanly() {
 /// half-written snapshot holds.
 #[test]
 fn a_compaction_that_runs_out_of_space_gives_the_space_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let _mount = match Tmpfs::mount(dir.path(), "512k") {
-        Ok(mount) => mount,
-        Err(err) => {
-            eprintln!(
-                "SKIPPED a_compaction_that_runs_out_of_space_gives_the_space_back: cannot mount a tmpfs ({err}); needs root (CAP_SYS_ADMIN)"
-            );
-            return;
-        }
+    let Some(disk) = Tmpfs::mount_or_skip(512 << 10, "a_compaction_that_runs_out_of_space_gives_the_space_back") else {
+        return;
     };
-    let dir = Arc::new(dir);
+    let dir = disk.dir();
     let server = Server::start_in(Arc::clone(&dir), "[ledger]\ncompact_after_bytes = 30000\n");
     let mut client = Client::connect(&format!("{}?v=2", server.url()));
     let pad = "x".repeat(1000);
@@ -221,10 +172,7 @@ fn a_compaction_that_runs_out_of_space_gives_the_space_back() {
         assert_eq!(write(&mut client, &format!("k{i}"), json!({"pad": pad}), i)["type"], "ack");
     }
     // Leave 8 KiB free: enough for a few more appends, far from enough for a ~30 KB snapshot.
-    let slack = dir.path().join("slack");
-    fs::write(&slack, vec![0u8; 8192]).unwrap();
-    fill(&dir.path().join("filler"));
-    fs::remove_file(&slack).unwrap();
+    fill(&dir.path().join("filler"), 8192);
     let mut reference = 100;
     common::wait_until("a compaction to fail for want of space", || {
         reference += 1;

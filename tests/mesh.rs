@@ -16,35 +16,11 @@ use std::{
 
 use common::{
     Client, Server,
-    federation::{CONVERGE, converged, fingerprint, write_in_background, write_keys, writer},
-    make_certificate, wait_within,
+    federation::{CONVERGE, converged, fingerprint, node, node_toml, restart, write_in_background, write_keys, writer},
+    free_port, make_certificate, wait_within,
 };
 use serde_json::{Value, json};
 use tungstenite::Message;
-
-/// Config for a mesh node: fast redials, client limits out of the way of the test's writers.
-fn node_toml(id: &str, bind: &str, peers: &[String], extra: &str) -> String {
-    format!(
-        "[mesh]\nnode_id = \"{id}\"\nbind = \"{bind}\"\npeers = {peers:?}\nredial_min_s = 0.05\nredial_max_s = 0.5\n{extra}\n\
-         [limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\n"
-    )
-}
-
-fn node(id: &str, peers: &[&Server]) -> Server {
-    let urls: Vec<String> = peers.iter().map(|p| p.mesh_url()).collect();
-    Server::start(&node_toml(id, "127.0.0.1:0", &urls, ""))
-}
-
-/// Restarts a stopped node on its ledger and on the same peer port (its peers redial that).
-fn restart(id: &str, dir: Arc<tempfile::TempDir>, mesh_port: u16, peers: &[&Server]) -> Server {
-    let urls: Vec<String> = peers.iter().map(|p| p.mesh_url()).collect();
-    Server::start_in(dir, &node_toml(id, &format!("127.0.0.1:{mesh_port}"), &urls, ""))
-}
-
-/// A port the OS considers free right now (for nodes that must know each other's address up front).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Random concurrent writes on every node of `nodes` (2,000 in all over 60 keys) converge.
 fn concurrent_writes_converge(nodes: &[&Server]) {

@@ -9,18 +9,19 @@ mod common;
 
 use std::{
     fs,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{Closed, Server, make_certificate};
-use openssl::ssl::{SslConnector, SslMethod, SslStream};
-use serde_json::{Value, json};
-use socket2::{Domain, Socket, Type};
-use tungstenite::{Message, WebSocket, client::IntoClientRequest};
+use common::{
+    Closed, Server, free_port, make_certificate,
+    proxy::{closed, connect_from, next_text, stays_up_while_idle},
+};
+use serde_json::json;
+use tungstenite::Message;
 
 struct Nginx {
     child: Child,
@@ -32,10 +33,6 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts nginx with the shipped site config, rewritten only where a test must differ.
@@ -89,47 +86,6 @@ fn start_nginx(dir: &Path, relay: SocketAddr, read_timeout: &str) -> Nginx {
     nginx
 }
 
-type Wss = WebSocket<SslStream<TcpStream>>;
-
-/// A TLS WebSocket client through nginx, from loopback address `source`.
-fn connect_from(nginx: &Nginx, ca: &Path, source: [u8; 4], headers: &[(&str, &str)]) -> Wss {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
-    socket.connect(&nginx.addr.into()).unwrap();
-    let tcp: TcpStream = socket.into();
-    tcp.set_read_timeout(Some(common::WAIT)).unwrap();
-    let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
-    connector.set_ca_file(ca).unwrap();
-    let tls = connector.build().connect("localhost", tcp).unwrap();
-    let mut request = format!("wss://localhost:{}/ws", nginx.addr.port()).into_client_request().unwrap();
-    for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
-    }
-    tungstenite::client(request, tls).expect("WebSocket through nginx").0
-}
-
-fn next_text(ws: &mut Wss) -> Value {
-    loop {
-        match ws.read().expect("read through nginx") {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => {}
-        }
-    }
-}
-
-fn closed(ws: &mut Wss) -> Closed {
-    loop {
-        match ws.read() {
-            Ok(Message::Close(Some(frame))) => return Closed::Frame(frame.code.into(), frame.reason.to_string()),
-            Ok(_) => {}
-            Err(_) => return Closed::Eof,
-        }
-    }
-}
-
 fn nginx_available() -> bool {
     let found = Command::new("nginx").arg("-v").output().is_ok_and(|o| o.status.success());
     if !found && std::env::var_os("AETHER_SKIP_NGINX").is_none() {
@@ -151,8 +107,8 @@ fn sync_per_source_caps_and_idle_connections_through_nginx() {
     let ca = dir.path().join("cert.pem");
 
     // Sync through the proxy, over TLS.
-    let mut a1 = connect_from(&nginx, &ca, [127, 0, 0, 2], &[]);
-    let mut b = connect_from(&nginx, &ca, [127, 0, 0, 3], &[]);
+    let mut a1 = connect_from(nginx.addr, &ca, [127, 0, 0, 2], &[]);
+    let mut b = connect_from(nginx.addr, &ca, [127, 0, 0, 3], &[]);
     for ws in [&mut a1, &mut b] {
         assert_eq!(next_text(ws)["type"], "hello");
         assert_eq!(next_text(ws)["type"], "snapshot");
@@ -163,32 +119,13 @@ fn sync_per_source_caps_and_idle_connections_through_nginx() {
 
     // Per-source caps count the client's address (127.0.0.2), not nginx's; a forged header does
     // not help, because nginx appends the real address and the relay reads from the right.
-    let mut a2 = connect_from(&nginx, &ca, [127, 0, 0, 2], &[]);
+    let mut a2 = connect_from(nginx.addr, &ca, [127, 0, 0, 2], &[]);
     next_text(&mut a2);
-    let mut a3 = connect_from(&nginx, &ca, [127, 0, 0, 2], &[("X-Forwarded-For", "198.51.100.77")]);
+    let mut a3 = connect_from(nginx.addr, &ca, [127, 0, 0, 2], &[("X-Forwarded-For", "198.51.100.77")]);
     assert_eq!(closed(&mut a3), Closed::Frame(1013, "server busy".into()));
-    let mut c = connect_from(&nginx, &ca, [127, 0, 0, 4], &[]);
+    let mut c = connect_from(nginx.addr, &ca, [127, 0, 0, 4], &[]);
     assert_eq!(next_text(&mut c)["type"], "hello");
 
     // Idle for twice nginx's 3 s read timeout: the relay's pings keep the connection alive.
-    let idle_until = Instant::now() + Duration::from_secs(7);
-    b.get_mut().get_mut().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    while Instant::now() < idle_until {
-        match b.read() {
-            Ok(Message::Text(text)) => assert!(text.contains("presence"), "unexpected {text}"),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(err) => panic!("idle connection through nginx died: {err}"),
-        }
-    }
-    b.get_mut().get_mut().set_read_timeout(Some(common::WAIT)).unwrap();
-    b.send(Message::text(json!({"type": "set", "key": "after", "value": "idle"}).to_string())).unwrap();
-    let echo = loop {
-        let frame = next_text(&mut b);
-        if frame["type"] == "set" {
-            break frame;
-        }
-    };
-    assert_eq!(echo, json!({"type": "set", "key": "after", "value": "idle"}));
+    stays_up_while_idle(&mut b, Duration::from_secs(7));
 }

@@ -10,6 +10,7 @@ export PATH="$PATH:/usr/sbin:/sbin"   # Debian puts nginx in /usr/sbin
 need_apt=()
 pkg-config --exists openssl 2>/dev/null || need_apt+=(pkg-config libssl-dev)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)   # tests/nginx.rs
+command -v caddy >/dev/null 2>&1 || [ -x /usr/bin/caddy ] || need_apt+=(caddy)    # tests/caddy.rs
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)                       # tests/js/browser.test.js
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)                           # tests/js
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)  # tests/nats.rs

@@ -2,6 +2,7 @@
 //! check that every node ends with byte-identical state.
 
 use std::{
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -13,6 +14,26 @@ use super::{Client, Server};
 
 /// Convergence of a few thousand writes across five debug-build nodes on a loaded 2-core machine.
 pub const CONVERGE: Duration = Duration::from_secs(60);
+
+/// Config for a mesh node: fast redials, client limits out of the way of the test's writers.
+pub fn node_toml(id: &str, bind: &str, peers: &[String], extra: &str) -> String {
+    format!(
+        "[mesh]\nnode_id = \"{id}\"\nbind = \"{bind}\"\npeers = {peers:?}\nredial_min_s = 0.05\nredial_max_s = 0.5\n{extra}\n\
+         [limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\n"
+    )
+}
+
+/// A mesh node that dials `peers`.
+pub fn node(id: &str, peers: &[&Server]) -> Server {
+    let urls: Vec<String> = peers.iter().map(|p| p.mesh_url()).collect();
+    Server::start(&node_toml(id, "127.0.0.1:0", &urls, ""))
+}
+
+/// Restarts a stopped node on its ledger and on the same peer port (its peers redial that).
+pub fn restart(id: &str, dir: Arc<tempfile::TempDir>, mesh_port: u16, peers: &[&Server]) -> Server {
+    let urls: Vec<String> = peers.iter().map(|p| p.mesh_url()).collect();
+    Server::start_in(dir, &node_toml(id, &format!("127.0.0.1:{mesh_port}"), &urls, ""))
+}
 
 /// Writes `n` random sets and deletes over a keyspace of `keys` keys shared by every writer (so
 /// writers conflict), then waits for the echo of a final marker: everything was accepted.

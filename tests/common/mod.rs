@@ -2,11 +2,14 @@
 //! and a blocking WebSocket client with timeouts.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod disk;
 pub mod federation;
+pub mod nats;
+pub mod proxy;
 
 use std::{
     io::{BufRead, BufReader},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -365,6 +368,12 @@ pub fn wait_closed(ws: &mut WebSocket<TcpStream>) -> Closed {
             Err(_) => return Closed::Eof,
         }
     }
+}
+
+/// A loopback port the OS considers free right now (for processes that must be told their port,
+/// or whose address others must know up front).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `cond` until it holds (or fails after [`WAIT`]).
