@@ -429,12 +429,8 @@ pub fn stage_snapshot(ledger: &Path, snapshot: &[u8]) -> Result<(), LedgerError>
     })?;
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
     if free < snapshot.len() as u64 + STAGING_RESERVE {
-        let source = std::io::Error::from(std::io::ErrorKind::StorageFull);
-        return Err(LedgerError::Io {
-            what: "no space left on device for a compaction staged as",
-            path: staging,
-            source,
-        });
+        let source = rustix::io::Errno::NOSPC.into();
+        return Err(LedgerError::Io { what: "not enough free space to stage a compaction as", path: staging, source });
     }
     write_staged(&staging, snapshot)
 }
