@@ -463,8 +463,9 @@ fn a_nats_relay_whose_disk_was_full_catches_up_while_writes_go_on() {
     catches_up_after_a_full_disk(&disk, &writer_side, &full);
 }
 
+/// Peer ops our ledger refused were already in the mesh's seen cache: the relay asks the peer
+/// again (a digest round every second while its ledger refuses), so it catches up under traffic.
 #[test]
-#[ignore = "bug: peer ops the ledger refused (disk full) are not asked for again while the mesh link stays busy"]
 fn a_mesh_relay_whose_disk_was_full_catches_up_while_writes_go_on() {
     let Some(disk) = Tmpfs::mount_or_skip(64 << 20, "a_mesh_relay_whose_disk_was_full") else { return };
     let writer_side = node("w", &[]);

@@ -38,7 +38,12 @@ pub mod wire;
 
 pub use listener::serve;
 
-use std::{collections::HashMap, rc::Rc, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
 
 use actix::prelude::*;
 use openssl::ssl::SslConnector;
@@ -49,7 +54,7 @@ use crate::{
     lww::Op,
     outbox::{Outbound, Outbox, PushError},
     protocol::close,
-    state::{NodeId, RemoteLeave, RemotePresence, StateEvent},
+    state::{DigestRequest, NodeId, RemoteLeave, RemotePresence, StateEvent},
 };
 
 /// A link that stayed up this long resets its dialler's backoff.
@@ -102,7 +107,13 @@ pub struct MeshActor {
     /// Cursors: ours, and the remote ones shown here.
     cursors: Cursors,
     stopping: bool,
+    /// Peers some of whose ops our ledger refused after the seen cache had recorded them: a
+    /// digest round with each fetches them again (every [`REFETCH`] while the ledger refuses).
+    owed: HashSet<NodeId>,
 }
+
+/// How often peers owed a digest round are sent one.
+const REFETCH: Duration = Duration::from_secs(1);
 
 impl MeshActor {
     /// The mesh over `shared`, dialling `settings.peers` once started.
@@ -116,6 +127,7 @@ impl MeshActor {
             link_down: Arc::new(Notify::new()),
             dialling: false,
             stopping: false,
+            owed: HashSet::new(),
         }
     }
 
@@ -188,6 +200,22 @@ impl MeshActor {
         self.leave(ids);
     }
 
+    /// Sends our digest to each owed peer of ours: it answers with the registers that differ,
+    /// which reach the state past the seen cache. (An upstream peer has no digest: what our
+    /// ledger refused from it comes back only when it writes the keys again.)
+    fn refetch(&mut self) {
+        for node in std::mem::take(&mut self.owed) {
+            let Some(link) = self.links.get(&node).filter(|link| link.ours) else { continue };
+            let (state, outbox) = (self.shared.state.clone(), link.outbox.clone());
+            log::info!("mesh: fetching again from {node} what our ledger refused");
+            actix::spawn(async move {
+                if let Ok(buckets) = state.send(DigestRequest).await {
+                    let _ = outbox.push(Outbound::frames(Arc::new([wire::digest(&buckets)])));
+                }
+            });
+        }
+    }
+
     fn leave(&self, ids: Vec<String>) {
         if !ids.is_empty() {
             self.shared.state.do_send(RemoteLeave { ids });
@@ -201,6 +229,7 @@ impl Actor for MeshActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
         self.start_dialling(ctx);
+        ctx.run_interval(REFETCH, |act, _| act.refetch());
         ctx.run_interval(presence::REFRESH, |act, _| {
             for cursor in act.cursors.refresh() {
                 act.to_ours(&wire::presence(&cursor), None);
@@ -330,6 +359,7 @@ impl Handler<StateEvent> for MeshActor {
                     self.to_ours(&wire::presence_leave(&origin, seq, &id), None);
                 }
             }
+            StateEvent::Dropped { peers } => self.owed.extend(peers),
         }
     }
 }

@@ -256,20 +256,14 @@ impl StateActor {
                         self.publish(ops, &metas);
                     }
                     Err(err) => {
-                        self.metrics.ledger_failure();
                         log::error!("{} writes were not made durable and are dropped: {err}", ops.len());
-                        self.dropped_total += metas.len() as u64;
-                        self.rebuild_overlay();
-                        self.refuse(&metas, "ledger_failed");
+                        self.dropped(&metas);
                     }
                 }
             }
             Err(err) => {
-                self.metrics.ledger_failure();
                 log::error!("ledger actor unavailable, batch dropped: {err}");
-                self.dropped_total += metas.len() as u64;
-                self.rebuild_overlay();
-                self.refuse(&metas, "ledger_failed");
+                self.dropped(&metas);
             }
         }
         self.settled_total += metas.len() as u64;
@@ -278,6 +272,29 @@ impl StateActor {
         self.flush(ctx);
         self.maybe_compact(ctx);
         self.maybe_finish_stopping();
+    }
+
+    /// A batch the ledger refused: its writers are told (v2 `nack ledger_failed`), transports'
+    /// barriers will see it, and the mesh fetches again what came from its peers.
+    fn dropped(&mut self, metas: &[WriteMeta]) {
+        self.metrics.ledger_failure();
+        self.dropped_total += metas.len() as u64;
+        self.rebuild_overlay();
+        self.refuse(metas, "ledger_failed");
+        let mut peers: Vec<NodeId> = metas
+            .iter()
+            .filter_map(|m| match &m.source {
+                Source::Peer(node) => Some(Arc::clone(node)),
+                Source::Client { .. } => None,
+            })
+            .collect();
+        peers.sort();
+        peers.dedup();
+        if let Some(mesh) = &self.mesh
+            && !peers.is_empty()
+        {
+            mesh.do_send(StateEvent::Dropped { peers });
+        }
     }
 
     /// Answers the barriers whose ops have all settled.

@@ -41,6 +41,12 @@ pub enum StateEvent {
         /// The client.
         id: Uuid,
     },
+    /// The ledger refused a batch holding ops from these peers: they were dropped after the
+    /// mesh had counted them as seen, so it must fetch them again (a digest round with each).
+    Dropped {
+        /// The peers whose ops were dropped.
+        peers: Vec<NodeId>,
+    },
 }
 
 /// Connects the mesh: from now on durable ops and local cursors go to `0`.

@@ -268,6 +268,8 @@ impl Handler<StateEvent> for NatsActor {
                     self.send_presence(wire::presence_leave(&origin, seq, &id));
                 }
             }
+            // The stream is read again from the last checkpoint (the barrier counts the drop).
+            StateEvent::Dropped { .. } => {}
         }
     }
 }
