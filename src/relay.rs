@@ -15,7 +15,7 @@ use crate::{
     ledger::{self, Ledger, LedgerActor, LedgerError, LedgerHealth},
     limits::ConnectionCounter,
     lww::LwwMap,
-    mesh::{self, MeshActor, MeshSettings, MeshShutdown, nats, shared::Shared},
+    mesh::{self, MeshActor, MeshSettings, nats, shared::Shared},
     metrics::Metrics,
     proxy::TrustedProxies,
     session::Deps,
@@ -48,7 +48,7 @@ pub struct Mesh {
     /// The WebSocket mesh singleton (`None` with the NATS transport).
     pub links: Option<Addr<MeshActor>>,
     /// Told when the relay shuts down.
-    pub stop: actix::Recipient<MeshShutdown>,
+    pub stop: actix::Recipient<mesh::Shutdown>,
     /// What the transport's links share.
     pub shared: Arc<Shared>,
 }
@@ -211,7 +211,7 @@ impl Relay {
     pub async fn shutdown(&self) {
         let _ = self.deps.state.send(state::Shutdown).await;
         if let Some(mesh) = &self.mesh {
-            let _ = mesh.stop.send(MeshShutdown).await;
+            let _ = mesh.stop.send(mesh::Shutdown).await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.connections.total() > 0 && tokio::time::Instant::now() < deadline {

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    ALREADY_LINKED, MeshActor, MeshSettings, SELF_DIAL, STABLE_LINK, Stopping,
+    ALREADY_LINKED, IsStopping, MeshActor, MeshSettings, SELF_DIAL, STABLE_LINK,
     link::{self, Ended},
     shared::Shared,
     transport::Dialer,
@@ -31,7 +31,7 @@ pub(super) async fn dial_forever(
     let mut delay = settings.redial_min;
     let mut failures: u64 = 0;
     for attempt in 0u64.. {
-        if mesh.send(Stopping).await.unwrap_or(true) {
+        if mesh.send(IsStopping).await.unwrap_or(true) {
             return;
         }
         if attempt > 0 {

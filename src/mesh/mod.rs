@@ -49,12 +49,12 @@ use actix::prelude::*;
 use openssl::ssl::SslConnector;
 use tokio::sync::{Notify, mpsc};
 
-use self::{link::Control, presence::Cursors, shared::Shared, transport::Dialer, wire::RemoteCursor};
+use self::{link::Control, presence::Hub, shared::Shared, transport::Dialer, wire::RemoteCursor};
 use crate::{
     lww::Op,
     outbox::{Outbound, Outbox, PushError},
     protocol::close,
-    state::{DigestRequest, NodeId, RemoteLeave, RemotePresence, StateEvent},
+    state::{DigestRequest, NodeId, StateEvent},
 };
 
 /// A link that stayed up this long resets its dialler's backoff.
@@ -95,7 +95,7 @@ pub struct MeshSettings {
     pub tls: SslConnector,
 }
 
-/// The mesh singleton. Start with [`MeshActor::new`] under a `Supervisor`.
+/// The mesh singleton. Start [`MeshActor::new`] on an arbiter of its own.
 pub struct MeshActor {
     shared: Arc<Shared>,
     settings: Arc<MeshSettings>,
@@ -105,7 +105,7 @@ pub struct MeshActor {
     link_down: Arc<Notify>,
     dialling: bool,
     /// Cursors: ours, and the remote ones shown here.
-    cursors: Cursors,
+    presence: Hub,
     stopping: bool,
     /// Peers some of whose ops our ledger refused after the seen cache had recorded them: a
     /// digest round with each fetches them again (every [`REFETCH`] while the ledger refuses).
@@ -119,7 +119,7 @@ impl MeshActor {
     /// The mesh over `shared`, dialling `settings.peers` once started.
     pub fn new(shared: Arc<Shared>, settings: MeshSettings) -> Self {
         Self {
-            cursors: Cursors::new(&shared.node_id),
+            presence: Hub::new(&shared.node_id, shared.state.clone()),
             shared,
             settings: Arc::new(settings),
             links: HashMap::new(),
@@ -192,12 +192,9 @@ impl MeshActor {
     /// The link to `peer` dropped: the cursors that came by it leave, here and on the nodes
     /// behind us.
     fn drop_remote_cursors(&mut self, peer: &str) {
-        let gone = self.cursors.gone(peer);
-        for (origin, seq, id) in &gone {
-            self.to_ours(&wire::presence_leave(origin, *seq, id), None);
+        for frame in self.presence.gone(peer) {
+            self.to_ours(&frame, None);
         }
-        let ids = gone.into_iter().map(|(_, _, id)| id).collect();
-        self.leave(ids);
     }
 
     /// Sends our digest to each owed peer of ours: it answers with the registers that differ,
@@ -215,12 +212,6 @@ impl MeshActor {
             });
         }
     }
-
-    fn leave(&self, ids: Vec<String>) {
-        if !ids.is_empty() {
-            self.shared.state.do_send(RemoteLeave { ids });
-        }
-    }
 }
 
 impl Actor for MeshActor {
@@ -231,18 +222,10 @@ impl Actor for MeshActor {
         self.start_dialling(ctx);
         ctx.run_interval(REFETCH, |act, _| act.refetch());
         ctx.run_interval(presence::REFRESH, |act, _| {
-            for cursor in act.cursors.refresh() {
-                act.to_ours(&wire::presence(&cursor), None);
+            for frame in act.presence.refresh() {
+                act.to_ours(&frame, None);
             }
-            let expired = act.cursors.expired();
-            act.leave(expired);
         });
-    }
-}
-
-impl Supervised for MeshActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        log::warn!("mesh actor restarting; {} links kept", self.links.len());
     }
 }
 
@@ -351,12 +334,12 @@ impl Handler<StateEvent> for MeshActor {
         match msg {
             StateEvent::Durable { ops, sources } => self.forward(&ops, &sources),
             StateEvent::Presence { id, color, x, y } => {
-                let cursor = self.cursors.moved(id, color, x, y);
-                self.to_ours(&wire::presence(&cursor), None);
+                let frame = self.presence.moved(id, color, x, y);
+                self.to_ours(&frame, None);
             }
             StateEvent::Leave { id } => {
-                if let Some((origin, seq, id)) = self.cursors.left(id) {
-                    self.to_ours(&wire::presence_leave(&origin, seq, &id), None);
+                if let Some(frame) = self.presence.left(id) {
+                    self.to_ours(&frame, None);
                 }
             }
             StateEvent::Dropped { peers } => self.owed.extend(peers),
@@ -378,20 +361,12 @@ impl Handler<PeerCursor> for MeshActor {
     type Result = ();
 
     fn handle(&mut self, msg: PeerCursor, _: &mut Context<Self>) {
-        match msg.cursor {
-            Ok(cursor) => {
-                if self.cursors.remote(&cursor, &msg.from) {
-                    self.to_ours(&wire::presence(&cursor), Some(&msg.from));
-                    let RemoteCursor { id, color, x, y, .. } = cursor;
-                    self.shared.state.do_send(RemotePresence { id, color, x, y });
-                }
-            }
-            Err((origin, seq, id)) => {
-                if self.cursors.remote_left(&origin, seq, &id) {
-                    self.to_ours(&wire::presence_leave(&origin, seq, &id), Some(&msg.from));
-                    self.leave(vec![id]);
-                }
-            }
+        let frame = match msg.cursor {
+            Ok(cursor) => self.presence.heard(cursor, &msg.from),
+            Err((origin, seq, id)) => self.presence.heard_leave(&origin, seq, id),
+        };
+        if let Some(frame) = frame {
+            self.to_ours(&frame, Some(&msg.from));
         }
     }
 }
@@ -399,12 +374,12 @@ impl Handler<PeerCursor> for MeshActor {
 /// Close every link ([`close::GOING_AWAY`]) and stop dialling: the relay is shutting down.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct MeshShutdown;
+pub struct Shutdown;
 
-impl Handler<MeshShutdown> for MeshActor {
+impl Handler<Shutdown> for MeshActor {
     type Result = ();
 
-    fn handle(&mut self, _: MeshShutdown, _: &mut Context<Self>) {
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
         self.stopping = true;
         for link in self.links.values() {
             let _ = link.control.try_send(Control::Close(close::GOING_AWAY, "going away"));
@@ -415,12 +390,12 @@ impl Handler<MeshShutdown> for MeshActor {
 /// Is the mesh shutting down? (Diallers stop.)
 #[derive(Message)]
 #[rtype(result = "bool")]
-pub(super) struct Stopping;
+pub(super) struct IsStopping;
 
-impl Handler<Stopping> for MeshActor {
+impl Handler<IsStopping> for MeshActor {
     type Result = bool;
 
-    fn handle(&mut self, _: Stopping, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, _: IsStopping, _: &mut Context<Self>) -> bool {
         self.stopping
     }
 }

@@ -7,17 +7,92 @@
 //! announced again every [`REFRESH`], and a remote cursor that is not refreshed for [`TTL`]
 //! leaves, which bounds how long a cursor outlives a relay that vanished without a word.
 //!
-//! Plain bookkeeping: the caller sends the frames and tells the state what to show.
+//! [`Hub`] is the one presence logic both transports use (peer links and NATS): it keeps the
+//! bookkeeping ([`Cursors`]), shows and hides remote cursors through the state, and hands the
+//! transport the frames to send; the transport only carries them.
 
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
+use actix::Addr;
+use bytestring::ByteString;
 use uuid::Uuid;
 
-use super::wire::RemoteCursor;
-use crate::hlc::wall_clock_ns;
+use super::wire::{self, RemoteCursor};
+use crate::{
+    hlc::wall_clock_ns,
+    state::{RemoteLeave, RemotePresence, StateActor},
+};
+
+/// Presence across relays for one transport: what to send, and what the state shows.
+pub struct Hub {
+    cursors: Cursors,
+    state: Addr<StateActor>,
+}
+
+impl Hub {
+    /// The hub of relay `node`, showing remote cursors through `state`.
+    pub fn new(node: &str, state: Addr<StateActor>) -> Self {
+        Self { cursors: Cursors::new(node), state }
+    }
+
+    /// A local client moved: the frame to send to every relay.
+    pub fn moved(&mut self, id: Uuid, color: String, x: i64, y: i64) -> ByteString {
+        wire::presence(&self.cursors.moved(id, color, x, y))
+    }
+
+    /// A local client left: the frame to send, if its cursor had gone out.
+    pub fn left(&mut self, id: Uuid) -> Option<ByteString> {
+        let (origin, seq, id) = self.cursors.left(id)?;
+        Some(wire::presence_leave(&origin, seq, &id))
+    }
+
+    /// A remote cursor came by way of `via`: shown here if it is new; then the frame to pass on.
+    pub fn heard(&mut self, cursor: RemoteCursor, via: &str) -> Option<ByteString> {
+        if !self.cursors.remote(&cursor, via) {
+            return None;
+        }
+        let frame = wire::presence(&cursor);
+        let RemoteCursor { id, color, x, y, .. } = cursor;
+        self.state.do_send(RemotePresence { id, color, x, y });
+        Some(frame)
+    }
+
+    /// A remote leave: the cursor is hidden here if the leave is new; then the frame to pass on.
+    pub fn heard_leave(&mut self, origin: &str, seq: u64, id: String) -> Option<ByteString> {
+        if !self.cursors.remote_left(origin, seq, &id) {
+            return None;
+        }
+        let frame = wire::presence_leave(origin, seq, &id);
+        self.state.do_send(RemoteLeave { ids: vec![id] });
+        Some(frame)
+    }
+
+    /// `via` is gone (a link dropped, a relay's heartbeat stopped): the cursors that came by it
+    /// leave here; the leaves to pass on to relays behind us.
+    pub fn gone(&mut self, via: &str) -> Vec<ByteString> {
+        let gone = self.cursors.gone(via);
+        let frames = gone.iter().map(|(origin, seq, id)| wire::presence_leave(origin, *seq, id)).collect();
+        self.hide(gone.into_iter().map(|(_, _, id)| id).collect());
+        frames
+    }
+
+    /// Every [`REFRESH`]: our cursors again (the frames to send); remote cursors not refreshed
+    /// for [`TTL`] leave here.
+    pub fn refresh(&mut self) -> Vec<ByteString> {
+        let expired = self.cursors.expired();
+        self.hide(expired);
+        self.cursors.refresh().iter().map(wire::presence).collect()
+    }
+
+    fn hide(&self, ids: Vec<String>) {
+        if !ids.is_empty() {
+            self.state.do_send(RemoteLeave { ids });
+        }
+    }
+}
 
 /// Local cursors are announced again this often.
 pub const REFRESH: Duration = Duration::from_secs(10);
@@ -33,7 +108,7 @@ struct Shown {
 }
 
 /// What a relay knows of cursors: its own clients', and the remote ones it shows.
-pub struct Cursors {
+struct Cursors {
     node: String,
     seq: u64,
     local: HashMap<Uuid, (String, i64, i64)>,

@@ -91,7 +91,8 @@ struct WriteMeta {
     _permit: OwnedSemaphorePermit,
 }
 
-/// The state singleton. Construct with [`StateActor::new`] and start under a `Supervisor`.
+/// The state singleton. Construct with [`StateActor::new`] and start it on an arbiter of its
+/// own. A panic aborts the relay (see `relay::run`): actix restarts no actor after a panic.
 pub struct StateActor {
     clock: Clock,
     map: LwwMap,
@@ -332,19 +333,6 @@ impl Actor for StateActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Writes arrive admission-bounded; a large mailbox keeps joins and presence from waiting.
         ctx.set_mailbox_capacity(4096);
-    }
-}
-
-impl Supervised for StateActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        log::warn!("state actor restarting; {} members kept", self.members.len());
-        self.in_flight = None;
-        // The batch in flight is gone: count it settled (and dropped) so barriers do not wait for
-        // it forever and transports read it again.
-        let lost = self.queued_total - self.queue.len() as u64 - self.settled_total;
-        self.dropped_total += lost;
-        self.settled_total += lost;
-        self.release_barriers();
     }
 }
 

@@ -49,16 +49,12 @@ pub use self::{
     position::Position,
 };
 use super::{
-    presence::{self, Cursors},
+    presence::{self, Hub},
     shared::Shared,
     stats::PeerStats,
-    wire::{self, PeerFrame, RemoteCursor},
+    wire::{self, PeerFrame},
 };
-use crate::{
-    config::NatsConfig,
-    lww::Op,
-    state::{RemoteLeave, RemotePresence, StateEvent},
-};
+use crate::{config::NatsConfig, lww::Op, state::StateEvent};
 
 /// Interval between a relay's heartbeats on the presence subject.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -85,7 +81,7 @@ pub struct NatsActor {
     queued: Arc<AtomicUsize>,
     max_queue: usize,
     resync: Arc<AtomicBool>,
-    cursors: Cursors,
+    presence: Hub,
     heard: HashMap<String, Instant>,
     /// Whether `stats` shows the connection up.
     shown_up: bool,
@@ -114,7 +110,7 @@ impl NatsActor {
         }
         let stats = shared.metrics.mesh.peer(NATS_PEER);
         Ok(Self {
-            cursors: Cursors::new(&shared.node_id),
+            presence: Hub::new(&shared.node_id, shared.state.clone()),
             shared,
             conn: Arc::new(conn),
             position_path,
@@ -156,9 +152,6 @@ impl Actor for NatsActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
         self.timers(ctx);
-        if self.publish.is_some() {
-            return; // restarted by its supervisor: the background tasks still run
-        }
         let (tx, rx) = mpsc::unbounded_channel();
         self.publish = Some(tx);
         let tasks = self.tasks();
@@ -202,32 +195,26 @@ impl NatsActor {
             act.send_presence(wire::heartbeat(&act.shared.node_id));
             let lost: Vec<String> =
                 act.heard.iter().filter(|(_, at)| at.elapsed() > HEARTBEAT_LOST).map(|(o, _)| o.clone()).collect();
-            let mut ids = Vec::new();
             for origin in lost {
                 act.heard.remove(&origin);
                 log::info!("nats: no heartbeat from {origin} for {} s; its cursors leave", HEARTBEAT_LOST.as_secs());
-                ids.extend(act.cursors.gone(&origin).into_iter().map(|(_, _, id)| id));
-            }
-            ids.extend(act.cursors.expired());
-            if !ids.is_empty() {
-                act.shared.state.do_send(RemoteLeave { ids });
+                // Every relay hears the origin directly: nothing to pass on.
+                act.presence.gone(&origin);
             }
         });
         ctx.run_interval(presence::REFRESH, |act, _| {
-            for cursor in act.cursors.refresh() {
-                act.send_presence(wire::presence(&cursor));
+            for frame in act.presence.refresh() {
+                act.send_presence(frame);
             }
         });
     }
 }
 
-impl Supervised for NatsActor {}
-
-impl Handler<super::MeshShutdown> for NatsActor {
+impl Handler<super::Shutdown> for NatsActor {
     type Result = ();
 
     /// Nothing to close: what is not published yet is in the ledger, and goes out at next start.
-    fn handle(&mut self, _: super::MeshShutdown, _: &mut Context<Self>) {}
+    fn handle(&mut self, _: super::Shutdown, _: &mut Context<Self>) {}
 }
 
 impl Handler<StateEvent> for NatsActor {
@@ -260,12 +247,12 @@ impl Handler<StateEvent> for NatsActor {
                 }
             }
             StateEvent::Presence { id, color, x, y } => {
-                let cursor = self.cursors.moved(id, color, x, y);
-                self.send_presence(wire::presence(&cursor));
+                let frame = self.presence.moved(id, color, x, y);
+                self.send_presence(frame);
             }
             StateEvent::Leave { id } => {
-                if let Some((origin, seq, id)) = self.cursors.left(id) {
-                    self.send_presence(wire::presence_leave(&origin, seq, &id));
+                if let Some(frame) = self.presence.left(id) {
+                    self.send_presence(frame);
                 }
             }
             // The stream is read again from the last checkpoint (the barrier counts the drop).
@@ -287,16 +274,15 @@ impl Handler<Heard> for NatsActor {
             PeerFrame::Heartbeat { origin } if *origin != *self.shared.node_id => {
                 self.heard.insert(origin, Instant::now());
             }
+            // Heard directly from the origin: shown, never passed on.
             PeerFrame::Presence(cursor) => {
                 let origin = cursor.origin.clone();
-                if self.cursors.remote(&cursor, &origin) {
+                if self.presence.heard(cursor, &origin).is_some() {
                     self.heard.insert(origin, Instant::now());
-                    let RemoteCursor { id, color, x, y, .. } = cursor;
-                    self.shared.state.do_send(RemotePresence { id, color, x, y });
                 }
             }
-            PeerFrame::PresenceLeave { origin, seq, id } if self.cursors.remote_left(&origin, seq, &id) => {
-                self.shared.state.do_send(RemoteLeave { ids: vec![id] });
+            PeerFrame::PresenceLeave { origin, seq, id } => {
+                self.presence.heard_leave(&origin, seq, id);
             }
             _ => {}
         }
