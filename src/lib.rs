@@ -12,8 +12,9 @@
 //! - [`digest`]: bucketed digests of the map, kept current, for anti-entropy between nodes.
 //! - [`lww`]: ops, registers and the Last-Writer-Wins map.
 //! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
-//!   durable append, crash-safe compaction), history over archives, and `LedgerActor`, the single
-//!   thread that appends (group commit) and compacts.
+//!   durable append, crash-safe compaction of a snapshot staged off-thread), history over archives,
+//!   archive retention, the health the ledger thread publishes for `/healthz`, and `LedgerActor`,
+//!   the single thread that appends (group commit) and folds compactions in.
 //! - [`protocol`]: v1 and v2 wire frames, parsed once at the edge and encoded once per broadcast,
 //!   and `protocol::close`, every close code the relay sends (browsers and peers).
 //! - [`limits`]: token bucket and connection counter.
