@@ -196,6 +196,18 @@ impl LwwMap {
         self.entries.is_empty()
     }
 
+    /// The registers written by `node` and stamped after `after` (all of them when `None`), as
+    /// ops in stamp order: what a node must (re)publish after an outage or a crash.
+    pub fn written_by(&self, node: &str, after: Option<&Stamp>) -> Vec<Op> {
+        let mut ops: Vec<Op> = self
+            .registers()
+            .filter(|(_, r)| r.stamp.n == node && after.is_none_or(|after| r.stamp > *after))
+            .map(|(key, r)| r.to_op(key))
+            .collect();
+        ops.sort_by(|a, b| a.stamp.cmp(&b.stamp));
+        ops
+    }
+
     /// The greatest stamp in the map.
     pub fn max_stamp(&self) -> Option<&Stamp> {
         self.entries.values().map(|r| &r.stamp).max()

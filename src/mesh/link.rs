@@ -20,7 +20,7 @@
 //! link (the peer reads nothing), as does a peer that sends nothing but pings for as long (it
 //! answers none of ours, so it reads nothing either).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, iter::Peekable, sync::Arc, time::Duration};
 
 use actix::Addr;
 use actix_web::web::Bytes;
@@ -177,12 +177,13 @@ impl CatchUpSender {
     /// Sends `which` registers, in chunks of at most a quarter of the queue (and of a frame's
     /// usual size), each waiting until the queue holds at most half its bound.
     async fn registers(&self, which: RegistersIn) -> Result<(), String> {
-        let ops = self.shared.state.send(which).await.map_err(|_| "state unavailable")?;
+        // A view of the map: walking it (it may hold millions of keys) happens here, chunk by
+        // chunk as the queue drains, not on the state actor.
+        let registers = self.shared.state.send(which).await.map_err(|_| "state unavailable")?;
         let chunk = (self.shared.max_queue_bytes / 4).clamp(1, wire::CHUNK_BYTES);
-        let mut rest = ops.as_slice();
-        while !rest.is_empty() {
-            let (frames, taken) = chunk_of(rest, self.ours, chunk);
-            rest = &rest[taken..];
+        let mut ops = registers.ops().peekable();
+        while ops.peek().is_some() {
+            let (frames, taken) = chunk_of(&mut ops, self.ours, chunk);
             self.push(frames, taken).await?;
         }
         Ok(())
@@ -200,18 +201,19 @@ impl CatchUpSender {
     }
 }
 
-/// The frames for the first ops of `ops` that fit in about `limit` bytes (at least one op): one
+/// The frames for the next ops of `ops` that fit in about `limit` bytes (at least one op): one
 /// `sync` frame for our peers, `op` frames for upstream's. Returns how many ops they carry.
-fn chunk_of(ops: &[Op], ours: bool, limit: usize) -> (Vec<ByteString>, usize) {
+fn chunk_of(ops: &mut Peekable<impl Iterator<Item = Op>>, ours: bool, limit: usize) -> (Vec<ByteString>, usize) {
     // An `op` frame wraps each record in 20 bytes; a `sync` frame adds a comma per record.
     let overhead = if ours { 1 } else { 20 };
     let mut records: Vec<Vec<u8>> = Vec::new();
     let mut bytes = 0;
-    for op in ops {
+    while let Some(op) = ops.peek() {
         let record = wire::record_of(op);
         if !records.is_empty() && bytes + record.len() + overhead > limit {
             break;
         }
+        ops.next();
         bytes += record.len() + overhead;
         records.push(record);
     }
@@ -464,11 +466,10 @@ mod tests {
 
     /// Cuts `ops` the way catching up does; returns the chunks' sizes and the ops read back.
     fn cut(ops: &[Op], ours: bool, limit: usize) -> (Vec<usize>, Vec<Op>) {
-        let (mut sizes, mut back, mut rest) = (Vec::new(), Vec::new(), ops);
-        while !rest.is_empty() {
-            let (frames, taken) = chunk_of(rest, ours, limit);
+        let (mut sizes, mut back, mut rest) = (Vec::new(), Vec::new(), ops.iter().cloned().peekable());
+        while rest.peek().is_some() {
+            let (frames, taken) = chunk_of(&mut rest, ours, limit);
             assert!(taken > 0);
-            rest = &rest[taken..];
             sizes.push(frames.iter().map(|f| f.len()).sum());
             for frame in &frames {
                 let values = match wire::parse(frame) {

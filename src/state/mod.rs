@@ -27,7 +27,7 @@ mod remote;
 
 pub use join::Join;
 pub use presence::{Presence, RemoteLeave, RemotePresence};
-pub use remote::{AttachMesh, Barrier, DigestRequest, LocalAfter, RegistersIn, RemoteOps, StateEvent};
+pub use remote::{AttachMesh, Barrier, DigestRequest, MapView, Registers, RegistersIn, RemoteOps, StateEvent};
 
 use std::{
     collections::{BTreeMap, HashMap},

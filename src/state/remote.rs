@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{NodeId, Source, StateActor, WriteMeta};
 use crate::{
     digest,
-    lww::{Op, OpKind},
+    lww::{LwwMap, Op, OpKind},
 };
 
 /// What the state tells the mesh.
@@ -118,9 +118,10 @@ impl Handler<DigestRequest> for StateActor {
     }
 }
 
-/// Durable registers as ops (deletes for tombstones), for anti-entropy and snapshots.
+/// Durable registers as ops (deletes for tombstones), for anti-entropy and snapshots: a
+/// [`Registers`] view, made in O(buckets) on the actor; the caller walks it.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "Vec<Op>")]
+#[rtype(result = "Registers")]
 pub enum RegistersIn {
     /// Every register: for peers without digests (upstream's), and for snapshots.
     All,
@@ -143,15 +144,23 @@ impl Handler<RegistersIn> for StateActor {
                 }
                 wanted
             }
-            RegistersIn::Differing(_) => return MessageResult(Vec::new()),
+            RegistersIn::Differing(_) => vec![false; digest::BUCKETS],
         };
-        let ops = self
-            .map
-            .registers()
-            .filter(|(key, _)| wanted[digest::bucket_of(key)])
-            .map(|(key, r)| r.to_op(key))
-            .collect();
-        MessageResult(ops)
+        MessageResult(Registers { map: self.map.clone(), wanted })
+    }
+}
+
+/// Some registers of the durable map, as [`RegistersIn`] chose them. Holds an O(1) copy of the
+/// map (a persistent map), so the walk, which grows with the map, happens off the state actor.
+pub struct Registers {
+    map: LwwMap,
+    wanted: Vec<bool>,
+}
+
+impl Registers {
+    /// The chosen registers as ops, in key order.
+    pub fn ops(&self) -> impl Iterator<Item = Op> + '_ {
+        self.map.registers().filter(|(key, _)| self.wanted[digest::bucket_of(key)]).map(|(key, r)| r.to_op(key))
     }
 }
 
@@ -176,28 +185,17 @@ impl Handler<Barrier> for StateActor {
     }
 }
 
-/// This node's own durable registers stamped after `after` (all of them when `None`), in stamp
-/// order: what a transport must (re)publish after an outage or a crash.
+/// An O(1) copy of the durable map (a persistent map): what needs the whole map (a transport's
+/// republish, [`LwwMap::written_by`]) walks it off the state actor.
 #[derive(Message)]
-#[rtype(result = "Vec<Op>")]
-pub struct LocalAfter {
-    /// The newest stamp known to be published.
-    pub after: Option<crate::hlc::Stamp>,
-}
+#[rtype(result = "LwwMap")]
+pub struct MapView;
 
-impl Handler<LocalAfter> for StateActor {
-    type Result = MessageResult<LocalAfter>;
+impl Handler<MapView> for StateActor {
+    type Result = MessageResult<MapView>;
 
-    fn handle(&mut self, msg: LocalAfter, _: &mut Context<Self>) -> Self::Result {
-        let node = self.clock.node().to_owned();
-        let mut ops: Vec<Op> = self
-            .map
-            .registers()
-            .filter(|(_, r)| r.stamp.n == node && msg.after.as_ref().is_none_or(|after| r.stamp > *after))
-            .map(|(key, r)| r.to_op(key))
-            .collect();
-        ops.sort_by(|a, b| a.stamp.cmp(&b.stamp));
-        MessageResult(ops)
+    fn handle(&mut self, _: MapView, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.map.clone())
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
         stats::PeerStats,
         wire::{self, PeerFrame},
     },
-    state::{Barrier, LocalAfter, NodeId, RegistersIn},
+    state::{Barrier, MapView, NodeId, RegistersIn},
 };
 
 /// What the background tasks share.
@@ -97,7 +97,13 @@ impl Tasks {
             if resync.load(Ordering::Relaxed) && pending.is_empty() {
                 resync.store(false, Ordering::Relaxed);
                 let after = self.position().published;
-                match self.shared.state.send(LocalAfter { after }).await {
+                match self
+                    .shared
+                    .state
+                    .send(MapView)
+                    .await
+                    .map(|map| map.written_by(&self.shared.node_id, after.as_ref()))
+                {
                     Ok(ops) if !ops.is_empty() => {
                         log::info!("nats: publishing {} op(s) of ours not yet in the stream", ops.len());
                         pending = ops;
@@ -337,10 +343,10 @@ impl Tasks {
 
     async fn snapshot(&self, covered: u64) -> Result<usize, String> {
         // The map holds every op up to `covered` (it was checkpointed after a barrier).
-        let ops = self.shared.state.send(RegistersIn::All).await.map_err(|_| "state unavailable")?;
+        let registers = self.shared.state.send(RegistersIn::All).await.map_err(|_| "state unavailable")?;
         let mut body = Vec::new();
-        for op in &ops {
-            body.extend_from_slice(&wire::record_of(op));
+        for op in registers.ops() {
+            body.extend_from_slice(&wire::record_of(&op));
             body.push(b'\n');
         }
         let meta = ObjectMetadata {
