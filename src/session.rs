@@ -432,6 +432,13 @@ impl Connection {
                 let _ = self.deps.state.try_send(Presence { id: self.id, x, y });
             }
             Ok(ClientFrame::Auth { .. }) => metrics.inbound(Inbound::Auth),
+            Ok(ClientFrame::Ping) if self.version == Version::V2 => {
+                if session.text(protocol::pong()).await.is_err() {
+                    return Some(None);
+                }
+            }
+            // v1: a message without a key, dropped silently as upstream does.
+            Ok(ClientFrame::Ping) => metrics.dropped(protocol::Dropped::BadKey),
             Err(reason) => {
                 metrics.dropped(reason);
                 log::debug!("client {}: dropped message ({})", self.id, reason.as_str());

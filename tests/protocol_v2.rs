@@ -137,7 +137,7 @@ fn readme_protocol_v2_block_matches_the_running_server() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let (inbound, outbound) = common::readme_protocol_block(&readme, "protocol-v2");
     let types = |frames: &[common::Documented]| frames.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
-    assert_eq!(types(&inbound), ["set", "delete", "presence", "auth"]);
+    assert_eq!(types(&inbound), ["set", "delete", "presence", "auth", "ping"]);
     let server = Server::start("");
     let mut writer = server.client();
     writer.set("gone", json!(0));
@@ -161,6 +161,8 @@ fn readme_protocol_v2_block_matches_the_running_server() {
     let a_id = a.id();
     drop(a);
     seen.push(b.recv_until(|f| f["type"] == "presence-leave" && f["id"] == a_id));
+    b.send(json!({"type": "ping"}));
+    seen.push(b.recv_until(|f| f["type"] == "pong"));
     let seen_types: Vec<String> = seen.iter().map(|f| f["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(seen_types, types(&outbound));
     for (frame, (ty, fields)) in seen.iter().zip(&outbound) {
@@ -218,7 +220,12 @@ fn a_repeated_write_with_a_client_id_is_answered_not_applied_again() {
     watcher.send(json!({"type": "set", "key": "after", "value": 1}));
     assert_eq!(watcher.recv()["key"], "after", "one delete, not two");
 
-    // v1: `cid` means nothing; both copies apply.
+    // v1: `cid` means nothing; both copies apply; a `ping` gets no answer.
+    let mut old = Client::connect(&format!("{}?cid=tab-1", server.url()));
+    old.send(json!({"type": "ping"}));
+    old.send(json!({"type": "set", "key": "v1", "value": 0}));
+    assert_eq!(old.recv(), json!({"type": "set", "key": "v1", "value": 0}));
+    drop(old);
     let mut old = Client::connect(&format!("{}?cid=tab-1", server.url()));
     old.send(json!({"type": "set", "key": "v1", "value": 1, "ref": "w-1"}));
     old.send(json!({"type": "set", "key": "v1", "value": 1, "ref": "w-1"}));
