@@ -42,11 +42,17 @@
   var PEER_OVERLAY_TTL_MS = 60000;
   /** A disconnected tab follows one sibling's re-posts; it switches after this much silence. */
   var BC_SOURCE_TTL_MS = 5000;
+  /** A connection that lasted this long was a real one: the next failure starts backing off anew. */
+  var STABLE_CONNECTION_MS = 10000;
+  /** How often an open connection checks that it is alive (acks and pongs overdue). */
+  var WATCHDOG_MS = 1000;
+  /** Per-key bookkeeping is pruned once it holds this many keys more than the state. */
+  var BOOKKEEPING_SLACK = 1024;
 
   var DEFAULTS = {
     autoReconnect: true,
     minReconnectDelayMs: 200,
-    maxReconnectDelayMs: 5000,
+    maxReconnectDelayMs: 30000,
     persist: true,
     protocol: 2,
     sendBurst: 100,
@@ -56,6 +62,9 @@
     supersedeWindowMs: 0,
     maxTrackedWrites: 1024,
     outboxStaleMs: 60000,
+    ackTimeoutMs: 15000,
+    pingIntervalMs: 25000,
+    pingTimeoutMs: 5000,
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -78,6 +87,62 @@
       }
     }
     return 'tab-' + Math.random().toString(36).slice(2) + now().toString(36);
+  }
+
+  /** A short random token of [a-z0-9] (ids of clients and writes). */
+  function shortId(n) {
+    var out = '';
+    var c = typeof globalThis !== 'undefined' ? globalThis.crypto : undefined;
+    if (c && typeof c.getRandomValues === 'function') {
+      var bytes = new Uint8Array(n);
+      c.getRandomValues(bytes);
+      for (var i = 0; i < n; i++) out += (bytes[i] % 36).toString(36);
+      return out;
+    }
+    while (out.length < n) out += Math.random().toString(36).slice(2);
+    return out.slice(0, n);
+  }
+
+  /** 32-bit FNV-1a of a string, as 8 hex digits: a name for a token that is not the token. */
+  function fingerprint(s) {
+    var h = 0x811c9dc5;
+    for (var i = 0; i < s.length; i++) {
+      h ^= s.charCodeAt(i);
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    return ('0000000' + h.toString(16)).slice(-8);
+  }
+
+  /**
+   * Who a token speaks for, for naming storage: a JWT's `sub` (read, not verified: the relay
+   * verifies), else a fingerprint of the token; null without a token.
+   */
+  function userOf(token) {
+    if (!token) return null;
+    var parts = token.split('.');
+    if (parts.length === 3) {
+      try {
+        var b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+        while (b64.length % 4) b64 += '=';
+        var text = typeof atob === 'function' ? atob(b64) : Buffer.from(b64, 'base64').toString('binary');
+        var claims = JSON.parse(decodeURIComponent(escape(text)));
+        if (claims && typeof claims.sub === 'string' && claims.sub) return 'sub:' + claims.sub;
+      } catch (_) {
+        /* not a JWT after all */
+      }
+    }
+    return 'token:' + fingerprint(token);
+  }
+
+  /**
+   * The storage scope of a client: its cache key (default `aether::state::<relay url>`, whose URL
+   * names the relay and, with `?room=`, the room) and, with a token, the user. Cache, outbox,
+   * client id, tab channel and locks all live under it, so two accounts or two relays never share.
+   */
+  function scopeKey(url, explicitKey, token) {
+    var base = explicitKey || 'aether::state::' + url;
+    var user = userOf(token);
+    return user ? base + '::user::' + user : base;
   }
 
   /** UTF-8 byte length of a string, without allocating. */
@@ -261,15 +326,19 @@
       o.maxReconnectDelayMs = opts.maxReconnectDelayMs || DEFAULTS.maxReconnectDelayMs;
       [
         'minReconnectDelayMs', 'sendBurst', 'sendRatePerSecond', 'maxKeyBytes', 'maxValueBytes',
-        'supersedeWindowMs', 'maxTrackedWrites', 'outboxStaleMs',
+        'supersedeWindowMs', 'maxTrackedWrites', 'outboxStaleMs', 'ackTimeoutMs', 'pingIntervalMs',
+        'pingTimeoutMs',
       ].forEach(function (k) {
         if (typeof opts[k] === 'number' && opts[k] >= 0) o[k] = opts[k];
       });
       o.protocol = opts.protocol === 1 ? 1 : 2;
       o.authToken = typeof opts.authToken === 'string' && opts.authToken ? opts.authToken : null;
-      this._cacheKey = typeof opts.cacheKey === 'string' && opts.cacheKey ? opts.cacheKey : 'aether::state::' + url;
+      this._explicitKey = typeof opts.cacheKey === 'string' && opts.cacheKey ? opts.cacheKey : null;
+      this._cacheKey = scopeKey(url, this._explicitKey, o.authToken);
       this._WebSocket = 'WebSocket' in opts ? opts.WebSocket : g.WebSocket;
-      var BC = 'BroadcastChannel' in opts ? opts.BroadcastChannel : g.BroadcastChannel;
+      this._BC = 'BroadcastChannel' in opts ? opts.BroadcastChannel : g.BroadcastChannel;
+      var nav = g.navigator;
+      this._locks = 'locks' in opts ? opts.locks || null : (nav && nav.locks && typeof nav.locks.request === 'function' ? nav.locks : null);
       this._storage = null;
       if (o.persist) {
         try {
@@ -284,9 +353,14 @@
       this._base = new Map();
       /** key -> {own, tab, n, cid, del, value, at, settled} */
       this._overlay = new Map();
-      /** Pending writes, in send order: {n, op, key, value, t, status:'queued'|'sent', writes:[]} */
+      /**
+       * Pending writes, in send order: {n, id, op, key, value, t, status:'queued'|'sent', tried,
+       * sentAt, writes:[]}. `id` names the write to the relay (v2 `ref`, with `?cid=`: applied at
+       * most once); `tried` once it may have reached the relay, after which it is never merged.
+       */
       this._outbox = [];
       this._nextN = 1;
+      this._writePrefix = shortId(10);
       /** key -> {n, del, value, stamp, seq, run, at}: this instance's latest write per key. */
       this._tracked = new Map();
 
@@ -300,21 +374,25 @@
       this._readyResolvers = [];
 
       this._tabId = randomId();
-      this._outboxKey = this._cacheKey + '::outbox::' + this._tabId;
       this._hasSnapshot = false;
       this._closed = false;
       this._fatal = false;
 
-      // Connection.
+      // Connection: one state, 'idle' (none; maybe a retry is scheduled), 'connecting' (socket
+      // opening, no hello yet), 'open' (hello received) or 'closed' (close() was called).
       this._ws = null;
-      this._connected = false;
+      this._conn = 'idle';
       this._proto = null;
       this._myId = null;
       this._myColor = null;
       this._node = null;
       this._myIds = new Set();
       this._attempt = 0;
+      this._connectedAt = 0;
       this._reconnectTimer = null;
+      this._watchdog = null;
+      this._lastHeard = 0;
+      this._pingSentAt = 0;
       this._status = { connected: false, protocol: null, code: null, reason: null, retryInMs: null, fatal: false };
       this._sentSomething = false;
       this._tokens = 0;
@@ -335,31 +413,148 @@
       this._cacheOk = true;
       this._saveTimer = null;
       this._outboxSaveQueued = false;
+      this._outboxFull = false;
+      this._savedIds = null;
       this._beatTimer = null;
       this._probes = new Map();
+      this._hidden = false;
 
-      // Same-origin tabs.
+      // Same-origin tabs, and Web Locks: each tab holds a lock of its own while it lives (its
+      // outbox is adopted, by exactly one sibling, once that lock is free), and one tab of the
+      // scope holds the leader lock (it alone re-posts relay frames and writes the state cache).
       this._bc = null;
       this._bcSource = null;
       this._bcSourceAt = 0;
       this._peerTimer = null;
-      if (typeof BC === 'function') {
-        try {
-          this._bc = new BC('aether::' + url);
-          var self = this;
-          this._bc.onmessage = function (ev) {
-            self._onChannel(ev && ev.data);
-          };
-        } catch (_) {
-          this._bc = null;
-        }
-      }
+      this._scope = 0;
+      this._ownLock = null;
+      this._leader = !this._locks;
+      this._lockReleasers = [];
+      this._watching = new Set();
+      this._handed = new Map();
+      this._abort = null;
 
       this._loadCache();
+      this._enterScope();
       this._scanOrphans();
       this._listenPageLifecycle();
       this._connect();
       this._post({ type: 'snapshot-request' });
+    }
+
+    /** Opens what lives under the current cache key: client id, outbox key, tab channel, locks. */
+    _enterScope() {
+      var scope = ++this._scope;
+      this._outboxKey = this._cacheKey + '::outbox::' + this._tabId;
+      this._cid = this._loadCid();
+      var BC = this._BC;
+      if (typeof BC === 'function') {
+        try {
+          var self = this;
+          var bc = new BC('aether::' + this._cacheKey);
+          bc.onmessage = function (ev) {
+            if (self._bc === bc) self._onChannel(ev && ev.data);
+          };
+          this._bc = bc;
+        } catch (_) {
+          this._bc = null;
+        }
+      }
+      this._leader = !this._locks;
+      if (this._locks) this._holdLocks(scope);
+    }
+
+    /** Closes what `_enterScope` opened. */
+    _leaveScope() {
+      this._scope++;
+      if (this._bc) {
+        try {
+          this._bc.close();
+        } catch (_) {
+          /* ignore */
+        }
+        this._bc = null;
+      }
+      this._ownLock = null;
+      this._leader = !this._locks;
+      var releasers = this._lockReleasers;
+      this._lockReleasers = [];
+      releasers.forEach(function (r) { r(); });
+      if (this._abort) this._abort.abort();
+      this._abort = null;
+      this._watching.clear();
+      this._handed.clear();
+    }
+
+    /**
+     * This client's id for exactly-once writes (v2 `?cid=`): one per scope, kept in storage so a
+     * reload sends its predecessor's unacknowledged writes under the same id.
+     */
+    _loadCid() {
+      var key = this._cacheKey + '::cid';
+      var s = this._storage;
+      try {
+        var got = s && s.getItem(key);
+        if (typeof got === 'string' && /^[a-z0-9]{8,64}$/.test(got)) return got;
+      } catch (_) {
+        /* no storage: a per-page id still makes reconnects exact */
+      }
+      var cid = shortId(20);
+      try {
+        if (s) s.setItem(key, cid);
+      } catch (_) {
+        /* full: this page's reconnects are still exact */
+      }
+      return cid;
+    }
+
+    _lockName(tab) {
+      return 'aether:' + this._cacheKey + ':tab:' + tab;
+    }
+
+    /** Takes this tab's own lock (held until close) and queues for the scope's leader lock. */
+    _holdLocks(scope) {
+      var self = this;
+      var locks = this._locks;
+      if (typeof AbortController === 'function') this._abort = new AbortController();
+      var name = this._lockName(this._tabId);
+      var hold = function () {
+        return new Promise(function (resolve) { self._lockReleasers.push(resolve); });
+      };
+      locks.request(name, function () {
+        if (self._closed || self._scope !== scope) return undefined;
+        self._ownLock = name;
+        if (self._outbox.length) self._saveOutbox(false); // now adoptable only once we are gone
+        self._post({ type: 'hi' });
+        return hold();
+      }).catch(noop);
+      var leaderOpts = this._abort ? { signal: this._abort.signal } : {};
+      locks.request('aether:' + this._cacheKey + ':leader', leaderOpts, function () {
+        if (self._closed || self._scope !== scope) return undefined;
+        self._leader = true;
+        self._scheduleSave();
+        return hold();
+      }).catch(noop);
+    }
+
+    /**
+     * Waits for a sibling tab's lock: it is granted when that tab is gone (closed, crashed,
+     * discarded), to one waiting tab only, which then takes over the sibling's pending writes.
+     */
+    _watchSibling(tab) {
+      if (!this._locks || tab === this._tabId || this._watching.has(tab) || this._closed) return;
+      var self = this;
+      var scope = this._scope;
+      this._watching.add(tab);
+      var opts = this._abort ? { signal: this._abort.signal } : {};
+      this._locks.request(this._lockName(tab), opts, function () {
+        self._watching.delete(tab);
+        if (self._closed || self._scope !== scope) return;
+        var key = self._cacheKey + '::outbox::' + tab;
+        var handed = self._handed.get(tab);
+        self._handed.delete(tab);
+        if (!self._adopt(key) && handed) self._adoptEntries(handed);
+      }).catch(noop);
     }
 
     // ----- public API: data ----------------------------------------------------------------
@@ -478,7 +673,11 @@
     }
 
     get connected() {
-      return this._connected;
+      return this._conn === 'open';
+    }
+
+    get _connected() {
+      return this._conn === 'open';
     }
 
     get clientId() {
@@ -540,47 +739,24 @@
      */
     close() {
       if (this._closed) return;
-      var wasConnected = this._connected;
       this._closed = true;
-      clearTimeout(this._reconnectTimer);
-      clearTimeout(this._pumpTimer);
       clearTimeout(this._beatTimer);
       clearTimeout(this._peerTimer);
       this._probes.forEach(function (t) { clearTimeout(t); });
       this._probes.clear();
-      if (this._ws) {
-        var ws = this._ws;
-        this._ws = null;
-        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
-        try {
-          ws.close(1000);
-        } catch (_) {
-          /* ignore */
-        }
-      }
-      this._connected = false;
-      this._myId = this._myColor = null;
+      this._teardown(1000, '', 'stop');
       if (this._saveTimer) {
         clearTimeout(this._saveTimer);
         this._saveTimer = null;
         this._saveCache();
       }
-      this._saveOutbox(true);
-      this._post({ type: 'bye', pending: this._outbox.length > 0 });
-      if (this._bc) {
-        try {
-          this._bc.close();
-        } catch (_) {
-          /* ignore */
-        }
-        this._bc = null;
-      }
+      this._handOver();
+      this._leaveScope();
       if (this._unlisten) this._unlisten();
       this._outbox.forEach(function (e) {
         e.writes.forEach(function (w) { w._fail('closed'); });
         e.writes = [];
       });
-      if (wasConnected) this._notifyStatus();
     }
 
     /**
@@ -597,29 +773,51 @@
       }
       this._fatal = false;
       this._attempt = 0;
-      clearTimeout(this._reconnectTimer);
-      this._reconnectTimer = null;
-      if (this._ws) {
-        if (!changed) return;
-        var ws = this._ws;
-        this._ws = null;
-        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
-        try {
-          ws.close(1000);
-        } catch (_) {
-          /* ignore */
-        }
-        var wasConnected = this._connected;
-        this._connected = false;
-        this._myId = this._myColor = null;
-        clearTimeout(this._pumpTimer);
-        this._pumpTimer = null;
-        this._outbox.forEach(function (e) {
-          if (e.status === 'sent') e.status = 'queued';
-        });
-        if (wasConnected) this._notifyStatus();
+      if (this._ws && !changed) return;
+      this._teardown(1000, '', 'quiet');
+      if (changed) {
+        var key = scopeKey(this.url, this._explicitKey, this._opts.authToken);
+        if (key !== this._cacheKey) this._switchScope(key);
       }
       this._connect();
+    }
+
+    /**
+     * Another user (a new token naming another `sub`): nothing of the previous user's stays in
+     * this instance. Its pending writes stay in storage under its own scope, for its next
+     * session; their handles reject with 'user-changed'. The new user's cache and orphaned
+     * writes are loaded as at construction.
+     */
+    _switchScope(key) {
+      if (this._saveTimer) {
+        clearTimeout(this._saveTimer);
+        this._saveTimer = null;
+        this._saveCache();
+      }
+      this._saveOutbox(true);
+      this._post({ type: 'bye', pending: false });
+      this._leaveScope();
+      clearTimeout(this._beatTimer);
+      this._beatTimer = null;
+      var old = this._outbox;
+      this._outbox = [];
+      old.forEach(function (e) {
+        e.writes.forEach(function (w) { w._fail('user-changed'); });
+      });
+      this._overlay.clear();
+      this._tracked.clear();
+      this._cacheKey = key;
+      this._cacheOk = true;
+      this._outboxFull = false;
+      this._savedIds = null;
+      this._setVersion(null);
+      this._keyStamp.clear();
+      this._hasSnapshot = false;
+      this._applyWhole(this._readCache() || {});
+      if (this._readCache()) this._markReady();
+      this._enterScope();
+      this._scanOrphans();
+      this._post({ type: 'snapshot-request' });
     }
 
     // ----- writes and the outbox -----------------------------------------------------------
@@ -659,7 +857,8 @@
       this._overlay.set(k, { own: true, n: entry.n, del: op === 'delete', value: norm });
       this._refresh(k);
       this._post({ type: op, key: k, value: norm, local: true, n: entry.n, cid: this._myId, run: this._run, seq: this._seq });
-      this._queueOutboxSave();
+      if (this._hidden) this._handOver(); // the page is going away: save and hand over now
+      else this._queueOutboxSave();
       this._pump();
       return w;
     }
@@ -670,12 +869,16 @@
       return null;
     }
 
-    /** Adds a write to the outbox; a write to a key whose previous write was not sent yet replaces it. */
-    _enqueue(op, key, value, t) {
-      for (var i = this._outbox.length - 1; i >= 0; i--) {
+    /**
+     * Adds a write to the outbox. A write to a key whose previous write never left this tab
+     * replaces it; one that may have reached the relay (`tried`) keeps its id and value, since
+     * the relay answers a repeat of its id with that write's ack.
+     */
+    _enqueue(op, key, value, t, id) {
+      for (var i = this._outbox.length - 1; i >= 0 && !id; i--) {
         var e = this._outbox[i];
         if (e.key !== key) continue;
-        if (e.status === 'queued') {
+        if (e.status === 'queued' && !e.tried) {
           e.op = op;
           e.value = value;
           e.t = t;
@@ -683,7 +886,11 @@
         }
         break;
       }
-      var entry = { n: this._nextN++, op: op, key: key, value: value, t: t, status: 'queued', writes: [] };
+      var n = this._nextN++;
+      var entry = {
+        n: n, id: id || this._writePrefix + '.' + n, op: op, key: key, value: value, t: t,
+        status: 'queued', tried: !!id, sentAt: 0, writes: [],
+      };
       this._outbox.push(entry);
       return entry;
     }
@@ -720,8 +927,10 @@
           return;
         }
         var msg = e.op === 'set' ? { type: 'set', key: e.key, value: e.value } : { type: 'delete', key: e.key };
-        if (this._proto === 2) msg.ref = e.n;
+        if (this._proto === 2) msg.ref = e.id;
         e.status = 'sent';
+        e.sentAt = now();
+        e.tried = true;
         this._sendText(JSON.stringify(msg));
       }
     }
@@ -741,12 +950,16 @@
       if (i < 0) return;
       this._outbox.splice(i, 1);
       var tracked = this._tracked.get(entry.key);
+      var lostAlready = false;
       if (tracked && tracked.n === entry.n) {
         if (this._proto === 2 && typeof stamp === 'string') {
           tracked.stamp = stamp;
           tracked.seq = typeof seq === 'number' ? seq : null;
           tracked.run = this._run;
           tracked.at = now();
+          // A repeat answered with its original ack: a later write may already have replaced it.
+          var known = this._keyStamp.get(entry.key);
+          lostAlready = typeof known === 'string' && known > stamp;
         } else {
           this._tracked.delete(entry.key); // v1: no stamps, so no supersede tracking
         }
@@ -754,6 +967,7 @@
       entry.writes.forEach(function (w) { w._succeed(stamp, seq); });
       this._settleOverlay(entry, false);
       this._queueOutboxSave();
+      if (lostAlready) this._fireSupersede(entry.key, tracked, this._base.get(entry.key));
     }
 
     /** The relay refused the write `entry`: it will never apply, so undo it locally. */
@@ -951,7 +1165,27 @@
     _afterState() {
       this._markReady();
       this._scheduleSave();
-      this._post({ type: 'snapshot', data: this.snapshot(), run: this._run, seq: this._seq });
+      this._repost({ type: 'snapshot', data: this.snapshot(), run: this._run, seq: this._seq });
+      this._pruneBookkeeping();
+    }
+
+    /**
+     * Per-key versions are needed only to order sibling re-posts newer than the last relay
+     * snapshot; once they outnumber the keys by far, those at or below the floor go.
+     */
+    _pruneBookkeeping() {
+      var limit = this._base.size + BOOKKEEPING_SLACK;
+      var self = this;
+      if (this._keySeq.size > limit) {
+        this._keySeq.forEach(function (seq, key) {
+          if (seq <= self._floorSeq) self._keySeq.delete(key);
+        });
+      }
+      if (this._keyStamp.size > limit) {
+        this._keyStamp.forEach(function (_, key) {
+          if (!self._base.has(key)) self._keyStamp.delete(key);
+        });
+      }
     }
 
     /** A `set`/`delete` frame from the relay. */
@@ -967,12 +1201,18 @@
       if (seq !== null) {
         if (seq > this._seq) this._seq = seq;
         this._keySeq.set(key, seq);
+        // Bounded: everything up to here is what the relay says (a connected tab ignores re-posts).
+        if (this._keySeq.size > this._base.size + BOOKKEEPING_SLACK) {
+          this._keySeq.clear();
+          this._floorSeq = this._seq;
+        }
       }
       if (stamp !== null) this._keyStamp.set(key, stamp);
+      if (this._keyStamp.size > this._base.size + BOOKKEEPING_SLACK) this._pruneBookkeeping();
       this._setBase(key, del, value);
 
       // Siblings first (before `settled`), so a tab that follows our re-posts never sees a gap.
-      this._post({ type: msg.type, key: key, value: value, run: this._run, seq: seq, stamp: stamp, origin: origin });
+      this._repost({ type: msg.type, key: key, value: value, run: this._run, seq: seq, stamp: stamp, origin: origin });
 
       var mine = origin !== null && this._myIds.has(origin);
       if (v2) {
@@ -1008,7 +1248,7 @@
     _findSent(ref) {
       for (var i = 0; i < this._outbox.length; i++) {
         var e = this._outbox[i];
-        if (e.status === 'sent' && e.n === ref) return e;
+        if (e.status === 'sent' && e.id === ref) return e;
       }
       return null;
     }
@@ -1037,14 +1277,16 @@
         if (this._resumable && this._run !== null) {
           params.push(['resume', this._run + '.' + this._seq]);
         }
+        if (this._proto !== 1) params.push(['cid', this._cid]); // an upstream server ignores it anyway
       }
       if (this._opts.authToken) params.push(['auth_token', this._opts.authToken]);
       return withQuery(this.url, params);
     }
 
     _connect() {
-      if (this._closed || this._fatal) return;
+      clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
+      if (this._closed || this._fatal || this._ws) return;
       var WS = this._WebSocket;
       if (typeof WS !== 'function') return; // no WebSocket here: offline only
       var ws;
@@ -1052,10 +1294,11 @@
       try {
         ws = new WS(url);
       } catch (err) {
-        this._afterClose(1006, String((err && err.message) || err));
+        this._teardown(1006, String((err && err.message) || err), 'retry');
         return;
       }
       this._ws = ws;
+      this._conn = 'connecting';
       this._resumeSince = /[?&]resume=/.test(url) ? { run: this._run, seq: this._seq } : null;
       this._sentSomething = false;
       var self = this;
@@ -1067,14 +1310,123 @@
       };
       ws.onmessage = function (ev) {
         if (self._ws !== ws) return;
+        self._lastHeard = now();
+        self._pingSentAt = 0;
         self._onFrame(ev && ev.data);
       };
       ws.onerror = noop;
       ws.onclose = function (ev) {
         if (self._ws !== ws) return;
-        self._ws = null;
-        self._afterClose(ev && typeof ev.code === 'number' ? ev.code : 1006, (ev && ev.reason) || '');
+        self._teardown(ev && typeof ev.code === 'number' ? ev.code : 1006, (ev && ev.reason) || '', 'retry');
       };
+    }
+
+    /**
+     * The one way a connection ends, whoever ends it. `how`: 'retry' (the socket closed or
+     * failed: report, maybe back off and reconnect), 'restart' (we gave up on a live-looking
+     * socket: close it and reconnect at once), 'quiet' (close it; the caller connects again
+     * itself) or 'stop' (close() was called).
+     */
+    _teardown(code, reason, how) {
+      var ws = this._ws;
+      var wasOpen = this._conn === 'open';
+      this._ws = null;
+      this._conn = this._closed ? 'closed' : 'idle';
+      clearTimeout(this._reconnectTimer);
+      clearTimeout(this._pumpTimer);
+      clearTimeout(this._watchdog);
+      this._reconnectTimer = this._pumpTimer = this._watchdog = null;
+      this._pingSentAt = 0;
+      this._myId = this._myColor = null;
+      this._outbox.forEach(function (e) {
+        if (e.status === 'sent') e.status = 'queued';
+      });
+      if (this._connectedAt && now() - this._connectedAt >= STABLE_CONNECTION_MS) this._attempt = 0;
+      this._connectedAt = 0;
+      if (ws && how !== 'retry') {
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try {
+          ws.close(how === 'restart' ? 4000 : 1000);
+        } catch (_) {
+          /* ignore */
+        }
+      }
+      if (how === 'stop') {
+        if (wasOpen) this._notifyStatus();
+        return;
+      }
+      if (how === 'quiet') {
+        this._status = { connected: false, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
+        if (wasOpen) this._notifyStatus();
+        return;
+      }
+      if (how === 'restart') {
+        this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: 0, fatal: false };
+        this._notifyStatus();
+        var self = this;
+        this._reconnectTimer = timer(function () { self._connect(); }, 0);
+        return;
+      }
+      this._afterClose(code, reason);
+    }
+
+    /**
+     * While open: a write not acknowledged within `ackTimeoutMs`, or nothing heard for
+     * `pingIntervalMs`, sends a v2 `ping`; no answer within `pingTimeoutMs` means the socket is
+     * dead though it looks open (sleep, a network change): reconnect at once. v1 has no ping:
+     * an overdue echo reconnects directly.
+     */
+    _armWatchdog() {
+      clearTimeout(this._watchdog);
+      var self = this;
+      this._watchdog = timer(function () {
+        self._watchdog = null;
+        self._checkAlive();
+        if (self._conn === 'open' && !self._watchdog) self._armWatchdog();
+      }, WATCHDOG_MS, true);
+    }
+
+    _checkAlive() {
+      if (this._conn !== 'open') return;
+      var o = this._opts;
+      var t = now();
+      if (this._pingSentAt) {
+        if (t - this._pingSentAt > o.pingTimeoutMs) this._teardown(4000, 'no answer from the relay', 'restart');
+        return;
+      }
+      var overdue = false;
+      for (var i = 0; i < this._outbox.length; i++) {
+        var e = this._outbox[i];
+        if (e.status === 'sent' && t - e.sentAt > o.ackTimeoutMs && t - this._lastHeard > o.pingTimeoutMs) {
+          overdue = true;
+          break;
+        }
+      }
+      if (this._proto === 1) {
+        if (overdue) this._teardown(4000, 'write not echoed', 'restart');
+        return;
+      }
+      if (overdue || (o.pingIntervalMs > 0 && t - this._lastHeard > o.pingIntervalMs)) this._ping();
+    }
+
+    /** v2: asks the relay for a `pong` (any frame will do as an answer). */
+    _ping() {
+      if (this._conn !== 'open' || this._proto !== 2 || this._pingSentAt || !this._ws) return;
+      this._pingSentAt = now();
+      this._sendText('{"type":"ping"}');
+    }
+
+    /** The page says the network came back or the tab became visible: is the connection alive? */
+    _wake(kind) {
+      if (this._closed || this._fatal) return;
+      if (this._conn === 'open') {
+        // A new network: the old socket is bound to the old one. Visible again: ask.
+        if (kind === 'online' && this._proto === 2) this._ping();
+        else if (kind === 'online') this._teardown(4000, 'network changed', 'restart');
+        else this._ping();
+      } else if (this._conn === 'idle' && this._reconnectTimer && this._opts.autoReconnect) {
+        this._connect(); // skip the backoff wait: the reason we were failing may be gone
+      }
     }
 
     _onFrame(data) {
@@ -1105,15 +1457,17 @@
           return this._onAck(msg);
         case 'nack':
           return this._onNack(msg);
+        case 'pong':
+          return; // any frame proves the connection alive
         case 'presence':
           if (typeof msg.id !== 'string' || msg.id === this._myId) return;
           this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color]); });
-          this._post({ type: 'presence', id: msg.id, color: msg.color, x: msg.x, y: msg.y, relayed: true });
+          this._repost({ type: 'presence', id: msg.id, color: msg.color, x: msg.x, y: msg.y, relayed: true });
           return;
         case 'presence-leave':
           if (typeof msg.id !== 'string') return;
           this._leaveWatchers.forEach(function (cb) { callSafely(cb, [msg.id]); });
-          this._post({ type: 'presence-leave', id: msg.id });
+          this._repost({ type: 'presence-leave', id: msg.id });
           return;
         default:
           return; // forward compatible: unknown frames are ignored
@@ -1137,8 +1491,13 @@
         this._resumeSince = null;
         this._tracked.clear();
       }
-      this._connected = true;
-      this._attempt = 0;
+      this._conn = 'open';
+      // The backoff is not reset here: a relay or proxy that closes right after hello must not
+      // get a new connection every few hundred ms (it resets once a connection lasted).
+      this._connectedAt = now();
+      this._lastHeard = now();
+      this._pingSentAt = 0;
+      this._armWatchdog();
       this._tokens = Math.max(1, this._opts.sendBurst);
       this._tokensAt = now();
       this._status = { connected: true, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
@@ -1151,16 +1510,8 @@
       }
     }
 
+    /** After the socket closed or failed: report it, and back off before the next attempt. */
     _afterClose(code, reason) {
-      var wasConnected = this._connected;
-      this._connected = false;
-      this._myId = null;
-      this._myColor = null;
-      clearTimeout(this._pumpTimer);
-      this._pumpTimer = null;
-      this._outbox.forEach(function (e) {
-        if (e.status === 'sent') e.status = 'queued';
-      });
       if (this._closed) return;
       var auth = code === 4401 || (code === 1008 && /auth/i.test(reason));
       var rate = code === 4429 || (code === 1008 && /rate/i.test(reason));
@@ -1212,6 +1563,11 @@
     }
 
     // ----- same-origin tabs (BroadcastChannel 'aether::' + url) ----------------------------
+
+    /** Re-posts a relay frame for siblings without a connection: the leader tab alone does. */
+    _repost(msg) {
+      if (this._leader) this._post(msg);
+    }
 
     _post(msg) {
       if (!this._bc) return;
@@ -1267,7 +1623,13 @@
             this._probes.delete(msg.owner);
           }
           return;
+        case 'hi':
+          // A sibling holding its own lock: wait for that lock, to take its writes when it goes.
+          this._watchSibling(msg.from);
+          if (!msg.reply && this._ownLock) this._post({ type: 'hi', reply: true });
+          return;
         case 'bye':
+          if (Array.isArray(msg.entries)) this._handed.set(msg.from, msg.entries);
           this._onPeerGone(msg.from, !!msg.pending);
           return;
         default:
@@ -1324,10 +1686,17 @@
         }
       });
       if (this._bcSource === tab) this._bcSource = null;
+      // With Web Locks, the sibling's lock decides who takes its writes (`_watchSibling`), the
+      // moment it is really gone (a page entering the back-forward cache keeps its lock).
+      if (this._locks) return;
       if (pending) {
-        // Someone has to send the closed tab's writes: a random delay makes a race unlikely.
+        // Someone has to send the closed tab's writes: a random delay makes a race unlikely (and
+        // with v2 a write sent by two tabs is still applied once: same client id, same write id).
         timer(function () {
-          if (!self._closed) self._adopt(self._cacheKey + '::outbox::' + tab);
+          if (self._closed) return;
+          var handed = self._handed.get(tab);
+          self._handed.delete(tab);
+          if (!self._adopt(self._cacheKey + '::outbox::' + tab) && handed) self._adoptEntries(handed);
         }, Math.floor(Math.random() * 200), true);
       }
     }
@@ -1388,29 +1757,31 @@
 
     // ----- persistence ---------------------------------------------------------------------
 
-    _loadCache() {
+    /** The cached state of the current scope, or null. A corrupt cache is removed, as upstream. */
+    _readCache() {
       var s = this._storage;
-      if (!s) return;
+      if (!s) return null;
       var raw;
       try {
         raw = s.getItem(this._cacheKey);
       } catch (_) {
-        return;
+        return null;
       }
-      if (raw == null) return;
+      if (raw == null) return null;
       var parsed;
       try {
         parsed = JSON.parse(raw);
       } catch (_) {
-        try {
-          s.removeItem(this._cacheKey); // corrupt: remove, as upstream
-        } catch (_) {
-          /* ignore */
-        }
-        return;
+        this._remove(this._cacheKey);
+        return null;
       }
-      if (!parsed || parsed.v !== CACHE_VERSION || !parsed.data || typeof parsed.data !== 'object' || Array.isArray(parsed.data)) return;
-      var data = parsed.data;
+      if (!parsed || parsed.v !== CACHE_VERSION || !parsed.data || typeof parsed.data !== 'object' || Array.isArray(parsed.data)) return null;
+      return parsed.data;
+    }
+
+    _loadCache() {
+      var data = this._readCache();
+      if (!data) return;
       for (var k in data) {
         if (Object.prototype.hasOwnProperty.call(data, k)) {
           var v = data[k] === undefined ? null : data[k];
@@ -1419,6 +1790,24 @@
         }
       }
       this._hasSnapshot = true;
+    }
+
+    _remove(key) {
+      try {
+        this._storage.removeItem(key);
+        return true;
+      } catch (_) {
+        return false;
+      }
+    }
+
+    _trySet(key, text) {
+      try {
+        this._storage.setItem(key, text);
+        return true;
+      } catch (_) {
+        return false; // quota (or storage disabled)
+      }
     }
 
     _scheduleSave() {
@@ -1430,13 +1819,44 @@
       }, CACHE_DEBOUNCE_MS);
     }
 
+    /**
+     * Writes the state cache. Only the scope's leader tab writes it (every tab when Web Locks are
+     * missing), and never over a cache of the same relay run that is further along (`seq`), so a
+     * stale tab cannot overwrite a fresher cache. When storage is full the cache is the first
+     * thing given up (it can be fetched again; pending writes cannot).
+     */
     _saveCache() {
-      if (!this._storage || !this._cacheOk) return;
-      try {
-        this._storage.setItem(this._cacheKey, JSON.stringify({ v: CACHE_VERSION, data: this.snapshot() }));
-      } catch (_) {
-        this._cacheOk = false; // quota or security error: stop caching state for this session
+      if (!this._storage || !this._cacheOk || !this._leader) return;
+      var verKey = this._cacheKey + '::version';
+      if (this._run !== null) {
+        try {
+          var ver = JSON.parse(this._storage.getItem(verKey) || 'null');
+          if (ver && ver.run === this._run && typeof ver.seq === 'number' && ver.seq > this._seq) return;
+        } catch (_) {
+          /* unreadable: overwrite */
+        }
       }
+      var text = JSON.stringify({ v: CACHE_VERSION, data: this.snapshot() });
+      if (this._trySet(this._cacheKey, text)) {
+        if (this._run !== null) this._trySet(verKey, JSON.stringify({ run: this._run, seq: this._seq }));
+        else this._remove(verKey);
+        return;
+      }
+      this._dropCache();
+    }
+
+    /** Storage is full: stop caching state for this session and free the space the cache used. */
+    _dropCache() {
+      if (!this._cacheOk) return;
+      this._cacheOk = false;
+      clearTimeout(this._saveTimer);
+      this._saveTimer = null;
+      this._remove(this._cacheKey);
+      this._remove(this._cacheKey + '::version');
+      this._emitError({
+        type: 'storage', code: null, reason: 'quota', fatal: false,
+        message: 'localStorage is full: the state is no longer cached for offline use in this session',
+      });
     }
 
     _queueOutboxSave() {
@@ -1449,25 +1869,52 @@
       });
     }
 
-    /** Writes this tab's outbox (pending writes) to localStorage under its own key. */
+    _outboxEntries() {
+      return this._outbox.map(function (e) {
+        var out = { id: e.id, op: e.op, key: e.key, t: e.t };
+        if (e.op === 'set') out.value = e.value;
+        return out;
+      });
+    }
+
+    /**
+     * Writes this tab's outbox (pending writes) to localStorage under its own key. The stored
+     * outbox is never older than what the tab shows: when it does not fit, the state cache is
+     * freed and the save tried again; if it still does not fit, the stale stored outbox is
+     * removed (a reload must not send writes this tab has since replaced) and the app is told
+     * through `onError`. Returns whether storage now holds exactly the pending writes.
+     */
     _saveOutbox(released) {
       var s = this._storage;
-      if (!s) return;
-      try {
-        if (!this._outbox.length) {
-          s.removeItem(this._outboxKey);
-          clearTimeout(this._beatTimer);
-          this._beatTimer = null;
-          return;
+      if (!s) return false;
+      if (!this._outbox.length) {
+        this._savedIds = null;
+        clearTimeout(this._beatTimer);
+        this._beatTimer = null;
+        return this._remove(this._outboxKey);
+      }
+      var entries = this._outboxEntries();
+      var text = JSON.stringify({
+        v: 1, owner: this._tabId, lock: this._ownLock, released: !!(released || this._hidden), beat: now(), entries: entries,
+      });
+      var ok = this._trySet(this._outboxKey, text);
+      if (!ok && this._cacheOk) {
+        this._dropCache();
+        ok = this._trySet(this._outboxKey, text);
+      }
+      if (ok) {
+        this._savedIds = new Set(entries.map(function (e) { return e.id; }));
+        this._outboxFull = false;
+      } else {
+        this._remove(this._outboxKey);
+        this._savedIds = null;
+        if (!this._outboxFull) {
+          this._outboxFull = true;
+          this._emitError({
+            type: 'storage', code: null, reason: 'quota', fatal: false,
+            message: 'localStorage is full: ' + entries.length + ' pending write(s) are kept in memory only and are lost if every tab closes before they are sent',
+          });
         }
-        var entries = this._outbox.map(function (e) {
-          var out = { op: e.op, key: e.key, t: e.t };
-          if (e.op === 'set') out.value = e.value;
-          return out;
-        });
-        s.setItem(this._outboxKey, JSON.stringify({ v: 1, owner: this._tabId, released: !!released, beat: now(), entries: entries }));
-      } catch (_) {
-        /* quota: the writes stay in memory and are still sent */
       }
       if (!released && !this._beatTimer) {
         var self = this;
@@ -1476,6 +1923,19 @@
           if (!self._closed) self._saveOutbox(false);
         }, OUTBOX_BEAT_MS, true);
       }
+      return ok;
+    }
+
+    /**
+     * The page (or this client) is going away: save the outbox and tell the siblings, handing
+     * them the writes themselves when storage could not take them. With Web Locks a sibling
+     * takes them over as soon as this tab's lock is free; without, at once.
+     */
+    _handOver() {
+      var saved = this._saveOutbox(true);
+      var msg = { type: 'bye', pending: this._outbox.length > 0 };
+      if (this._outbox.length && !saved) msg.entries = this._outboxEntries();
+      this._post(msg);
     }
 
     /** Finds outboxes of tabs that are gone (reloaded, closed, crashed) and takes their writes. */
@@ -1497,6 +1957,11 @@
       found.forEach(function (k) {
         var rec = self._readOutbox(k);
         if (!rec) return;
+        if (self._locks && typeof rec.lock === 'string') {
+          // Its owner held a lock: granted to us at once if the owner is gone, else when it goes.
+          self._watchSibling(rec.owner);
+          return;
+        }
         if (rec.released || now() - (typeof rec.beat === 'number' ? rec.beat : 0) > self._opts.outboxStaleMs) {
           self._adopt(k);
           return;
@@ -1526,34 +1991,34 @@
       } catch (_) {
         /* fall through */
       }
-      try {
-        this._storage.removeItem(k);
-      } catch (_) {
-        /* ignore */
-      }
+      this._remove(k);
       return null;
     }
 
-    /** Takes over another tab's pending writes (a newer own write to the same key wins). */
+    /** Takes over another tab's stored pending writes; true if there were any. */
     _adopt(k) {
-      if (!this._storage) return;
+      if (!this._storage) return false;
       var rec = this._readOutbox(k);
-      if (!rec) return;
-      try {
-        this._storage.removeItem(k);
-      } catch (_) {
-        return;
-      }
+      if (!rec) return false;
+      if (!this._remove(k)) return false;
+      this._adoptEntries(rec.entries);
+      return true;
+    }
+
+    /** Adds another tab's pending writes to ours, ids kept (a newer own write to the same key wins). */
+    _adoptEntries(entries) {
       var self = this;
       var changed = [];
-      rec.entries.forEach(function (e) {
+      entries.forEach(function (e) {
         if (!e || (e.op !== 'set' && e.op !== 'delete') || typeof e.key !== 'string') return;
         var t = typeof e.t === 'number' ? e.t : 0;
+        var id = typeof e.id === 'string' && e.id && e.id.length <= 64 ? e.id : null;
         for (var i = 0; i < self._outbox.length; i++) {
+          if (id !== null && self._outbox[i].id === id) return; // already ours
           if (self._outbox[i].key === e.key && self._outbox[i].t > t) return;
         }
         var value = e.op === 'set' ? (e.value === undefined ? null : e.value) : undefined;
-        var entry = self._enqueue(e.op, e.key, value, t);
+        var entry = self._enqueue(e.op, e.key, value, t, id);
         self._track(e.key, entry);
         self._overlay.set(e.key, { own: true, n: entry.n, del: e.op === 'delete', value: value });
         changed.push(e.key);
@@ -1563,6 +2028,29 @@
         this._saveOutbox(false);
         this._pump();
       }
+    }
+
+    /**
+     * Back from the back-forward cache or a freeze: if a sibling adopted our writes meanwhile
+     * (possible only without Web Locks), they are its to send now; drop our copies.
+     */
+    _recheckOwnership() {
+      if (!this._storage || !this._savedIds || !this._outbox.length) return;
+      var rec = this._readOutbox(this._outboxKey);
+      if (rec && rec.owner === this._tabId) return;
+      var saved = this._savedIds;
+      var self = this;
+      var gone = this._outbox.filter(function (e) { return saved.has(e.id); });
+      gone.forEach(function (e) {
+        self._outbox.splice(self._outbox.indexOf(e), 1);
+        e.writes.forEach(function (w) { w._fail('handed-over'); });
+        var o = self._overlay.get(e.key);
+        if (o && o.own && o.n === e.n) {
+          self._recomputeOverlay(e.key);
+          self._refresh(e.key);
+        }
+      });
+      this._savedIds = null;
     }
 
     _listenPageLifecycle() {
@@ -1576,16 +2064,32 @@
           self._saveTimer = null;
           self._saveCache();
         }
-        self._saveOutbox(true); // a reload adopts these at once
+        self._hidden = true; // a write from now on is saved and handed over at once
+        self._handOver();
       };
       var show = function () {
-        if (!self._closed) self._saveOutbox(false);
+        if (self._closed) return;
+        self._hidden = false;
+        self._recheckOwnership();
+        self._saveOutbox(false);
+        self._wake('visible');
+      };
+      var online = function () {
+        if (!self._closed) self._wake('online');
+      };
+      var doc = g.document;
+      var visible = function () {
+        if (!self._closed && doc && doc.visibilityState === 'visible') self._wake('visible');
       };
       g.addEventListener('pagehide', hide);
       g.addEventListener('pageshow', show);
+      g.addEventListener('online', online);
+      if (doc && typeof doc.addEventListener === 'function') doc.addEventListener('visibilitychange', visible);
       this._unlisten = function () {
         g.removeEventListener('pagehide', hide);
         g.removeEventListener('pageshow', show);
+        g.removeEventListener('online', online);
+        if (doc && typeof doc.removeEventListener === 'function') doc.removeEventListener('visibilitychange', visible);
       };
     }
   }
