@@ -257,3 +257,39 @@ test('another user\'s pending writes are never sent with your token; another rel
   assert.equal(await a.eval('aether.get("shared")'), undefined, 'no cache of the first relay');
   assert.deepEqual(ledgerRecords(ledger2, 'pending'), []);
 });
+
+test('three tabs of one browser: one re-posts relay frames and one writes the cache (item 8)', { skip, timeout: 90000 }, async (t) => {
+  const w = await world(t);
+  const a = await w.open('a');
+  const b = await sibling(a, w.url(), 'b');
+  const c = await sibling(a, w.url(), 'c');
+  const tabs = [a, b, c];
+  for (const p of tabs) await p.wait('aether.connected', 10000, 'connected');
+  await sleep(300);
+  for (const p of tabs) await p.eval('posted.length = 0; storageWrites = {}; true');
+  await a.eval('Promise.all(Array.from({length: 20}, (_, i) => aether.set("n" + i, i).durable)).then(() => true)');
+  for (const p of tabs) await p.wait('aether.get("n19") === 19', 5000, 'all tabs have the writes');
+  await sleep(300);
+  const reposts = [];
+  const cacheWriters = [];
+  for (const p of tabs) {
+    const posted = await p.eval('posted');
+    reposts.push(posted.filter((x) => x === 'set').length);
+    const writes = await p.eval('Object.entries(storageWrites).filter(([k]) => /::state::[^:]*:\\/\\/[^:]*:\\d+\\/ws$/.test(k)).length');
+    cacheWriters.push(writes);
+  }
+  assert.deepEqual(reposts.slice().sort(), [0, 0, 20], 'one tab re-posts each relay frame once: ' + reposts);
+  assert.deepEqual(cacheWriters.slice().sort(), [0, 0, 1], 'one tab writes the cache: ' + cacheWriters);
+  // The leader closes: another tab takes over both jobs.
+  const leader = tabs[reposts.indexOf(20)];
+  const rest = tabs.filter((p) => p !== leader);
+  await closeTab(leader);
+  await sleep(300);
+  for (const p of rest) await p.eval('posted.length = 0; true');
+  await rest[0].eval('aether.set("after", 1).durable.then(() => true)');
+  await rest[1].wait('aether.get("after") === 1', 5000, 'synced');
+  await sleep(300);
+  const after = [];
+  for (const p of rest) after.push((await p.eval('posted')).filter((x) => x === 'set').length);
+  assert.deepEqual(after.slice().sort(), [0, 1], 'the new leader re-posts: ' + after);
+});
