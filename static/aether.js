@@ -12,6 +12,16 @@
  *   const Aether = require('aether-actix-client') -> CommonJS
  *
  * API reference: README.md beside this file. Types: aether.d.ts. MIT licence.
+ *
+ * Parts, each a small class with narrow hooks into the client:
+ *   Outbox      pending writes in send order, with the ids that make retries exactly-once
+ *   Tabs        the tabs of one scope: BroadcastChannel, each tab's Web Lock, the leader lock
+ *   LocalStore  localStorage that never throws: state cache (+ version), outboxes, client id
+ *   Backoff     reconnect delays, reset only by a connection that lasted
+ *   Connection  one socket in one explicit state ('idle', 'connecting', 'open', 'closed'), one
+ *               teardown (`end`), the retry timer and the liveness watchdog
+ *   Aether      the store (relay state, pending writes laid over it, watchers), the protocol, and
+ *               the policies that tie the parts together (full storage, adoption, scopes)
  */
 (function (root, factory) {
   'use strict';
@@ -304,6 +314,587 @@
   }
 
   // ---------------------------------------------------------------------------------------------
+  // The outbox
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * Pending writes in send order: `{n, id, op, key, value, t, status, tried, sentAt, writes}`.
+   * `n` numbers them in this instance (overlay and channel messages); `id` names the write to the
+   * relay (v2 `ref`, with `?cid=`: applied at most once) and survives reloads and adoption;
+   * `status` is 'queued' or 'sent' (on the current connection); `tried` once it may have reached
+   * the relay, after which it is never merged with a newer write; `writes` are the handles.
+   * Persistence and sending are the client's.
+   */
+  class Outbox {
+    constructor() {
+      this.entries = [];
+      this._nextN = 1;
+      this._prefix = shortId(10);
+    }
+
+    get size() {
+      return this.entries.length;
+    }
+
+    count(key) {
+      return this.entries.filter(function (e) { return key === null || e.key === key; }).length;
+    }
+
+    /**
+     * Adds a write. One to a key whose previous write never left this tab replaces it; one that
+     * may have reached the relay keeps its id and value. `id` given: another tab's write, kept as
+     * it is.
+     */
+    add(op, key, value, t, id) {
+      for (var i = this.entries.length - 1; i >= 0 && !id; i--) {
+        var e = this.entries[i];
+        if (e.key !== key) continue;
+        if (e.status === 'queued' && !e.tried) {
+          e.op = op;
+          e.value = value;
+          e.t = t;
+          return e;
+        }
+        break;
+      }
+      var n = this._nextN++;
+      var entry = {
+        n: n, id: id || this._prefix + '.' + n, op: op, key: key, value: value, t: t,
+        status: 'queued', tried: !!id, sentAt: 0, writes: [],
+      };
+      this.entries.push(entry);
+      return entry;
+    }
+
+    remove(entry) {
+      var i = this.entries.indexOf(entry);
+      if (i < 0) return false;
+      this.entries.splice(i, 1);
+      return true;
+    }
+
+    /** Empties the outbox; returns what it held. */
+    clear() {
+      var old = this.entries;
+      this.entries = [];
+      return old;
+    }
+
+    has(id) {
+      return this.entries.some(function (e) { return e.id === id; });
+    }
+
+    /** A pending write to `key` made after `t` (a newer write wins an adoption). */
+    newerThan(key, t) {
+      return this.entries.some(function (e) { return e.key === key && e.t > t; });
+    }
+
+    hasQueued() {
+      return this.entries.some(function (e) { return e.status === 'queued'; });
+    }
+
+    /** The connection ended: what was sent on it is queued again (same ids). */
+    requeue() {
+      this.entries.forEach(function (e) {
+        if (e.status === 'sent') e.status = 'queued';
+      });
+    }
+
+    markSent(e) {
+      e.status = 'sent';
+      e.sentAt = now();
+      e.tried = true;
+    }
+
+    /** The latest pending write to `key`, or null. */
+    latest(key) {
+      for (var i = this.entries.length - 1; i >= 0; i--) if (this.entries[i].key === key) return this.entries[i];
+      return null;
+    }
+
+    oldestSent(key, pred) {
+      for (var i = 0; i < this.entries.length; i++) {
+        var e = this.entries[i];
+        if (e.key === key && e.status === 'sent' && (!pred || pred(e))) return e;
+      }
+      return null;
+    }
+
+    sentWithId(id) {
+      for (var i = 0; i < this.entries.length; i++) {
+        var e = this.entries[i];
+        if (e.status === 'sent' && e.id === id) return e;
+      }
+      return null;
+    }
+
+    /** Some write was sent more than `ms` ago at `t` and is still unacknowledged. */
+    overdue(t, ms) {
+      return this.entries.some(function (e) { return e.status === 'sent' && t - e.sentAt > ms; });
+    }
+
+    /** The entries as stored (and handed to siblings). */
+    record() {
+      return this.entries.map(function (e) {
+        var out = { id: e.id, op: e.op, key: e.key, t: e.t };
+        if (e.op === 'set') out.value = e.value;
+        return out;
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Tabs of one browser
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * The same-origin tabs of one scope: the BroadcastChannel `'aether::' + scopeKey`, and with Web
+   * Locks this tab's own lock (held while it lives: the browser grants it to a waiting sibling
+   * only once this tab is gone, and to one only), waits on siblings' locks, and the scope's leader
+   * lock. What a message or a sibling's departure means is the client's business; hooks:
+   *   message(msg)      a sibling's message
+   *   locked()          this tab now holds its own lock (its stored outbox names it)
+   *   gone(tab)         a sibling's lock was granted to us: that tab is gone
+   *   leading()         this tab became the scope's leader
+   * Without Web Locks every tab leads, and `gone` never fires (the client falls back to probes).
+   */
+  class Tabs {
+    constructor(tabId, scopeKey, BC, locks, hooks) {
+      this.tabId = tabId;
+      this._scopeKey = scopeKey;
+      this._locks = locks;
+      this._hooks = hooks;
+      this.channel = null;
+      this.ownLock = null;
+      this.leader = !locks;
+      this._open = true;
+      this._releasers = [];
+      this._watching = new Set();
+      this._abort = typeof AbortController === 'function' ? new AbortController() : null;
+      if (typeof BC === 'function') {
+        try {
+          var self = this;
+          var bc = new BC('aether::' + scopeKey);
+          bc.onmessage = function (ev) {
+            var msg = ev && ev.data;
+            if (!self._open || !msg || typeof msg !== 'object' || msg.from === tabId) return;
+            if (msg.type === 'hi') self._onHi(msg);
+            else self._hooks.message(msg);
+          };
+          this.channel = bc;
+        } catch (_) {
+          this.channel = null;
+        }
+      }
+      if (locks) this._hold();
+    }
+
+    get hasLocks() {
+      return !!this._locks;
+    }
+
+    post(msg) {
+      if (!this.channel) return;
+      msg.from = this.tabId;
+      try {
+        this.channel.postMessage(msg);
+      } catch (_) {
+        /* uncloneable or closed */
+      }
+    }
+
+    lockName(tab) {
+      return 'aether:' + this._scopeKey + ':tab:' + tab;
+    }
+
+    _hold() {
+      var self = this;
+      var hold = function () {
+        return new Promise(function (resolve) { self._releasers.push(resolve); });
+      };
+      var name = this.lockName(this.tabId);
+      // Hooks run after the grant, never inside it (a grant may come synchronously).
+      var later = function (fn) {
+        Promise.resolve().then(function () {
+          if (self._open) fn();
+        });
+      };
+      this._locks.request(name, function () {
+        if (!self._open) return undefined;
+        self.ownLock = name;
+        later(function () {
+          self._hooks.locked();
+          self.post({ type: 'hi' }); // siblings wait on our lock from now on
+        });
+        return hold();
+      }).catch(noop);
+      var opts = this._abort ? { signal: this._abort.signal } : {};
+      this._locks.request('aether:' + this._scopeKey + ':leader', opts, function () {
+        if (!self._open) return undefined;
+        self.leader = true;
+        later(function () { self._hooks.leading(); });
+        return hold();
+      }).catch(noop);
+    }
+
+    /** A sibling holds its own lock: wait on it, and answer so that it waits on ours. */
+    _onHi(msg) {
+      if (typeof msg.from !== 'string') return;
+      this.watch(msg.from);
+      if (!msg.reply && this.ownLock) this.post({ type: 'hi', reply: true });
+    }
+
+    /** Waits for sibling `tab`'s lock; `gone(tab)` when it is granted. */
+    watch(tab) {
+      if (!this._locks || !this._open || tab === this.tabId || this._watching.has(tab)) return;
+      var self = this;
+      this._watching.add(tab);
+      var opts = this._abort ? { signal: this._abort.signal } : {};
+      this._locks.request(this.lockName(tab), opts, function () {
+        self._watching.delete(tab);
+        if (self._open) self._hooks.gone(tab);
+      }).catch(noop);
+    }
+
+    /** Closes the channel, releases this tab's locks and stops waiting on siblings'. */
+    close() {
+      this._open = false;
+      if (this.channel) {
+        try {
+          this.channel.close();
+        } catch (_) {
+          /* ignore */
+        }
+        this.channel = null;
+      }
+      this.ownLock = null;
+      this.leader = false;
+      var releasers = this._releasers;
+      this._releasers = [];
+      releasers.forEach(function (r) { r(); });
+      if (this._abort) this._abort.abort();
+      this._watching.clear();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Storage
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * localStorage, never throwing (disabled, sandboxed, full), with the records the client keeps
+   * under a scope key: the state cache and its version, outboxes, the client id. What to do when
+   * storage is full is the client's policy, not this class's.
+   */
+  class LocalStore {
+    constructor(storage) {
+      this.storage = storage;
+    }
+
+    get(key) {
+      try {
+        return this.storage.getItem(key);
+      } catch (_) {
+        return null;
+      }
+    }
+
+    /** False when the value did not fit (quota) or storage refused. */
+    set(key, text) {
+      try {
+        this.storage.setItem(key, text);
+        return true;
+      } catch (_) {
+        return false;
+      }
+    }
+
+    remove(key) {
+      try {
+        this.storage.removeItem(key);
+        return true;
+      } catch (_) {
+        return false;
+      }
+    }
+
+    /** Keys starting with `prefix`, or null when storage cannot list them. */
+    keys(prefix) {
+      var s = this.storage;
+      if (typeof s.key !== 'function') return null;
+      var found = [];
+      try {
+        for (var i = 0; i < s.length; i++) {
+          var k = s.key(i);
+          if (typeof k === 'string' && k.indexOf(prefix) === 0) found.push(k);
+        }
+      } catch (_) {
+        return null;
+      }
+      return found;
+    }
+
+    /** The cached state under `key` (`{"v":1,"data":{…}}`), or null. A corrupt cache is removed. */
+    readCache(key) {
+      var raw = this.get(key);
+      if (raw == null) return null;
+      var parsed;
+      try {
+        parsed = JSON.parse(raw);
+      } catch (_) {
+        this.remove(key);
+        return null;
+      }
+      if (!parsed || parsed.v !== CACHE_VERSION || !parsed.data || typeof parsed.data !== 'object' || Array.isArray(parsed.data)) return null;
+      return parsed.data;
+    }
+
+    /**
+     * Writes the cache of relay run `run` at `seq`, unless the stored one is of the same run and
+     * further along: 'saved', 'behind' or 'full'.
+     */
+    writeCache(key, data, run, seq) {
+      var verKey = key + '::version';
+      if (run !== null) {
+        try {
+          var ver = JSON.parse(this.get(verKey) || 'null');
+          if (ver && ver.run === run && typeof ver.seq === 'number' && ver.seq > seq) return 'behind';
+        } catch (_) {
+          /* unreadable: overwrite */
+        }
+      }
+      if (!this.set(key, JSON.stringify({ v: CACHE_VERSION, data: data }))) return 'full';
+      if (run !== null) this.set(verKey, JSON.stringify({ run: run, seq: seq }));
+      else this.remove(verKey);
+      return 'saved';
+    }
+
+    removeCache(key) {
+      this.remove(key);
+      this.remove(key + '::version');
+    }
+
+    /** A tab's stored outbox record, or null (an unreadable one is removed). */
+    readOutbox(key) {
+      var raw = this.get(key);
+      if (raw == null) return null;
+      try {
+        var rec = JSON.parse(raw);
+        if (rec && rec.v === 1 && Array.isArray(rec.entries) && typeof rec.owner === 'string') return rec;
+      } catch (_) {
+        /* fall through */
+      }
+      this.remove(key);
+      return null;
+    }
+
+    /** The scope's client id, created once and kept (a full storage: a fresh one, not kept). */
+    clientId(scopeKey) {
+      var key = scopeKey + '::cid';
+      var got = this.get(key);
+      if (typeof got === 'string' && /^[a-z0-9]{8,64}$/.test(got)) return got;
+      var cid = shortId(20);
+      this.set(key, cid);
+      return cid;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The connection: backoff, one socket, one state, one teardown
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * Reconnect delays: jittered exponential backoff (a random 50-100 % of each step), longer after
+   * "busy" and "rate limit" closes. Only a connection that lasted resets it, so a relay or proxy
+   * that closes right after `hello` is retried ever more slowly.
+   */
+  class Backoff {
+    constructor(opts) {
+      this._opts = opts;
+      this.attempt = 0;
+      this._openedAt = 0;
+    }
+
+    opened() {
+      this._openedAt = now();
+    }
+
+    ended() {
+      if (this._openedAt && now() - this._openedAt >= STABLE_CONNECTION_MS) this.attempt = 0;
+      this._openedAt = 0;
+    }
+
+    reset() {
+      this.attempt = 0;
+    }
+
+    next(kind) {
+      var o = this._opts;
+      var max = Math.max(o.maxReconnectDelayMs, o.minReconnectDelayMs);
+      var d = Math.min(max, o.minReconnectDelayMs * Math.pow(2, this.attempt));
+      this.attempt = Math.min(this.attempt + 1, 30);
+      if (kind === 'busy') d = Math.min(max * 4, Math.max(d * 4, 2000));
+      else if (kind === 'rate') d = Math.max(d, 1000);
+      return Math.round(d * (0.5 + Math.random() * 0.5));
+    }
+  }
+
+  /**
+   * One WebSocket at a time in one explicit state: 'idle' (none; a retry may be scheduled),
+   * 'connecting' (opening, no `hello` yet), 'open' (after `hello`) or 'closed' (for good). Every
+   * end, whoever causes it, goes through `end`. It checks liveness while open and knows nothing
+   * else of the protocol; the client plugs in through hooks:
+   *   url()                          the URL of the next attempt
+   *   opened()                       the socket opened (before `hello`)
+   *   frame(data)                    a frame arrived
+   *   check()                        each second while open: 'ok', 'ping' or 'dead'
+   *   ended(code, reason, how, wasOpen)   after every end
+   *   retry()                        a scheduled retry is due
+   */
+  class Connection {
+    constructor(WS, opts, hooks) {
+      this._WS = WS;
+      this._opts = opts;
+      this._hooks = hooks;
+      this.state = 'idle';
+      this.ws = null;
+      this.backoff = new Backoff(opts);
+      this.lastHeard = 0;
+      this.pingSentAt = 0;
+      this._retry = null;
+      this._watchdog = null;
+    }
+
+    get isOpen() {
+      return this.state === 'open';
+    }
+
+    get retryPending() {
+      return this._retry !== null;
+    }
+
+    /** Opens a socket if there is none; returns its URL, or null. */
+    connect() {
+      this._cancelRetry();
+      if (this.state !== 'idle' || this.ws || typeof this._WS !== 'function') return null;
+      var url = this._hooks.url();
+      var ws;
+      try {
+        ws = new this._WS(url);
+      } catch (err) {
+        this.end(1006, String((err && err.message) || err), 'retry');
+        return null;
+      }
+      this.ws = ws;
+      this.state = 'connecting';
+      var self = this;
+      ws.onopen = function () {
+        if (self.ws === ws) self._hooks.opened();
+      };
+      ws.onmessage = function (ev) {
+        if (self.ws !== ws) return;
+        self.lastHeard = now();
+        self.pingSentAt = 0; // any frame proves the connection alive
+        self._hooks.frame(ev && ev.data);
+      };
+      ws.onerror = noop;
+      ws.onclose = function (ev) {
+        if (self.ws === ws) self.end(ev && typeof ev.code === 'number' ? ev.code : 1006, (ev && ev.reason) || '', 'retry');
+      };
+      return url;
+    }
+
+    /** `hello` arrived: the connection is open; the watchdog starts. */
+    markOpen() {
+      this.state = 'open';
+      this.backoff.opened();
+      this.lastHeard = now();
+      this.pingSentAt = 0;
+      this._arm();
+    }
+
+    send(text) {
+      if (!this.ws) return false;
+      try {
+        this.ws.send(text);
+        return true;
+      } catch (_) {
+        return false; // the close event follows
+      }
+    }
+
+    /** v2: asks the relay for a `pong` (any frame will do as the answer). */
+    ping() {
+      if (this.state !== 'open' || this.pingSentAt) return;
+      this.pingSentAt = now();
+      this.send('{"type":"ping"}');
+    }
+
+    /**
+     * The one way a connection ends. `how`: 'retry' (the socket closed or failed; the owner
+     * reports it and may schedule a retry), 'restart' (we gave up on a live-looking socket: close
+     * it, reconnect at once), 'quiet' (close it; the caller connects again itself), 'stop' (for good).
+     */
+    end(code, reason, how) {
+      var ws = this.ws;
+      var wasOpen = this.state === 'open';
+      this.ws = null;
+      this.state = how === 'stop' ? 'closed' : 'idle';
+      this._cancelRetry();
+      clearTimeout(this._watchdog);
+      this._watchdog = null;
+      this.pingSentAt = 0;
+      this.backoff.ended();
+      if (ws && how !== 'retry') {
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try {
+          ws.close(how === 'restart' ? 4000 : 1000);
+        } catch (_) {
+          /* ignore */
+        }
+      }
+      if (how === 'restart') this.retryIn(0);
+      this._hooks.ended(code, reason, how, wasOpen);
+    }
+
+    retryIn(ms) {
+      this._cancelRetry();
+      var self = this;
+      this._retry = timer(function () {
+        self._retry = null;
+        self._hooks.retry();
+      }, ms);
+    }
+
+    _cancelRetry() {
+      clearTimeout(this._retry);
+      this._retry = null;
+    }
+
+    /**
+     * Each second while open: a ping unanswered for `pingTimeoutMs` ends the socket (it looks
+     * open but is dead: sleep, a network change) and reconnects at once; the owner decides when
+     * to ping.
+     */
+    _arm() {
+      clearTimeout(this._watchdog);
+      var self = this;
+      this._watchdog = timer(function () {
+        self._watchdog = null;
+        if (self.state !== 'open') return;
+        if (self.pingSentAt) {
+          if (now() - self.pingSentAt > self._opts.pingTimeoutMs) return self.end(4000, 'no answer from the relay', 'restart');
+        } else {
+          var verdict = self._hooks.check();
+          if (verdict === 'dead') return self.end(4000, 'write not echoed', 'restart');
+          if (verdict === 'ping') self.ping();
+        }
+        if (self.state === 'open') self._arm();
+      }, WATCHDOG_MS, true);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // The client
   // ---------------------------------------------------------------------------------------------
 
@@ -335,32 +926,27 @@
       o.authToken = typeof opts.authToken === 'string' && opts.authToken ? opts.authToken : null;
       this._explicitKey = typeof opts.cacheKey === 'string' && opts.cacheKey ? opts.cacheKey : null;
       this._cacheKey = scopeKey(url, this._explicitKey, o.authToken);
-      this._WebSocket = 'WebSocket' in opts ? opts.WebSocket : g.WebSocket;
       this._BC = 'BroadcastChannel' in opts ? opts.BroadcastChannel : g.BroadcastChannel;
       var nav = g.navigator;
       this._locks = 'locks' in opts ? opts.locks || null : (nav && nav.locks && typeof nav.locks.request === 'function' ? nav.locks : null);
-      this._storage = null;
+      var storage = null;
       if (o.persist) {
         try {
-          this._storage = 'storage' in opts ? opts.storage : g.localStorage || null;
+          storage = 'storage' in opts ? opts.storage : g.localStorage || null;
         } catch (_) {
-          this._storage = null; // access can throw (sandboxed iframes, disabled storage)
+          storage = null; // access can throw (sandboxed iframes, disabled storage)
         }
       }
+      /** Null without persistence. */
+      this._store = storage ? new LocalStore(storage) : null;
 
       // Visible state = the relay's state (`_base`) with pending local writes laid over it.
       this._state = new Map();
       this._base = new Map();
       /** key -> {own, tab, n, cid, del, value, at, settled} */
       this._overlay = new Map();
-      /**
-       * Pending writes, in send order: {n, id, op, key, value, t, status:'queued'|'sent', tried,
-       * sentAt, writes:[]}. `id` names the write to the relay (v2 `ref`, with `?cid=`: applied at
-       * most once); `tried` once it may have reached the relay, after which it is never merged.
-       */
-      this._outbox = [];
-      this._nextN = 1;
-      this._writePrefix = shortId(10);
+      /** Pending writes (see Outbox). */
+      this._outbox = new Outbox();
       /** key -> {n, del, value, stamp, seq, run, at}: this instance's latest write per key. */
       this._tracked = new Map();
 
@@ -378,21 +964,21 @@
       this._closed = false;
       this._fatal = false;
 
-      // Connection: one state, 'idle' (none; maybe a retry is scheduled), 'connecting' (socket
-      // opening, no hello yet), 'open' (hello received) or 'closed' (close() was called).
-      this._ws = null;
-      this._conn = 'idle';
+      // Connection (its state, socket, backoff and watchdog: see Connection).
+      var self = this;
+      this._connection = new Connection('WebSocket' in opts ? opts.WebSocket : g.WebSocket, o, {
+        url: function () { return self._wsUrl(); },
+        opened: function () { self._onOpen(); },
+        frame: function (data) { self._onFrame(data); },
+        check: function () { return self._checkAlive(); },
+        ended: function (code, reason, how, wasOpen) { self._onEnded(code, reason, how, wasOpen); },
+        retry: function () { self._connect(); },
+      });
       this._proto = null;
       this._myId = null;
       this._myColor = null;
       this._node = null;
       this._myIds = new Set();
-      this._attempt = 0;
-      this._connectedAt = 0;
-      this._reconnectTimer = null;
-      this._watchdog = null;
-      this._lastHeard = 0;
-      this._pingSentAt = 0;
       this._status = { connected: false, protocol: null, code: null, reason: null, retryInMs: null, fatal: false };
       this._sentSomething = false;
       this._tokens = 0;
@@ -419,20 +1005,14 @@
       this._probes = new Map();
       this._hidden = false;
 
-      // Same-origin tabs, and Web Locks: each tab holds a lock of its own while it lives (its
-      // outbox is adopted, by exactly one sibling, once that lock is free), and one tab of the
-      // scope holds the leader lock (it alone re-posts relay frames and writes the state cache).
-      this._bc = null;
+      // Same-origin tabs (see Tabs): a closed tab's outbox is adopted by exactly one sibling once
+      // its lock is free; the leader alone re-posts relay frames and writes the state cache.
+      this._tabs = null;
       this._bcSource = null;
       this._bcSourceAt = 0;
       this._peerTimer = null;
-      this._scope = 0;
-      this._ownLock = null;
-      this._leader = !this._locks;
-      this._lockReleasers = [];
-      this._watching = new Set();
+      /** Writes a closing sibling handed over in its `bye` (storage was full), by tab. */
       this._handed = new Map();
-      this._abort = null;
 
       this._loadCache();
       this._enterScope();
@@ -444,117 +1024,41 @@
 
     /** Opens what lives under the current cache key: client id, outbox key, tab channel, locks. */
     _enterScope() {
-      var scope = ++this._scope;
       this._outboxKey = this._cacheKey + '::outbox::' + this._tabId;
-      this._cid = this._loadCid();
-      var BC = this._BC;
-      if (typeof BC === 'function') {
-        try {
-          var self = this;
-          var bc = new BC('aether::' + this._cacheKey);
-          bc.onmessage = function (ev) {
-            if (self._bc === bc) self._onChannel(ev && ev.data);
-          };
-          this._bc = bc;
-        } catch (_) {
-          this._bc = null;
-        }
-      }
-      this._leader = !this._locks;
-      if (this._locks) this._holdLocks(scope);
+      this._cid = this._store ? this._store.clientId(this._cacheKey) : shortId(20);
+      var self = this;
+      var tabs = new Tabs(this._tabId, this._cacheKey, this._BC, this._locks, {
+        message: function (msg) { if (!self._closed) self._onChannel(msg); },
+        locked: function () {
+          if (self._outbox.size) self._saveOutbox(false); // it names the lock now
+        },
+        gone: function (tab) { self._onSiblingGone(tab); },
+        leading: function () { self._scheduleSave(); },
+      });
+      this._tabs = tabs;
     }
 
     /** Closes what `_enterScope` opened. */
     _leaveScope() {
-      this._scope++;
-      if (this._bc) {
-        try {
-          this._bc.close();
-        } catch (_) {
-          /* ignore */
-        }
-        this._bc = null;
-      }
-      this._ownLock = null;
-      this._leader = !this._locks;
-      var releasers = this._lockReleasers;
-      this._lockReleasers = [];
-      releasers.forEach(function (r) { r(); });
-      if (this._abort) this._abort.abort();
-      this._abort = null;
-      this._watching.clear();
+      if (this._tabs) this._tabs.close();
       this._handed.clear();
     }
 
-    /**
-     * This client's id for exactly-once writes (v2 `?cid=`): one per scope, kept in storage so a
-     * reload sends its predecessor's unacknowledged writes under the same id.
-     */
-    _loadCid() {
-      var key = this._cacheKey + '::cid';
-      var s = this._storage;
-      try {
-        var got = s && s.getItem(key);
-        if (typeof got === 'string' && /^[a-z0-9]{8,64}$/.test(got)) return got;
-      } catch (_) {
-        /* no storage: a per-page id still makes reconnects exact */
-      }
-      var cid = shortId(20);
-      try {
-        if (s) s.setItem(key, cid);
-      } catch (_) {
-        /* full: this page's reconnects are still exact */
-      }
-      return cid;
+    /** The BroadcastChannel of this scope, or null. */
+    get _bc() {
+      return this._tabs ? this._tabs.channel : null;
     }
 
-    _lockName(tab) {
-      return 'aether:' + this._cacheKey + ':tab:' + tab;
+    /** This tab leads its scope (re-posts relay frames, writes the cache). */
+    get _leader() {
+      return !!this._tabs && this._tabs.leader;
     }
 
-    /** Takes this tab's own lock (held until close) and queues for the scope's leader lock. */
-    _holdLocks(scope) {
-      var self = this;
-      var locks = this._locks;
-      if (typeof AbortController === 'function') this._abort = new AbortController();
-      var name = this._lockName(this._tabId);
-      var hold = function () {
-        return new Promise(function (resolve) { self._lockReleasers.push(resolve); });
-      };
-      locks.request(name, function () {
-        if (self._closed || self._scope !== scope) return undefined;
-        self._ownLock = name;
-        if (self._outbox.length) self._saveOutbox(false); // now adoptable only once we are gone
-        self._post({ type: 'hi' });
-        return hold();
-      }).catch(noop);
-      var leaderOpts = this._abort ? { signal: this._abort.signal } : {};
-      locks.request('aether:' + this._cacheKey + ':leader', leaderOpts, function () {
-        if (self._closed || self._scope !== scope) return undefined;
-        self._leader = true;
-        self._scheduleSave();
-        return hold();
-      }).catch(noop);
-    }
-
-    /**
-     * Waits for a sibling tab's lock: it is granted when that tab is gone (closed, crashed,
-     * discarded), to one waiting tab only, which then takes over the sibling's pending writes.
-     */
-    _watchSibling(tab) {
-      if (!this._locks || tab === this._tabId || this._watching.has(tab) || this._closed) return;
-      var self = this;
-      var scope = this._scope;
-      this._watching.add(tab);
-      var opts = this._abort ? { signal: this._abort.signal } : {};
-      this._locks.request(this._lockName(tab), opts, function () {
-        self._watching.delete(tab);
-        if (self._closed || self._scope !== scope) return;
-        var key = self._cacheKey + '::outbox::' + tab;
-        var handed = self._handed.get(tab);
-        self._handed.delete(tab);
-        if (!self._adopt(key) && handed) self._adoptEntries(handed);
-      }).catch(noop);
+    /** A sibling's lock was granted to us: it is gone; take over its pending writes. */
+    _onSiblingGone(tab) {
+      var handed = this._handed.get(tab);
+      this._handed.delete(tab);
+      if (!this._adopt(this._cacheKey + '::outbox::' + tab) && handed) this._adoptEntries(handed);
     }
 
     // ----- public API: data ----------------------------------------------------------------
@@ -595,7 +1099,7 @@
       var k = key === undefined ? null : String(key);
       var list = [];
       var closed = this._closed;
-      this._outbox.forEach(function (e) {
+      this._outbox.entries.forEach(function (e) {
         if (k !== null && e.key !== k) return;
         var w = new AetherWrite(e.key, e.op, e.value);
         if (closed) w._fail('closed');
@@ -608,7 +1112,7 @@
     /** Number of writes (to `key`, or in total) not yet acknowledged by the relay. */
     pendingWrites(key) {
       var k = key === undefined ? null : String(key);
-      return this._outbox.filter(function (e) { return k === null || e.key === k; }).length;
+      return this._outbox.count(k);
     }
 
     // ----- public API: events --------------------------------------------------------------
@@ -673,11 +1177,11 @@
     }
 
     get connected() {
-      return this._conn === 'open';
+      return this._connection.isOpen;
     }
 
     get _connected() {
-      return this._conn === 'open';
+      return this._connection.isOpen;
     }
 
     get clientId() {
@@ -708,14 +1212,14 @@
         reason: s.reason,
         retryInMs: s.retryInMs,
         fatal: s.fatal,
-        pending: this._outbox.length,
+        pending: this._outbox.size,
       };
     }
 
     sendPresence(x, y) {
       x = x | 0;
       y = y | 0;
-      if (this._connected && this._ws && !this._hasQueued() && this._takeToken()) {
+      if (this._connected && !this._outbox.hasQueued() && this._takeToken()) {
         this._sendText('{"type":"presence","x":' + x + ',"y":' + y + '}');
       }
       if (this._myId) {
@@ -725,12 +1229,7 @@
 
     /** Forgets the cached state (not the outbox of pending writes). */
     clearCache() {
-      if (!this._storage) return;
-      try {
-        this._storage.removeItem(this._cacheKey);
-      } catch (_) {
-        /* ignore */
-      }
+      if (this._store) this._store.removeCache(this._cacheKey);
     }
 
     /**
@@ -744,7 +1243,7 @@
       clearTimeout(this._peerTimer);
       this._probes.forEach(function (t) { clearTimeout(t); });
       this._probes.clear();
-      this._teardown(1000, '', 'stop');
+      this._connection.end(1000, '', 'stop');
       if (this._saveTimer) {
         clearTimeout(this._saveTimer);
         this._saveTimer = null;
@@ -753,7 +1252,7 @@
       this._handOver();
       this._leaveScope();
       if (this._unlisten) this._unlisten();
-      this._outbox.forEach(function (e) {
+      this._outbox.entries.forEach(function (e) {
         e.writes.forEach(function (w) { w._fail('closed'); });
         e.writes = [];
       });
@@ -772,9 +1271,9 @@
         this._opts.authToken = token;
       }
       this._fatal = false;
-      this._attempt = 0;
-      if (this._ws && !changed) return;
-      this._teardown(1000, '', 'quiet');
+      this._connection.backoff.reset();
+      if (this._connection.ws && !changed) return;
+      this._connection.end(1000, '', 'quiet');
       if (changed) {
         var key = scopeKey(this.url, this._explicitKey, this._opts.authToken);
         if (key !== this._cacheKey) this._switchScope(key);
@@ -799,9 +1298,7 @@
       this._leaveScope();
       clearTimeout(this._beatTimer);
       this._beatTimer = null;
-      var old = this._outbox;
-      this._outbox = [];
-      old.forEach(function (e) {
+      this._outbox.clear().forEach(function (e) {
         e.writes.forEach(function (w) { w._fail('user-changed'); });
       });
       this._overlay.clear();
@@ -851,7 +1348,7 @@
         return w;
       }
       w.value = norm;
-      var entry = this._enqueue(op, k, norm, now());
+      var entry = this._outbox.add(op, k, norm, now());
       entry.writes.push(w);
       this._track(k, entry);
       this._overlay.set(k, { own: true, n: entry.n, del: op === 'delete', value: norm });
@@ -869,37 +1366,6 @@
       return null;
     }
 
-    /**
-     * Adds a write to the outbox. A write to a key whose previous write never left this tab
-     * replaces it; one that may have reached the relay (`tried`) keeps its id and value, since
-     * the relay answers a repeat of its id with that write's ack.
-     */
-    _enqueue(op, key, value, t, id) {
-      for (var i = this._outbox.length - 1; i >= 0 && !id; i--) {
-        var e = this._outbox[i];
-        if (e.key !== key) continue;
-        if (e.status === 'queued' && !e.tried) {
-          e.op = op;
-          e.value = value;
-          e.t = t;
-          return e;
-        }
-        break;
-      }
-      var n = this._nextN++;
-      var entry = {
-        n: n, id: id || this._writePrefix + '.' + n, op: op, key: key, value: value, t: t,
-        status: 'queued', tried: !!id, sentAt: 0, writes: [],
-      };
-      this._outbox.push(entry);
-      return entry;
-    }
-
-    _hasQueued() {
-      for (var i = 0; i < this._outbox.length; i++) if (this._outbox[i].status === 'queued') return true;
-      return false;
-    }
-
     _takeToken() {
       if (this._rate === Infinity) return true;
       var t = now();
@@ -913,9 +1379,10 @@
 
     /** Sends queued writes while the rate budget allows; schedules itself for the rest. */
     _pump() {
-      if (!this._connected || !this._ws || this._pumpTimer) return;
-      for (var i = 0; i < this._outbox.length; i++) {
-        var e = this._outbox[i];
+      if (!this._connected || this._pumpTimer) return;
+      var entries = this._outbox.entries;
+      for (var i = 0; i < entries.length; i++) {
+        var e = entries[i];
         if (e.status !== 'queued') continue;
         if (!this._takeToken()) {
           var self = this;
@@ -928,27 +1395,18 @@
         }
         var msg = e.op === 'set' ? { type: 'set', key: e.key, value: e.value } : { type: 'delete', key: e.key };
         if (this._proto === 2) msg.ref = e.id;
-        e.status = 'sent';
-        e.sentAt = now();
-        e.tried = true;
+        this._outbox.markSent(e);
         this._sendText(JSON.stringify(msg));
       }
     }
 
     _sendText(text) {
-      try {
-        this._ws.send(text);
-        this._sentSomething = true;
-      } catch (_) {
-        /* the close event follows */
-      }
+      if (this._connection.send(text)) this._sentSomething = true;
     }
 
     /** The write `entry` is durable (echo or ack): drop it from the outbox and settle its handles. */
     _confirm(entry, stamp, seq) {
-      var i = this._outbox.indexOf(entry);
-      if (i < 0) return;
-      this._outbox.splice(i, 1);
+      if (!this._outbox.remove(entry)) return;
       var tracked = this._tracked.get(entry.key);
       var lostAlready = false;
       if (tracked && tracked.n === entry.n) {
@@ -972,9 +1430,7 @@
 
     /** The relay refused the write `entry`: it will never apply, so undo it locally. */
     _refuse(entry, reason) {
-      var i = this._outbox.indexOf(entry);
-      if (i < 0) return;
-      this._outbox.splice(i, 1);
+      if (!this._outbox.remove(entry)) return;
       var tracked = this._tracked.get(entry.key);
       if (tracked && tracked.n === entry.n) this._tracked.delete(entry.key);
       entry.writes.forEach(function (w) { w._fail(reason); });
@@ -994,13 +1450,8 @@
     /** After an overlay entry went away: the latest own pending write to `key`, if any, shows. */
     _recomputeOverlay(key) {
       this._overlay.delete(key);
-      for (var i = this._outbox.length - 1; i >= 0; i--) {
-        var e = this._outbox[i];
-        if (e.key === key) {
-          this._overlay.set(key, { own: true, n: e.n, del: e.op === 'delete', value: e.value });
-          return;
-        }
-      }
+      var e = this._outbox.latest(key);
+      if (e) this._overlay.set(key, { own: true, n: e.n, del: e.op === 'delete', value: e.value });
     }
 
     // ----- supersede -----------------------------------------------------------------------
@@ -1217,14 +1668,14 @@
       var mine = origin !== null && this._myIds.has(origin);
       if (v2) {
         if (origin !== null && origin === this._myId) {
-          var own = this._oldestSent(key, null);
+          var own = this._outbox.oldestSent(key, null);
           if (own) this._confirm(own, stamp, seq);
         } else if (!mine) {
           var t = this._ackedTracked(key);
           if (t && stamp !== null && stamp > t.stamp) this._fireSupersede(key, t, value);
         }
       } else {
-        var match = this._oldestSent(key, function (e) {
+        var match = this._outbox.oldestSent(key, function (e) {
           return del ? e.op === 'delete' : e.op === 'set' && jsonEqual(e.value, value);
         });
         if (match) this._confirm(match, null, null);
@@ -1237,29 +1688,13 @@
       this._refresh(key);
     }
 
-    _oldestSent(key, pred) {
-      for (var i = 0; i < this._outbox.length; i++) {
-        var e = this._outbox[i];
-        if (e.key === key && e.status === 'sent' && (!pred || pred(e))) return e;
-      }
-      return null;
-    }
-
-    _findSent(ref) {
-      for (var i = 0; i < this._outbox.length; i++) {
-        var e = this._outbox[i];
-        if (e.status === 'sent' && e.id === ref) return e;
-      }
-      return null;
-    }
-
     _onAck(msg) {
-      var e = this._findSent(msg.ref);
+      var e = this._outbox.sentWithId(msg.ref);
       if (e) this._confirm(e, typeof msg.stamp === 'string' ? msg.stamp : null, typeof msg.seq === 'number' ? msg.seq : null);
     }
 
     _onNack(msg) {
-      var e = this._findSent(msg.ref);
+      var e = this._outbox.sentWithId(msg.ref);
       if (e) this._refuse(e, typeof msg.reason === 'string' ? msg.reason : 'refused');
     }
 
@@ -1284,147 +1719,59 @@
     }
 
     _connect() {
-      clearTimeout(this._reconnectTimer);
-      this._reconnectTimer = null;
-      if (this._closed || this._fatal || this._ws) return;
-      var WS = this._WebSocket;
-      if (typeof WS !== 'function') return; // no WebSocket here: offline only
-      var ws;
-      var url = this._wsUrl();
-      try {
-        ws = new WS(url);
-      } catch (err) {
-        this._teardown(1006, String((err && err.message) || err), 'retry');
-        return;
-      }
-      this._ws = ws;
-      this._conn = 'connecting';
+      if (this._closed || this._fatal) return;
+      var url = this._connection.connect();
+      if (url === null) return;
       this._resumeSince = /[?&]resume=/.test(url) ? { run: this._run, seq: this._seq } : null;
       this._sentSomething = false;
-      var self = this;
-      ws.onopen = function () {
-        if (self._ws !== ws) return;
-        if (self._opts.authToken) {
-          self._sendText(JSON.stringify({ type: 'auth', token: self._opts.authToken }));
-        }
-      };
-      ws.onmessage = function (ev) {
-        if (self._ws !== ws) return;
-        self._lastHeard = now();
-        self._pingSentAt = 0;
-        self._onFrame(ev && ev.data);
-      };
-      ws.onerror = noop;
-      ws.onclose = function (ev) {
-        if (self._ws !== ws) return;
-        self._teardown(ev && typeof ev.code === 'number' ? ev.code : 1006, (ev && ev.reason) || '', 'retry');
-      };
     }
 
-    /**
-     * The one way a connection ends, whoever ends it. `how`: 'retry' (the socket closed or
-     * failed: report, maybe back off and reconnect), 'restart' (we gave up on a live-looking
-     * socket: close it and reconnect at once), 'quiet' (close it; the caller connects again
-     * itself) or 'stop' (close() was called).
-     */
-    _teardown(code, reason, how) {
-      var ws = this._ws;
-      var wasOpen = this._conn === 'open';
-      this._ws = null;
-      this._conn = this._closed ? 'closed' : 'idle';
-      clearTimeout(this._reconnectTimer);
+    _onOpen() {
+      if (this._opts.authToken) this._sendText(JSON.stringify({ type: 'auth', token: this._opts.authToken }));
+    }
+
+    /** After every end of a connection (Connection.end): what the client undoes and reports. */
+    _onEnded(code, reason, how, wasOpen) {
       clearTimeout(this._pumpTimer);
-      clearTimeout(this._watchdog);
-      this._reconnectTimer = this._pumpTimer = this._watchdog = null;
-      this._pingSentAt = 0;
+      this._pumpTimer = null;
       this._myId = this._myColor = null;
-      this._outbox.forEach(function (e) {
-        if (e.status === 'sent') e.status = 'queued';
-      });
-      if (this._connectedAt && now() - this._connectedAt >= STABLE_CONNECTION_MS) this._attempt = 0;
-      this._connectedAt = 0;
-      if (ws && how !== 'retry') {
-        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
-        try {
-          ws.close(how === 'restart' ? 4000 : 1000);
-        } catch (_) {
-          /* ignore */
-        }
-      }
+      this._outbox.requeue();
       if (how === 'stop') {
         if (wasOpen) this._notifyStatus();
-        return;
-      }
-      if (how === 'quiet') {
+      } else if (how === 'quiet') {
         this._status = { connected: false, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
         if (wasOpen) this._notifyStatus();
-        return;
-      }
-      if (how === 'restart') {
+      } else if (how === 'restart') {
         this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: 0, fatal: false };
         this._notifyStatus();
-        var self = this;
-        this._reconnectTimer = timer(function () { self._connect(); }, 0);
-        return;
+      } else {
+        this._afterClose(code, reason);
       }
-      this._afterClose(code, reason);
     }
 
     /**
-     * While open: a write not acknowledged within `ackTimeoutMs`, or nothing heard for
-     * `pingIntervalMs`, sends a v2 `ping`; no answer within `pingTimeoutMs` means the socket is
-     * dead though it looks open (sleep, a network change): reconnect at once. v1 has no ping:
-     * an overdue echo reconnects directly.
+     * The watchdog's question while open: a write unacknowledged for `ackTimeoutMs` (with nothing
+     * heard for `pingTimeoutMs`), or nothing heard for `pingIntervalMs`, asks for a v2 `ping`
+     * (unanswered: reconnect). v1 has no ping: an overdue echo means the socket is dead.
      */
-    _armWatchdog() {
-      clearTimeout(this._watchdog);
-      var self = this;
-      this._watchdog = timer(function () {
-        self._watchdog = null;
-        self._checkAlive();
-        if (self._conn === 'open' && !self._watchdog) self._armWatchdog();
-      }, WATCHDOG_MS, true);
-    }
-
     _checkAlive() {
-      if (this._conn !== 'open') return;
       var o = this._opts;
       var t = now();
-      if (this._pingSentAt) {
-        if (t - this._pingSentAt > o.pingTimeoutMs) this._teardown(4000, 'no answer from the relay', 'restart');
-        return;
-      }
-      var overdue = false;
-      for (var i = 0; i < this._outbox.length; i++) {
-        var e = this._outbox[i];
-        if (e.status === 'sent' && t - e.sentAt > o.ackTimeoutMs && t - this._lastHeard > o.pingTimeoutMs) {
-          overdue = true;
-          break;
-        }
-      }
-      if (this._proto === 1) {
-        if (overdue) this._teardown(4000, 'write not echoed', 'restart');
-        return;
-      }
-      if (overdue || (o.pingIntervalMs > 0 && t - this._lastHeard > o.pingIntervalMs)) this._ping();
-    }
-
-    /** v2: asks the relay for a `pong` (any frame will do as an answer). */
-    _ping() {
-      if (this._conn !== 'open' || this._proto !== 2 || this._pingSentAt || !this._ws) return;
-      this._pingSentAt = now();
-      this._sendText('{"type":"ping"}');
+      var heard = this._connection.lastHeard;
+      var overdue = t - heard > o.pingTimeoutMs && this._outbox.overdue(t, o.ackTimeoutMs);
+      if (this._proto === 1) return overdue ? 'dead' : 'ok';
+      return overdue || (o.pingIntervalMs > 0 && t - heard > o.pingIntervalMs) ? 'ping' : 'ok';
     }
 
     /** The page says the network came back or the tab became visible: is the connection alive? */
     _wake(kind) {
       if (this._closed || this._fatal) return;
-      if (this._conn === 'open') {
-        // A new network: the old socket is bound to the old one. Visible again: ask.
-        if (kind === 'online' && this._proto === 2) this._ping();
-        else if (kind === 'online') this._teardown(4000, 'network changed', 'restart');
-        else this._ping();
-      } else if (this._conn === 'idle' && this._reconnectTimer && this._opts.autoReconnect) {
+      var c = this._connection;
+      if (c.state === 'open') {
+        // A new network: the old socket may be bound to the old one; visible again: ask.
+        if (this._proto === 2) c.ping();
+        else if (kind === 'online') c.end(4000, 'network changed', 'restart');
+      } else if (c.state === 'idle' && c.retryPending && this._opts.autoReconnect) {
         this._connect(); // skip the backoff wait: the reason we were failing may be gone
       }
     }
@@ -1491,13 +1838,9 @@
         this._resumeSince = null;
         this._tracked.clear();
       }
-      this._conn = 'open';
       // The backoff is not reset here: a relay or proxy that closes right after hello must not
       // get a new connection every few hundred ms (it resets once a connection lasted).
-      this._connectedAt = now();
-      this._lastHeard = now();
-      this._pingSentAt = 0;
-      this._armWatchdog();
+      this._connection.markOpen();
       this._tokens = Math.max(1, this._opts.sendBurst);
       this._tokensAt = now();
       this._status = { connected: true, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
@@ -1505,7 +1848,7 @@
       this._pump();
       // Upstream closes a connection whose first message does not come within 5 s; one ignored
       // frame keeps an idle tab connected there (our relay needs nothing: browsers answer pings).
-      if (this._proto === 1 && !this._sentSomething && this._ws) {
+      if (this._proto === 1 && !this._sentSomething) {
         this._sendText(JSON.stringify({ type: 'auth', token: this._opts.authToken || '' }));
       }
     }
@@ -1533,23 +1876,11 @@
       }
       var delay = null;
       if (this._opts.autoReconnect) {
-        delay = this._backoff(busy ? 'busy' : rate ? 'rate' : 'normal');
-        var self = this;
-        this._reconnectTimer = timer(function () { self._connect(); }, delay);
+        delay = this._connection.backoff.next(busy ? 'busy' : rate ? 'rate' : 'normal');
+        this._connection.retryIn(delay);
       }
       this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: delay, fatal: false };
       this._notifyStatus();
-    }
-
-    /** Jittered exponential backoff; longer after "busy" closes. */
-    _backoff(kind) {
-      var o = this._opts;
-      var max = Math.max(o.maxReconnectDelayMs, o.minReconnectDelayMs);
-      var d = Math.min(max, o.minReconnectDelayMs * Math.pow(2, this._attempt));
-      this._attempt = Math.min(this._attempt + 1, 30);
-      if (kind === 'busy') d = Math.min(max * 4, Math.max(d * 4, 2000));
-      else if (kind === 'rate') d = Math.max(d, 1000);
-      return Math.round(d * (0.5 + Math.random() * 0.5));
     }
 
     _notifyStatus() {
@@ -1562,7 +1893,7 @@
       Array.from(this._errorWatchers).forEach(function (cb) { callSafely(cb, [err]); });
     }
 
-    // ----- same-origin tabs (BroadcastChannel 'aether::' + url) ----------------------------
+    // ----- same-origin tabs (BroadcastChannel 'aether::' + cacheKey, see Tabs) --------------
 
     /** Re-posts a relay frame for siblings without a connection: the leader tab alone does. */
     _repost(msg) {
@@ -1570,17 +1901,10 @@
     }
 
     _post(msg) {
-      if (!this._bc) return;
-      msg.from = this._tabId;
-      try {
-        this._bc.postMessage(msg);
-      } catch (_) {
-        /* uncloneable or closed */
-      }
+      if (this._tabs) this._tabs.post(msg);
     }
 
     _onChannel(msg) {
-      if (this._closed || !msg || typeof msg !== 'object' || msg.from === this._tabId) return;
       var key = msg.key;
       switch (msg.type) {
         case 'set':
@@ -1612,7 +1936,7 @@
           this._scheduleSave();
           return;
         case 'outbox-probe':
-          if (Array.isArray(msg.owners) && msg.owners.indexOf(this._tabId) >= 0 && this._outbox.length) {
+          if (Array.isArray(msg.owners) && msg.owners.indexOf(this._tabId) >= 0 && this._outbox.size) {
             this._post({ type: 'outbox-alive', owner: this._tabId });
           }
           return;
@@ -1622,11 +1946,6 @@
             clearTimeout(t);
             this._probes.delete(msg.owner);
           }
-          return;
-        case 'hi':
-          // A sibling holding its own lock: wait for that lock, to take its writes when it goes.
-          this._watchSibling(msg.from);
-          if (!msg.reply && this._ownLock) this._post({ type: 'hi', reply: true });
           return;
         case 'bye':
           if (Array.isArray(msg.entries)) this._handed.set(msg.from, msg.entries);
@@ -1686,9 +2005,9 @@
         }
       });
       if (this._bcSource === tab) this._bcSource = null;
-      // With Web Locks, the sibling's lock decides who takes its writes (`_watchSibling`), the
+      // With Web Locks, the sibling's lock decides who takes its writes (`Tabs.watch`), the
       // moment it is really gone (a page entering the back-forward cache keeps its lock).
-      if (this._locks) return;
+      if (this._tabs && this._tabs.hasLocks) return;
       if (pending) {
         // Someone has to send the closed tab's writes: a random delay makes a race unlikely (and
         // with v2 a write sent by two tabs is still applied once: same client id, same write id).
@@ -1759,24 +2078,7 @@
 
     /** The cached state of the current scope, or null. A corrupt cache is removed, as upstream. */
     _readCache() {
-      var s = this._storage;
-      if (!s) return null;
-      var raw;
-      try {
-        raw = s.getItem(this._cacheKey);
-      } catch (_) {
-        return null;
-      }
-      if (raw == null) return null;
-      var parsed;
-      try {
-        parsed = JSON.parse(raw);
-      } catch (_) {
-        this._remove(this._cacheKey);
-        return null;
-      }
-      if (!parsed || parsed.v !== CACHE_VERSION || !parsed.data || typeof parsed.data !== 'object' || Array.isArray(parsed.data)) return null;
-      return parsed.data;
+      return this._store ? this._store.readCache(this._cacheKey) : null;
     }
 
     _loadCache() {
@@ -1792,26 +2094,8 @@
       this._hasSnapshot = true;
     }
 
-    _remove(key) {
-      try {
-        this._storage.removeItem(key);
-        return true;
-      } catch (_) {
-        return false;
-      }
-    }
-
-    _trySet(key, text) {
-      try {
-        this._storage.setItem(key, text);
-        return true;
-      } catch (_) {
-        return false; // quota (or storage disabled)
-      }
-    }
-
     _scheduleSave() {
-      if (!this._storage || !this._cacheOk || this._saveTimer || this._closed) return;
+      if (!this._store || !this._cacheOk || this._saveTimer || this._closed) return;
       var self = this;
       this._saveTimer = timer(function () {
         self._saveTimer = null;
@@ -1826,23 +2110,8 @@
      * thing given up (it can be fetched again; pending writes cannot).
      */
     _saveCache() {
-      if (!this._storage || !this._cacheOk || !this._leader) return;
-      var verKey = this._cacheKey + '::version';
-      if (this._run !== null) {
-        try {
-          var ver = JSON.parse(this._storage.getItem(verKey) || 'null');
-          if (ver && ver.run === this._run && typeof ver.seq === 'number' && ver.seq > this._seq) return;
-        } catch (_) {
-          /* unreadable: overwrite */
-        }
-      }
-      var text = JSON.stringify({ v: CACHE_VERSION, data: this.snapshot() });
-      if (this._trySet(this._cacheKey, text)) {
-        if (this._run !== null) this._trySet(verKey, JSON.stringify({ run: this._run, seq: this._seq }));
-        else this._remove(verKey);
-        return;
-      }
-      this._dropCache();
+      if (!this._store || !this._cacheOk || !this._leader) return;
+      if (this._store.writeCache(this._cacheKey, this.snapshot(), this._run, this._seq) === 'full') this._dropCache();
     }
 
     /** Storage is full: stop caching state for this session and free the space the cache used. */
@@ -1851,8 +2120,7 @@
       this._cacheOk = false;
       clearTimeout(this._saveTimer);
       this._saveTimer = null;
-      this._remove(this._cacheKey);
-      this._remove(this._cacheKey + '::version');
+      this._store.removeCache(this._cacheKey);
       this._emitError({
         type: 'storage', code: null, reason: 'quota', fatal: false,
         message: 'localStorage is full: the state is no longer cached for offline use in this session',
@@ -1860,20 +2128,12 @@
     }
 
     _queueOutboxSave() {
-      if (this._outboxSaveQueued || !this._storage) return;
+      if (this._outboxSaveQueued || !this._store) return;
       this._outboxSaveQueued = true;
       var self = this;
       Promise.resolve().then(function () {
         self._outboxSaveQueued = false;
         if (!self._closed) self._saveOutbox(false);
-      });
-    }
-
-    _outboxEntries() {
-      return this._outbox.map(function (e) {
-        var out = { id: e.id, op: e.op, key: e.key, t: e.t };
-        if (e.op === 'set') out.value = e.value;
-        return out;
       });
     }
 
@@ -1885,28 +2145,28 @@
      * through `onError`. Returns whether storage now holds exactly the pending writes.
      */
     _saveOutbox(released) {
-      var s = this._storage;
-      if (!s) return false;
-      if (!this._outbox.length) {
+      var store = this._store;
+      if (!store) return false;
+      if (!this._outbox.size) {
         this._savedIds = null;
         clearTimeout(this._beatTimer);
         this._beatTimer = null;
-        return this._remove(this._outboxKey);
+        return store.remove(this._outboxKey);
       }
-      var entries = this._outboxEntries();
+      var entries = this._outbox.record();
       var text = JSON.stringify({
-        v: 1, owner: this._tabId, lock: this._ownLock, released: !!(released || this._hidden), beat: now(), entries: entries,
+        v: 1, owner: this._tabId, lock: this._tabs ? this._tabs.ownLock : null, released: !!(released || this._hidden), beat: now(), entries: entries,
       });
-      var ok = this._trySet(this._outboxKey, text);
+      var ok = store.set(this._outboxKey, text);
       if (!ok && this._cacheOk) {
         this._dropCache();
-        ok = this._trySet(this._outboxKey, text);
+        ok = store.set(this._outboxKey, text);
       }
       if (ok) {
         this._savedIds = new Set(entries.map(function (e) { return e.id; }));
         this._outboxFull = false;
       } else {
-        this._remove(this._outboxKey);
+        store.remove(this._outboxKey);
         this._savedIds = null;
         if (!this._outboxFull) {
           this._outboxFull = true;
@@ -1933,33 +2193,24 @@
      */
     _handOver() {
       var saved = this._saveOutbox(true);
-      var msg = { type: 'bye', pending: this._outbox.length > 0 };
-      if (this._outbox.length && !saved) msg.entries = this._outboxEntries();
+      var msg = { type: 'bye', pending: this._outbox.size > 0 };
+      if (this._outbox.size && !saved) msg.entries = this._outbox.record();
       this._post(msg);
     }
 
     /** Finds outboxes of tabs that are gone (reloaded, closed, crashed) and takes their writes. */
     _scanOrphans() {
-      var s = this._storage;
-      if (!s || typeof s.key !== 'function') return;
-      var prefix = this._cacheKey + '::outbox::';
-      var found = [];
-      try {
-        for (var i = 0; i < s.length; i++) {
-          var k = s.key(i);
-          if (typeof k === 'string' && k.indexOf(prefix) === 0 && k !== this._outboxKey) found.push(k);
-        }
-      } catch (_) {
-        return;
-      }
+      var found = this._store && this._store.keys(this._cacheKey + '::outbox::');
+      if (!found) return;
       var probe = [];
       var self = this;
       found.forEach(function (k) {
-        var rec = self._readOutbox(k);
+        if (k === self._outboxKey) return;
+        var rec = self._store.readOutbox(k);
         if (!rec) return;
-        if (self._locks && typeof rec.lock === 'string') {
+        if (self._tabs.hasLocks && typeof rec.lock === 'string') {
           // Its owner held a lock: granted to us at once if the owner is gone, else when it goes.
-          self._watchSibling(rec.owner);
+          self._tabs.watch(rec.owner);
           return;
         }
         if (rec.released || now() - (typeof rec.beat === 'number' ? rec.beat : 0) > self._opts.outboxStaleMs) {
@@ -1977,30 +2228,12 @@
       if (probe.length) this._post({ type: 'outbox-probe', owners: probe });
     }
 
-    _readOutbox(k) {
-      var raw;
-      try {
-        raw = this._storage.getItem(k);
-      } catch (_) {
-        return null;
-      }
-      if (raw == null) return null;
-      try {
-        var rec = JSON.parse(raw);
-        if (rec && rec.v === 1 && Array.isArray(rec.entries) && typeof rec.owner === 'string') return rec;
-      } catch (_) {
-        /* fall through */
-      }
-      this._remove(k);
-      return null;
-    }
-
     /** Takes over another tab's stored pending writes; true if there were any. */
     _adopt(k) {
-      if (!this._storage) return false;
-      var rec = this._readOutbox(k);
+      if (!this._store) return false;
+      var rec = this._store.readOutbox(k);
       if (!rec) return false;
-      if (!this._remove(k)) return false;
+      if (!this._store.remove(k)) return false;
       this._adoptEntries(rec.entries);
       return true;
     }
@@ -2013,12 +2246,9 @@
         if (!e || (e.op !== 'set' && e.op !== 'delete') || typeof e.key !== 'string') return;
         var t = typeof e.t === 'number' ? e.t : 0;
         var id = typeof e.id === 'string' && e.id && e.id.length <= 64 ? e.id : null;
-        for (var i = 0; i < self._outbox.length; i++) {
-          if (id !== null && self._outbox[i].id === id) return; // already ours
-          if (self._outbox[i].key === e.key && self._outbox[i].t > t) return;
-        }
+        if ((id !== null && self._outbox.has(id)) || self._outbox.newerThan(e.key, t)) return;
         var value = e.op === 'set' ? (e.value === undefined ? null : e.value) : undefined;
-        var entry = self._enqueue(e.op, e.key, value, t, id);
+        var entry = self._outbox.add(e.op, e.key, value, t, id);
         self._track(e.key, entry);
         self._overlay.set(e.key, { own: true, n: entry.n, del: e.op === 'delete', value: value });
         changed.push(e.key);
@@ -2035,14 +2265,14 @@
      * (possible only without Web Locks), they are its to send now; drop our copies.
      */
     _recheckOwnership() {
-      if (!this._storage || !this._savedIds || !this._outbox.length) return;
-      var rec = this._readOutbox(this._outboxKey);
+      if (!this._store || !this._savedIds || !this._outbox.size) return;
+      var rec = this._store.readOutbox(this._outboxKey);
       if (rec && rec.owner === this._tabId) return;
       var saved = this._savedIds;
       var self = this;
-      var gone = this._outbox.filter(function (e) { return saved.has(e.id); });
+      var gone = this._outbox.entries.filter(function (e) { return saved.has(e.id); });
       gone.forEach(function (e) {
-        self._outbox.splice(self._outbox.indexOf(e), 1);
+        self._outbox.remove(e);
         e.writes.forEach(function (w) { w._fail('handed-over'); });
         var o = self._overlay.get(e.key);
         if (o && o.own && o.n === e.n) {

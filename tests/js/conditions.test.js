@@ -92,7 +92,7 @@ test('a write whose socket died between apply and ack is not applied again over 
   // Meanwhile B writes the same key, durably.
   await b.eval('aether.set("k", "theirs").durable.then(() => true)');
   // A's socket drops; A reconnects and sends its unacknowledged write again.
-  await a.eval('aether._ws.close(); true');
+  await a.eval('dropSockets(); true');
   await a.wait('aether.connected && aether.pendingWrites() === 0', 15000, 'A\'s write settled');
   await sleep(300);
   assert.equal(await a.eval('aether.get("k")'), 'theirs');
