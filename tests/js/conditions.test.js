@@ -101,6 +101,34 @@ test('a write whose socket died between apply and ack is not applied again over 
   assert.deepEqual(a.errors.concat(b.errors), []);
 });
 
+test('a write retried by the reloaded page, or by the sibling that adopts it, is applied once (item 1)', { skip, timeout: 90000 }, async (t) => {
+  const w = await world(t);
+  const a = await w.open('a');
+  const other = await w.open('other');
+  await a.wait('aether.connected', 10000, 'a connected');
+  await other.wait('aether.connected', 10000, 'other connected');
+  // Reload: applied, never acknowledged, then the page reloads; the new page sends it again.
+  await a.eval('deafen(); aether.set("r", "mine"); true');
+  await other.wait('aether.get("r") === "mine"', 10000, 'applied');
+  await other.eval('aether.set("r", "theirs").durable.then(() => true)');
+  await a.reload({ ignoreCache: true });
+  await a.wait('aether.connected && aether.pendingWrites() === 0', 15000, 'the reloaded page settled the write');
+  await sleep(300);
+  assert.equal(await a.eval('aether.get("r")'), 'theirs');
+  assert.deepEqual(ledgerRecords(w.ledger, 'r').map((r) => r.value), ['mine', 'theirs']);
+  // Adoption: applied, never acknowledged, the tab closes; its sibling sends it again.
+  const b = await sibling(a, w.url(), 'b');
+  await b.wait('aether.connected', 10000, 'b connected');
+  await a.eval('deafen(); aether.set("s", "mine"); true');
+  await other.wait('aether.get("s") === "mine"', 10000, 'applied');
+  await other.eval('aether.set("s", "theirs").durable.then(() => true)');
+  await closeTab(a);
+  await b.wait('aether.get("s") === "theirs" && aether.pendingWrites() === 0', 15000, 'b settled the adopted write');
+  await sleep(300);
+  assert.equal(await b.eval('Object.keys(localStorage).filter((k) => k.includes("::outbox::")).length'), 0, 'a\'s outbox was taken');
+  assert.deepEqual(ledgerRecords(w.ledger, 's').map((r) => r.value), ['mine', 'theirs']);
+});
+
 test('a socket that looks open but hears nothing is replaced; its pending write then settles (item 6)', { skip, timeout: 90000 }, async (t) => {
   const w = await world(t);
   const a = await w.open('a', '&ackTimeoutMs=1500&pingTimeoutMs=1000&pingIntervalMs=3000');
