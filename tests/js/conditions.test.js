@@ -216,6 +216,27 @@ test('a tab closed with pending writes hands them to the open sibling at once, p
   assert.equal(left, 0);
 });
 
+test('with storage full, a closing tab hands its in-memory writes to the sibling in its bye (items 2, 3)', { skip, timeout: 90000 }, async (t) => {
+  const w = await world(t);
+  const a = await w.open('a');
+  const b = await sibling(a, w.url(), 'b');
+  await a.wait('aether.connected', 10000, 'a connected');
+  await b.wait('aether.connected', 10000, 'b connected');
+  await w.stop();
+  await a.wait('!aether.connected', 10000, 'offline');
+  await a.eval('fillStorage(0)');
+  await a.eval('aether.set("big", "z".repeat(30000)); true');
+  await sleep(200);
+  assert.equal(await a.eval('Object.keys(localStorage).filter((k) => k.includes("::outbox::")).length'), 0, 'nothing stored');
+  assert.ok((await a.eval('errors')).includes('storage:quota'));
+  await closeTab(a);
+  await b.wait('aether.pendingWrites() === 1', 5000, 'b took the write from the bye message');
+  await b.eval('Object.keys(localStorage).filter((k) => k.startsWith("filler:")).forEach((k) => localStorage.removeItem(k)); true');
+  await w.start();
+  await b.wait('aether.connected && aether.pendingWrites() === 0', 15000, 'sent by b');
+  assert.equal(ledgerRecords(w.ledger, 'big').length, 1);
+});
+
 test('a live tab busy in a long task keeps its outbox: a new tab waits for its lock, not a 300 ms probe (item 4)', { skip, timeout: 90000 }, async (t) => {
   const w = await world(t);
   const a = await w.open('a');
