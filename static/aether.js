@@ -1303,6 +1303,8 @@
       });
       this._overlay.clear();
       this._tracked.clear();
+      this._myIds.clear(); // the previous user's connections are not "mine" for the next one
+      this._bcSource = null;
       this._cacheKey = key;
       this._cacheOk = true;
       this._outboxFull = false;
@@ -1415,9 +1417,14 @@
           tracked.seq = typeof seq === 'number' ? seq : null;
           tracked.run = this._run;
           tracked.at = now();
-          // A repeat answered with its original ack: a later write may already have replaced it.
+          // A repeat answered with its original ack: a later write may already have replaced it,
+          // seen as a greater stamp, or (the write being older than the last snapshot or delta
+          // we applied) as another value in the relay's state.
           var known = this._keyStamp.get(entry.key);
-          lostAlready = typeof known === 'string' && known > stamp;
+          var base = this._base.has(entry.key);
+          var differs = tracked.del ? base : !base || !jsonEqual(this._base.get(entry.key), tracked.value);
+          lostAlready = (typeof known === 'string' && known > stamp) ||
+            (typeof seq === 'number' && this._resumable && seq <= this._floorSeq && differs);
         } else {
           this._tracked.delete(entry.key); // v1: no stamps, so no supersede tracking
         }

@@ -87,6 +87,7 @@ test('a write whose socket died between apply and ack is not applied again over 
   await a.wait('aether.connected', 10000, 'a connected');
   await b.wait('aether.connected', 10000, 'b connected');
   // A's socket goes deaf: the relay applies its write, A never hears the echo or the ack.
+  await a.eval('window.lost = []; aether.onSupersede((k, mine, theirs) => lost.push([k, mine, theirs])); true');
   await a.eval('deafen(); aether.set("k", "mine"); true');
   await b.wait('aether.get("k") === "mine"', 10000, 'the relay applied A\'s write');
   // Meanwhile B writes the same key, durably.
@@ -98,6 +99,7 @@ test('a write whose socket died between apply and ack is not applied again over 
   assert.equal(await a.eval('aether.get("k")'), 'theirs');
   assert.equal(await b.eval('aether.get("k")'), 'theirs');
   assert.deepEqual(ledgerRecords(w.ledger, 'k').map((r) => r.value), ['mine', 'theirs'], 'A\'s write applied once, B\'s survived');
+  assert.deepEqual(await a.eval('lost'), [['k', 'mine', 'theirs']], 'A is told its write lost');
   assert.deepEqual(a.errors.concat(b.errors), []);
 });
 
