@@ -1954,6 +1954,11 @@
             this._probes.delete(msg.owner);
           }
           return;
+        case 'cache-off':
+          this._cacheOk = false;
+          clearTimeout(this._saveTimer);
+          this._saveTimer = null;
+          return;
         case 'bye':
           if (Array.isArray(msg.entries)) this._handed.set(msg.from, msg.entries);
           this._onPeerGone(msg.from, !!msg.pending);
@@ -2121,13 +2126,17 @@
       if (this._store.writeCache(this._cacheKey, this.snapshot(), this._run, this._seq) === 'full') this._dropCache();
     }
 
-    /** Storage is full: stop caching state for this session and free the space the cache used. */
+    /**
+     * Storage is full: stop caching state for this session and free the space the cache used.
+     * The sibling tabs stop too (`cache-off`), or the leader would fill the space again.
+     */
     _dropCache() {
       if (!this._cacheOk) return;
       this._cacheOk = false;
       clearTimeout(this._saveTimer);
       this._saveTimer = null;
       this._store.removeCache(this._cacheKey);
+      this._post({ type: 'cache-off' });
       this._emitError({
         type: 'storage', code: null, reason: 'quota', fatal: false,
         message: 'localStorage is full: the state is no longer cached for offline use in this session',
