@@ -46,6 +46,10 @@ pub enum ClientFrame {
         /// The presented token, if it is a string.
         token: Option<String>,
     },
+    /// v2 `{"type":"ping"}`: answered with `{"type":"pong"}`, so a browser (which cannot see
+    /// WebSocket pings) can tell a live connection from a dead one. In v1 it is dropped as upstream
+    /// drops it (a message without a key).
+    Ping,
 }
 
 /// Why an inbound message was dropped (the connection stays open).
@@ -103,6 +107,7 @@ pub fn parse(text: &str, limits: &Limits) -> Result<ClientFrame, Dropped> {
             let token = msg.remove("token").and_then(|t| if let Value::String(t) = t { Some(t) } else { None });
             return Ok(ClientFrame::Auth { token });
         }
+        Some("ping") => return Ok(ClientFrame::Ping),
         _ => {}
     }
     let key = take_key(&mut msg, limits)?;
@@ -367,6 +372,11 @@ pub fn nack(reference: &Value, reason: &str) -> ByteString {
     frame(&serde_json::json!({"type": "nack", "ref": reference, "reason": reason}))
 }
 
+/// v2 `{"type":"pong"}`: the answer to a `ping`.
+pub fn pong() -> ByteString {
+    ByteString::from_static(r#"{"type":"pong"}"#)
+}
+
 /// `{"type":"presence","id":ID,"color":COLOR,"x":X,"y":Y}`.
 pub fn presence(id: &str, color: &str, x: i64, y: i64) -> ByteString {
     frame(&serde_json::json!({"type": "presence", "id": id, "color": color, "x": x, "y": y}))
@@ -528,7 +538,7 @@ mod tests {
                     prop_assert!(json_len(&value) <= 64 && depth(&value) <= MAX_VALUE_DEPTH);
                 }
                 Ok(ClientFrame::Delete { key, .. }) => prop_assert!(!key.is_empty() && key.len() <= 8),
-                Ok(ClientFrame::Presence { .. } | ClientFrame::Auth { .. }) | Err(_) => {}
+                Ok(ClientFrame::Presence { .. } | ClientFrame::Auth { .. } | ClientFrame::Ping) | Err(_) => {}
             }
         }
 

@@ -62,6 +62,9 @@ pub struct Params {
     pub version2: bool,
     /// v2 `?resume=<token>`: send what changed since, instead of the whole state.
     pub resume: Option<String>,
+    /// v2 `?cid=<client id>`: 1 to 64 bytes of `[A-Za-z0-9._:-]`; with it, writes that carry a
+    /// `ref` are applied at most once per (cid, ref) (see `state::dedup`). Otherwise ignored.
+    pub cid: Option<String>,
 }
 
 impl Params {
@@ -74,11 +77,17 @@ impl Params {
                 "auth_token" if params.token.is_none() && !value.is_empty() => params.token = Some(value),
                 "v" => params.version2 = value == "2",
                 "resume" if !value.is_empty() => params.resume = Some(value),
+                "cid" if valid_cid(&value) => params.cid = Some(value),
                 _ => {}
             }
         }
         params
     }
+}
+
+/// A client id is short and plain, so it can sit in logs and maps as it is.
+fn valid_cid(cid: &str) -> bool {
+    (1..=64).contains(&cid.len()) && cid.bytes().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b))
 }
 
 /// Runs one connection to its end. `slot` is `None` when the connection caps are reached.
@@ -109,7 +118,8 @@ pub async fn run(
         let going = Some((close::GOING_AWAY, "server shutting down"));
         return close_with(&deps, version, session, &mut stream, going).await;
     }
-    let mut conn = Connection { id, deps, version, bucket: None, partial: None };
+    let client = params.cid.filter(|_| version == Version::V2).map(Arc::from);
+    let mut conn = Connection { id, deps, version, client, bucket: None, partial: None };
     let end = conn.pump(&mut session, &mut stream, rx, kick_rx).await;
     conn.deps.state.do_send(Leave { id });
     close_with(&conn.deps, version, session, &mut stream, end).await;
@@ -224,6 +234,8 @@ struct Connection {
     id: Uuid,
     deps: Deps,
     version: Version,
+    /// v2 `?cid=`: the client's stable id, for exactly-once writes.
+    client: Option<Arc<str>>,
     /// `None` until the first message, which upstream lets through without a token.
     bucket: Option<TokenBucket>,
     /// A fragmented message being reassembled: (is text, bytes so far).
@@ -420,6 +432,13 @@ impl Connection {
                 let _ = self.deps.state.try_send(Presence { id: self.id, x, y });
             }
             Ok(ClientFrame::Auth { .. }) => metrics.inbound(Inbound::Auth),
+            Ok(ClientFrame::Ping) if self.version == Version::V2 => {
+                if session.text(protocol::pong()).await.is_err() {
+                    return Some(None);
+                }
+            }
+            // v1: a message without a key, dropped silently as upstream does.
+            Ok(ClientFrame::Ping) => metrics.dropped(protocol::Dropped::BadKey),
             Err(reason) => {
                 metrics.dropped(reason);
                 log::debug!("client {}: dropped message ({})", self.id, reason.as_str());
@@ -441,7 +460,8 @@ impl Connection {
         // Waits while the ledger is this many writes behind: the writer is slowed, nothing is
         // buffered without bound. The semaphore is never closed, so acquire cannot fail.
         if let Ok(permit) = Arc::clone(&self.deps.admission).acquire_owned().await {
-            self.deps.state.do_send(Write { key, value, permit, origin: self.id, reference });
+            let client = self.client.clone();
+            self.deps.state.do_send(Write { key, value, permit, origin: self.id, reference, client });
         }
     }
 }

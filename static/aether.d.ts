@@ -91,13 +91,16 @@ declare namespace Aether {
   interface Options {
     /** Reconnect after a close (default true). Never after an auth failure. */
     autoReconnect?: boolean;
-    /** Backoff cap in ms (default 5000; 4× after "server busy"/"too slow" closes). */
+    /** Backoff cap in ms (default 30000; 4× after "server busy"/"too slow" closes). */
     maxReconnectDelayMs?: number;
     /** First backoff step in ms (default 200). */
     minReconnectDelayMs?: number;
     /** Keep state and pending writes in localStorage (default true). */
     persist?: boolean;
-    /** localStorage key of the state cache (default `'aether::state::' + url`). */
+    /**
+     * localStorage key of the state cache (default `'aether::state::' + url`); with `authToken`,
+     * `'::user::' + user` is appended. Outboxes, client id, tab channel and locks live under it.
+     */
     cacheKey?: string;
     /** Shared secret: sent as `?auth_token=` and as a first `auth` frame. */
     authToken?: string;
@@ -115,8 +118,16 @@ declare namespace Aether {
     supersedeWindowMs?: number;
     /** Keys whose latest write is remembered for supersede (default 1024, oldest forgotten). */
     maxTrackedWrites?: number;
-    /** Another tab's outbox with no heartbeat for this long is adopted (default 60000). */
+    /** Without Web Locks: another tab's outbox with no heartbeat for this long is adopted (default 60000). */
     outboxStaleMs?: number;
+    /** A write unacknowledged this long makes the client check the connection (default 15000). */
+    ackTimeoutMs?: number;
+    /** v2: ping the relay after this long without a frame (default 25000; 0: only when a write is overdue). */
+    pingIntervalMs?: number;
+    /** No frame this long after a ping: reconnect at once (default 5000). */
+    pingTimeoutMs?: number;
+    /** Web Locks (default `navigator.locks`; null: the BroadcastChannel probe instead). */
+    locks?: LockManagerLike | null;
     /** WebSocket constructor (default: the global one; null: never connect). */
     WebSocket?: WebSocketConstructorLike | null;
     /** Storage (default: localStorage; null: no persistence). */
@@ -177,8 +188,10 @@ declare namespace Aether {
   }
 
   interface ErrorInfo {
-    type: 'auth' | 'rate-limit' | 'too-big';
-    code: number;
+    /** 'storage' (reason 'quota'): localStorage is full; see README "Full storage". */
+    type: 'auth' | 'rate-limit' | 'too-big' | 'storage';
+    /** The close code; null for 'storage'. */
+    code: number | null;
     reason: string;
     fatal: boolean;
     message: string;
@@ -192,6 +205,12 @@ declare namespace Aether {
   type ErrorWatcher = (error: ErrorInfo) => void;
   type PresenceWatcher = (id: string, x: number, y: number, color: string) => void;
   type LeaveWatcher = (id: string) => void;
+
+  /** The part of the Web Locks API the client uses (`navigator.locks`). */
+  interface LockManagerLike {
+    request(name: string, callback: (lock: unknown) => unknown): Promise<unknown>;
+    request(name: string, options: { signal?: AbortSignal; ifAvailable?: boolean }, callback: (lock: unknown) => unknown): Promise<unknown>;
+  }
 
   interface WebSocketLike {
     readonly readyState?: number;

@@ -12,6 +12,16 @@
  *   const Aether = require('aether-actix-client') -> CommonJS
  *
  * API reference: README.md beside this file. Types: aether.d.ts. MIT licence.
+ *
+ * Parts, each a small class with narrow hooks into the client:
+ *   Outbox      pending writes in send order, with the ids that make retries exactly-once
+ *   Tabs        the tabs of one scope: BroadcastChannel, each tab's Web Lock, the leader lock
+ *   LocalStore  localStorage that never throws: state cache (+ version), outboxes, client id
+ *   Backoff     reconnect delays, reset only by a connection that lasted
+ *   Connection  one socket in one explicit state ('idle', 'connecting', 'open', 'closed'), one
+ *               teardown (`end`), the retry timer and the liveness watchdog
+ *   Aether      the store (relay state, pending writes laid over it, watchers), the protocol, and
+ *               the policies that tie the parts together (full storage, adoption, scopes)
  */
 (function (root, factory) {
   'use strict';
@@ -42,11 +52,17 @@
   var PEER_OVERLAY_TTL_MS = 60000;
   /** A disconnected tab follows one sibling's re-posts; it switches after this much silence. */
   var BC_SOURCE_TTL_MS = 5000;
+  /** A connection that lasted this long was a real one: the next failure starts backing off anew. */
+  var STABLE_CONNECTION_MS = 10000;
+  /** How often an open connection checks that it is alive (acks and pongs overdue). */
+  var WATCHDOG_MS = 1000;
+  /** Per-key bookkeeping is pruned once it holds this many keys more than the state. */
+  var BOOKKEEPING_SLACK = 1024;
 
   var DEFAULTS = {
     autoReconnect: true,
     minReconnectDelayMs: 200,
-    maxReconnectDelayMs: 5000,
+    maxReconnectDelayMs: 30000,
     persist: true,
     protocol: 2,
     sendBurst: 100,
@@ -56,6 +72,9 @@
     supersedeWindowMs: 0,
     maxTrackedWrites: 1024,
     outboxStaleMs: 60000,
+    ackTimeoutMs: 15000,
+    pingIntervalMs: 25000,
+    pingTimeoutMs: 5000,
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -78,6 +97,62 @@
       }
     }
     return 'tab-' + Math.random().toString(36).slice(2) + now().toString(36);
+  }
+
+  /** A short random token of [a-z0-9] (ids of clients and writes). */
+  function shortId(n) {
+    var out = '';
+    var c = typeof globalThis !== 'undefined' ? globalThis.crypto : undefined;
+    if (c && typeof c.getRandomValues === 'function') {
+      var bytes = new Uint8Array(n);
+      c.getRandomValues(bytes);
+      for (var i = 0; i < n; i++) out += (bytes[i] % 36).toString(36);
+      return out;
+    }
+    while (out.length < n) out += Math.random().toString(36).slice(2);
+    return out.slice(0, n);
+  }
+
+  /** 32-bit FNV-1a of a string, as 8 hex digits: a name for a token that is not the token. */
+  function fingerprint(s) {
+    var h = 0x811c9dc5;
+    for (var i = 0; i < s.length; i++) {
+      h ^= s.charCodeAt(i);
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    return ('0000000' + h.toString(16)).slice(-8);
+  }
+
+  /**
+   * Who a token speaks for, for naming storage: a JWT's `sub` (read, not verified: the relay
+   * verifies), else a fingerprint of the token; null without a token.
+   */
+  function userOf(token) {
+    if (!token) return null;
+    var parts = token.split('.');
+    if (parts.length === 3) {
+      try {
+        var b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+        while (b64.length % 4) b64 += '=';
+        var text = typeof atob === 'function' ? atob(b64) : Buffer.from(b64, 'base64').toString('binary');
+        var claims = JSON.parse(decodeURIComponent(escape(text)));
+        if (claims && typeof claims.sub === 'string' && claims.sub) return 'sub:' + claims.sub;
+      } catch (_) {
+        /* not a JWT after all */
+      }
+    }
+    return 'token:' + fingerprint(token);
+  }
+
+  /**
+   * The storage scope of a client: its cache key (default `aether::state::<relay url>`, whose URL
+   * names the relay and, with `?room=`, the room) and, with a token, the user. Cache, outbox,
+   * client id, tab channel and locks all live under it, so two accounts or two relays never share.
+   */
+  function scopeKey(url, explicitKey, token) {
+    var base = explicitKey || 'aether::state::' + url;
+    var user = userOf(token);
+    return user ? base + '::user::' + user : base;
   }
 
   /** UTF-8 byte length of a string, without allocating. */
@@ -239,6 +314,587 @@
   }
 
   // ---------------------------------------------------------------------------------------------
+  // The outbox
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * Pending writes in send order: `{n, id, op, key, value, t, status, tried, sentAt, writes}`.
+   * `n` numbers them in this instance (overlay and channel messages); `id` names the write to the
+   * relay (v2 `ref`, with `?cid=`: applied at most once) and survives reloads and adoption;
+   * `status` is 'queued' or 'sent' (on the current connection); `tried` once it may have reached
+   * the relay, after which it is never merged with a newer write; `writes` are the handles.
+   * Persistence and sending are the client's.
+   */
+  class Outbox {
+    constructor() {
+      this.entries = [];
+      this._nextN = 1;
+      this._prefix = shortId(10);
+    }
+
+    get size() {
+      return this.entries.length;
+    }
+
+    count(key) {
+      return this.entries.filter(function (e) { return key === null || e.key === key; }).length;
+    }
+
+    /**
+     * Adds a write. One to a key whose previous write never left this tab replaces it; one that
+     * may have reached the relay keeps its id and value. `id` given: another tab's write, kept as
+     * it is.
+     */
+    add(op, key, value, t, id) {
+      for (var i = this.entries.length - 1; i >= 0 && !id; i--) {
+        var e = this.entries[i];
+        if (e.key !== key) continue;
+        if (e.status === 'queued' && !e.tried) {
+          e.op = op;
+          e.value = value;
+          e.t = t;
+          return e;
+        }
+        break;
+      }
+      var n = this._nextN++;
+      var entry = {
+        n: n, id: id || this._prefix + '.' + n, op: op, key: key, value: value, t: t,
+        status: 'queued', tried: !!id, sentAt: 0, writes: [],
+      };
+      this.entries.push(entry);
+      return entry;
+    }
+
+    remove(entry) {
+      var i = this.entries.indexOf(entry);
+      if (i < 0) return false;
+      this.entries.splice(i, 1);
+      return true;
+    }
+
+    /** Empties the outbox; returns what it held. */
+    clear() {
+      var old = this.entries;
+      this.entries = [];
+      return old;
+    }
+
+    has(id) {
+      return this.entries.some(function (e) { return e.id === id; });
+    }
+
+    /** A pending write to `key` made after `t` (a newer write wins an adoption). */
+    newerThan(key, t) {
+      return this.entries.some(function (e) { return e.key === key && e.t > t; });
+    }
+
+    hasQueued() {
+      return this.entries.some(function (e) { return e.status === 'queued'; });
+    }
+
+    /** The connection ended: what was sent on it is queued again (same ids). */
+    requeue() {
+      this.entries.forEach(function (e) {
+        if (e.status === 'sent') e.status = 'queued';
+      });
+    }
+
+    markSent(e) {
+      e.status = 'sent';
+      e.sentAt = now();
+      e.tried = true;
+    }
+
+    /** The latest pending write to `key`, or null. */
+    latest(key) {
+      for (var i = this.entries.length - 1; i >= 0; i--) if (this.entries[i].key === key) return this.entries[i];
+      return null;
+    }
+
+    oldestSent(key, pred) {
+      for (var i = 0; i < this.entries.length; i++) {
+        var e = this.entries[i];
+        if (e.key === key && e.status === 'sent' && (!pred || pred(e))) return e;
+      }
+      return null;
+    }
+
+    sentWithId(id) {
+      for (var i = 0; i < this.entries.length; i++) {
+        var e = this.entries[i];
+        if (e.status === 'sent' && e.id === id) return e;
+      }
+      return null;
+    }
+
+    /** Some write was sent more than `ms` ago at `t` and is still unacknowledged. */
+    overdue(t, ms) {
+      return this.entries.some(function (e) { return e.status === 'sent' && t - e.sentAt > ms; });
+    }
+
+    /** The entries as stored (and handed to siblings). */
+    record() {
+      return this.entries.map(function (e) {
+        var out = { id: e.id, op: e.op, key: e.key, t: e.t };
+        if (e.op === 'set') out.value = e.value;
+        return out;
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Tabs of one browser
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * The same-origin tabs of one scope: the BroadcastChannel `'aether::' + scopeKey`, and with Web
+   * Locks this tab's own lock (held while it lives: the browser grants it to a waiting sibling
+   * only once this tab is gone, and to one only), waits on siblings' locks, and the scope's leader
+   * lock. What a message or a sibling's departure means is the client's business; hooks:
+   *   message(msg)      a sibling's message
+   *   locked()          this tab now holds its own lock (its stored outbox names it)
+   *   gone(tab)         a sibling's lock was granted to us: that tab is gone
+   *   leading()         this tab became the scope's leader
+   * Without Web Locks every tab leads, and `gone` never fires (the client falls back to probes).
+   */
+  class Tabs {
+    constructor(tabId, scopeKey, BC, locks, hooks) {
+      this.tabId = tabId;
+      this._scopeKey = scopeKey;
+      this._locks = locks;
+      this._hooks = hooks;
+      this.channel = null;
+      this.ownLock = null;
+      this.leader = !locks;
+      this._open = true;
+      this._releasers = [];
+      this._watching = new Set();
+      this._abort = typeof AbortController === 'function' ? new AbortController() : null;
+      if (typeof BC === 'function') {
+        try {
+          var self = this;
+          var bc = new BC('aether::' + scopeKey);
+          bc.onmessage = function (ev) {
+            var msg = ev && ev.data;
+            if (!self._open || !msg || typeof msg !== 'object' || msg.from === tabId) return;
+            if (msg.type === 'hi') self._onHi(msg);
+            else self._hooks.message(msg);
+          };
+          this.channel = bc;
+        } catch (_) {
+          this.channel = null;
+        }
+      }
+      if (locks) this._hold();
+    }
+
+    get hasLocks() {
+      return !!this._locks;
+    }
+
+    post(msg) {
+      if (!this.channel) return;
+      msg.from = this.tabId;
+      try {
+        this.channel.postMessage(msg);
+      } catch (_) {
+        /* uncloneable or closed */
+      }
+    }
+
+    lockName(tab) {
+      return 'aether:' + this._scopeKey + ':tab:' + tab;
+    }
+
+    _hold() {
+      var self = this;
+      var hold = function () {
+        return new Promise(function (resolve) { self._releasers.push(resolve); });
+      };
+      var name = this.lockName(this.tabId);
+      // Hooks run after the grant, never inside it (a grant may come synchronously).
+      var later = function (fn) {
+        Promise.resolve().then(function () {
+          if (self._open) fn();
+        });
+      };
+      this._locks.request(name, function () {
+        if (!self._open) return undefined;
+        self.ownLock = name;
+        later(function () {
+          self._hooks.locked();
+          self.post({ type: 'hi' }); // siblings wait on our lock from now on
+        });
+        return hold();
+      }).catch(noop);
+      var opts = this._abort ? { signal: this._abort.signal } : {};
+      this._locks.request('aether:' + this._scopeKey + ':leader', opts, function () {
+        if (!self._open) return undefined;
+        self.leader = true;
+        later(function () { self._hooks.leading(); });
+        return hold();
+      }).catch(noop);
+    }
+
+    /** A sibling holds its own lock: wait on it, and answer so that it waits on ours. */
+    _onHi(msg) {
+      if (typeof msg.from !== 'string') return;
+      this.watch(msg.from);
+      if (!msg.reply && this.ownLock) this.post({ type: 'hi', reply: true });
+    }
+
+    /** Waits for sibling `tab`'s lock; `gone(tab)` when it is granted. */
+    watch(tab) {
+      if (!this._locks || !this._open || tab === this.tabId || this._watching.has(tab)) return;
+      var self = this;
+      this._watching.add(tab);
+      var opts = this._abort ? { signal: this._abort.signal } : {};
+      this._locks.request(this.lockName(tab), opts, function () {
+        self._watching.delete(tab);
+        if (self._open) self._hooks.gone(tab);
+      }).catch(noop);
+    }
+
+    /** Closes the channel, releases this tab's locks and stops waiting on siblings'. */
+    close() {
+      this._open = false;
+      if (this.channel) {
+        try {
+          this.channel.close();
+        } catch (_) {
+          /* ignore */
+        }
+        this.channel = null;
+      }
+      this.ownLock = null;
+      this.leader = false;
+      var releasers = this._releasers;
+      this._releasers = [];
+      releasers.forEach(function (r) { r(); });
+      if (this._abort) this._abort.abort();
+      this._watching.clear();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Storage
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * localStorage, never throwing (disabled, sandboxed, full), with the records the client keeps
+   * under a scope key: the state cache and its version, outboxes, the client id. What to do when
+   * storage is full is the client's policy, not this class's.
+   */
+  class LocalStore {
+    constructor(storage) {
+      this.storage = storage;
+    }
+
+    get(key) {
+      try {
+        return this.storage.getItem(key);
+      } catch (_) {
+        return null;
+      }
+    }
+
+    /** False when the value did not fit (quota) or storage refused. */
+    set(key, text) {
+      try {
+        this.storage.setItem(key, text);
+        return true;
+      } catch (_) {
+        return false;
+      }
+    }
+
+    remove(key) {
+      try {
+        this.storage.removeItem(key);
+        return true;
+      } catch (_) {
+        return false;
+      }
+    }
+
+    /** Keys starting with `prefix`, or null when storage cannot list them. */
+    keys(prefix) {
+      var s = this.storage;
+      if (typeof s.key !== 'function') return null;
+      var found = [];
+      try {
+        for (var i = 0; i < s.length; i++) {
+          var k = s.key(i);
+          if (typeof k === 'string' && k.indexOf(prefix) === 0) found.push(k);
+        }
+      } catch (_) {
+        return null;
+      }
+      return found;
+    }
+
+    /** The cached state under `key` (`{"v":1,"data":{…}}`), or null. A corrupt cache is removed. */
+    readCache(key) {
+      var raw = this.get(key);
+      if (raw == null) return null;
+      var parsed;
+      try {
+        parsed = JSON.parse(raw);
+      } catch (_) {
+        this.remove(key);
+        return null;
+      }
+      if (!parsed || parsed.v !== CACHE_VERSION || !parsed.data || typeof parsed.data !== 'object' || Array.isArray(parsed.data)) return null;
+      return parsed.data;
+    }
+
+    /**
+     * Writes the cache of relay run `run` at `seq`, unless the stored one is of the same run and
+     * further along: 'saved', 'behind' or 'full'.
+     */
+    writeCache(key, data, run, seq) {
+      var verKey = key + '::version';
+      if (run !== null) {
+        try {
+          var ver = JSON.parse(this.get(verKey) || 'null');
+          if (ver && ver.run === run && typeof ver.seq === 'number' && ver.seq > seq) return 'behind';
+        } catch (_) {
+          /* unreadable: overwrite */
+        }
+      }
+      if (!this.set(key, JSON.stringify({ v: CACHE_VERSION, data: data }))) return 'full';
+      if (run !== null) this.set(verKey, JSON.stringify({ run: run, seq: seq }));
+      else this.remove(verKey);
+      return 'saved';
+    }
+
+    removeCache(key) {
+      this.remove(key);
+      this.remove(key + '::version');
+    }
+
+    /** A tab's stored outbox record, or null (an unreadable one is removed). */
+    readOutbox(key) {
+      var raw = this.get(key);
+      if (raw == null) return null;
+      try {
+        var rec = JSON.parse(raw);
+        if (rec && rec.v === 1 && Array.isArray(rec.entries) && typeof rec.owner === 'string') return rec;
+      } catch (_) {
+        /* fall through */
+      }
+      this.remove(key);
+      return null;
+    }
+
+    /** The scope's client id, created once and kept (a full storage: a fresh one, not kept). */
+    clientId(scopeKey) {
+      var key = scopeKey + '::cid';
+      var got = this.get(key);
+      if (typeof got === 'string' && /^[a-z0-9]{8,64}$/.test(got)) return got;
+      var cid = shortId(20);
+      this.set(key, cid);
+      return cid;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The connection: backoff, one socket, one state, one teardown
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * Reconnect delays: jittered exponential backoff (a random 50-100 % of each step), longer after
+   * "busy" and "rate limit" closes. Only a connection that lasted resets it, so a relay or proxy
+   * that closes right after `hello` is retried ever more slowly.
+   */
+  class Backoff {
+    constructor(opts) {
+      this._opts = opts;
+      this.attempt = 0;
+      this._openedAt = 0;
+    }
+
+    opened() {
+      this._openedAt = now();
+    }
+
+    ended() {
+      if (this._openedAt && now() - this._openedAt >= STABLE_CONNECTION_MS) this.attempt = 0;
+      this._openedAt = 0;
+    }
+
+    reset() {
+      this.attempt = 0;
+    }
+
+    next(kind) {
+      var o = this._opts;
+      var max = Math.max(o.maxReconnectDelayMs, o.minReconnectDelayMs);
+      var d = Math.min(max, o.minReconnectDelayMs * Math.pow(2, this.attempt));
+      this.attempt = Math.min(this.attempt + 1, 30);
+      if (kind === 'busy') d = Math.min(max * 4, Math.max(d * 4, 2000));
+      else if (kind === 'rate') d = Math.max(d, 1000);
+      return Math.round(d * (0.5 + Math.random() * 0.5));
+    }
+  }
+
+  /**
+   * One WebSocket at a time in one explicit state: 'idle' (none; a retry may be scheduled),
+   * 'connecting' (opening, no `hello` yet), 'open' (after `hello`) or 'closed' (for good). Every
+   * end, whoever causes it, goes through `end`. It checks liveness while open and knows nothing
+   * else of the protocol; the client plugs in through hooks:
+   *   url()                          the URL of the next attempt
+   *   opened()                       the socket opened (before `hello`)
+   *   frame(data)                    a frame arrived
+   *   check()                        each second while open: 'ok', 'ping' or 'dead'
+   *   ended(code, reason, how, wasOpen)   after every end
+   *   retry()                        a scheduled retry is due
+   */
+  class Connection {
+    constructor(WS, opts, hooks) {
+      this._WS = WS;
+      this._opts = opts;
+      this._hooks = hooks;
+      this.state = 'idle';
+      this.ws = null;
+      this.backoff = new Backoff(opts);
+      this.lastHeard = 0;
+      this.pingSentAt = 0;
+      this._retry = null;
+      this._watchdog = null;
+    }
+
+    get isOpen() {
+      return this.state === 'open';
+    }
+
+    get retryPending() {
+      return this._retry !== null;
+    }
+
+    /** Opens a socket if there is none; returns its URL, or null. */
+    connect() {
+      this._cancelRetry();
+      if (this.state !== 'idle' || this.ws || typeof this._WS !== 'function') return null;
+      var url = this._hooks.url();
+      var ws;
+      try {
+        ws = new this._WS(url);
+      } catch (err) {
+        this.end(1006, String((err && err.message) || err), 'retry');
+        return null;
+      }
+      this.ws = ws;
+      this.state = 'connecting';
+      var self = this;
+      ws.onopen = function () {
+        if (self.ws === ws) self._hooks.opened();
+      };
+      ws.onmessage = function (ev) {
+        if (self.ws !== ws) return;
+        self.lastHeard = now();
+        self.pingSentAt = 0; // any frame proves the connection alive
+        self._hooks.frame(ev && ev.data);
+      };
+      ws.onerror = noop;
+      ws.onclose = function (ev) {
+        if (self.ws === ws) self.end(ev && typeof ev.code === 'number' ? ev.code : 1006, (ev && ev.reason) || '', 'retry');
+      };
+      return url;
+    }
+
+    /** `hello` arrived: the connection is open; the watchdog starts. */
+    markOpen() {
+      this.state = 'open';
+      this.backoff.opened();
+      this.lastHeard = now();
+      this.pingSentAt = 0;
+      this._arm();
+    }
+
+    send(text) {
+      if (!this.ws) return false;
+      try {
+        this.ws.send(text);
+        return true;
+      } catch (_) {
+        return false; // the close event follows
+      }
+    }
+
+    /** v2: asks the relay for a `pong` (any frame will do as the answer). */
+    ping() {
+      if (this.state !== 'open' || this.pingSentAt) return;
+      this.pingSentAt = now();
+      this.send('{"type":"ping"}');
+    }
+
+    /**
+     * The one way a connection ends. `how`: 'retry' (the socket closed or failed; the owner
+     * reports it and may schedule a retry), 'restart' (we gave up on a live-looking socket: close
+     * it, reconnect at once), 'quiet' (close it; the caller connects again itself), 'stop' (for good).
+     */
+    end(code, reason, how) {
+      var ws = this.ws;
+      var wasOpen = this.state === 'open';
+      this.ws = null;
+      this.state = how === 'stop' ? 'closed' : 'idle';
+      this._cancelRetry();
+      clearTimeout(this._watchdog);
+      this._watchdog = null;
+      this.pingSentAt = 0;
+      this.backoff.ended();
+      if (ws && how !== 'retry') {
+        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        try {
+          ws.close(how === 'restart' ? 4000 : 1000);
+        } catch (_) {
+          /* ignore */
+        }
+      }
+      if (how === 'restart') this.retryIn(0);
+      this._hooks.ended(code, reason, how, wasOpen);
+    }
+
+    retryIn(ms) {
+      this._cancelRetry();
+      var self = this;
+      this._retry = timer(function () {
+        self._retry = null;
+        self._hooks.retry();
+      }, ms);
+    }
+
+    _cancelRetry() {
+      clearTimeout(this._retry);
+      this._retry = null;
+    }
+
+    /**
+     * Each second while open: a ping unanswered for `pingTimeoutMs` ends the socket (it looks
+     * open but is dead: sleep, a network change) and reconnects at once; the owner decides when
+     * to ping.
+     */
+    _arm() {
+      clearTimeout(this._watchdog);
+      var self = this;
+      this._watchdog = timer(function () {
+        self._watchdog = null;
+        if (self.state !== 'open') return;
+        if (self.pingSentAt) {
+          if (now() - self.pingSentAt > self._opts.pingTimeoutMs) return self.end(4000, 'no answer from the relay', 'restart');
+        } else {
+          var verdict = self._hooks.check();
+          if (verdict === 'dead') return self.end(4000, 'write not echoed', 'restart');
+          if (verdict === 'ping') self.ping();
+        }
+        if (self.state === 'open') self._arm();
+      }, WATCHDOG_MS, true);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // The client
   // ---------------------------------------------------------------------------------------------
 
@@ -261,32 +917,36 @@
       o.maxReconnectDelayMs = opts.maxReconnectDelayMs || DEFAULTS.maxReconnectDelayMs;
       [
         'minReconnectDelayMs', 'sendBurst', 'sendRatePerSecond', 'maxKeyBytes', 'maxValueBytes',
-        'supersedeWindowMs', 'maxTrackedWrites', 'outboxStaleMs',
+        'supersedeWindowMs', 'maxTrackedWrites', 'outboxStaleMs', 'ackTimeoutMs', 'pingIntervalMs',
+        'pingTimeoutMs',
       ].forEach(function (k) {
         if (typeof opts[k] === 'number' && opts[k] >= 0) o[k] = opts[k];
       });
       o.protocol = opts.protocol === 1 ? 1 : 2;
       o.authToken = typeof opts.authToken === 'string' && opts.authToken ? opts.authToken : null;
-      this._cacheKey = typeof opts.cacheKey === 'string' && opts.cacheKey ? opts.cacheKey : 'aether::state::' + url;
-      this._WebSocket = 'WebSocket' in opts ? opts.WebSocket : g.WebSocket;
-      var BC = 'BroadcastChannel' in opts ? opts.BroadcastChannel : g.BroadcastChannel;
-      this._storage = null;
+      this._explicitKey = typeof opts.cacheKey === 'string' && opts.cacheKey ? opts.cacheKey : null;
+      this._cacheKey = scopeKey(url, this._explicitKey, o.authToken);
+      this._BC = 'BroadcastChannel' in opts ? opts.BroadcastChannel : g.BroadcastChannel;
+      var nav = g.navigator;
+      this._locks = 'locks' in opts ? opts.locks || null : (nav && nav.locks && typeof nav.locks.request === 'function' ? nav.locks : null);
+      var storage = null;
       if (o.persist) {
         try {
-          this._storage = 'storage' in opts ? opts.storage : g.localStorage || null;
+          storage = 'storage' in opts ? opts.storage : g.localStorage || null;
         } catch (_) {
-          this._storage = null; // access can throw (sandboxed iframes, disabled storage)
+          storage = null; // access can throw (sandboxed iframes, disabled storage)
         }
       }
+      /** Null without persistence. */
+      this._store = storage ? new LocalStore(storage) : null;
 
       // Visible state = the relay's state (`_base`) with pending local writes laid over it.
       this._state = new Map();
       this._base = new Map();
       /** key -> {own, tab, n, cid, del, value, at, settled} */
       this._overlay = new Map();
-      /** Pending writes, in send order: {n, op, key, value, t, status:'queued'|'sent', writes:[]} */
-      this._outbox = [];
-      this._nextN = 1;
+      /** Pending writes (see Outbox). */
+      this._outbox = new Outbox();
       /** key -> {n, del, value, stamp, seq, run, at}: this instance's latest write per key. */
       this._tracked = new Map();
 
@@ -300,21 +960,25 @@
       this._readyResolvers = [];
 
       this._tabId = randomId();
-      this._outboxKey = this._cacheKey + '::outbox::' + this._tabId;
       this._hasSnapshot = false;
       this._closed = false;
       this._fatal = false;
 
-      // Connection.
-      this._ws = null;
-      this._connected = false;
+      // Connection (its state, socket, backoff and watchdog: see Connection).
+      var self = this;
+      this._connection = new Connection('WebSocket' in opts ? opts.WebSocket : g.WebSocket, o, {
+        url: function () { return self._wsUrl(); },
+        opened: function () { self._onOpen(); },
+        frame: function (data) { self._onFrame(data); },
+        check: function () { return self._checkAlive(); },
+        ended: function (code, reason, how, wasOpen) { self._onEnded(code, reason, how, wasOpen); },
+        retry: function () { self._connect(); },
+      });
       this._proto = null;
       this._myId = null;
       this._myColor = null;
       this._node = null;
       this._myIds = new Set();
-      this._attempt = 0;
-      this._reconnectTimer = null;
       this._status = { connected: false, protocol: null, code: null, reason: null, retryInMs: null, fatal: false };
       this._sentSomething = false;
       this._tokens = 0;
@@ -335,31 +999,66 @@
       this._cacheOk = true;
       this._saveTimer = null;
       this._outboxSaveQueued = false;
+      this._outboxFull = false;
+      this._savedIds = null;
       this._beatTimer = null;
       this._probes = new Map();
+      this._hidden = false;
 
-      // Same-origin tabs.
-      this._bc = null;
+      // Same-origin tabs (see Tabs): a closed tab's outbox is adopted by exactly one sibling once
+      // its lock is free; the leader alone re-posts relay frames and writes the state cache.
+      this._tabs = null;
       this._bcSource = null;
       this._bcSourceAt = 0;
       this._peerTimer = null;
-      if (typeof BC === 'function') {
-        try {
-          this._bc = new BC('aether::' + url);
-          var self = this;
-          this._bc.onmessage = function (ev) {
-            self._onChannel(ev && ev.data);
-          };
-        } catch (_) {
-          this._bc = null;
-        }
-      }
+      /** Writes a closing sibling handed over in its `bye` (storage was full), by tab. */
+      this._handed = new Map();
 
       this._loadCache();
+      this._enterScope();
       this._scanOrphans();
       this._listenPageLifecycle();
       this._connect();
       this._post({ type: 'snapshot-request' });
+    }
+
+    /** Opens what lives under the current cache key: client id, outbox key, tab channel, locks. */
+    _enterScope() {
+      this._outboxKey = this._cacheKey + '::outbox::' + this._tabId;
+      this._cid = this._store ? this._store.clientId(this._cacheKey) : shortId(20);
+      var self = this;
+      var tabs = new Tabs(this._tabId, this._cacheKey, this._BC, this._locks, {
+        message: function (msg) { if (!self._closed) self._onChannel(msg); },
+        locked: function () {
+          if (self._outbox.size) self._saveOutbox(false); // it names the lock now
+        },
+        gone: function (tab) { self._onSiblingGone(tab); },
+        leading: function () { self._scheduleSave(); },
+      });
+      this._tabs = tabs;
+    }
+
+    /** Closes what `_enterScope` opened. */
+    _leaveScope() {
+      if (this._tabs) this._tabs.close();
+      this._handed.clear();
+    }
+
+    /** The BroadcastChannel of this scope, or null. */
+    get _bc() {
+      return this._tabs ? this._tabs.channel : null;
+    }
+
+    /** This tab leads its scope (re-posts relay frames, writes the cache). */
+    get _leader() {
+      return !!this._tabs && this._tabs.leader;
+    }
+
+    /** A sibling's lock was granted to us: it is gone; take over its pending writes. */
+    _onSiblingGone(tab) {
+      var handed = this._handed.get(tab);
+      this._handed.delete(tab);
+      if (!this._adopt(this._cacheKey + '::outbox::' + tab) && handed) this._adoptEntries(handed);
     }
 
     // ----- public API: data ----------------------------------------------------------------
@@ -400,7 +1099,7 @@
       var k = key === undefined ? null : String(key);
       var list = [];
       var closed = this._closed;
-      this._outbox.forEach(function (e) {
+      this._outbox.entries.forEach(function (e) {
         if (k !== null && e.key !== k) return;
         var w = new AetherWrite(e.key, e.op, e.value);
         if (closed) w._fail('closed');
@@ -413,7 +1112,7 @@
     /** Number of writes (to `key`, or in total) not yet acknowledged by the relay. */
     pendingWrites(key) {
       var k = key === undefined ? null : String(key);
-      return this._outbox.filter(function (e) { return k === null || e.key === k; }).length;
+      return this._outbox.count(k);
     }
 
     // ----- public API: events --------------------------------------------------------------
@@ -478,7 +1177,11 @@
     }
 
     get connected() {
-      return this._connected;
+      return this._connection.isOpen;
+    }
+
+    get _connected() {
+      return this._connection.isOpen;
     }
 
     get clientId() {
@@ -509,14 +1212,14 @@
         reason: s.reason,
         retryInMs: s.retryInMs,
         fatal: s.fatal,
-        pending: this._outbox.length,
+        pending: this._outbox.size,
       };
     }
 
     sendPresence(x, y) {
       x = x | 0;
       y = y | 0;
-      if (this._connected && this._ws && !this._hasQueued() && this._takeToken()) {
+      if (this._connected && !this._outbox.hasQueued() && this._takeToken()) {
         this._sendText('{"type":"presence","x":' + x + ',"y":' + y + '}');
       }
       if (this._myId) {
@@ -526,12 +1229,7 @@
 
     /** Forgets the cached state (not the outbox of pending writes). */
     clearCache() {
-      if (!this._storage) return;
-      try {
-        this._storage.removeItem(this._cacheKey);
-      } catch (_) {
-        /* ignore */
-      }
+      if (this._store) this._store.removeCache(this._cacheKey);
     }
 
     /**
@@ -540,47 +1238,24 @@
      */
     close() {
       if (this._closed) return;
-      var wasConnected = this._connected;
       this._closed = true;
-      clearTimeout(this._reconnectTimer);
-      clearTimeout(this._pumpTimer);
       clearTimeout(this._beatTimer);
       clearTimeout(this._peerTimer);
       this._probes.forEach(function (t) { clearTimeout(t); });
       this._probes.clear();
-      if (this._ws) {
-        var ws = this._ws;
-        this._ws = null;
-        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
-        try {
-          ws.close(1000);
-        } catch (_) {
-          /* ignore */
-        }
-      }
-      this._connected = false;
-      this._myId = this._myColor = null;
+      this._connection.end(1000, '', 'stop');
       if (this._saveTimer) {
         clearTimeout(this._saveTimer);
         this._saveTimer = null;
         this._saveCache();
       }
-      this._saveOutbox(true);
-      this._post({ type: 'bye', pending: this._outbox.length > 0 });
-      if (this._bc) {
-        try {
-          this._bc.close();
-        } catch (_) {
-          /* ignore */
-        }
-        this._bc = null;
-      }
+      this._handOver();
+      this._leaveScope();
       if (this._unlisten) this._unlisten();
-      this._outbox.forEach(function (e) {
+      this._outbox.entries.forEach(function (e) {
         e.writes.forEach(function (w) { w._fail('closed'); });
         e.writes = [];
       });
-      if (wasConnected) this._notifyStatus();
     }
 
     /**
@@ -596,30 +1271,52 @@
         this._opts.authToken = token;
       }
       this._fatal = false;
-      this._attempt = 0;
-      clearTimeout(this._reconnectTimer);
-      this._reconnectTimer = null;
-      if (this._ws) {
-        if (!changed) return;
-        var ws = this._ws;
-        this._ws = null;
-        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
-        try {
-          ws.close(1000);
-        } catch (_) {
-          /* ignore */
-        }
-        var wasConnected = this._connected;
-        this._connected = false;
-        this._myId = this._myColor = null;
-        clearTimeout(this._pumpTimer);
-        this._pumpTimer = null;
-        this._outbox.forEach(function (e) {
-          if (e.status === 'sent') e.status = 'queued';
-        });
-        if (wasConnected) this._notifyStatus();
+      this._connection.backoff.reset();
+      if (this._connection.ws && !changed) return;
+      this._connection.end(1000, '', 'quiet');
+      if (changed) {
+        var key = scopeKey(this.url, this._explicitKey, this._opts.authToken);
+        if (key !== this._cacheKey) this._switchScope(key);
       }
       this._connect();
+    }
+
+    /**
+     * Another user (a new token naming another `sub`): nothing of the previous user's stays in
+     * this instance. Its pending writes stay in storage under its own scope, for its next
+     * session; their handles reject with 'user-changed'. The new user's cache and orphaned
+     * writes are loaded as at construction.
+     */
+    _switchScope(key) {
+      if (this._saveTimer) {
+        clearTimeout(this._saveTimer);
+        this._saveTimer = null;
+        this._saveCache();
+      }
+      this._saveOutbox(true);
+      this._post({ type: 'bye', pending: false });
+      this._leaveScope();
+      clearTimeout(this._beatTimer);
+      this._beatTimer = null;
+      this._outbox.clear().forEach(function (e) {
+        e.writes.forEach(function (w) { w._fail('user-changed'); });
+      });
+      this._overlay.clear();
+      this._tracked.clear();
+      this._myIds.clear(); // the previous user's connections are not "mine" for the next one
+      this._bcSource = null;
+      this._cacheKey = key;
+      this._cacheOk = true;
+      this._outboxFull = false;
+      this._savedIds = null;
+      this._setVersion(null);
+      this._keyStamp.clear();
+      this._hasSnapshot = false;
+      this._applyWhole(this._readCache() || {});
+      if (this._readCache()) this._markReady();
+      this._enterScope();
+      this._scanOrphans();
+      this._post({ type: 'snapshot-request' });
     }
 
     // ----- writes and the outbox -----------------------------------------------------------
@@ -653,13 +1350,14 @@
         return w;
       }
       w.value = norm;
-      var entry = this._enqueue(op, k, norm, now());
+      var entry = this._outbox.add(op, k, norm, now());
       entry.writes.push(w);
       this._track(k, entry);
       this._overlay.set(k, { own: true, n: entry.n, del: op === 'delete', value: norm });
       this._refresh(k);
       this._post({ type: op, key: k, value: norm, local: true, n: entry.n, cid: this._myId, run: this._run, seq: this._seq });
-      this._queueOutboxSave();
+      if (this._hidden) this._handOver(); // the page is going away: save and hand over now
+      else this._queueOutboxSave();
       this._pump();
       return w;
     }
@@ -668,29 +1366,6 @@
       if (!k) return 'bad_key';
       if (this._opts.maxKeyBytes && utf8Length(k) > this._opts.maxKeyBytes) return 'bad_key';
       return null;
-    }
-
-    /** Adds a write to the outbox; a write to a key whose previous write was not sent yet replaces it. */
-    _enqueue(op, key, value, t) {
-      for (var i = this._outbox.length - 1; i >= 0; i--) {
-        var e = this._outbox[i];
-        if (e.key !== key) continue;
-        if (e.status === 'queued') {
-          e.op = op;
-          e.value = value;
-          e.t = t;
-          return e;
-        }
-        break;
-      }
-      var entry = { n: this._nextN++, op: op, key: key, value: value, t: t, status: 'queued', writes: [] };
-      this._outbox.push(entry);
-      return entry;
-    }
-
-    _hasQueued() {
-      for (var i = 0; i < this._outbox.length; i++) if (this._outbox[i].status === 'queued') return true;
-      return false;
     }
 
     _takeToken() {
@@ -706,9 +1381,10 @@
 
     /** Sends queued writes while the rate budget allows; schedules itself for the rest. */
     _pump() {
-      if (!this._connected || !this._ws || this._pumpTimer) return;
-      for (var i = 0; i < this._outbox.length; i++) {
-        var e = this._outbox[i];
+      if (!this._connected || this._pumpTimer) return;
+      var entries = this._outbox.entries;
+      for (var i = 0; i < entries.length; i++) {
+        var e = entries[i];
         if (e.status !== 'queued') continue;
         if (!this._takeToken()) {
           var self = this;
@@ -720,33 +1396,35 @@
           return;
         }
         var msg = e.op === 'set' ? { type: 'set', key: e.key, value: e.value } : { type: 'delete', key: e.key };
-        if (this._proto === 2) msg.ref = e.n;
-        e.status = 'sent';
+        if (this._proto === 2) msg.ref = e.id;
+        this._outbox.markSent(e);
         this._sendText(JSON.stringify(msg));
       }
     }
 
     _sendText(text) {
-      try {
-        this._ws.send(text);
-        this._sentSomething = true;
-      } catch (_) {
-        /* the close event follows */
-      }
+      if (this._connection.send(text)) this._sentSomething = true;
     }
 
     /** The write `entry` is durable (echo or ack): drop it from the outbox and settle its handles. */
     _confirm(entry, stamp, seq) {
-      var i = this._outbox.indexOf(entry);
-      if (i < 0) return;
-      this._outbox.splice(i, 1);
+      if (!this._outbox.remove(entry)) return;
       var tracked = this._tracked.get(entry.key);
+      var lostAlready = false;
       if (tracked && tracked.n === entry.n) {
         if (this._proto === 2 && typeof stamp === 'string') {
           tracked.stamp = stamp;
           tracked.seq = typeof seq === 'number' ? seq : null;
           tracked.run = this._run;
           tracked.at = now();
+          // A repeat answered with its original ack: a later write may already have replaced it,
+          // seen as a greater stamp, or (the write being older than the last snapshot or delta
+          // we applied) as another value in the relay's state.
+          var known = this._keyStamp.get(entry.key);
+          var base = this._base.has(entry.key);
+          var differs = tracked.del ? base : !base || !jsonEqual(this._base.get(entry.key), tracked.value);
+          lostAlready = (typeof known === 'string' && known > stamp) ||
+            (typeof seq === 'number' && this._resumable && seq <= this._floorSeq && differs);
         } else {
           this._tracked.delete(entry.key); // v1: no stamps, so no supersede tracking
         }
@@ -754,13 +1432,12 @@
       entry.writes.forEach(function (w) { w._succeed(stamp, seq); });
       this._settleOverlay(entry, false);
       this._queueOutboxSave();
+      if (lostAlready) this._fireSupersede(entry.key, tracked, this._base.get(entry.key));
     }
 
     /** The relay refused the write `entry`: it will never apply, so undo it locally. */
     _refuse(entry, reason) {
-      var i = this._outbox.indexOf(entry);
-      if (i < 0) return;
-      this._outbox.splice(i, 1);
+      if (!this._outbox.remove(entry)) return;
       var tracked = this._tracked.get(entry.key);
       if (tracked && tracked.n === entry.n) this._tracked.delete(entry.key);
       entry.writes.forEach(function (w) { w._fail(reason); });
@@ -780,13 +1457,8 @@
     /** After an overlay entry went away: the latest own pending write to `key`, if any, shows. */
     _recomputeOverlay(key) {
       this._overlay.delete(key);
-      for (var i = this._outbox.length - 1; i >= 0; i--) {
-        var e = this._outbox[i];
-        if (e.key === key) {
-          this._overlay.set(key, { own: true, n: e.n, del: e.op === 'delete', value: e.value });
-          return;
-        }
-      }
+      var e = this._outbox.latest(key);
+      if (e) this._overlay.set(key, { own: true, n: e.n, del: e.op === 'delete', value: e.value });
     }
 
     // ----- supersede -----------------------------------------------------------------------
@@ -951,7 +1623,27 @@
     _afterState() {
       this._markReady();
       this._scheduleSave();
-      this._post({ type: 'snapshot', data: this.snapshot(), run: this._run, seq: this._seq });
+      this._repost({ type: 'snapshot', data: this.snapshot(), run: this._run, seq: this._seq });
+      this._pruneBookkeeping();
+    }
+
+    /**
+     * Per-key versions are needed only to order sibling re-posts newer than the last relay
+     * snapshot; once they outnumber the keys by far, those at or below the floor go.
+     */
+    _pruneBookkeeping() {
+      var limit = this._base.size + BOOKKEEPING_SLACK;
+      var self = this;
+      if (this._keySeq.size > limit) {
+        this._keySeq.forEach(function (seq, key) {
+          if (seq <= self._floorSeq) self._keySeq.delete(key);
+        });
+      }
+      if (this._keyStamp.size > limit) {
+        this._keyStamp.forEach(function (_, key) {
+          if (!self._base.has(key)) self._keyStamp.delete(key);
+        });
+      }
     }
 
     /** A `set`/`delete` frame from the relay. */
@@ -967,24 +1659,30 @@
       if (seq !== null) {
         if (seq > this._seq) this._seq = seq;
         this._keySeq.set(key, seq);
+        // Bounded: everything up to here is what the relay says (a connected tab ignores re-posts).
+        if (this._keySeq.size > this._base.size + BOOKKEEPING_SLACK) {
+          this._keySeq.clear();
+          this._floorSeq = this._seq;
+        }
       }
       if (stamp !== null) this._keyStamp.set(key, stamp);
+      if (this._keyStamp.size > this._base.size + BOOKKEEPING_SLACK) this._pruneBookkeeping();
       this._setBase(key, del, value);
 
       // Siblings first (before `settled`), so a tab that follows our re-posts never sees a gap.
-      this._post({ type: msg.type, key: key, value: value, run: this._run, seq: seq, stamp: stamp, origin: origin });
+      this._repost({ type: msg.type, key: key, value: value, run: this._run, seq: seq, stamp: stamp, origin: origin });
 
       var mine = origin !== null && this._myIds.has(origin);
       if (v2) {
         if (origin !== null && origin === this._myId) {
-          var own = this._oldestSent(key, null);
+          var own = this._outbox.oldestSent(key, null);
           if (own) this._confirm(own, stamp, seq);
         } else if (!mine) {
           var t = this._ackedTracked(key);
           if (t && stamp !== null && stamp > t.stamp) this._fireSupersede(key, t, value);
         }
       } else {
-        var match = this._oldestSent(key, function (e) {
+        var match = this._outbox.oldestSent(key, function (e) {
           return del ? e.op === 'delete' : e.op === 'set' && jsonEqual(e.value, value);
         });
         if (match) this._confirm(match, null, null);
@@ -997,29 +1695,13 @@
       this._refresh(key);
     }
 
-    _oldestSent(key, pred) {
-      for (var i = 0; i < this._outbox.length; i++) {
-        var e = this._outbox[i];
-        if (e.key === key && e.status === 'sent' && (!pred || pred(e))) return e;
-      }
-      return null;
-    }
-
-    _findSent(ref) {
-      for (var i = 0; i < this._outbox.length; i++) {
-        var e = this._outbox[i];
-        if (e.status === 'sent' && e.n === ref) return e;
-      }
-      return null;
-    }
-
     _onAck(msg) {
-      var e = this._findSent(msg.ref);
+      var e = this._outbox.sentWithId(msg.ref);
       if (e) this._confirm(e, typeof msg.stamp === 'string' ? msg.stamp : null, typeof msg.seq === 'number' ? msg.seq : null);
     }
 
     _onNack(msg) {
-      var e = this._findSent(msg.ref);
+      var e = this._outbox.sentWithId(msg.ref);
       if (e) this._refuse(e, typeof msg.reason === 'string' ? msg.reason : 'refused');
     }
 
@@ -1037,6 +1719,7 @@
         if (this._resumable && this._run !== null) {
           params.push(['resume', this._run + '.' + this._seq]);
         }
+        if (this._proto !== 1) params.push(['cid', this._cid]); // an upstream server ignores it anyway
       }
       if (this._opts.authToken) params.push(['auth_token', this._opts.authToken]);
       return withQuery(this.url, params);
@@ -1044,37 +1727,60 @@
 
     _connect() {
       if (this._closed || this._fatal) return;
-      this._reconnectTimer = null;
-      var WS = this._WebSocket;
-      if (typeof WS !== 'function') return; // no WebSocket here: offline only
-      var ws;
-      var url = this._wsUrl();
-      try {
-        ws = new WS(url);
-      } catch (err) {
-        this._afterClose(1006, String((err && err.message) || err));
-        return;
-      }
-      this._ws = ws;
+      var url = this._connection.connect();
+      if (url === null) return;
       this._resumeSince = /[?&]resume=/.test(url) ? { run: this._run, seq: this._seq } : null;
       this._sentSomething = false;
-      var self = this;
-      ws.onopen = function () {
-        if (self._ws !== ws) return;
-        if (self._opts.authToken) {
-          self._sendText(JSON.stringify({ type: 'auth', token: self._opts.authToken }));
-        }
-      };
-      ws.onmessage = function (ev) {
-        if (self._ws !== ws) return;
-        self._onFrame(ev && ev.data);
-      };
-      ws.onerror = noop;
-      ws.onclose = function (ev) {
-        if (self._ws !== ws) return;
-        self._ws = null;
-        self._afterClose(ev && typeof ev.code === 'number' ? ev.code : 1006, (ev && ev.reason) || '');
-      };
+    }
+
+    _onOpen() {
+      if (this._opts.authToken) this._sendText(JSON.stringify({ type: 'auth', token: this._opts.authToken }));
+    }
+
+    /** After every end of a connection (Connection.end): what the client undoes and reports. */
+    _onEnded(code, reason, how, wasOpen) {
+      clearTimeout(this._pumpTimer);
+      this._pumpTimer = null;
+      this._myId = this._myColor = null;
+      this._outbox.requeue();
+      if (how === 'stop') {
+        if (wasOpen) this._notifyStatus();
+      } else if (how === 'quiet') {
+        this._status = { connected: false, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
+        if (wasOpen) this._notifyStatus();
+      } else if (how === 'restart') {
+        this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: 0, fatal: false };
+        this._notifyStatus();
+      } else {
+        this._afterClose(code, reason);
+      }
+    }
+
+    /**
+     * The watchdog's question while open: a write unacknowledged for `ackTimeoutMs` (with nothing
+     * heard for `pingTimeoutMs`), or nothing heard for `pingIntervalMs`, asks for a v2 `ping`
+     * (unanswered: reconnect). v1 has no ping: an overdue echo means the socket is dead.
+     */
+    _checkAlive() {
+      var o = this._opts;
+      var t = now();
+      var heard = this._connection.lastHeard;
+      var overdue = t - heard > o.pingTimeoutMs && this._outbox.overdue(t, o.ackTimeoutMs);
+      if (this._proto === 1) return overdue ? 'dead' : 'ok';
+      return overdue || (o.pingIntervalMs > 0 && t - heard > o.pingIntervalMs) ? 'ping' : 'ok';
+    }
+
+    /** The page says the network came back or the tab became visible: is the connection alive? */
+    _wake(kind) {
+      if (this._closed || this._fatal) return;
+      var c = this._connection;
+      if (c.state === 'open') {
+        // A new network: the old socket may be bound to the old one; visible again: ask.
+        if (this._proto === 2) c.ping();
+        else if (kind === 'online') c.end(4000, 'network changed', 'restart');
+      } else if (c.state === 'idle' && c.retryPending && this._opts.autoReconnect) {
+        this._connect(); // skip the backoff wait: the reason we were failing may be gone
+      }
     }
 
     _onFrame(data) {
@@ -1105,15 +1811,17 @@
           return this._onAck(msg);
         case 'nack':
           return this._onNack(msg);
+        case 'pong':
+          return; // any frame proves the connection alive
         case 'presence':
           if (typeof msg.id !== 'string' || msg.id === this._myId) return;
           this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color]); });
-          this._post({ type: 'presence', id: msg.id, color: msg.color, x: msg.x, y: msg.y, relayed: true });
+          this._repost({ type: 'presence', id: msg.id, color: msg.color, x: msg.x, y: msg.y, relayed: true });
           return;
         case 'presence-leave':
           if (typeof msg.id !== 'string') return;
           this._leaveWatchers.forEach(function (cb) { callSafely(cb, [msg.id]); });
-          this._post({ type: 'presence-leave', id: msg.id });
+          this._repost({ type: 'presence-leave', id: msg.id });
           return;
         default:
           return; // forward compatible: unknown frames are ignored
@@ -1137,8 +1845,9 @@
         this._resumeSince = null;
         this._tracked.clear();
       }
-      this._connected = true;
-      this._attempt = 0;
+      // The backoff is not reset here: a relay or proxy that closes right after hello must not
+      // get a new connection every few hundred ms (it resets once a connection lasted).
+      this._connection.markOpen();
       this._tokens = Math.max(1, this._opts.sendBurst);
       this._tokensAt = now();
       this._status = { connected: true, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
@@ -1146,21 +1855,13 @@
       this._pump();
       // Upstream closes a connection whose first message does not come within 5 s; one ignored
       // frame keeps an idle tab connected there (our relay needs nothing: browsers answer pings).
-      if (this._proto === 1 && !this._sentSomething && this._ws) {
+      if (this._proto === 1 && !this._sentSomething) {
         this._sendText(JSON.stringify({ type: 'auth', token: this._opts.authToken || '' }));
       }
     }
 
+    /** After the socket closed or failed: report it, and back off before the next attempt. */
     _afterClose(code, reason) {
-      var wasConnected = this._connected;
-      this._connected = false;
-      this._myId = null;
-      this._myColor = null;
-      clearTimeout(this._pumpTimer);
-      this._pumpTimer = null;
-      this._outbox.forEach(function (e) {
-        if (e.status === 'sent') e.status = 'queued';
-      });
       if (this._closed) return;
       var auth = code === 4401 || (code === 1008 && /auth/i.test(reason));
       var rate = code === 4429 || (code === 1008 && /rate/i.test(reason));
@@ -1182,23 +1883,11 @@
       }
       var delay = null;
       if (this._opts.autoReconnect) {
-        delay = this._backoff(busy ? 'busy' : rate ? 'rate' : 'normal');
-        var self = this;
-        this._reconnectTimer = timer(function () { self._connect(); }, delay);
+        delay = this._connection.backoff.next(busy ? 'busy' : rate ? 'rate' : 'normal');
+        this._connection.retryIn(delay);
       }
       this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: delay, fatal: false };
       this._notifyStatus();
-    }
-
-    /** Jittered exponential backoff; longer after "busy" closes. */
-    _backoff(kind) {
-      var o = this._opts;
-      var max = Math.max(o.maxReconnectDelayMs, o.minReconnectDelayMs);
-      var d = Math.min(max, o.minReconnectDelayMs * Math.pow(2, this._attempt));
-      this._attempt = Math.min(this._attempt + 1, 30);
-      if (kind === 'busy') d = Math.min(max * 4, Math.max(d * 4, 2000));
-      else if (kind === 'rate') d = Math.max(d, 1000);
-      return Math.round(d * (0.5 + Math.random() * 0.5));
     }
 
     _notifyStatus() {
@@ -1211,20 +1900,18 @@
       Array.from(this._errorWatchers).forEach(function (cb) { callSafely(cb, [err]); });
     }
 
-    // ----- same-origin tabs (BroadcastChannel 'aether::' + url) ----------------------------
+    // ----- same-origin tabs (BroadcastChannel 'aether::' + cacheKey, see Tabs) --------------
+
+    /** Re-posts a relay frame for siblings without a connection: the leader tab alone does. */
+    _repost(msg) {
+      if (this._leader) this._post(msg);
+    }
 
     _post(msg) {
-      if (!this._bc) return;
-      msg.from = this._tabId;
-      try {
-        this._bc.postMessage(msg);
-      } catch (_) {
-        /* uncloneable or closed */
-      }
+      if (this._tabs) this._tabs.post(msg);
     }
 
     _onChannel(msg) {
-      if (this._closed || !msg || typeof msg !== 'object' || msg.from === this._tabId) return;
       var key = msg.key;
       switch (msg.type) {
         case 'set':
@@ -1256,7 +1943,7 @@
           this._scheduleSave();
           return;
         case 'outbox-probe':
-          if (Array.isArray(msg.owners) && msg.owners.indexOf(this._tabId) >= 0 && this._outbox.length) {
+          if (Array.isArray(msg.owners) && msg.owners.indexOf(this._tabId) >= 0 && this._outbox.size) {
             this._post({ type: 'outbox-alive', owner: this._tabId });
           }
           return;
@@ -1267,7 +1954,13 @@
             this._probes.delete(msg.owner);
           }
           return;
+        case 'cache-off':
+          this._cacheOk = false;
+          clearTimeout(this._saveTimer);
+          this._saveTimer = null;
+          return;
         case 'bye':
+          if (Array.isArray(msg.entries)) this._handed.set(msg.from, msg.entries);
           this._onPeerGone(msg.from, !!msg.pending);
           return;
         default:
@@ -1324,10 +2017,17 @@
         }
       });
       if (this._bcSource === tab) this._bcSource = null;
+      // With Web Locks, the sibling's lock decides who takes its writes (`Tabs.watch`), the
+      // moment it is really gone (a page entering the back-forward cache keeps its lock).
+      if (this._tabs && this._tabs.hasLocks) return;
       if (pending) {
-        // Someone has to send the closed tab's writes: a random delay makes a race unlikely.
+        // Someone has to send the closed tab's writes: a random delay makes a race unlikely (and
+        // with v2 a write sent by two tabs is still applied once: same client id, same write id).
         timer(function () {
-          if (!self._closed) self._adopt(self._cacheKey + '::outbox::' + tab);
+          if (self._closed) return;
+          var handed = self._handed.get(tab);
+          self._handed.delete(tab);
+          if (!self._adopt(self._cacheKey + '::outbox::' + tab) && handed) self._adoptEntries(handed);
         }, Math.floor(Math.random() * 200), true);
       }
     }
@@ -1388,29 +2088,14 @@
 
     // ----- persistence ---------------------------------------------------------------------
 
+    /** The cached state of the current scope, or null. A corrupt cache is removed, as upstream. */
+    _readCache() {
+      return this._store ? this._store.readCache(this._cacheKey) : null;
+    }
+
     _loadCache() {
-      var s = this._storage;
-      if (!s) return;
-      var raw;
-      try {
-        raw = s.getItem(this._cacheKey);
-      } catch (_) {
-        return;
-      }
-      if (raw == null) return;
-      var parsed;
-      try {
-        parsed = JSON.parse(raw);
-      } catch (_) {
-        try {
-          s.removeItem(this._cacheKey); // corrupt: remove, as upstream
-        } catch (_) {
-          /* ignore */
-        }
-        return;
-      }
-      if (!parsed || parsed.v !== CACHE_VERSION || !parsed.data || typeof parsed.data !== 'object' || Array.isArray(parsed.data)) return;
-      var data = parsed.data;
+      var data = this._readCache();
+      if (!data) return;
       for (var k in data) {
         if (Object.prototype.hasOwnProperty.call(data, k)) {
           var v = data[k] === undefined ? null : data[k];
@@ -1422,7 +2107,7 @@
     }
 
     _scheduleSave() {
-      if (!this._storage || !this._cacheOk || this._saveTimer || this._closed) return;
+      if (!this._store || !this._cacheOk || this._saveTimer || this._closed) return;
       var self = this;
       this._saveTimer = timer(function () {
         self._saveTimer = null;
@@ -1430,17 +2115,36 @@
       }, CACHE_DEBOUNCE_MS);
     }
 
+    /**
+     * Writes the state cache. Only the scope's leader tab writes it (every tab when Web Locks are
+     * missing), and never over a cache of the same relay run that is further along (`seq`), so a
+     * stale tab cannot overwrite a fresher cache. When storage is full the cache is the first
+     * thing given up (it can be fetched again; pending writes cannot).
+     */
     _saveCache() {
-      if (!this._storage || !this._cacheOk) return;
-      try {
-        this._storage.setItem(this._cacheKey, JSON.stringify({ v: CACHE_VERSION, data: this.snapshot() }));
-      } catch (_) {
-        this._cacheOk = false; // quota or security error: stop caching state for this session
-      }
+      if (!this._store || !this._cacheOk || !this._leader) return;
+      if (this._store.writeCache(this._cacheKey, this.snapshot(), this._run, this._seq) === 'full') this._dropCache();
+    }
+
+    /**
+     * Storage is full: stop caching state for this session and free the space the cache used.
+     * The sibling tabs stop too (`cache-off`), or the leader would fill the space again.
+     */
+    _dropCache() {
+      if (!this._cacheOk) return;
+      this._cacheOk = false;
+      clearTimeout(this._saveTimer);
+      this._saveTimer = null;
+      this._store.removeCache(this._cacheKey);
+      this._post({ type: 'cache-off' });
+      this._emitError({
+        type: 'storage', code: null, reason: 'quota', fatal: false,
+        message: 'localStorage is full: the state is no longer cached for offline use in this session',
+      });
     }
 
     _queueOutboxSave() {
-      if (this._outboxSaveQueued || !this._storage) return;
+      if (this._outboxSaveQueued || !this._store) return;
       this._outboxSaveQueued = true;
       var self = this;
       Promise.resolve().then(function () {
@@ -1449,25 +2153,44 @@
       });
     }
 
-    /** Writes this tab's outbox (pending writes) to localStorage under its own key. */
+    /**
+     * Writes this tab's outbox (pending writes) to localStorage under its own key. The stored
+     * outbox is never older than what the tab shows: when it does not fit, the state cache is
+     * freed and the save tried again; if it still does not fit, the stale stored outbox is
+     * removed (a reload must not send writes this tab has since replaced) and the app is told
+     * through `onError`. Returns whether storage now holds exactly the pending writes.
+     */
     _saveOutbox(released) {
-      var s = this._storage;
-      if (!s) return;
-      try {
-        if (!this._outbox.length) {
-          s.removeItem(this._outboxKey);
-          clearTimeout(this._beatTimer);
-          this._beatTimer = null;
-          return;
+      var store = this._store;
+      if (!store) return false;
+      if (!this._outbox.size) {
+        this._savedIds = null;
+        clearTimeout(this._beatTimer);
+        this._beatTimer = null;
+        return store.remove(this._outboxKey);
+      }
+      var entries = this._outbox.record();
+      var text = JSON.stringify({
+        v: 1, owner: this._tabId, lock: this._tabs ? this._tabs.ownLock : null, released: !!(released || this._hidden), beat: now(), entries: entries,
+      });
+      var ok = store.set(this._outboxKey, text);
+      if (!ok && this._cacheOk) {
+        this._dropCache();
+        ok = store.set(this._outboxKey, text);
+      }
+      if (ok) {
+        this._savedIds = new Set(entries.map(function (e) { return e.id; }));
+        this._outboxFull = false;
+      } else {
+        store.remove(this._outboxKey);
+        this._savedIds = null;
+        if (!this._outboxFull) {
+          this._outboxFull = true;
+          this._emitError({
+            type: 'storage', code: null, reason: 'quota', fatal: false,
+            message: 'localStorage is full: ' + entries.length + ' pending write(s) are kept in memory only and are lost if every tab closes before they are sent',
+          });
         }
-        var entries = this._outbox.map(function (e) {
-          var out = { op: e.op, key: e.key, t: e.t };
-          if (e.op === 'set') out.value = e.value;
-          return out;
-        });
-        s.setItem(this._outboxKey, JSON.stringify({ v: 1, owner: this._tabId, released: !!released, beat: now(), entries: entries }));
-      } catch (_) {
-        /* quota: the writes stay in memory and are still sent */
       }
       if (!released && !this._beatTimer) {
         var self = this;
@@ -1476,27 +2199,36 @@
           if (!self._closed) self._saveOutbox(false);
         }, OUTBOX_BEAT_MS, true);
       }
+      return ok;
+    }
+
+    /**
+     * The page (or this client) is going away: save the outbox and tell the siblings, handing
+     * them the writes themselves when storage could not take them. With Web Locks a sibling
+     * takes them over as soon as this tab's lock is free; without, at once.
+     */
+    _handOver() {
+      var saved = this._saveOutbox(true);
+      var msg = { type: 'bye', pending: this._outbox.size > 0 };
+      if (this._outbox.size && !saved) msg.entries = this._outbox.record();
+      this._post(msg);
     }
 
     /** Finds outboxes of tabs that are gone (reloaded, closed, crashed) and takes their writes. */
     _scanOrphans() {
-      var s = this._storage;
-      if (!s || typeof s.key !== 'function') return;
-      var prefix = this._cacheKey + '::outbox::';
-      var found = [];
-      try {
-        for (var i = 0; i < s.length; i++) {
-          var k = s.key(i);
-          if (typeof k === 'string' && k.indexOf(prefix) === 0 && k !== this._outboxKey) found.push(k);
-        }
-      } catch (_) {
-        return;
-      }
+      var found = this._store && this._store.keys(this._cacheKey + '::outbox::');
+      if (!found) return;
       var probe = [];
       var self = this;
       found.forEach(function (k) {
-        var rec = self._readOutbox(k);
+        if (k === self._outboxKey) return;
+        var rec = self._store.readOutbox(k);
         if (!rec) return;
+        if (self._tabs.hasLocks && typeof rec.lock === 'string') {
+          // Its owner held a lock: granted to us at once if the owner is gone, else when it goes.
+          self._tabs.watch(rec.owner);
+          return;
+        }
         if (rec.released || now() - (typeof rec.beat === 'number' ? rec.beat : 0) > self._opts.outboxStaleMs) {
           self._adopt(k);
           return;
@@ -1512,48 +2244,27 @@
       if (probe.length) this._post({ type: 'outbox-probe', owners: probe });
     }
 
-    _readOutbox(k) {
-      var raw;
-      try {
-        raw = this._storage.getItem(k);
-      } catch (_) {
-        return null;
-      }
-      if (raw == null) return null;
-      try {
-        var rec = JSON.parse(raw);
-        if (rec && rec.v === 1 && Array.isArray(rec.entries) && typeof rec.owner === 'string') return rec;
-      } catch (_) {
-        /* fall through */
-      }
-      try {
-        this._storage.removeItem(k);
-      } catch (_) {
-        /* ignore */
-      }
-      return null;
+    /** Takes over another tab's stored pending writes; true if there were any. */
+    _adopt(k) {
+      if (!this._store) return false;
+      var rec = this._store.readOutbox(k);
+      if (!rec) return false;
+      if (!this._store.remove(k)) return false;
+      this._adoptEntries(rec.entries);
+      return true;
     }
 
-    /** Takes over another tab's pending writes (a newer own write to the same key wins). */
-    _adopt(k) {
-      if (!this._storage) return;
-      var rec = this._readOutbox(k);
-      if (!rec) return;
-      try {
-        this._storage.removeItem(k);
-      } catch (_) {
-        return;
-      }
+    /** Adds another tab's pending writes to ours, ids kept (a newer own write to the same key wins). */
+    _adoptEntries(entries) {
       var self = this;
       var changed = [];
-      rec.entries.forEach(function (e) {
+      entries.forEach(function (e) {
         if (!e || (e.op !== 'set' && e.op !== 'delete') || typeof e.key !== 'string') return;
         var t = typeof e.t === 'number' ? e.t : 0;
-        for (var i = 0; i < self._outbox.length; i++) {
-          if (self._outbox[i].key === e.key && self._outbox[i].t > t) return;
-        }
+        var id = typeof e.id === 'string' && e.id && e.id.length <= 64 ? e.id : null;
+        if ((id !== null && self._outbox.has(id)) || self._outbox.newerThan(e.key, t)) return;
         var value = e.op === 'set' ? (e.value === undefined ? null : e.value) : undefined;
-        var entry = self._enqueue(e.op, e.key, value, t);
+        var entry = self._outbox.add(e.op, e.key, value, t, id);
         self._track(e.key, entry);
         self._overlay.set(e.key, { own: true, n: entry.n, del: e.op === 'delete', value: value });
         changed.push(e.key);
@@ -1563,6 +2274,29 @@
         this._saveOutbox(false);
         this._pump();
       }
+    }
+
+    /**
+     * Back from the back-forward cache or a freeze: if a sibling adopted our writes meanwhile
+     * (possible only without Web Locks), they are its to send now; drop our copies.
+     */
+    _recheckOwnership() {
+      if (!this._store || !this._savedIds || !this._outbox.size) return;
+      var rec = this._store.readOutbox(this._outboxKey);
+      if (rec && rec.owner === this._tabId) return;
+      var saved = this._savedIds;
+      var self = this;
+      var gone = this._outbox.entries.filter(function (e) { return saved.has(e.id); });
+      gone.forEach(function (e) {
+        self._outbox.remove(e);
+        e.writes.forEach(function (w) { w._fail('handed-over'); });
+        var o = self._overlay.get(e.key);
+        if (o && o.own && o.n === e.n) {
+          self._recomputeOverlay(e.key);
+          self._refresh(e.key);
+        }
+      });
+      this._savedIds = null;
     }
 
     _listenPageLifecycle() {
@@ -1576,16 +2310,32 @@
           self._saveTimer = null;
           self._saveCache();
         }
-        self._saveOutbox(true); // a reload adopts these at once
+        self._hidden = true; // a write from now on is saved and handed over at once
+        self._handOver();
       };
       var show = function () {
-        if (!self._closed) self._saveOutbox(false);
+        if (self._closed) return;
+        self._hidden = false;
+        self._recheckOwnership();
+        self._saveOutbox(false);
+        self._wake('visible');
+      };
+      var online = function () {
+        if (!self._closed) self._wake('online');
+      };
+      var doc = g.document;
+      var visible = function () {
+        if (!self._closed && doc && doc.visibilityState === 'visible') self._wake('visible');
       };
       g.addEventListener('pagehide', hide);
       g.addEventListener('pageshow', show);
+      g.addEventListener('online', online);
+      if (doc && typeof doc.addEventListener === 'function') doc.addEventListener('visibilitychange', visible);
       this._unlisten = function () {
         g.removeEventListener('pagehide', hide);
         g.removeEventListener('pageshow', show);
+        g.removeEventListener('online', online);
+        if (doc && typeof doc.removeEventListener === 'function') doc.removeEventListener('visibilitychange', visible);
       };
     }
   }

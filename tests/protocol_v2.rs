@@ -137,7 +137,7 @@ fn readme_protocol_v2_block_matches_the_running_server() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let (inbound, outbound) = common::readme_protocol_block(&readme, "protocol-v2");
     let types = |frames: &[common::Documented]| frames.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
-    assert_eq!(types(&inbound), ["set", "delete", "presence", "auth"]);
+    assert_eq!(types(&inbound), ["set", "delete", "presence", "auth", "ping"]);
     let server = Server::start("");
     let mut writer = server.client();
     writer.set("gone", json!(0));
@@ -161,9 +161,79 @@ fn readme_protocol_v2_block_matches_the_running_server() {
     let a_id = a.id();
     drop(a);
     seen.push(b.recv_until(|f| f["type"] == "presence-leave" && f["id"] == a_id));
+    b.send(json!({"type": "ping"}));
+    seen.push(b.recv_until(|f| f["type"] == "pong"));
     let seen_types: Vec<String> = seen.iter().map(|f| f["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(seen_types, types(&outbound));
     for (frame, (ty, fields)) in seen.iter().zip(&outbound) {
         assert_eq!(&keys(frame), fields, "fields of {ty}: {frame}");
     }
+}
+
+/// The next frame that is not about presence (closed connections' leaves come at any time).
+fn next_op(client: &mut Client) -> Value {
+    client.recv_until(|f| !f["type"].as_str().unwrap_or("").starts_with("presence"))
+}
+
+/// Exactly-once writes (`?cid=`): a write applied while its socket dropped before the ack is
+/// answered, when sent again, with the original ack; it is not applied a second time, so another
+/// client's later write survives. v1 ignores `cid` and applies every write.
+#[test]
+fn a_repeated_write_with_a_client_id_is_answered_not_applied_again() {
+    let server = Server::start("");
+    let mut watcher = v2(&server, "");
+    let url = format!("{}?v=2&cid=tab-1", server.url());
+
+    // Send, see it applied, drop the socket without reading the ack: the writer never learns.
+    let mut first = Client::connect(&url);
+    first.send(json!({"type": "set", "key": "k", "value": "mine", "ref": "w-1"}));
+    let applied = watcher.recv_set("k");
+    assert_eq!(applied["value"], "mine");
+    drop(first);
+
+    // Meanwhile another client writes the same key.
+    let mut other = v2(&server, "&cid=tab-2");
+    other.send(json!({"type": "set", "key": "k", "value": "theirs", "ref": "w-1"}));
+    let theirs = other.recv_until(|f| f["type"] == "ack");
+    assert_eq!(watcher.recv_set("k")["value"], "theirs");
+
+    // The first client reconnects with its id and sends its unacknowledged write again.
+    let mut again = Client::connect(&url);
+    assert_eq!(again.snapshot["data"]["k"], "theirs");
+    again.send(json!({"type": "set", "key": "k", "value": "mine", "ref": "w-1"}));
+    let ack = next_op(&mut again);
+    assert_eq!(
+        ack,
+        json!({"type": "ack", "ref": "w-1", "key": "k", "stamp": applied["stamp"], "seq": applied["seq"]}),
+        "the original ack"
+    );
+    assert!(ack["stamp"].as_str() < theirs["stamp"].as_str());
+    // Nothing was applied: the next frame anyone sees is a later, unrelated write.
+    again.send(json!({"type": "set", "key": "marker", "value": 1, "ref": "w-2"}));
+    assert_eq!(next_op(&mut watcher)["key"], "marker", "no second apply of w-1");
+    let fresh = v2(&server, "");
+    assert_eq!(fresh.snapshot["data"]["k"], "theirs");
+
+    // A repeat sent while the first is still in flight is applied once; both get the same ack.
+    let (mut a, mut b) = (Client::connect(&url), Client::connect(&url));
+    a.send(json!({"type": "delete", "key": "k", "ref": "w-3"}));
+    b.send(json!({"type": "delete", "key": "k", "ref": "w-3"}));
+    let ack_a = a.recv_until(|f| f["type"] == "ack");
+    let ack_b = b.recv_until(|f| f["type"] == "ack");
+    assert_eq!(ack_a, ack_b);
+    assert_eq!(next_op(&mut watcher)["type"], "delete");
+    watcher.send(json!({"type": "set", "key": "after", "value": 1}));
+    assert_eq!(next_op(&mut watcher)["key"], "after", "one delete, not two");
+
+    // v1: `cid` means nothing; both copies apply; a `ping` gets no answer.
+    let mut old = Client::connect(&format!("{}?cid=tab-1", server.url()));
+    old.send(json!({"type": "ping"}));
+    old.send(json!({"type": "set", "key": "v1", "value": 0}));
+    assert_eq!(old.recv_set("v1"), json!({"type": "set", "key": "v1", "value": 0}));
+    drop(old);
+    let mut old = Client::connect(&format!("{}?cid=tab-1", server.url()));
+    old.send(json!({"type": "set", "key": "v1", "value": 1, "ref": "w-1"}));
+    old.send(json!({"type": "set", "key": "v1", "value": 1, "ref": "w-1"}));
+    assert_eq!(old.recv_set("v1"), json!({"type": "set", "key": "v1", "value": 1}));
+    assert_eq!(old.recv_set("v1"), json!({"type": "set", "key": "v1", "value": 1}));
 }

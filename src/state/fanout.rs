@@ -46,7 +46,7 @@ impl StateActor {
                 v2.push(protocol::op_frame_v2(&op, origin.as_deref(), seq));
             }
             if let Source::Client { origin, reference: Some(reference) } = &meta.source {
-                acks.push((*origin, protocol::ack(reference, &op, seq)));
+                acks.push((*origin, reference, protocol::ack(reference, &op, seq)));
             }
             if self.mesh.is_some() {
                 durable.push(op.clone());
@@ -70,10 +70,14 @@ impl StateActor {
             mesh.do_send(StateEvent::Durable { ops: durable.into(), sources });
         }
         self.broadcast(&Outbound::frames(v1.into()), &Outbound::frames(v2.into()), None);
-        for (origin, frame) in acks {
-            if let Some(member) = self.members.get(&origin).filter(|m| m.version == Version::V2) {
-                // A writer too slow for its ack is caught by the next broadcast.
-                let _ = member.outbox.push(Outbound::frames(Arc::new([frame])));
+        for (origin, reference, frame) in acks {
+            // Connections that sent the same write again while it was in flight get the ack too.
+            let waiters = self.dedup.acked(origin, reference, &frame);
+            for id in std::iter::once(origin).chain(waiters) {
+                if let Some(member) = self.members.get(&id).filter(|m| m.version == Version::V2) {
+                    // A writer too slow for its ack is caught by the next broadcast.
+                    let _ = member.outbox.push(Outbound::frames(Arc::new([frame.clone()])));
+                }
             }
         }
     }
@@ -84,6 +88,9 @@ impl StateActor {
     fn lost(&mut self, op: &Op, meta: &WriteMeta) {
         let Source::Client { origin, reference } = &meta.source else { return };
         log::warn!("a local write to {:?} lost to a newer stamp already held; its writer is told", op.key);
+        if let Some(reference) = reference {
+            self.nack_waiters(*origin, reference, "superseded");
+        }
         let Some(member) = self.members.get(origin) else { return };
         let frame = match (member.version, reference) {
             (Version::V2, Some(reference)) => protocol::nack(reference, "superseded"),
@@ -100,7 +107,17 @@ impl StateActor {
     pub(super) fn refuse(&mut self, metas: &[WriteMeta], reason: &str) {
         for meta in metas {
             let Source::Client { origin, reference: Some(reference) } = &meta.source else { continue };
+            self.nack_waiters(*origin, reference, reason);
             if let Some(member) = self.members.get(origin).filter(|m| m.version == Version::V2) {
+                let _ = member.outbox.push(Outbound::frames(Arc::new([protocol::nack(reference, reason)])));
+            }
+        }
+    }
+
+    /// A write that will never apply: the connections that sent it again meanwhile are told too.
+    fn nack_waiters(&mut self, origin: Uuid, reference: &serde_json::Value, reason: &str) {
+        for id in self.dedup.refused(origin, reference) {
+            if let Some(member) = self.members.get(&id).filter(|m| m.version == Version::V2) {
                 let _ = member.outbox.push(Outbound::frames(Arc::new([protocol::nack(reference, reason)])));
             }
         }

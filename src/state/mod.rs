@@ -20,6 +20,7 @@
 //! from the mesh).
 
 mod compaction;
+mod dedup;
 mod fanout;
 mod join;
 mod presence;
@@ -140,6 +141,8 @@ pub struct StateActor {
     dropped_total: u64,
     /// Cursors waiting for the next presence tick.
     cursors: presence::Cursors,
+    /// v2 writes with a client id, remembered to answer repeats (exactly-once; see `dedup`).
+    dedup: dedup::Dedup,
 }
 
 /// When and where the state actor compacts the ledger online.
@@ -169,6 +172,7 @@ impl StateActor {
             barriers: Vec::new(),
             dropped_total: 0,
             cursors: presence::Cursors::default(),
+            dedup: dedup::Dedup::default(),
             mesh: None,
             overlay: HashMap::new(),
             ledger_pos: (0, compaction.ledger_len),
@@ -368,6 +372,9 @@ pub struct Write {
     pub origin: Uuid,
     /// v2: the client's reference, answered with an `ack` once the write is durable.
     pub reference: Option<Value>,
+    /// v2 `?cid=`: the client's stable id; with a `reference`, a repeat of this write is answered
+    /// with the original `ack` instead of being applied again.
+    pub client: Option<Arc<str>>,
 }
 
 impl Handler<Write> for StateActor {
@@ -376,6 +383,18 @@ impl Handler<Write> for StateActor {
     fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) {
         if self.stopping.is_some() {
             return; // not accepted: shutdown began before it arrived
+        }
+        if let (Some(cid), Some(reference)) = (&msg.client, &msg.reference) {
+            match self.dedup.check(cid, reference, msg.origin) {
+                dedup::Check::Apply => {}
+                dedup::Check::Wait => return,
+                dedup::Check::Answer(ack) => {
+                    if let Some(member) = self.members.get(&msg.origin) {
+                        let _ = member.outbox.push(Outbound::frames(Arc::new([ack])));
+                    }
+                    return;
+                }
+            }
         }
         let stamp = self.clock.tick();
         let op = match msg.value {

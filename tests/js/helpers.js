@@ -203,6 +203,7 @@ class FakeRelay {
     const hello = { type: 'hello', id: conn.id, color: conn.color };
     if (conn.v2) Object.assign(hello, { v: 2, node: this.node });
     this._send(conn, hello);
+    if (this.closeAfterHello) return setImmediate(() => this._close(conn, 1000, '')); // a flapping proxy
     const token = this.run + '.' + this.seq;
     const resume = conn.v2 ? url.searchParams.get('resume') : null;
     const since = this._since(resume);
@@ -291,6 +292,11 @@ class FakeRelay {
       }
       return;
     }
+    if (msg.type === 'ping') {
+      if (conn.v2 && !this.deaf) this._send(conn, { type: 'pong' });
+      return;
+    }
+    if (this.deaf) return; // a dead connection that looks open: nothing comes back
     if (msg.type !== 'set' && msg.type !== 'delete') return;
     if (typeof msg.key !== 'string' || !msg.key || msg.key.length > 256) {
       if (conn.v2 && msg.ref !== undefined) this._send(conn, { type: 'nack', ref: msg.ref, reason: 'bad_key' });

@@ -10,7 +10,7 @@ test('v2: ?v=2 is added keeping the query, auth_token goes before the #fragment,
   const b = browser({ relay });
   const a = b.open('ws://relay.test/ws?room=blue#frag', { authToken: 'to ken' });
   await until(() => a.connected, 2000, 'connected');
-  assert.equal(relay.urls[0], 'ws://relay.test/ws?room=blue&v=2&auth_token=to%20ken#frag');
+  assert.match(relay.urls[0], /^ws:\/\/relay\.test\/ws\?room=blue&v=2&cid=[a-z0-9]{20}&auth_token=to%20ken#frag$/);
   assert.deepEqual(relay.received('auth')[0], { type: 'auth', token: 'to ken' });
   assert.equal(a.protocol, 2);
   assert.equal(a.node, 'alpha');
@@ -23,7 +23,7 @@ test('v2: writes carry a ref and are acknowledged; v1 (upstream) gets upstream f
   await until(() => a.connected);
   const w = a.set('k', 1);
   await w.durable;
-  assert.equal(typeof v2.relay.received('set')[0].ref, 'number');
+  assert.match(v2.relay.received('set')[0].ref, /^[a-z0-9]{10}\.\d+$/, 'a write id unique to this client id');
   assert.match(w.stamp, /^\d{20}\.\d{10}\.alpha$/);
   assert.equal(typeof w.seq, 'number');
 
@@ -38,7 +38,7 @@ test('v2: writes carry a ref and are acknowledged; v1 (upstream) gets upstream f
   assert.deepEqual(sent, { type: 'set', key: 'k', value: { a: 1 } }, 'exactly upstream\'s frame');
   v1.relay.kill(1001, 'server shutting down');
   await until(() => v1.relay.urls.length === 2 && c.connected, 3000, 'reconnect');
-  assert.ok(!/resume=/.test(v1.relay.urls[1]), v1.relay.urls[1]);
+  assert.ok(!/resume=|cid=/.test(v1.relay.urls[1]), v1.relay.urls[1]);
   v2.closeAll();
   v1.closeAll();
 });
