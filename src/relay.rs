@@ -269,6 +269,7 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     };
     let relay = Relay::start(&config, nats)?;
     log::info!("on panic: {PANIC_STRATEGY}");
+    warn_if_caps_exceed_open_files(&config.limits);
     let mesh_server = match (relay.mesh.as_ref().and_then(|m| Some((m, m.links.as_ref()?))), mesh_listener) {
         (Some((mesh, links)), Some(listener)) => {
             let addr = listener.local_addr()?;
@@ -315,6 +316,26 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     // Everything accepted was made durable and sent before the workers were told to stop.
     log::info!("stopped");
     Ok(())
+}
+
+/// Warns when the connection cap is above what the open-file limit lets the process hold (every
+/// connection is a file descriptor; the ledger, listeners and peers need some too).
+fn warn_if_caps_exceed_open_files(limits: &crate::config::Limits) {
+    let Ok(text) = std::fs::read_to_string("/proc/self/limits") else { return };
+    let soft = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<usize>().ok());
+    if let Some(soft) = soft
+        && limits.max_connections_total + 64 > soft
+    {
+        log::warn!(
+            "[limits] max_connections_total = {} but the open-file limit is {soft}: connections past about {} will fail to open (raise LimitNOFILE)",
+            limits.max_connections_total,
+            soft.saturating_sub(64)
+        );
+    }
 }
 
 /// The TLS acceptor for `[tls]`, if configured.
