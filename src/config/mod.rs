@@ -13,9 +13,13 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod live;
 mod mesh;
 
-pub use self::mesh::{MeshConfig, MeshTlsConfig, NatsConfig, Transport};
+pub use self::{
+    live::{Live, LiveConfig},
+    mesh::{MeshConfig, MeshTlsConfig, NatsConfig, Transport},
+};
 use crate::{ledger::SyncMode, proxy::TrustedProxies};
 
 /// The whole configuration.
