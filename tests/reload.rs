@@ -350,3 +350,21 @@ fn the_reload_subcommand_signals_the_relay_on_the_configured_ledger() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no relay is running"), "{out:?}");
 }
+
+#[test]
+fn open_connections_live_through_repeated_reloads() {
+    let server = Server::start("[auth]\ntoken = \"t0\"\n");
+    let mut clients: Vec<Client> = (0..50).map(|_| Client::connect(&with_token(&server, "t0"))).collect();
+    for round in 1..=5 {
+        reload(&server, &format!("[auth]\ntoken = \"t{round}\"\n[limits]\nmessages_burst = {}\n", 100 + round));
+        clients.push(Client::connect(&with_token(&server, &format!("t{round}"))));
+    }
+    let mut writer = clients.remove(0);
+    writer.set("after-five-reloads", json!(5));
+    writer.recv_set("after-five-reloads");
+    for client in &mut clients {
+        assert_eq!(client.recv_set("after-five-reloads")["value"], 5);
+    }
+    assert_eq!(server.health("connections"), 55);
+    assert_eq!(server.log().matches("SIGHUP: reloaded").count(), 5);
+}
