@@ -99,7 +99,7 @@ fn main() -> ExitCode {
 
 /// Sends SIGHUP to the relay `pid` and says so.
 fn hangup(pid: u32, out: &mut impl std::io::Write) -> Result<(), CommandError> {
-    let target = libc::pid_t::try_from(pid).map_err(|_| CommandError::Usage(format!("bad process id {pid}")))?;
+    let target = libc::pid_t::try_from(pid).map_err(|err| CommandError::Usage(format!("process id {pid}: {err}")))?;
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {
         let err = std::io::Error::last_os_error();

@@ -1,4 +1,5 @@
-//! Boot and shutdown: replays the ledger, starts the singletons, serves HTTP until a signal.
+//! Boot, reload and shutdown: replays the ledger, starts the singletons, serves HTTP until a signal,
+//! re-reads the configuration on SIGHUP.
 
 use std::{
     net::TcpListener,
@@ -9,13 +10,12 @@ use std::{
 
 use actix::{Actor, Addr, Arbiter};
 use actix_web::{App, HttpServer};
-use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslFiletype, SslMethod};
 use tokio::sync::Semaphore;
 
 use crate::{
     config::{
         Config, Live, LiveConfig, TlsConfig, Transport,
-        live::{fixed_changes, live_changes},
+        live::{self, fixed_changes, live_changes},
     },
     hlc::Clock,
     http,
@@ -313,9 +313,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, listener: TcpList
     abort_on_panic();
     // Check TLS files before the (possibly long) replay, so a typo fails at once.
     let live = LiveConfig::new(Live::prepare(config.clone()).map_err(Error::Tls)?);
-    let tls = switching_acceptor(&live).map_err(|e| Error::Tls(format!("[tls] {e}")))?;
+    let tls = live::switching_acceptor(&live).map_err(|e| Error::Tls(format!("[tls] {e}")))?;
     let mesh_tls = TlsConfig { cert: config.mesh.tls.cert.clone(), key: config.mesh.tls.key.clone() };
-    let mesh_tls = tls_acceptor(&mesh_tls).map_err(|e| Error::Tls(format!("[mesh.tls] {e}")))?;
+    let mesh_tls = live::acceptor(&mesh_tls).map_err(|e| Error::Tls(format!("[mesh.tls] {e}")))?;
     let mesh_listener = match config.mesh.bind {
         Some(bind) => Some(
             TcpListener::bind(bind)
@@ -435,38 +435,6 @@ fn warn_if_caps_exceed_open_files(limits: &crate::config::Limits) {
             soft.saturating_sub(64)
         );
     }
-}
-
-/// The acceptor for the HTTP listener when `[tls]` is on: it starts with the certificate in
-/// `live`, and every handshake switches to the one `live` holds then, so a reload rotates the
-/// certificate for new connections while open ones keep theirs. (The switch happens in the
-/// server-name callback, which OpenSSL calls for every ClientHello, with or without SNI.)
-fn switching_acceptor(live: &LiveConfig) -> Result<Option<SslAcceptorBuilder>, String> {
-    let Some(mut builder) = tls_acceptor(&live.current().config.tls)? else { return Ok(None) };
-    let handle = live.clone();
-    builder.set_servername_callback(move |ssl, _alert| {
-        if let Some(context) = handle.current().tls.as_ref()
-            && let Err(err) = ssl.set_ssl_context(context)
-        {
-            log::warn!("TLS: cannot switch to the current certificate, using the one from start: {err}");
-        }
-        Ok(())
-    });
-    Ok(Some(builder))
-}
-
-/// The TLS acceptor for `[tls]`, if configured.
-fn tls_acceptor(tls: &TlsConfig) -> Result<Option<SslAcceptorBuilder>, String> {
-    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { return Ok(None) };
-    let fail = |what: &str, path: &std::path::Path, err: openssl::error::ErrorStack| {
-        format!("{what} {}: {err}", path.display())
-    };
-    let mut builder =
-        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|err| format!("cannot set up TLS: {err}"))?;
-    builder.set_certificate_chain_file(cert).map_err(|e| fail("cannot load certificate", cert, e))?;
-    builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| fail("cannot load key", key, e))?;
-    builder.check_private_key().map_err(|e| fail("key does not match the certificate in", cert, e))?;
-    Ok(Some(builder))
 }
 
 /// SIGINT and SIGTERM (stop) and SIGHUP (reload), caught from the moment they are installed.

@@ -10,16 +10,17 @@
 //! named in the log and keep their running values.
 
 use std::{
+    path::Path,
     sync::{Arc, PoisonError, RwLock},
     time::Duration,
 };
 
 use openssl::{
     hash::MessageDigest,
-    ssl::{AlpnError, SslAcceptor, SslContext, SslFiletype, SslMethod},
+    ssl::{AlpnError, SslAcceptor, SslAcceptorBuilder, SslContext, SslFiletype, SslMethod},
 };
 
-use super::{Config, Limits};
+use super::{Config, Limits, TlsConfig};
 use crate::proxy::TrustedProxies;
 
 /// The live part of one configuration, prepared for use on the admission path.
@@ -101,20 +102,43 @@ impl LiveConfig {
     }
 }
 
+/// An acceptor for `tls`'s certificate chain and key, if both are set (the peer listener's).
+///
+/// # Errors
+/// One line naming the file that cannot be used.
+pub fn acceptor(tls: &TlsConfig) -> Result<Option<SslAcceptorBuilder>, String> {
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { return Ok(None) };
+    load(cert, key).map(Some)
+}
+
+/// The acceptor for the HTTP listener when `[tls]` is on: it starts with the certificate in
+/// `live`, and every handshake switches to the one `live` holds then, so a reload rotates the
+/// certificate for new connections while open ones keep theirs. (The switch happens in the
+/// server-name callback, which OpenSSL calls for every ClientHello, with or without SNI.)
+///
+/// # Errors
+/// As [`acceptor`].
+pub fn switching_acceptor(live: &LiveConfig) -> Result<Option<SslAcceptorBuilder>, String> {
+    let Some(mut builder) = acceptor(&live.current().config.tls)? else { return Ok(None) };
+    let handle = live.clone();
+    builder.set_servername_callback(move |ssl, _alert| {
+        if let Some(context) = handle.current().tls.as_ref()
+            && let Err(err) = ssl.set_ssl_context(context)
+        {
+            log::warn!("TLS: cannot switch to the current certificate, using the one from start: {err}");
+        }
+        Ok(())
+    });
+    Ok(Some(builder))
+}
+
 /// A TLS context for this certificate chain and key, with the same ALPN choice as actix-web's
 /// (h2 when offered, else http/1.1), so a handshake switched to it behaves like one that was not.
 ///
 /// # Errors
 /// One line naming the file that cannot be used.
-pub fn tls_context(cert: &std::path::Path, key: &std::path::Path) -> Result<SslContext, String> {
-    let fail = |what: &str, path: &std::path::Path, err: openssl::error::ErrorStack| {
-        format!("{what} {}: {err}", path.display())
-    };
-    let mut builder =
-        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|err| format!("cannot set up TLS: {err}"))?;
-    builder.set_certificate_chain_file(cert).map_err(|e| fail("cannot load certificate", cert, e))?;
-    builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| fail("cannot load key", key, e))?;
-    builder.check_private_key().map_err(|e| fail("key does not match the certificate in", cert, e))?;
+pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, String> {
+    let mut builder = load(cert, key)?;
     builder.set_alpn_select_callback(|_, offered| {
         let has = |proto: &[u8]| offered.windows(proto.len()).any(|w| w == proto);
         if has(b"\x02h2") {
@@ -126,6 +150,17 @@ pub fn tls_context(cert: &std::path::Path, key: &std::path::Path) -> Result<SslC
         }
     });
     Ok(builder.build().into_context())
+}
+
+/// Mozilla's intermediate settings with this certificate chain and its key, checked to match.
+fn load(cert: &Path, key: &Path) -> Result<SslAcceptorBuilder, String> {
+    let fail = |what: &str, path: &Path, err: openssl::error::ErrorStack| format!("{what} {}: {err}", path.display());
+    let mut builder =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|err| format!("cannot set up TLS: {err}"))?;
+    builder.set_certificate_chain_file(cert).map_err(|e| fail("cannot load certificate", cert, e))?;
+    builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| fail("cannot load key", key, e))?;
+    builder.check_private_key().map_err(|e| fail("key does not match the certificate in", cert, e))?;
+    Ok(builder)
 }
 
 /// Keys whose values differ between `running` and `new` that only a restart applies.
