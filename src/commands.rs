@@ -1,4 +1,5 @@
-//! The offline subcommands: `compact`, `ledger state --at`, `ledger log`.
+//! The subcommands: `compact`, `ledger state --at`, `ledger log` (offline), and `reload` (finds the
+//! running relay for `reload`).
 //!
 //! Each reads the configuration's ledger and writes its report to the given writer; `main` maps
 //! errors to exit codes.
@@ -10,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::{
     config::Config,
     hlc::Clock,
-    ledger::{Ledger, LedgerError, history, retention, snapshot, snapshot_path},
+    ledger::{Ledger, LedgerError, history, lock_path, retention, snapshot, snapshot_path},
     lww::{LwwMap, Op, OpKind},
 };
 
@@ -73,6 +74,35 @@ pub fn compact(config: &Config, out: &mut impl Write) -> Result<(), CommandError
         )?;
     }
     Ok(())
+}
+
+/// `aether-actix reload`: checks that the configuration loads as the relay would load it (TLS files
+/// included) and finds the relay running on its ledger; returns that relay's process id, for
+/// `main` to send SIGHUP to. The relay re-reads the same file itself and logs the outcome.
+///
+/// # Errors
+/// [`CommandError::Usage`] when the configuration's TLS files cannot be used, or no relay runs on
+/// the configured ledger (its lock is free, or it left no pid file).
+pub fn reload_target(config: &Config) -> Result<u32, CommandError> {
+    crate::config::Live::prepare(config.clone()).map_err(CommandError::Usage)?;
+    let ledger = &config.ledger.path;
+    let running = match std::fs::File::open(lock_path(ledger)) {
+        // A relay holds this lock for as long as it runs (std's file locks are flock(2), as the
+        // relay's): if we can take it, nobody is running.
+        Ok(lock) => !matches!(lock.try_lock(), Ok(())),
+        Err(_) => false,
+    };
+    if !running {
+        return Err(CommandError::Usage(format!("no relay is running on the ledger {}", ledger.display())));
+    }
+    let pid_file = crate::relay::pid_path(ledger);
+    let text = std::fs::read_to_string(&pid_file)
+        .map_err(|err| CommandError::Usage(format!("cannot read {}: {err}", pid_file.display())))?;
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|pid| *pid > 1)
+        .ok_or_else(|| CommandError::Usage(format!("{}: not a process id: {:?}", pid_file.display(), text.trim())))
 }
 
 /// What the ledger's files can tell of the past.

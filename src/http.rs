@@ -43,25 +43,34 @@ fn header(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Admission, in one place: everything it decides with (trusted proxies, allowed origins, the
+/// connection caps, and the token and limits the session will enforce) comes from one snapshot of
+/// the live configuration, read once for this connection, so a reload (SIGHUP) applies to every
+/// connection that starts after it and to none already open.
 async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>) -> actix_web::Result<HttpResponse> {
+    let live = relay.live.current();
     let peer = req.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    let source = relay.proxies.client_addr(
+    let source = live.proxies.client_addr(
         peer,
         header(&req, header::X_FORWARDED_FOR),
         header(&req, header::HeaderName::from_static("x-real-ip")),
     );
-    if !relay.origin_allowed(header(&req, header::ORIGIN)) {
+    if !live.origin_allowed(header(&req, header::ORIGIN)) {
         log::info!("WebSocket from {source} refused: origin {:?} not allowed", header(&req, header::ORIGIN));
         return Ok(HttpResponse::Forbidden().body("origin not allowed\n"));
     }
     let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream.max_frame_size(relay.deps.limits.max_frame_bytes);
-    let slot = relay.connections.acquire(source);
+    let stream = stream.max_frame_size(live.limits.max_frame_bytes);
+    let slot = relay.connections.acquire_within(
+        source,
+        live.limits.max_connections_total,
+        live.limits.max_connections_per_source,
+    );
     if slot.is_none() {
         log::info!("connection from {source} refused: connection cap reached");
     }
     let params = session::Params::from_query(req.query_string());
-    actix_web::rt::spawn(session::run(relay.deps.clone(), session, stream, slot, params));
+    actix_web::rt::spawn(session::run(relay.deps_for(&live), session, stream, slot, params));
     Ok(response)
 }
 

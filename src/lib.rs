@@ -19,7 +19,8 @@
 //!   and `protocol::close`, every close code the relay sends (browsers and peers).
 //! - [`limits`]: token bucket and connection counter.
 //! - [`proxy`]: trusted reverse proxies and the client address behind them.
-//! - [`config`]: the typed TOML configuration.
+//! - [`config`]: the typed TOML configuration; `config::live`, the keys a reload (SIGHUP) swaps
+//!   for new connections, behind the one handle admission reads.
 //! - [`metrics`]: counters and histograms for `/metrics` (Prometheus text format).
 //! - [`outbox`]: a connection's outbound queue, bounded in bytes.
 //!

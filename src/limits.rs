@@ -75,9 +75,16 @@ impl ConnectionCounter {
 
     /// Takes a slot for `source`, or `None` when either cap is reached.
     pub fn acquire(&self, source: IpAddr) -> Option<ConnectionSlot> {
+        self.acquire_within(source, self.max_total, self.max_per_source)
+    }
+
+    /// Takes a slot for `source` under these caps instead of the counter's own, or `None` when
+    /// either is reached. The caps may change between calls (a reload): slots already held stay,
+    /// and while more are held than a lowered cap allows, new ones are refused.
+    pub fn acquire_within(&self, source: IpAddr, max_total: usize, max_per_source: usize) -> Option<ConnectionSlot> {
         let mut counts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
-        if counts.total >= self.max_total || from_source >= self.max_per_source {
+        if counts.total >= max_total || from_source >= max_per_source {
             return None;
         }
         counts.total += 1;
@@ -136,5 +143,17 @@ mod tests {
         drop(s1);
         assert!(counter.acquire(a).is_some());
         assert_eq!(counter.total(), 2);
+    }
+
+    #[test]
+    fn caps_given_per_call_apply_to_slots_already_held() {
+        let counter = ConnectionCounter::new(100, 100);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let held: Vec<_> = (0..3).map(|_| counter.acquire_within(a, 10, 10).unwrap()).collect();
+        assert!(counter.acquire_within(a, 10, 3).is_none(), "lowered per-source cap, 3 held");
+        assert!(counter.acquire_within(a, 2, 10).is_none(), "lowered total cap, 3 held");
+        assert!(counter.acquire_within(a, 10, 4).is_some(), "raised again");
+        assert_eq!(counter.total(), 3, "the refused and the dropped slot are not counted");
+        drop(held);
     }
 }

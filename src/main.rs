@@ -27,6 +27,11 @@ enum Command {
     /// Fold the ledger into its snapshot now, with the relay stopped (a running relay compacts
     /// online by itself). The old ledger is kept as an archive.
     Compact,
+    /// Make the relay running on this configuration's ledger re-read its configuration file (sends
+    /// it SIGHUP, after checking the file loads): auth token, allowed origins, trusted proxies,
+    /// limits and the TLS certificate change for new connections; open ones stay. --config must
+    /// name the file the relay was started with.
+    Reload,
     /// Read history from the ledger and its archives (safe while the relay runs).
     Ledger {
         #[command(subcommand)]
@@ -70,8 +75,12 @@ fn main() -> ExitCode {
     init_logging();
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     let result = match &cli.command {
-        None => return serve(config),
+        None => return serve(config, cli.config.clone()),
         Some(Command::Compact) => commands::compact(&config, &mut out),
+        Some(Command::Reload) if cli.config.is_none() => {
+            Err(CommandError::Usage("reload needs --config FILE, the file the relay runs with".to_owned()))
+        }
+        Some(Command::Reload) => commands::reload_target(&config).and_then(|pid| hangup(pid, &mut out)),
         Some(Command::Ledger { query: LedgerQuery::State { at } }) => {
             commands::state_at(&config, at, &mut out, &mut err)
         }
@@ -86,6 +95,18 @@ fn main() -> ExitCode {
             ExitCode::from(if matches!(error, CommandError::Usage(_)) { 2 } else { 1 })
         }
     }
+}
+
+/// Sends SIGHUP to the relay `pid` and says so.
+fn hangup(pid: u32, out: &mut impl std::io::Write) -> Result<(), CommandError> {
+    let target = libc::pid_t::try_from(pid).map_err(|err| CommandError::Usage(format!("process id {pid}: {err}")))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(CommandError::Usage(format!("cannot signal the relay (pid {pid}): {err}")));
+    }
+    writeln!(out, "sent SIGHUP to the relay (pid {pid}); it logs what changed, or why it kept its configuration")?;
+    Ok(())
 }
 
 /// Logs to stderr at the level `RUST_LOG` sets (`info` by default); `AETHER_LOG_FORMAT=json` writes
@@ -122,7 +143,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     raise_fd_limit();
     let listener = match TcpListener::bind(config.server.bind) {
         Ok(listener) => listener,
@@ -131,7 +152,7 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match actix_web::rt::System::new().block_on(aether_actix::run(config, listener)) {
+    match actix_web::rt::System::new().block_on(aether_actix::run(config, path, listener)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("aether-actix: {err}");

@@ -1,15 +1,22 @@
-//! Boot and shutdown: replays the ledger, starts the singletons, serves HTTP until a signal.
+//! Boot, reload and shutdown: replays the ledger, starts the singletons, serves HTTP until a signal,
+//! re-reads the configuration on SIGHUP.
 
-use std::{net::TcpListener, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use actix::{Actor, Addr, Arbiter};
 use actix_web::{App, HttpServer};
-use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslFiletype, SslMethod};
 use tokio::sync::Semaphore;
 
 use crate::{
-    config::Transport,
-    config::{Config, TlsConfig},
+    config::{
+        Config, Live, LiveConfig, TlsConfig, Transport,
+        live::{self, fixed_changes, live_changes},
+    },
     hlc::Clock,
     http,
     ledger::{self, Ledger, LedgerActor, LedgerError, LedgerHealth},
@@ -17,7 +24,6 @@ use crate::{
     lww::LwwMap,
     mesh::{self, MeshActor, MeshSettings, nats, shared::Shared},
     metrics::Metrics,
-    proxy::TrustedProxies,
     session::Deps,
     state::{self, Compaction, StateActor},
 };
@@ -64,10 +70,11 @@ pub struct Relay {
     pub connections: ConnectionCounter,
     /// Where static files come from.
     pub static_dir: Arc<PathBuf>,
-    /// Proxies whose forwarding headers are believed.
-    pub proxies: Arc<TrustedProxies>,
-    /// Origins allowed to open the WebSocket, lowercased; empty allows any.
-    pub allowed_origins: Arc<[String]>,
+    /// What admission reads for every new connection (token, origins, proxies, limits, TLS):
+    /// the one handle a reload swaps ([`Relay::reload`]).
+    pub live: LiveConfig,
+    /// The configuration the relay started with: its keys that need a restart stay in force.
+    pub boot: Arc<Config>,
     /// Federation, if configured.
     pub mesh: Option<Mesh>,
 }
@@ -76,12 +83,13 @@ impl Relay {
     /// Opens and replays the ledger, then starts the ledger and state singletons. Must run inside
     /// an actix `System`. Blocks while replaying: nothing is served before state is complete.
     ///
-    /// `nats` is the NATS connection when `[mesh] transport = "nats"` (see [`nats::connect`]).
+    /// `nats` is the NATS connection when `[mesh] transport = "nats"` (see [`nats::connect`]);
+    /// `live` is `config` prepared ([`Live::prepare`]), checked before the replay.
     ///
     /// # Errors
     /// [`Error::Ledger`] when the ledger cannot be opened or replayed, [`Error::Tls`] when the
     /// mesh's CA file cannot be used, [`Error::Nats`] when the NATS position file cannot be read.
-    pub fn start(config: &Config, nats: Option<nats::Connection>) -> Result<Relay, Error> {
+    pub fn start(config: &Config, nats: Option<nats::Connection>, live: LiveConfig) -> Result<Relay, Error> {
         // The dialler's TLS, only with peer links (checked before the replay, so a bad CA fails fast).
         let mesh_tls = config
             .mesh
@@ -188,22 +196,53 @@ impl Relay {
                 metrics,
             },
             ledger: ledger_health,
+            // The caps come from `live` at each admission (ConnectionCounter::acquire_within).
             connections: ConnectionCounter::new(limits.max_connections_total, limits.max_connections_per_source),
             static_dir,
-            // validate() already parsed these, so the fallback is never taken.
-            proxies: Arc::new(TrustedProxies::parse(&config.server.trusted_proxies).unwrap_or_default()),
-            allowed_origins: config.server.allowed_origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
+            live,
+            boot: Arc::new(config.clone()),
             mesh,
         })
     }
 
-    /// May a WebSocket with this `Origin` header (if any) connect?
-    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => true, // not a browser: Origin exists to stop cross-site pages, not scripts
-            Some(_) if self.allowed_origins.is_empty() => true,
-            Some(origin) => self.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin.trim())),
+    /// What a session admitted under `live` works with: its token, limits and ping interval,
+    /// fixed for the connection's life.
+    pub fn deps_for(&self, live: &Live) -> Deps {
+        let mut deps = self.deps.clone();
+        deps.token = live.token.clone();
+        deps.limits = Arc::clone(&live.limits);
+        deps.ping_interval = live.ping_interval;
+        deps
+    }
+
+    /// Re-reads the configuration file at `path` (secrets resolved as at start) and publishes its
+    /// live part for every connection from now on; open connections keep what they have. Keys
+    /// that need a restart keep their running values and are reported in [`Reloaded::fixed`].
+    ///
+    /// # Errors
+    /// The same one-line error as at start (file, line and key; or `[tls]` and the file) when the
+    /// file does not load; nothing changes then.
+    pub fn reload(&self, path: &Path) -> Result<Reloaded, String> {
+        use crate::config::{MESH_TOKEN_ENV, TOKEN_ENV};
+        let mut config = Config::load(path).map_err(|e| e.to_string())?;
+        config
+            .resolve_secrets(std::env::var(TOKEN_ENV).ok(), std::env::var(MESH_TOKEN_ENV).ok())
+            .map_err(|e| e.to_string())?;
+        let mut live = Live::prepare(config)?;
+        let current = self.live.current();
+        // TLS cannot be switched on or off live: a listener serving TLS keeps its certificate.
+        if live.tls.is_none() {
+            live.tls.clone_from(&current.tls);
         }
+        let mut changed = live_changes(&current.config, &live.config);
+        let fixed = fixed_changes(&self.boot, &live.config);
+        let fingerprint = live.tls_fingerprint();
+        let certificate = (fingerprint != current.tls_fingerprint()).then_some(fingerprint).flatten();
+        if certificate.is_some() {
+            changed.push("[tls] certificate");
+        }
+        self.live.replace(live);
+        Ok(Reloaded { changed, fixed, certificate })
     }
 
     /// Makes everything accepted durable, sends it, and closes every client with 1001; returns
@@ -218,6 +257,24 @@ impl Relay {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// What a successful [`Relay::reload`] changed.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Live keys whose values changed (names only).
+    pub changed: Vec<&'static str>,
+    /// Keys that differ from the running configuration but need a restart (kept as running).
+    pub fixed: Vec<&'static str>,
+    /// The new certificate's SHA-256 fingerprint, when the TLS certificate changed.
+    pub certificate: Option<String>,
+}
+
+/// Where a running relay writes its process id: `<ledger path>.pid`, beside the ledger's lock.
+pub fn pid_path(ledger: &Path) -> PathBuf {
+    let mut path = ledger.as_os_str().to_owned();
+    path.push(".pid");
+    PathBuf::from(path)
 }
 
 /// What a panic does, logged at start: the process always ends (see [`abort_on_panic`]).
@@ -244,18 +301,21 @@ pub fn abort_on_panic() {
     }));
 }
 
-/// Serves the relay on `listener` until SIGINT or SIGTERM, then shuts down gracefully.
+/// Serves the relay on `listener` until SIGINT or SIGTERM, then shuts down gracefully. SIGHUP
+/// re-reads `config_path` ([`Relay::reload`]); without one it has nothing to re-read.
 ///
 /// # Errors
 /// [`Error`] when the ledger cannot be opened or the server fails.
-pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
-    // Handlers first: from the moment anything is served, SIGTERM means a graceful stop.
-    let signals = Signals::install();
+pub async fn run(config: Config, config_path: Option<PathBuf>, listener: TcpListener) -> Result<(), Error> {
+    // Handlers first: from the moment anything is served, SIGTERM means a graceful stop, and a
+    // SIGHUP during the replay waits for it instead of ending the process (its default action).
+    let mut signals = Signals::install();
     abort_on_panic();
     // Check TLS files before the (possibly long) replay, so a typo fails at once.
-    let tls = tls_acceptor(&config.tls).map_err(|e| Error::Tls(format!("[tls] {e}")))?;
+    let live = LiveConfig::new(Live::prepare(config.clone()).map_err(Error::Tls)?);
+    let tls = live::switching_acceptor(&live).map_err(|e| Error::Tls(format!("[tls] {e}")))?;
     let mesh_tls = TlsConfig { cert: config.mesh.tls.cert.clone(), key: config.mesh.tls.key.clone() };
-    let mesh_tls = tls_acceptor(&mesh_tls).map_err(|e| Error::Tls(format!("[mesh.tls] {e}")))?;
+    let mesh_tls = live::acceptor(&mesh_tls).map_err(|e| Error::Tls(format!("[mesh.tls] {e}")))?;
     let mesh_listener = match config.mesh.bind {
         Some(bind) => Some(
             TcpListener::bind(bind)
@@ -267,8 +327,13 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
         Transport::Nats => Some(nats::connect(&config.mesh.nats, &config.mesh.node_id).await.map_err(Error::Nats)?),
         Transport::Websocket => None,
     };
-    let relay = Relay::start(&config, nats)?;
+    let relay = Relay::start(&config, nats, live)?;
     log::info!("on panic: {PANIC_STRATEGY}");
+    let pid_file = pid_path(&config.ledger.path);
+    if let Err(err) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write {}: {err} (`aether-actix reload` needs it; SIGHUP works)", pid_file.display());
+    }
+    warn_if_caps_exceed_open_files(&config.limits);
     let mesh_server = match (relay.mesh.as_ref().and_then(|m| Some((m, m.links.as_ref()?))), mesh_listener) {
         (Some((mesh, links)), Some(listener)) => {
             let addr = listener.local_addr()?;
@@ -301,6 +366,9 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     }
     .run();
     let handle = server.handle();
+    if let Some(hangups) = signals.hangup.take() {
+        actix_web::rt::spawn(reload_on_hangup(hangups, relay.clone(), config_path));
+    }
     actix_web::rt::spawn(async move {
         let signal = signals.wait().await;
         log::info!("{signal}: shutting down");
@@ -313,41 +381,86 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
     });
     server.await?;
     // Everything accepted was made durable and sent before the workers were told to stop.
+    let _ = std::fs::remove_file(&pid_file);
     log::info!("stopped");
     Ok(())
 }
 
-/// The TLS acceptor for `[tls]`, if configured.
-fn tls_acceptor(tls: &TlsConfig) -> Result<Option<SslAcceptorBuilder>, String> {
-    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { return Ok(None) };
-    let fail = |what: &str, path: &std::path::Path, err: openssl::error::ErrorStack| {
-        format!("{what} {}: {err}", path.display())
-    };
-    let mut builder =
-        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|err| format!("cannot set up TLS: {err}"))?;
-    builder.set_certificate_chain_file(cert).map_err(|e| fail("cannot load certificate", cert, e))?;
-    builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| fail("cannot load key", key, e))?;
-    builder.check_private_key().map_err(|e| fail("key does not match the certificate in", cert, e))?;
-    Ok(Some(builder))
+/// Reloads the configuration on every SIGHUP, logging the outcome in one line (and a warning
+/// naming the keys that need a restart).
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, relay: Relay, path: Option<PathBuf>) {
+    while hangups.recv().await.is_some() {
+        let Some(path) = &path else {
+            log::warn!("SIGHUP: the relay was started without --config; there is nothing to re-read");
+            continue;
+        };
+        match relay.reload(path) {
+            Ok(reloaded) => {
+                // The restart keys first: the "reloaded" line closes the report.
+                if !reloaded.fixed.is_empty() {
+                    log::warn!(
+                        "SIGHUP: {}: {} changed, which only a restart applies; the running values stay",
+                        path.display(),
+                        reloaded.fixed.join(", ")
+                    );
+                }
+                let changed = if reloaded.changed.is_empty() {
+                    "no live key changed".to_owned()
+                } else {
+                    format!("new connections get the new {}", reloaded.changed.join(", "))
+                };
+                let certificate = reloaded.certificate.map(|fp| format!(" (SHA-256 {fp})")).unwrap_or_default();
+                log::info!("SIGHUP: reloaded {}: {changed}{certificate}", path.display());
+            }
+            Err(err) => log::error!("SIGHUP: {err}; the running configuration stays"),
+        }
+    }
 }
 
-/// SIGINT and SIGTERM, caught from the moment they are installed.
-struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+/// Warns when the connection cap is above what the open-file limit lets the process hold (every
+/// connection is a file descriptor; the ledger, listeners and peers need some too).
+fn warn_if_caps_exceed_open_files(limits: &crate::config::Limits) {
+    let Ok(text) = std::fs::read_to_string("/proc/self/limits") else { return };
+    let soft = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<usize>().ok());
+    if let Some(soft) = soft
+        && limits.max_connections_total + 64 > soft
+    {
+        log::warn!(
+            "[limits] max_connections_total = {} but the open-file limit is {soft}: connections past about {} will fail to open (raise LimitNOFILE)",
+            limits.max_connections_total,
+            soft.saturating_sub(64)
+        );
+    }
+}
+
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload), caught from the moment they are installed.
+struct Signals {
+    stop: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
 
 impl Signals {
     fn install() -> Signals {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-            (Ok(int), Ok(term)) => Signals(Some((int, term))),
+        let stop = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(int), Ok(term)) => Some((int, term)),
             _ => {
                 log::error!("cannot install signal handlers; stop with SIGKILL");
-                Signals(None)
+                None
             }
-        }
+        };
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|err| log::error!("cannot catch SIGHUP ({err}): reloading needs a restart"))
+            .ok();
+        Signals { stop, hangup }
     }
 
     async fn wait(self) -> &'static str {
-        match self.0 {
+        match self.stop {
             Some((mut int, mut term)) => tokio::select! {
                 _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",

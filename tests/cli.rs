@@ -50,6 +50,20 @@ fn config_errors_are_one_line_naming_file_and_key_with_exit_code_2() {
 }
 
 #[test]
+fn reload_needs_the_config_and_a_running_relay() {
+    let without = run(&["reload"]);
+    assert_eq!(without.status.code(), Some(2));
+    assert!(stderr(&without).contains("reload needs --config FILE"), "{}", stderr(&without));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("[ledger]\npath = {:?}\n", dir.path().join("l.jsonl"))).unwrap();
+    let nobody = run(&["--config", path.to_str().unwrap(), "reload"]);
+    assert_eq!(nobody.status.code(), Some(2));
+    assert!(stderr(&nobody).contains("no relay is running on the ledger"), "{}", stderr(&nobody));
+    assert!(!dir.path().join("l.jsonl").exists(), "reload never creates a ledger");
+}
+
+#[test]
 fn unreadable_ledger_location_fails_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let blocker = dir.path().join("file");

@@ -13,9 +13,13 @@ use std::{
 
 use serde::Deserialize;
 
+pub mod live;
 mod mesh;
 
-pub use self::mesh::{MeshConfig, MeshTlsConfig, NatsConfig, Transport};
+pub use self::{
+    live::{Live, LiveConfig},
+    mesh::{MeshConfig, MeshTlsConfig, NatsConfig, Transport},
+};
 use crate::{ledger::SyncMode, proxy::TrustedProxies};
 
 /// The whole configuration.
@@ -26,7 +30,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[ledger]`: where and how writes are persisted.
     pub ledger: LedgerConfig,
-    /// `[limits]`: upstream's SecurityLimits, same names and defaults.
+    /// `[limits]`: upstream's SecurityLimits, same names; defaults but the connection caps.
     pub limits: Limits,
     /// `[auth]`: shared-secret auth for browsers.
     pub auth: AuthConfig,
@@ -114,7 +118,8 @@ impl LedgerConfig {
     }
 }
 
-/// `[limits]`: upstream's `SecurityLimits`, with its names and defaults.
+/// `[limits]`: upstream's `SecurityLimits`, with its names and defaults, except the connection caps
+/// (sized for a deployment: see `config/aether.toml`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -126,9 +131,10 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// Largest value, in UTF-8 bytes of its compact JSON; larger is dropped.
     pub max_value_bytes: usize,
-    /// Most simultaneous WebSocket connections; more are closed with 1013.
+    /// Most simultaneous WebSocket connections; more are closed with 1013. Default 10,000.
     pub max_connections_total: usize,
     /// Most simultaneous WebSocket connections from one source address; more are closed with 1013.
+    /// Default 256.
     pub max_connections_per_source: usize,
     /// Sustained messages per second per connection (token bucket refill).
     pub messages_per_second: f64,
@@ -152,8 +158,9 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             max_key_bytes: 256,
             max_value_bytes: 32 * 1024,
-            max_connections_total: 256,
-            max_connections_per_source: 32,
+            // Not upstream's 256 and 32: why, in config/aether.toml.
+            max_connections_total: 10_000,
+            max_connections_per_source: 256,
             messages_per_second: 100.0,
             messages_burst: 200,
             handshake_timeout_s: 5.0,
