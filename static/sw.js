@@ -24,7 +24,7 @@
  */
 'use strict';
 
-const VERSION = 'a02ffe56628e8faa';
+const VERSION = 'b416c7cb3bef6c9a';
 const PREFIX = 'aether-shell-';
 const CACHE = PREFIX + VERSION;
 
