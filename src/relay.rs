@@ -288,6 +288,12 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
         .disable_signals()
         // Frames must leave as soon as they are written, not when Nagle's algorithm says so.
         .tcp_nodelay(true)
+        // Once a response has ended the connection is closed at once, with no "linger" reading
+        // until the client hangs up (actix's default waits up to 1 s). A WebSocket's response ends
+        // when its Close frame is written: RFC 6455 (7.1.1) has the server close TCP first, and
+        // clients that wait for it (Python `websockets`, Chromium) would wait that second in every
+        // close, and SIGTERM with them (tests/closes.rs).
+        .client_disconnect_timeout(Duration::ZERO)
         .shutdown_timeout(5);
     let server = match tls {
         Some(acceptor) => {
