@@ -18,7 +18,7 @@ use crate::{
     mesh::{self, MeshActor, MeshSettings, MeshShutdown, nats, shared::Shared},
     metrics::Metrics,
     proxy::TrustedProxies,
-    session::Deps,
+    session::{self, Deps},
     state::{self, Compaction, StateActor},
 };
 
@@ -283,6 +283,14 @@ pub async fn run(config: Config, listener: TcpListener) -> Result<(), Error> {
         _ => None,
     };
     let addr = listener.local_addr()?;
+    // Sockets accepted from here inherit it: the kernel resets a connection whose sent bytes go
+    // unacknowledged that long, which frees what actix still buffers for a client that stopped
+    // reading after its session gave up on it (tests/hostile.rs).
+    let timeout = session::socket_timeout(&config.limits);
+    let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    if let Err(err) = rustix::net::sockopt::set_tcp_user_timeout(&listener, millis) {
+        log::warn!("cannot set TCP_USER_TIMEOUT ({err}): a client that stops reading is dropped by its session only");
+    }
     let app_relay = relay.clone();
     let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
         .disable_signals()
