@@ -3,9 +3,11 @@
 Usage: python closes.py URL CLIENT READ
   CLIENT: sync (websockets.sync.client), asyncio (websockets.asyncio.client, websockets >= 13) or
           legacy (websockets.legacy.client, the API upstream uses).
-  READ:   drain (read every frame already sent, then close) or none (close at once, whatever the
-          relay still has queued for us, megabytes included).
-Prints one JSON line: {"ms": <time close() took>, "code": <close code the relay answered with>}.
+  READ:   drain (read every frame already sent, then close), none (close at once, whatever the
+          relay still has queued for us, megabytes included) or oversized (the relay closes: send
+          a message over max_frame_bytes, read on until the connection is closed).
+Prints one JSON line: {"ms": <time close() took, or from the send until closed>,
+"code": <close code the relay sent>}.
 Every wait is bounded: close() by the library's own close_timeout (10 s), reads by 5 s.
 """
 
@@ -13,6 +15,10 @@ import asyncio
 import json
 import sys
 import time
+import warnings
+
+# websockets >= 14 prefers `with connect(...)`; these probes open and close by hand on purpose.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def main():
@@ -29,6 +35,17 @@ def run_sync(url, read):
 
     ws = connect(url, max_size=None, open_timeout=5)
     ws.recv(timeout=5)  # hello: the relay has registered us
+    if read == "oversized":
+        from websockets.exceptions import ConnectionClosed
+
+        started = time.monotonic()
+        ws.send("x" * (300 * 1024))
+        try:
+            while True:
+                ws.recv(timeout=5)
+        except ConnectionClosed:
+            pass
+        return (time.monotonic() - started) * 1000, received_code(ws)
     if read == "drain":
         try:
             while True:
@@ -48,6 +65,17 @@ async def run_async(url, client, read):
         from websockets.asyncio.client import connect
     ws = await connect(url, max_size=None, open_timeout=5)
     await asyncio.wait_for(ws.recv(), 5)  # hello
+    if read == "oversized":
+        from websockets.exceptions import ConnectionClosed
+
+        started = time.monotonic()
+        await ws.send("x" * (300 * 1024))
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        except ConnectionClosed:
+            pass
+        return (time.monotonic() - started) * 1000, received_code(ws)
     if read == "drain":
         try:
             while True:

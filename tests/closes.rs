@@ -83,7 +83,7 @@ fn until_eof(tcp: &mut TcpStream) -> Duration {
 }
 
 #[test]
-fn python_clients_close_at_once_drained_or_with_megabytes_queued() {
+fn python_clients_close_at_once_drained_or_with_megabytes_queued_and_when_the_relay_closes() {
     let server = Server::start(CONFIG);
     let current = python("AETHER_CLOSES_PYTHON", "closes-venv", "websockets.sync.client");
     let legacy = python("AETHER_UPSTREAM_PYTHON", "upstream-venv", "websockets.legacy.client");
@@ -92,7 +92,8 @@ fn python_clients_close_at_once_drained_or_with_megabytes_queued() {
     let mut check = |python: &Path, client: &str, read: &str| {
         for _ in 0..3 {
             let (took, code) = python_close(python, &url, client, read);
-            assert_eq!(code, 1000, "{client} {read}: the relay answers a client's close with 1000");
+            // The relay answers a client's close with 1000, and closes an oversized message with 1009.
+            assert_eq!(code, if read == "oversized" { 1009 } else { 1000 }, "{client} {read}");
             runs.push(format!("{client}/{read} {took:?}"));
             assert!(took < CLOSE_WITHIN, "{client} ({read}): close() took {took:?}; runs: {runs:?}");
         }
@@ -104,6 +105,13 @@ fn python_clients_close_at_once_drained_or_with_megabytes_queued() {
     // reader waits for recv()), so it is timed drained only; its asyncio clients both ways.
     for client in ["sync", "asyncio", "legacy"] {
         check(&legacy, client, "drain");
+    }
+    // The relay closes first: the connection ends as soon as the client has answered.
+    for client in ["sync", "asyncio"] {
+        check(&current, client, "oversized");
+    }
+    for client in ["asyncio", "legacy"] {
+        check(&legacy, client, "oversized");
     }
     fill(&server, 6);
     for client in ["sync", "asyncio"] {
