@@ -322,6 +322,24 @@ fn a_socket_that_takes_nothing_then_reads_again_is_told_too_slow() {
     let _ = stuck.read(&mut [0u8; 1]);
 }
 
+/// `write_timeout_s` is refused, with the one-line error naming it, unless a positive number.
+#[test]
+fn write_timeout_s_must_be_a_positive_number() {
+    let dir = tempfile::tempdir().unwrap();
+    for value in ["0", "-1.0", "nan", "inf"] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, format!("[limits]\nwrite_timeout_s = {value}\n")).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_aether-actix"))
+            .args(["--config", path.to_str().unwrap()])
+            .output()
+            .expect("run aether-actix");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{value}: {err}");
+        assert!(err.contains("[limits] write_timeout_s must be a positive number"), "{value}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{value}: one line: {err}");
+    }
+}
+
 /// A peer listener of node "a" that holds at most one peer, with a 1 s handshake timeout.
 fn mesh_node() -> Server {
     Server::start(
