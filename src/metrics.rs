@@ -95,6 +95,8 @@ pub struct Metrics {
     drops: [AtomicU64; 7],
     frames_out: AtomicU64,
     closes: Mutex<BTreeMap<u16, u64>>,
+    /// Connections whose socket took nothing for `write_timeout_s`: [closed with 1013, dropped].
+    write_timeouts: [AtomicU64; 2],
     durable_writes: AtomicU64,
     ledger_failures: AtomicU64,
     /// Seconds per ledger append (write + fdatasync).
@@ -118,6 +120,7 @@ impl Default for Metrics {
             drops: Default::default(),
             frames_out: AtomicU64::new(0),
             closes: Mutex::new(BTreeMap::new()),
+            write_timeouts: Default::default(),
             durable_writes: AtomicU64::new(0),
             ledger_failures: AtomicU64::new(0),
             fsync_seconds: Histogram::new(SECONDS),
@@ -174,6 +177,12 @@ impl Metrics {
     /// A connection ended with close `code` (1006 when it ended without a close frame).
     pub fn closed(&self, code: u16) {
         *self.closes.lock().unwrap_or_else(PoisonError::into_inner).entry(code).or_default() += 1;
+    }
+
+    /// A connection's socket took nothing for `write_timeout_s`: it was closed with 1013 (`sent`,
+    /// the close frame went) or dropped.
+    pub fn write_timed_out(&self, sent: bool) {
+        self.write_timeouts[usize::from(!sent)].fetch_add(1, Relaxed);
     }
 
     /// A batch of `ops` became durable after `elapsed` in the ledger.
@@ -260,6 +269,14 @@ impl Metrics {
             "Connections closed, by close code (1006: no close frame).",
             &closes,
         );
+        let outcomes = ["closed", "dropped"].iter().zip(&self.write_timeouts);
+        let write_timeouts: Vec<_> =
+            outcomes.map(|(outcome, v)| (format!("{{outcome=\"{outcome}\"}}"), v.load(Relaxed))).collect();
+        counter(
+            "aether_write_timeouts_total",
+            "Connections whose socket took nothing for write_timeout_s: closed with 1013, or dropped.",
+            &write_timeouts,
+        );
         counter("aether_durable_writes_total", "Writes made durable in the ledger.", &plain(&self.durable_writes));
         counter("aether_ledger_failures_total", "Ledger appends that failed.", &plain(&self.ledger_failures));
         counter("aether_compactions_total", "Online compactions completed.", &plain(&self.compactions));
@@ -284,6 +301,7 @@ mod tests {
         metrics.inbound(Inbound::Set);
         metrics.dropped(Dropped::BadKey);
         metrics.closed(1008);
+        metrics.write_timed_out(false);
         metrics.batch(3, Duration::from_micros(700));
         let text = metrics.render(Live { connections: 2, ..Live::default() });
         for line in [
@@ -292,6 +310,8 @@ mod tests {
             "aether_messages_in_total{type=\"dropped\"} 1",
             "aether_messages_dropped_total{reason=\"bad_key\"} 1",
             "aether_connections_closed_total{code=\"1008\"} 1",
+            "aether_write_timeouts_total{outcome=\"closed\"} 0",
+            "aether_write_timeouts_total{outcome=\"dropped\"} 1",
             "aether_ledger_append_seconds_bucket{le=\"0.001\"} 1",
             "aether_ledger_append_seconds_bucket{le=\"0.0005\"} 0",
             "aether_ledger_batch_ops_bucket{le=\"4\"} 1",

@@ -24,7 +24,7 @@ use crate::{
     lww::LwwMap,
     mesh::{self, MeshActor, MeshSettings, nats, shared::Shared},
     metrics::Metrics,
-    session::Deps,
+    session::{self, Deps},
     state::{self, Compaction, StateActor},
 };
 
@@ -348,11 +348,25 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, listener: TcpList
         _ => None,
     };
     let addr = listener.local_addr()?;
+    // Sockets accepted from here inherit it: the kernel resets a connection whose sent bytes go
+    // unacknowledged that long, which frees what actix still buffers for a client that stopped
+    // reading after its session gave up on it (tests/hostile.rs).
+    let timeout = session::socket_timeout(&config.limits);
+    let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    if let Err(err) = rustix::net::sockopt::set_tcp_user_timeout(&listener, millis) {
+        log::warn!("cannot set TCP_USER_TIMEOUT ({err}): a client that stops reading is dropped by its session only");
+    }
     let app_relay = relay.clone();
     let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
         .disable_signals()
         // Frames must leave as soon as they are written, not when Nagle's algorithm says so.
         .tcp_nodelay(true)
+        // Once a response has ended the connection is closed at once, with no "linger" reading
+        // until the client hangs up (actix's default waits up to 1 s). A WebSocket's response ends
+        // when its Close frame is written: RFC 6455 (7.1.1) has the server close TCP first, and
+        // clients that wait for it (Python `websockets`, Chromium) would wait that second in every
+        // close, and SIGTERM with them (tests/closes.rs).
+        .client_disconnect_timeout(Duration::ZERO)
         .shutdown_timeout(5);
     let server = match tls {
         Some(acceptor) => {

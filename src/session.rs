@@ -101,12 +101,14 @@ pub async fn run(
     deps.metrics.connection_opened();
     let version = if params.version2 { Version::V2 } else { Version::V1 };
     let Some(_slot) = slot else {
-        return close_with(&deps, version, session, &mut stream, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
+        close_with(&deps, version, session, &mut stream, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
+        return;
     };
     if let Some(token) = deps.token.clone()
         && !authenticate(&token, params.token, &mut session, &mut stream, &deps.limits).await
     {
-        return close_with(&deps, version, session, &mut stream, Some((close::POLICY, "auth failed"))).await;
+        close_with(&deps, version, session, &mut stream, Some((close::POLICY, "auth failed"))).await;
+        return;
     }
 
     let id = Uuid::new_v4();
@@ -116,13 +118,33 @@ pub async fn run(
     let join = Join { id, color, version, resume: params.resume, outbox, kick: kick_tx };
     if !deps.state.send(join).await.unwrap_or(false) {
         let going = Some((close::GOING_AWAY, "server shutting down"));
-        return close_with(&deps, version, session, &mut stream, going).await;
+        close_with(&deps, version, session, &mut stream, going).await;
+        return;
     }
     let client = params.cid.filter(|_| version == Version::V2).map(Arc::from);
-    let mut conn = Connection { id, deps, version, client, bucket: None, partial: None };
+    let mut conn = Connection {
+        id,
+        deps,
+        version,
+        client,
+        bucket: None,
+        partial: None,
+        pending: None,
+        last_heard: Instant::now(),
+        stalled: false,
+    };
     let end = conn.pump(&mut session, &mut stream, rx, kick_rx).await;
     conn.deps.state.do_send(Leave { id });
-    close_with(&conn.deps, version, session, &mut stream, end).await;
+    let stalled = conn.stalled;
+    let sent = close_with(&conn.deps, version, session, &mut stream, end).await;
+    if stalled {
+        conn.deps.metrics.write_timed_out(sent);
+        log::info!(
+            "client {id}: its socket took nothing for {:?}, {}",
+            conn.deps.limits.write_timeout(),
+            if sent { "closed (1013 too slow)" } else { "dropped (not even a close frame would go)" }
+        );
+    }
 }
 
 /// The code a v2 client sees for a v1 close: distinct codes in the 4000 range for the closes a
@@ -142,37 +164,77 @@ fn close_code_for(version: Version, code: u16, reason: &str) -> u16 {
 /// How long a closing connection may take: to accept our close frame, then to answer it.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Sends the close frame (if any) and waits, briefly, for the client to answer it and hang up, so
-/// the frame is on the wire before the connection (and its slot) goes away.
-async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mut MessageStream, end: End) {
+/// How long the kernel lets a connection's sent bytes go unacknowledged before it resets it
+/// (`TCP_USER_TIMEOUT`, set on the listener by [`crate::relay`]): `write_timeout_s` plus the time
+/// the session takes to close, so the session's verdict (1013, or dropped and counted) comes first
+/// and the kernel then frees what actix still buffers for that socket.
+pub fn socket_timeout(limits: &Limits) -> Duration {
+    limits.write_timeout() + 2 * CLOSE_WAIT
+}
+
+/// Sends the close frame (if any) and waits, briefly, for the connection to end (the relay hangs
+/// up as soon as the frame is flushed: see `client_disconnect_timeout` in [`crate::relay`]), so
+/// the frame is on the wire before the connection's slot goes away. Whether a close frame went.
+async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mut MessageStream, end: End) -> bool {
     deps.metrics.closed(end.map_or(close::ABNORMAL, |(code, _)| code));
-    let Some((code, text)) = end else { return };
+    let Some((code, text)) = end else { return false };
     let code = close_code_for(version, code, text);
     let reason = CloseReason { code: CloseCode::from(code), description: (!text.is_empty()).then(|| text.to_owned()) };
     // A client that stopped reading cannot take a close frame either; do not wait for it.
-    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await {
-        // Stop at the first error: a broken stream may report the same error forever.
-        let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.recv().await {} }).await;
-    }
+    let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await else { return false };
+    // Stop at the first error: a broken stream may report the same error forever.
+    let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.recv().await {} }).await;
+    true
 }
 
 /// Why a write stalled: the client accepts nothing (its socket and actix-ws's channel are full).
 const STALLED: (u16, &str) = (close::TRY_AGAIN_LATER, "too slow");
 
-/// Runs one write to the socket, raced against a kick and bounded by `limit`: every write goes
+/// The client sent nothing (pongs included) for [`Deps::client_timeout`].
+const SILENT: (u16, &str) = (close::KEEPALIVE, "keepalive timeout");
+
+/// How long one write may wait: `[limits] write_timeout_s` for the socket to take it, and never
+/// past the instant the keepalive gives up on a silent client.
+#[derive(Clone, Copy)]
+struct Bounds {
+    write: Duration,
+    keepalive: tokio::time::Instant,
+}
+
+/// Runs one write to the socket, raced against a kick and bounded by `bounds`: every write goes
 /// through here (frames, pings, pongs, nacks), so a client that never reads (say, one that sends
 /// pings and never takes the pongs) cannot hold its task, and with it its connection slot, by
-/// filling actix-ws's channel. `Err` carries the end of the connection.
+/// filling actix-ws's channel, and the keepalive holds while the session waits on the socket.
+/// `Err` carries the end of the connection.
 async fn bounded(
     kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>,
-    limit: Duration,
+    bounds: Bounds,
+    stalled: &mut bool,
     write: impl Future<Output = Result<(), actix_ws::Closed>>,
 ) -> Result<(), End> {
     tokio::select! {
         biased;
         reason = kicked(kick) => Err(Some(reason)),
         written = write => written.map_err(|_| None),
-        () = tokio::time::sleep(limit) => Err(Some(STALLED)),
+        () = tokio::time::sleep(bounds.write) => {
+            *stalled = true;
+            Err(Some(STALLED))
+        }
+        () = tokio::time::sleep_until(bounds.keepalive) => Err(Some(SILENT)),
+    }
+}
+
+/// A write waiting for an admission slot (the ledger is behind), sent once it has one.
+type Admission = std::pin::Pin<Box<dyn Future<Output = ()>>>;
+
+/// Resolves when the waiting write (if any) was admitted and sent; never while there is none.
+async fn admitted(waiting: &mut Option<Admission>) {
+    match waiting.as_mut() {
+        Some(admission) => {
+            admission.as_mut().await;
+            *waiting = None;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -240,6 +302,13 @@ struct Connection {
     bucket: Option<TokenBucket>,
     /// A fragmented message being reassembled: (is text, bytes so far).
     partial: Option<(bool, BytesMut)>,
+    /// A write that found no admission slot free: the pump waits for one (still pinging and
+    /// keeping its keepalive, no longer reading) before it reads on.
+    pending: Option<Admission>,
+    /// When the client was last heard from (any frame but its own pings).
+    last_heard: Instant,
+    /// A write found the socket taking nothing for `write_timeout_s` (what ended the connection).
+    stalled: bool,
 }
 
 enum Event {
@@ -248,6 +317,7 @@ enum Event {
     In(Option<Result<Message, ProtocolError>>),
     Tick,
     Silent,
+    Admitted,
 }
 
 impl Connection {
@@ -266,14 +336,16 @@ impl Connection {
         let deadline = tokio::time::sleep(self.deps.limits.handshake_timeout());
         tokio::pin!(deadline);
         let mut heard = false;
-        let mut last_heard = Instant::now();
+        let mut waiting: Option<Admission> = None;
         loop {
             // Not biased: reading the client's writes and sending it broadcasts take turns, so a
             // busy connection is neither starved of its own writes nor deaf to others'.
             let event = tokio::select! {
                 reason = kicked(&mut kick) => Event::Kicked(reason),
                 out = rx.recv() => Event::Out(out),
-                msg = stream.recv() => Event::In(msg),
+                // While a write waits for admission nothing more is read: the writer is slowed.
+                msg = stream.recv(), if waiting.is_none() => Event::In(msg),
+                () = admitted(&mut waiting) => Event::Admitted,
                 _ = ticker.tick() => Event::Tick,
                 () = &mut deadline, if !heard => Event::Silent,
             };
@@ -307,7 +379,7 @@ impl Connection {
                         Ok::<(), actix_ws::Closed>(())
                     };
                     self.deps.metrics.frames_out(count);
-                    if let Err(end) = bounded(&mut kick, self.write_limit(), write).await {
+                    if let Err(end) = bounded(&mut kick, self.bounds(), &mut self.stalled, write).await {
                         return end;
                     }
                     rx.written(total);
@@ -335,18 +407,24 @@ impl Connection {
                     // A ping proves the client writes, not that it reads: one that pings and
                     // never reads (so never answers ours) still meets the keepalive timeout.
                     if !matches!(msg, Message::Ping(_)) {
-                        last_heard = Instant::now();
+                        self.last_heard = Instant::now();
                     }
                     if let Some(end) = self.inbound(msg, session, &mut kick).await {
                         return end;
                     }
+                    waiting = self.pending.take();
                 }
+                // The client's pongs went unread meanwhile: that silence was ours, not its.
+                Event::Admitted => self.last_heard = Instant::now(),
                 Event::Silent => return Some((close::POLICY, "handshake timeout")),
                 Event::Tick => {
-                    if last_heard.elapsed() > self.deps.client_timeout() {
-                        return Some((close::KEEPALIVE, "keepalive timeout"));
+                    if waiting.is_some() {
+                        self.last_heard = Instant::now();
                     }
-                    if let Err(end) = bounded(&mut kick, self.write_limit(), session.ping(b"")).await {
+                    if self.last_heard.elapsed() > self.deps.client_timeout() {
+                        return Some(SILENT);
+                    }
+                    if let Err(end) = bounded(&mut kick, self.bounds(), &mut self.stalled, session.ping(b"")).await {
                         return end;
                     }
                 }
@@ -354,9 +432,10 @@ impl Connection {
         }
     }
 
-    /// How long one write may wait for the socket: as long as the client may stay silent.
-    fn write_limit(&self) -> Duration {
-        self.deps.client_timeout()
+    /// How long the next write may wait for the socket.
+    fn bounds(&self) -> Bounds {
+        let keepalive = tokio::time::Instant::from_std(self.last_heard + self.deps.client_timeout());
+        Bounds { write: self.deps.limits.write_timeout(), keepalive }
     }
 
     /// Handles one inbound WebSocket message; `Some` ends the connection.
@@ -394,7 +473,7 @@ impl Connection {
                 buf.freeze()
             }
             Message::Ping(bytes) => {
-                return bounded(kick, self.write_limit(), session.pong(&bytes)).await.err();
+                return bounded(kick, self.bounds(), &mut self.stalled, session.pong(&bytes)).await.err();
             }
             Message::Pong(_) | Message::Nop => return None,
             Message::Close(_) => return Some(Some((close::NORMAL, ""))),
@@ -420,11 +499,11 @@ impl Connection {
         match protocol::parse(text, &self.deps.limits) {
             Ok(ClientFrame::Set { key, value, reference }) => {
                 metrics.inbound(Inbound::Set);
-                self.write(key, Some(value), reference).await;
+                self.write(key, Some(value), reference);
             }
             Ok(ClientFrame::Delete { key, reference }) => {
                 metrics.inbound(Inbound::Delete);
-                self.write(key, None, reference).await;
+                self.write(key, None, reference);
             }
             Ok(ClientFrame::Presence { x, y }) => {
                 metrics.inbound(Inbound::Presence);
@@ -445,9 +524,13 @@ impl Connection {
                 // v1 drops silently; v2 tells the writer which write will never apply.
                 if self.version == Version::V2
                     && let Some(reference) = protocol::dropped_reference(text)
-                    && let Err(end) =
-                        bounded(kick, self.write_limit(), session.text(protocol::nack(&reference, reason.as_str())))
-                            .await
+                    && let Err(end) = bounded(
+                        kick,
+                        self.bounds(),
+                        &mut self.stalled,
+                        session.text(protocol::nack(&reference, reason.as_str())),
+                    )
+                    .await
                 {
                     return Some(end);
                 }
@@ -456,12 +539,22 @@ impl Connection {
         None
     }
 
-    async fn write(&self, key: String, value: Option<serde_json::Value>, reference: Option<serde_json::Value>) {
-        // Waits while the ledger is this many writes behind: the writer is slowed, nothing is
-        // buffered without bound. The semaphore is never closed, so acquire cannot fail.
-        if let Ok(permit) = Arc::clone(&self.deps.admission).acquire_owned().await {
-            let client = self.client.clone();
-            self.deps.state.do_send(Write { key, value, permit, origin: self.id, reference, client });
+    /// Sends a write to the state actor once it has an admission slot: at once if one is free,
+    /// else it becomes [`Connection::pending`] and the pump waits for one (the ledger is that many
+    /// writes behind: the writer is slowed, nothing is buffered without bound).
+    fn write(&mut self, key: String, value: Option<serde_json::Value>, reference: Option<serde_json::Value>) {
+        let (state, origin, client) = (self.deps.state.clone(), self.id, self.client.clone());
+        match Arc::clone(&self.deps.admission).try_acquire_owned() {
+            Ok(permit) => state.do_send(Write { key, value, permit, origin, reference, client }),
+            Err(_) => {
+                let admission = Arc::clone(&self.deps.admission);
+                self.pending = Some(Box::pin(async move {
+                    // The semaphore is never closed, so acquire cannot fail.
+                    if let Ok(permit) = admission.acquire_owned().await {
+                        state.do_send(Write { key, value, permit, origin, reference, client });
+                    }
+                }));
+            }
         }
     }
 }

@@ -208,7 +208,8 @@ fn a_client_that_pings_and_never_reads_is_closed_and_its_slot_freed() {
     bystander.set("during", json!(1));
     bystander.recv_set("during");
     drop(bystander);
-    // The write limit is 2 × ping_interval_s + handshake_timeout_s = 2 s, then 1 s for the close.
+    // A pong may wait until the keepalive gives up (2 × ping_interval_s + handshake_timeout_s =
+    // 2 s, below write_timeout_s), then 1 s for the close.
     let started = Instant::now();
     common::wait_within(Duration::from_secs(20), "the flooder's slot to be freed", || {
         server.health("connections") == 0
@@ -239,6 +240,104 @@ fn a_client_that_pings_slowly_and_never_reads_meets_the_keepalive_timeout() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(server.get("/metrics").1.contains("aether_connections_closed_total{code=\"1011\"} 1"));
+}
+
+/// Whether the relay still holds the TCP connection from the client's local `port` (an
+/// established socket on its side, seen by `ss`).
+fn relay_holds(server: &Server, port: u16) -> bool {
+    let out = std::process::Command::new("ss")
+        .args(["-Htn", "state", "established"])
+        .arg(format!("( sport = :{} and dport = :{port} )", server.addr.port()))
+        .output()
+        .expect("ss (iproute2)");
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+/// A client that stops reading with a few megabytes queued for it, below `max_outbound_bytes`
+/// (raw TCP, a tiny receive window): once its socket has taken nothing for `write_timeout_s`
+/// (1 s here) it is closed, its slot freed, counted in `/metrics`, and the connection itself is
+/// gone from the relay (not held in actix's buffers); keepalive pings meanwhile cannot help it.
+#[test]
+fn a_socket_that_takes_nothing_for_write_timeout_s_is_dropped_and_counted() {
+    let server = Server::start(&format!("{FAST}write_timeout_s = 1.0\n"));
+    let mut writer = server.client();
+    let big = "x".repeat(30_000);
+    for i in 0..100 {
+        writer.set(&format!("big:{i}"), json!(big));
+    }
+    writer.recv_set("big:99");
+    let stuck = small_window_upgrade(server.addr, "/ws", 4096);
+    let port = stuck.local_addr().unwrap().port();
+    common::wait_until("the stuck client to register", || server.health("clients") == 2);
+    // Broadcasts it cannot take: 3 MB of snapshot wait in front of them, so actix-ws's channel
+    // fills and a write waits on the socket.
+    let started = Instant::now();
+    for i in 0..200 {
+        writer.set(&format!("small:{i}"), json!(i));
+    }
+    writer.recv_set("small:199");
+    let counted = |outcome: &str| {
+        server.get("/metrics").1.contains(&format!("aether_write_timeouts_total{{outcome=\"{outcome}\"}} 1"))
+    };
+    common::wait_within(Duration::from_secs(15), "the stalled write to be counted", || counted("dropped"));
+    let took = started.elapsed();
+    // 1 s of write timeout, up to 1 s trying to send the close frame it has no room for.
+    assert!(took < Duration::from_secs(5), "dropped after {took:?}");
+    assert!(!counted("closed"));
+    assert_eq!(server.health("connections"), 1, "its slot is freed");
+    assert!(server.get("/metrics").1.contains("aether_connections_closed_total{code=\"1013\"} 1"));
+    // The kernel gives up on the socket too (TCP_USER_TIMEOUT: the write timeout plus the time to
+    // close), so what actix still buffered for it goes as well.
+    common::wait_within(Duration::from_secs(10), "the relay to let go of the socket", || !relay_holds(&server, port));
+    writer.set("after", json!(1));
+    writer.recv_set("after");
+    drop(stuck);
+}
+
+/// The same client, but it reads again once its write timed out: it gets 1013 `too slow`.
+#[test]
+fn a_socket_that_takes_nothing_then_reads_again_is_told_too_slow() {
+    use std::io::Read;
+    let server = Server::start(&format!("{FAST}write_timeout_s = 1.0\n"));
+    let mut writer = server.client();
+    let big = "x".repeat(30_000);
+    for i in 0..100 {
+        writer.set(&format!("big:{i}"), json!(big));
+    }
+    writer.recv_set("big:99");
+    let mut stuck = small_window_upgrade(server.addr, "/ws", 4096);
+    common::wait_until("the stuck client to register", || server.health("clients") == 2);
+    for i in 0..200 {
+        writer.set(&format!("small:{i}"), json!(i));
+    }
+    writer.recv_set("small:199");
+    // The write timed out and the relay is trying to send its close frame: read everything now.
+    common::wait_within(Duration::from_secs(15), "the write timeout", || {
+        server.get("/metrics").1.contains("aether_connections_closed_total{code=\"1013\"} 1")
+    });
+    let frames = common::read_raw_frames(&mut stuck);
+    assert_eq!(common::raw_close(&frames), Closed::Frame(1013, "too slow".into()));
+    let metrics = server.get("/metrics").1;
+    assert!(metrics.contains("aether_write_timeouts_total{outcome=\"closed\"} 1"), "{metrics}");
+    let _ = stuck.read(&mut [0u8; 1]);
+}
+
+/// `write_timeout_s` is refused, with the one-line error naming it, unless a positive number.
+#[test]
+fn write_timeout_s_must_be_a_positive_number() {
+    let dir = tempfile::tempdir().unwrap();
+    for value in ["0", "-1.0", "nan", "inf"] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, format!("[limits]\nwrite_timeout_s = {value}\n")).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_aether-actix"))
+            .args(["--config", path.to_str().unwrap()])
+            .output()
+            .expect("run aether-actix");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{value}: {err}");
+        assert!(err.contains("[limits] write_timeout_s must be a positive number"), "{value}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{value}: one line: {err}");
+    }
 }
 
 /// A peer listener of node "a" that holds at most one peer, with a 1 s handshake timeout.

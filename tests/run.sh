@@ -39,6 +39,12 @@ if ! target/upstream-venv/bin/python -c 'import aether_core' 2>/dev/null; then
   target/upstream-venv/bin/pip install -q --disable-pip-version-check aether-zta==0.4.0 "websockets>=11.0.3,<14"
 fi
 export AETHER_UPSTREAM_PYTHON="$PWD/target/upstream-venv/bin/python"
+# tests/closes.rs also times close() with a current `websockets` (its sync client reads ahead).
+if ! target/closes-venv/bin/python -c 'import websockets.sync.client' 2>/dev/null; then
+  echo "==> current websockets in target/closes-venv (closing-handshake tests)"
+  python3 -m venv --clear target/closes-venv
+  target/closes-venv/bin/pip install -q --disable-pip-version-check "websockets>=15"
+fi
 echo "==> cargo test"
 cargo test --locked
 echo "==> JavaScript client (tests/js: node --test, the real relay, headless Chromium)"

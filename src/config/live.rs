@@ -217,6 +217,8 @@ pub fn live_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         ("[limits] messages_burst", a.messages_burst != b.messages_burst),
         ("[limits] handshake_timeout_s", a.handshake_timeout_s != b.handshake_timeout_s),
         ("[limits] max_outbound_bytes", a.max_outbound_bytes != b.max_outbound_bytes),
+        // Sessions take the new value; the kernel's TCP_USER_TIMEOUT behind it is set at start.
+        ("[limits] write_timeout_s", a.write_timeout_s != b.write_timeout_s),
     ]
     .into_iter()
     .filter_map(|(key, differs)| differs.then_some(key))

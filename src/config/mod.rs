@@ -149,6 +149,10 @@ pub struct Limits {
     /// Bytes of frames queued for one client before it counts as too slow and is closed with
     /// 1013 (not in upstream, which stalled everyone instead). Default 8 MiB.
     pub max_outbound_bytes: usize,
+    /// Seconds one write may wait for a client's socket to take anything (not in upstream): then
+    /// the connection is closed with 1013 `too slow`, or dropped if even that cannot be sent.
+    /// Default 30.
+    pub write_timeout_s: f64,
 }
 
 impl Default for Limits {
@@ -167,6 +171,7 @@ impl Default for Limits {
             max_seen_stamps: 100_000,
             max_oplog_size: 10_000,
             max_outbound_bytes: 8 << 20,
+            write_timeout_s: 30.0,
         }
     }
 }
@@ -175,6 +180,11 @@ impl Limits {
     /// [`Limits::handshake_timeout_s`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.handshake_timeout_s)
+    }
+
+    /// [`Limits::write_timeout_s`] as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.write_timeout_s)
     }
 }
 
@@ -287,8 +297,12 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {key} must be greater than 0"));
         }
-        for (key, v) in [("messages_per_second", l.messages_per_second), ("handshake_timeout_s", l.handshake_timeout_s)]
-        {
+        let seconds = [
+            ("messages_per_second", l.messages_per_second),
+            ("handshake_timeout_s", l.handshake_timeout_s),
+            ("write_timeout_s", l.write_timeout_s),
+        ];
+        for (key, v) in seconds {
             if !(v.is_finite() && v > 0.0 && v < 1e9) {
                 return Err(format!("[limits] {key} must be a positive number of reasonable size, got {v}"));
             }
