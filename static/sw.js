@@ -24,7 +24,7 @@
  */
 'use strict';
 
-const VERSION = 'b416c7cb3bef6c9a';
+const VERSION = '2c9ae683a3c780dc';
 const PREFIX = 'aether-shell-';
 const CACHE = PREFIX + VERSION;
 
@@ -42,6 +42,7 @@ const PRECACHE = [
   '/aether.mjs',
   '/aether-react.mjs',
   '/sw-register.js',
+  '/favicon.ico',
   '/examples/vanilla-counter.html',
   '/examples/react-counter.html',
   '/examples/vendor/react.mjs',
