@@ -4,7 +4,8 @@
  * (https, or http://localhost / http://127.0.0.1); elsewhere it does nothing.
  *
  * A page runs one version of the shell. When a new version is installed and waiting, this page,
- * once loaded, asks it to take over (it does only if this is the only window); when a new worker
+ * once loaded, asks it to take over, and asks again every second while it waits (it does only
+ * while this is the only window); when a new worker
  * takes over a page an older one served, the page reloads once, to load the new version whole.
  */
 (function () {
@@ -24,8 +25,12 @@
   });
   function offer(worker) {
     if (!sw.controller) return; // nothing older runs here: the new worker activates by itself
+    // Asked again every second while the new worker waits: it takes over only while this is the
+    // only window, and the others may close later (or be closing while this page loads).
     var ask = function () {
+      if (worker.state !== 'installed') return;
       worker.postMessage({ type: 'aether-shell-activate' });
+      setTimeout(ask, 1000);
     };
     if (document.readyState === 'complete') ask();
     else window.addEventListener('load', ask, { once: true });

@@ -24,7 +24,7 @@
  */
 'use strict';
 
-const VERSION = '2c9ae683a3c780dc';
+const VERSION = 'de866f5b8de0853d';
 const PREFIX = 'aether-shell-';
 const CACHE = PREFIX + VERSION;
 
@@ -42,7 +42,6 @@ const PRECACHE = [
   '/aether.mjs',
   '/aether-react.mjs',
   '/sw-register.js',
-  '/favicon.ico',
   '/examples/vanilla-counter.html',
   '/examples/react-counter.html',
   '/examples/vendor/react.mjs',
