@@ -8,7 +8,7 @@
 //! ops carrying the same stamp, which only a misconfigured node with a reused id can produce) by
 //! tombstone-first and then the value's JSON text. Plain Rust: no actix, no I/O.
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, collections::BTreeMap};
 
 use imbl::OrdMap;
 
@@ -104,6 +104,43 @@ pub fn beats(stamp: &Stamp, tombstone: bool, value: &Value, current: &Register) 
                 }
             }
         },
+    }
+}
+
+/// Builds an [`LwwMap`] from many ops (a replay at boot): merges into a plain B-tree, which is
+/// several times cheaper per op than the persistent one, and builds the persistent map once, from
+/// the winners only, at the end.
+#[derive(Debug, Default)]
+pub struct Replay {
+    entries: BTreeMap<String, Register>,
+}
+
+impl Replay {
+    /// Merges `op`; returns true if it won.
+    pub fn apply(&mut self, op: Op) -> bool {
+        let current = self.entries.get(&op.key);
+        let wins = current.is_none_or(|c| beats(&op.stamp, op.kind == OpKind::Del, &op.value, c));
+        if wins {
+            let (key, register) = Register::from_op(op);
+            self.entries.insert(key, register);
+        }
+        wins
+    }
+
+    /// Number of registers so far, tombstones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no op was merged.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The map of everything merged.
+    pub fn finish(self) -> LwwMap {
+        let live = self.entries.values().filter(|r| !r.tombstone).count();
+        LwwMap { entries: self.entries.into_iter().collect(), live }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
     http,
     ledger::{self, Ledger, LedgerActor, LedgerError, LedgerHealth},
     limits::ConnectionCounter,
-    lww::LwwMap,
+    lww,
     mesh::{self, MeshActor, MeshSettings, nats, shared::Shared},
     metrics::Metrics,
     session::{self, Deps},
@@ -98,11 +98,12 @@ impl Relay {
             .transpose()
             .map_err(|err| Error::Tls(format!("[mesh.tls] ca: {err}")))?;
         let mut clock = Clock::new(config.mesh.node_id.clone());
-        let mut map = LwwMap::new();
+        let mut map = lww::Replay::default();
         let (ledger, stats) = Ledger::open(&config.ledger.path, config.ledger.sync, |op| {
             clock.witness(&op.stamp);
             map.apply(op);
         })?;
+        let map = map.finish();
         log::info!(
             "ledger {} replayed in {} ms: {} records, {} snapshot entries, {} corrupt lines skipped, {} torn bytes cut; {} live keys",
             config.ledger.path.display(),

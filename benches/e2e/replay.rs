@@ -2,7 +2,7 @@
 //! at boot, and a relay booting from a snapshot of it.
 //!
 //! - **replay**, in-process: `Ledger::open` replaying every record through a `Clock` and an
-//!   `LwwMap`, as our relay's boot does; upstream: `ChronoLedger.boot()` into a `MeshNode`
+//!   `lww::Replay` (then the persistent `LwwMap`), as our relay's boot does; upstream: `ChronoLedger.boot()` into a `MeshNode`
 //!   (`benches/upstream/replay.py`, a fresh interpreter per run, import not timed). Same file,
 //!   freshly written, so from the page cache. Median of `runs`.
 //! - **boot with a snapshot**: the ledger compacted offline (ours: `aether-actix compact --config
@@ -21,7 +21,7 @@ use std::{
 use aether_actix::{
     hlc::{Clock, Stamp},
     ledger::{Ledger, SyncMode, record},
-    lww::{LwwMap, Op},
+    lww::{self, Op},
 };
 use serde_json::json;
 
@@ -59,13 +59,14 @@ pub fn generate(path: &Path, records: usize, keys: usize) -> u64 {
 /// One in-process replay, as the relay boots; returns (time, records, live keys).
 pub fn replay_once(path: &Path) -> (Duration, u64, usize) {
     let mut clock = Clock::new("bench");
-    let mut map = LwwMap::new();
+    let mut map = lww::Replay::default();
     let started = Instant::now();
     let (ledger, stats) = Ledger::open(path, SyncMode::Always, |op| {
         clock.witness(&op.stamp);
         map.apply(op);
     })
     .expect("open ledger");
+    let map = map.finish(); // the persistent map the relay serves from: part of the boot
     let elapsed = started.elapsed();
     assert_eq!((stats.corrupt, stats.truncated_bytes), (0, 0), "clean file");
     drop(ledger); // releases the lock for the next run
