@@ -155,26 +155,10 @@ fn forwarded_addresses_count_per_source_only_from_trusted_proxies() {
 /// Opens a raw TCP connection with a receive buffer of `rcvbuf` bytes (set before connecting, so
 /// the kernel does not grow it) and upgrades it to a WebSocket at `path` by hand.
 fn small_window_upgrade(addr: std::net::SocketAddr, path: &str, rcvbuf: usize) -> TcpStream {
-    use std::io::{Read, Write};
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(rcvbuf).unwrap();
     socket.connect(&addr.into()).unwrap();
-    let mut tcp: TcpStream = socket.into();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    tcp
+    common::upgrade_over(socket.into(), addr, path)
 }
 
 /// Writes masked ping frames (125-byte payloads) until the peer stops taking them (a write

@@ -17,7 +17,7 @@ use std::{
 use common::{
     Client, Server,
     federation::{CONVERGE, converged, fingerprint, node, node_toml, restart, write_in_background, write_keys, writer},
-    free_port, make_certificate, wait_within,
+    free_port, make_certificate, metric, wait_within,
 };
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -129,15 +129,6 @@ fn peers(server: &Server) -> Vec<(String, bool)> {
 
 fn connected(server: &Server) -> Vec<String> {
     peers(server).into_iter().filter(|(_, up)| *up).map(|(node, _)| node).collect()
-}
-
-fn metric(server: &Server, line_start: &str) -> f64 {
-    let text = server.get("/metrics").1;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]

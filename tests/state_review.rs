@@ -16,22 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, Server, wait_within};
+use common::{Client, Server, metric, wait_within};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
 /// Client limits out of the way of a cursor that moves as fast as it can.
 const FAST: &str =
     "[limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\nmax_connections_per_source = 1000\n";
-
-fn metric(server: &Server, line_start: &str) -> f64 {
-    let text = server.get("/metrics").1;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64

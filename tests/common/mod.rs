@@ -392,8 +392,12 @@ pub fn wait_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) 
 
 /// A WebSocket upgrade done by hand over plain TCP, for clients that must not answer pings.
 pub fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
+    upgrade_over(TcpStream::connect(addr).expect("connect"), addr, path)
+}
+
+/// [`raw_upgrade`] over a connection the caller made (with its own socket options).
+pub fn upgrade_over(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> TcpStream {
     use std::io::{Read, Write};
-    let mut tcp = TcpStream::connect(addr).expect("connect");
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     write!(
         tcp,
@@ -409,6 +413,16 @@ pub fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     tcp
+}
+
+/// The value of the first `/metrics` line that starts with `line_start` (0 when there is none).
+pub fn metric(server: &Server, line_start: &str) -> f64 {
+    let text = server.get("/metrics").1;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Reads server frames (unmasked) until the connection ends; returns (opcode, payload) pairs.
