@@ -103,6 +103,10 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Ops per ledger append.
     pub batch_ops: Histogram,
+    /// Seconds the state actor spent in one piece of work that can grow (a durable batch, a join,
+    /// a cursor tick): its pauses, during which nothing else it does can run.
+    pub state_busy: Histogram,
+    state_busy_max_micros: AtomicU64,
     replay_micros: AtomicU64,
     replay_records: AtomicU64,
     compactions: AtomicU64,
@@ -125,6 +129,8 @@ impl Default for Metrics {
             ledger_failures: AtomicU64::new(0),
             fsync_seconds: Histogram::new(SECONDS),
             batch_ops: Histogram::new(BATCH),
+            state_busy: Histogram::new(SECONDS),
+            state_busy_max_micros: AtomicU64::new(0),
             replay_micros: AtomicU64::new(0),
             replay_records: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
@@ -190,6 +196,12 @@ impl Metrics {
         self.durable_writes.fetch_add(ops as u64, Relaxed);
         self.fsync_seconds.observe(elapsed.as_secs_f64());
         self.batch_ops.observe(ops as f64);
+    }
+
+    /// The state actor spent `elapsed` on one piece of work.
+    pub fn state_busy(&self, elapsed: Duration) {
+        self.state_busy.observe(elapsed.as_secs_f64());
+        self.state_busy_max_micros.fetch_max(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// A ledger append failed.
@@ -286,6 +298,17 @@ impl Metrics {
             "Time per ledger append (write + fdatasync).",
         );
         self.batch_ops.render(&mut out, "aether_ledger_batch_ops", "Writes per ledger append (group commit).");
+        self.state_busy.render(
+            &mut out,
+            "aether_state_busy_seconds",
+            "Time the state actor spent on one durable batch, join or cursor tick.",
+        );
+        let busy_max = self.state_busy_max_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "# HELP aether_state_busy_max_seconds The state actor's longest single piece of work since start.\n\
+             # TYPE aether_state_busy_max_seconds gauge\naether_state_busy_max_seconds {busy_max}"
+        );
         self.mesh.render(&mut out);
         out
     }

@@ -38,6 +38,9 @@ pub struct Pauses {
     pub probes: u64,
     /// Did an online compaction finish during the busy phase?
     pub compacted: bool,
+    /// The state actor's longest single piece of work (its own metric), ms: after the quiet
+    /// phase (boot included), and after the busy one.
+    pub actor: (f64, f64),
     /// Anything amiss with the relay.
     pub notes: Vec<String>,
 }
@@ -76,14 +79,22 @@ fn join(addr: SocketAddr, url: &str) -> Option<Client> {
     Some(Client { ws })
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> bool {
-    let Ok(mut tcp) = TcpStream::connect(addr) else { return false };
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+/// The answer to a GET if it was 200.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut tcp = TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
     let mut answer = String::new();
-    tcp.write_all(request.as_bytes()).is_ok()
-        && tcp.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.1 200")
+    tcp.write_all(request.as_bytes()).ok()?;
+    tcp.read_to_string(&mut answer).ok()?;
+    answer.starts_with("HTTP/1.1 200").then_some(answer)
+}
+
+/// The state actor's longest piece of work so far (`aether_state_busy_max_seconds`), in ms.
+fn actor_max_ms(addr: SocketAddr) -> f64 {
+    let metrics = http_get(addr, "/metrics").unwrap_or_default();
+    let line = metrics.lines().find(|l| l.starts_with("aether_state_busy_max_seconds "));
+    line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok()).map_or(f64::NAN, |s| s * 1e3)
 }
 
 /// Runs the scenario on `keys` distinct keys for `secs` per phase.
@@ -99,6 +110,7 @@ pub fn run(launch: &Launch, keys: usize, secs: f64) -> Pauses {
     let url = relay.url();
     let mut prober = join(relay.addr, &url).expect("prober");
     let alone = echoes(&mut prober, "alone", |n, t| n >= 1000 || t.as_secs_f64() >= secs);
+    let actor_alone = actor_max_ms(relay.addr);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (joins, slowest, probes) =
@@ -125,7 +137,7 @@ pub fn run(launch: &Launch, keys: usize, secs: f64) -> Pauses {
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 for path in ["/healthz", "/metrics"] {
-                    if http_get(addr, path) {
+                    if http_get(addr, path).is_some() {
                         probes.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -138,12 +150,14 @@ pub fn run(launch: &Launch, keys: usize, secs: f64) -> Pauses {
         t.as_secs_f64() >= 60.0 || (t.as_secs_f64() >= secs && n % 100 == 0 && compacted())
     });
     let compacted = compacted();
+    let actor_busy = actor_max_ms(relay.addr);
     stop.store(true, Ordering::Relaxed);
     joiner.join().expect("joiner");
     prober_http.join().expect("prober");
     prober.close();
     let notes = stop_and_check(&mut relay, "pauses", None);
     Pauses {
+        actor: (actor_alone, actor_busy),
         notes,
         alone,
         busy,

@@ -26,6 +26,9 @@ use crate::{
 /// millisecond); larger ones off it.
 pub const INLINE_REGISTERS: usize = 20_000;
 
+/// Snapshots larger than this are freed off the actor's thread.
+const INLINE_FREE_BYTES: usize = 1 << 20;
+
 /// Register a new connection; the actor pushes `hello` and the state into its outbox first.
 /// Replies false when the server is shutting down.
 #[derive(Message)]
@@ -193,14 +196,17 @@ impl Handler<Join> for StateActor {
         if self.stopping.is_some() {
             return false;
         }
-        match self.state_now(msg.version, msg.resume.as_deref()) {
+        let started = std::time::Instant::now();
+        let joined = match self.state_now(msg.version, msg.resume.as_deref()) {
             Some(state) => self.admit(msg, state, &[]),
             None => {
                 self.snapshots.waiting.push((self.seq, msg));
                 self.start_encoding(ctx);
                 true
             }
-        }
+        };
+        self.metrics.state_busy(started.elapsed());
+        joined
     }
 }
 
@@ -208,6 +214,7 @@ impl Handler<Encoded> for StateActor {
     type Result = ();
 
     fn handle(&mut self, encoded: Encoded, ctx: &mut Context<Self>) {
+        let started = std::time::Instant::now();
         self.snapshots.building = None;
         let since = std::mem::take(&mut self.snapshots.since);
         let at = encoded.at;
@@ -218,9 +225,15 @@ impl Handler<Encoded> for StateActor {
             let state = if join.version == Version::V1 { encoded.v1.clone() } else { encoded.v2.clone() };
             self.admit(join, (state, true), &since);
         }
-        self.snapshots.cached = Some(encoded);
+        if let Some(old) = self.snapshots.cached.replace(encoded)
+            && old.v1.len() > INLINE_FREE_BYTES
+        {
+            // Freeing tens of megabytes (unmapping them) is work that grows with the map too.
+            let _ = std::thread::Builder::new().name("aether-free".into()).spawn(move || drop(old));
+        }
         if !self.snapshots.waiting.is_empty() {
             self.start_encoding(ctx);
         }
+        self.metrics.state_busy(started.elapsed());
     }
 }

@@ -247,6 +247,7 @@ impl StateActor {
 
     /// A batch came back from the ledger: publish it if durable, drop it otherwise.
     fn committed(&mut self, reply: Result<Appended, MailboxError>, ctx: &mut Context<Self>) {
+        let started = std::time::Instant::now();
         let metas = self.in_flight.take().unwrap_or_default();
         match reply {
             Ok(Appended { ops, result, elapsed, position, compacted, .. }) => {
@@ -277,6 +278,7 @@ impl StateActor {
         self.flush(ctx);
         self.maybe_compact(ctx);
         self.maybe_finish_stopping();
+        self.metrics.state_busy(started.elapsed());
     }
 
     /// A batch the ledger refused: its writers are told (v2 `nack ledger_failed`), transports'

@@ -73,6 +73,7 @@ impl StateActor {
 
     /// Sends every waiting cursor: one push per member.
     fn send_cursors(&mut self) {
+        let started = std::time::Instant::now();
         if let Some(mesh) = &self.mesh {
             for (id, (color, x, y)) in self.cursors.to_mesh.drain() {
                 mesh.do_send(StateEvent::Presence { id, color, x, y });
@@ -92,6 +93,7 @@ impl StateActor {
                 waiting.iter().filter(|w| w.from != Some(*id)).map(|w| w.frame.clone()).collect();
             (!others.is_empty()).then(|| Outbound::frames(others))
         });
+        self.metrics.state_busy(started.elapsed());
     }
 }
 
