@@ -95,11 +95,13 @@ impl StateActor {
     }
 
     /// A v2 delta since the client's resume token, if the token is from this run and not ahead.
-    /// Costs what changed since, not the map: `changes` is ordered by sequence number.
+    /// Costs what changed since, not the map: `changes` is ordered by sequence number. A token
+    /// more than [`INLINE_REGISTERS`] ops old gets the whole state instead (encoded off the actor
+    /// when the map is large), so no delta costs the actor more than a small snapshot would.
     fn delta_v2(&self, resume: Option<&str>) -> Option<ByteString> {
         let (epoch, seq) = resume?.split_once('.')?;
         let since = seq.parse::<u64>().ok()?;
-        if epoch != self.epoch || since > self.seq {
+        if epoch != self.epoch || since > self.seq || self.seq - since > INLINE_REGISTERS as u64 {
             return None;
         }
         let (mut changed, mut deleted) = (Vec::new(), Vec::new());
