@@ -164,6 +164,11 @@ fn close_code_for(version: Version, code: u16, reason: &str) -> u16 {
 /// How long a closing connection may take: to accept our close frame, then to answer it.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// Before our Close frame: what the client already sent is read (and dropped) until nothing comes
+/// for `QUIET`, for `DRAIN` at most.
+const QUIET: Duration = Duration::from_millis(2);
+const DRAIN: Duration = Duration::from_millis(20);
+
 /// How long the kernel lets a connection's sent bytes go unacknowledged before it resets it
 /// (`TCP_USER_TIMEOUT`, set on the listener by [`crate::relay`]): `write_timeout_s` plus the time
 /// the session takes to close, so the session's verdict (1013, or dropped and counted) comes first
@@ -180,6 +185,12 @@ async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mu
     let Some((code, text)) = end else { return false };
     let code = close_code_for(version, code, text);
     let reason = CloseReason { code: CloseCode::from(code), description: (!text.is_empty()).then(|| text.to_owned()) };
+    // The connection is closed as soon as our Close frame is out. Bytes the client sent that we
+    // have not read would make that close a reset, which can destroy the Close frame before the
+    // client reads it (a client flooding writes loses its 4429 / 1008). So first take in what
+    // has already arrived: until nothing comes for a moment, at most DRAIN in all.
+    let drain = async { while let Ok(Some(Ok(_))) = tokio::time::timeout(QUIET, stream.recv()).await {} };
+    let _ = tokio::time::timeout(DRAIN, drain).await;
     // A client that stopped reading cannot take a close frame either; do not wait for it.
     let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await else { return false };
     // Stop at the first error: a broken stream may report the same error forever.
