@@ -147,16 +147,6 @@ fn allowed_origins_change_for_new_connections() {
     }
 }
 
-fn wss(server: &Server, ca: &Path) -> Result<WebSocket<SslStream<TcpStream>>, String> {
-    let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
-    connector.set_ca_file(ca).unwrap();
-    let tcp = TcpStream::connect(server.addr).unwrap();
-    tcp.set_read_timeout(Some(common::WAIT)).unwrap();
-    let tls = connector.build().connect("localhost", tcp).map_err(|err| err.to_string())?;
-    let url = format!("wss://localhost:{}/ws", server.addr.port());
-    tungstenite::client(url, tls).map(|(ws, _)| ws).map_err(|err| err.to_string())
-}
-
 fn next_set(ws: &mut WebSocket<SslStream<TcpStream>>, key: &str) -> Value {
     loop {
         if let Message::Text(text) = ws.read().unwrap() {
@@ -194,7 +184,7 @@ fn a_rotated_certificate_serves_new_connections_while_open_ones_stay() {
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let tls = format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n");
     let server = Server::start(&tls);
-    let mut open = wss(&server, &old_ca).expect("trusting the first certificate");
+    let mut open = common::wss_connect(&server, Some(&old_ca)).expect("trusting the first certificate");
     if let Some(seen) = s_client_fingerprint(&server) {
         assert_eq!(seen, fingerprint_of(&old_ca));
     }
@@ -211,9 +201,9 @@ fn a_rotated_certificate_serves_new_connections_while_open_ones_stay() {
     if let Some(seen) = s_client_fingerprint(&server) {
         assert_eq!(seen, fingerprint_of(&cert), "openssl s_client sees the new certificate");
     }
-    let refused = wss(&server, &old_ca).expect_err("a new connection gets the new certificate");
+    let refused = common::wss_connect(&server, Some(&old_ca)).expect_err("a new connection gets the new certificate");
     assert!(refused.contains("certificate verify failed"), "{refused}");
-    let mut fresh = wss(&server, &cert).expect("trusting the new certificate");
+    let mut fresh = common::wss_connect(&server, Some(&cert)).expect("trusting the new certificate");
 
     // The connection opened under the old certificate is still up, both ways.
     open.send(Message::text(json!({"type": "set", "key": "old-tls", "value": 1}).to_string())).unwrap();
@@ -259,7 +249,7 @@ fn a_broken_configuration_is_refused_and_the_running_one_kept() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("[tls] cannot load key"), "{out:?}");
 
     // Still serving, still with the old token and certificate.
-    let mut old = wss(&server, &cert).expect("the first certificate, still");
+    let mut old = common::wss_connect(&server, Some(&cert)).expect("the first certificate, still");
     old.send(Message::text(json!({"type": "auth", "token": "kept"}).to_string())).unwrap();
     let url = format!("wss://localhost:{}/ws?auth_token=other", server.addr.port());
     let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();

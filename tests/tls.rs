@@ -2,24 +2,12 @@
 
 mod common;
 
-use std::{fs, net::TcpStream, path::Path};
+use std::{fs, net::TcpStream};
 
 use common::{Server, make_certificate};
-use openssl::ssl::{SslConnector, SslMethod, SslStream};
+use openssl::ssl::SslStream;
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
-
-fn wss_connect(server: &Server, ca: Option<&Path>) -> Result<WebSocket<SslStream<TcpStream>>, String> {
-    let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
-    if let Some(ca) = ca {
-        connector.set_ca_file(ca).unwrap();
-    }
-    let tcp = TcpStream::connect(server.addr).unwrap();
-    tcp.set_read_timeout(Some(common::WAIT)).unwrap();
-    let tls = connector.build().connect("localhost", tcp).map_err(|err| err.to_string())?;
-    let url = format!("wss://localhost:{}/ws", server.addr.port());
-    tungstenite::client(url, tls).map(|(ws, _)| ws).map_err(|err| err.to_string())
-}
 
 fn next_text(ws: &mut WebSocket<SslStream<TcpStream>>) -> Value {
     loop {
@@ -36,8 +24,8 @@ fn wss_with_a_generated_certificate() {
     let server = Server::start(&format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n"));
     assert!(server.log().contains("listening on https://"), "{}", server.log());
 
-    let mut a = wss_connect(&server, Some(&cert)).expect("TLS client trusting the certificate");
-    let mut b = wss_connect(&server, Some(&cert)).unwrap();
+    let mut a = common::wss_connect(&server, Some(&cert)).expect("TLS client trusting the certificate");
+    let mut b = common::wss_connect(&server, Some(&cert)).unwrap();
     assert_eq!(next_text(&mut a)["type"], "hello");
     assert_eq!(next_text(&mut a)["type"], "snapshot");
     next_text(&mut b);
@@ -46,7 +34,7 @@ fn wss_with_a_generated_certificate() {
     assert_eq!(next_text(&mut b), json!({"type": "set", "key": "secure", "value": true}));
 
     // A client that does not trust the certificate refuses it; plain ws:// gets no WebSocket.
-    let untrusted = wss_connect(&server, None).expect_err("verification must fail");
+    let untrusted = common::wss_connect(&server, None).expect_err("verification must fail");
     assert!(untrusted.contains("certificate verify failed"), "{untrusted}");
     let plain = TcpStream::connect(server.addr).unwrap();
     plain.set_read_timeout(Some(common::WAIT)).unwrap();

@@ -390,6 +390,22 @@ pub fn wait_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// A `wss://` client of `server`, trusting the certificates in `ca` (the system's when `None`).
+pub fn wss_connect(
+    server: &Server,
+    ca: Option<&Path>,
+) -> Result<WebSocket<openssl::ssl::SslStream<TcpStream>>, String> {
+    let mut connector = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    if let Some(ca) = ca {
+        connector.set_ca_file(ca).unwrap();
+    }
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let tls = connector.build().connect("localhost", tcp).map_err(|err| err.to_string())?;
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    tungstenite::client(url, tls).map(|(ws, _)| ws).map_err(|err| err.to_string())
+}
+
 /// A WebSocket upgrade done by hand over plain TCP, for clients that must not answer pings.
 pub fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
     upgrade_over(TcpStream::connect(addr).expect("connect"), addr, path)
