@@ -98,6 +98,18 @@ impl Load {
         wait_within(CONVERGE, &format!("{more} more acknowledged writes ({what})"), || self.acked() >= target);
     }
 
+    /// Stops the writers, then checks that none was refused and that `nodes` converge with every
+    /// acknowledged write present on each; returns how many writes were acknowledged.
+    fn stop_and_check_everywhere(self, nodes: &[&Server]) -> u64 {
+        let (acked, count, refused) = self.stop();
+        assert_eq!(refused, 0, "no write was refused");
+        converged(nodes, acked.len() as u64);
+        for server in nodes {
+            assert_all_present(&server.url(), &state(server), &acked);
+        }
+        count
+    }
+
     /// Stops the writers; returns the acknowledged writes (key, value), how many writes were
     /// acknowledged and how many were refused.
     fn stop(self) -> (BTreeMap<String, u64>, u64, u64) {
@@ -267,13 +279,7 @@ fn kill_9_of_one_relay_in_a_three_relay_mesh_under_load_loses_no_acknowledged_wr
         relays[victim] = Some(back);
         load.wait_for_more(500, &format!("after {id} came back"));
     }
-    let (acked, count, refused) = load.stop();
-    assert_eq!(refused, 0, "no write was refused");
-    let nodes: Vec<&Server> = relays.iter().flatten().collect();
-    converged(&nodes, acked.len() as u64);
-    for (server, id) in nodes.iter().zip(IDS) {
-        assert_all_present(id, &state(server), &acked);
-    }
+    let count = load.stop_and_check_everywhere(&relays.iter().flatten().collect::<Vec<_>>());
     eprintln!(
         "{count} acknowledged writes on every relay after 6 kills ({interrupted} files of interrupted compactions \
          cleaned up at boot), in {:?}",
@@ -317,13 +323,8 @@ fn a_nats_server_restarted_under_load_loses_no_acknowledged_write() {
         on_last.recv_until_within(CONVERGE, |f| f["type"] == "set" && f["key"] == format!("back-{round}"));
         load.wait_for_more(1000, &format!("after restart {round}"));
     }
-    let (acked, count, refused) = load.stop();
-    assert_eq!(refused, 0, "no write was refused");
     let nodes: Vec<&Server> = relays.iter().flatten().collect();
-    converged(&nodes, acked.len() as u64);
-    for server in &nodes {
-        assert_all_present(&server.url(), &state(server), &acked);
-    }
+    let count = load.stop_and_check_everywhere(&nodes);
     assert!(nodes.iter().any(|r| r.log().contains("publish queue full")), "the overflow path ran");
     eprintln!("{count} acknowledged writes on every relay after 2 NATS restarts, in {:?}", started.elapsed());
     assert!(started.elapsed() < RUN_LIMIT);
@@ -354,13 +355,7 @@ fn a_rolling_restart_over_nats_loses_no_acknowledged_write() {
         relays[victim] = Some(back);
         load.wait_for_more(500, &format!("after r{victim} came back"));
     }
-    let (acked, count, refused) = load.stop();
-    assert_eq!(refused, 0, "no write was refused");
-    let nodes: Vec<&Server> = relays.iter().flatten().collect();
-    converged(&nodes, acked.len() as u64);
-    for server in &nodes {
-        assert_all_present(&server.url(), &state(server), &acked);
-    }
+    let count = load.stop_and_check_everywhere(&relays.iter().flatten().collect::<Vec<_>>());
     eprintln!("{count} acknowledged writes on every relay after a rolling restart, in {:?}", started.elapsed());
     assert!(started.elapsed() < RUN_LIMIT);
 }
