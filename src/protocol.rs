@@ -320,13 +320,8 @@ pub fn hello_v2(id: &str, color: &str, node: &str) -> ByteString {
 }
 
 /// v2 `{"type":"snapshot","data":{…},"resume":TOKEN}`: the whole state, and the token that resumes
-/// from it.
-pub fn snapshot_v2<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>, resume: &str) -> ByteString {
-    snapshot_v2_of(&snapshot(entries), resume)
-}
-
-/// [`snapshot_v2`] from the v1 `snapshot` frame of the same state (one encoding serves both).
-pub fn snapshot_v2_of(v1: &ByteString, resume: &str) -> ByteString {
+/// from it, made from the v1 `snapshot` frame of the same state (one encoding serves both).
+pub fn snapshot_v2(v1: &ByteString, resume: &str) -> ByteString {
     // `{"type":"snapshot","data":{…}}` + `,"resume":…}`.
     let mut out = Vec::with_capacity(v1.len() + resume.len() + 16);
     out.extend_from_slice(&v1.as_bytes()[..v1.len() - 1]);

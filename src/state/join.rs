@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::{Member, StateActor};
 use crate::{
+    lww::LwwMap,
     outbox::{Outbound, Outbox},
     protocol::{self, Version},
 };
@@ -56,6 +57,15 @@ struct Encoded {
     at: u64,
     v1: ByteString,
     v2: ByteString,
+}
+
+impl Encoded {
+    /// `map`, at sequence number `at`, as both versions' `snapshot` frames (one encoding).
+    fn of(map: &LwwMap, at: u64, token: &str) -> Self {
+        let v1 = protocol::snapshot(map.live());
+        let v2 = protocol::snapshot_v2(&v1, token);
+        Self { at, v1, v2 }
+    }
 }
 
 /// Encoded snapshots and the joiners waiting for one.
@@ -128,9 +138,7 @@ impl StateActor {
             if self.map.len() > INLINE_REGISTERS {
                 return None;
             }
-            let v1 = protocol::snapshot(self.map.live());
-            let v2 = protocol::snapshot_v2_of(&v1, &self.resume_token_at(self.seq));
-            self.snapshots.cached = Some(Encoded { at: self.seq, v1, v2 });
+            self.snapshots.cached = Some(Encoded::of(&self.map, self.seq, &self.resume_token_at(self.seq)));
         }
         let cached = self.snapshots.cached.as_ref()?;
         Some((if version == Version::V1 { cached.v1.clone() } else { cached.v2.clone() }, true))
@@ -167,26 +175,18 @@ impl StateActor {
             return;
         }
         let (map, at, token, me) = (self.map.clone(), self.seq, self.resume_token_at(self.seq), ctx.address());
+        let thread_token = token.clone();
         let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
-            let v1 = protocol::snapshot(map.live());
-            let v2 = protocol::snapshot_v2_of(&v1, &token);
+            let encoded = Encoded::of(&map, at, &thread_token);
             drop(map);
-            me.do_send(Encoded { at, v1, v2 });
+            me.do_send(encoded);
         });
-        match spawned {
-            Ok(_) => {
-                self.snapshots.building = Some(at);
-                self.snapshots.since.clear();
-            }
-            Err(err) => {
-                // No thread to be had: encode here rather than leave joiners waiting.
-                log::warn!("cannot start a snapshot thread ({err}); encoding on the state actor");
-                let v1 = protocol::snapshot(self.map.live());
-                let v2 = protocol::snapshot_v2_of(&v1, &self.resume_token_at(at));
-                self.snapshots.since.clear();
-                self.snapshots.building = Some(at);
-                ctx.notify(Encoded { at, v1, v2 });
-            }
+        self.snapshots.building = Some(at);
+        self.snapshots.since.clear();
+        if let Err(err) = spawned {
+            // No thread to be had: encode here rather than leave joiners waiting.
+            log::warn!("cannot start a snapshot thread ({err}); encoding on the state actor");
+            ctx.notify(Encoded::of(&self.map, at, &token));
         }
     }
 }
