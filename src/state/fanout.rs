@@ -50,10 +50,7 @@ impl StateActor {
             }
             if self.mesh.is_some() {
                 durable.push(op.clone());
-                sources.push(match &meta.source {
-                    Source::Peer(node) => Some(Arc::clone(node)),
-                    Source::Client { .. } => None,
-                });
+                sources.push(meta.source.peer());
             }
             if let Some(before) = self.changed_at.insert(op.key.clone(), seq) {
                 self.changes.remove(&before);

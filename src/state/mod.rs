@@ -85,6 +85,16 @@ enum Source {
     Peer(NodeId),
 }
 
+impl Source {
+    /// The peer the op came from, if it came from one.
+    fn peer(&self) -> Option<NodeId> {
+        match self {
+            Source::Peer(node) => Some(Arc::clone(node)),
+            Source::Client { .. } => None,
+        }
+    }
+}
+
 /// Who wrote an op and how to acknowledge it, kept beside the op while the ledger writes it.
 struct WriteMeta {
     source: Source,
@@ -288,13 +298,7 @@ impl StateActor {
         self.dropped_total += metas.len() as u64;
         self.rebuild_overlay();
         self.refuse(metas, "ledger_failed");
-        let mut peers: Vec<NodeId> = metas
-            .iter()
-            .filter_map(|m| match &m.source {
-                Source::Peer(node) => Some(Arc::clone(node)),
-                Source::Client { .. } => None,
-            })
-            .collect();
+        let mut peers: Vec<NodeId> = metas.iter().filter_map(|m| m.source.peer()).collect();
         peers.sort();
         peers.dedup();
         if let Some(mesh) = &self.mesh
