@@ -188,9 +188,13 @@ async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mu
     // The connection is closed as soon as our Close frame is out. Bytes the client sent that we
     // have not read would make that close a reset, which can destroy the Close frame before the
     // client reads it (a client flooding writes loses its 4429 / 1008). So first take in what
-    // has already arrived: until nothing comes for a moment, at most DRAIN in all.
-    let drain = async { while let Ok(Some(Ok(_))) = tokio::time::timeout(QUIET, stream.recv()).await {} };
-    let _ = tokio::time::timeout(DRAIN, drain).await;
+    // has already arrived: until nothing comes for a moment, at most DRAIN in all. Not after a
+    // broken or oversized frame: the stream cannot be read on, and the rest of a frame of
+    // megabytes is not worth waiting for.
+    if !matches!(code, close::TOO_BIG | close::PROTOCOL | close::INVALID_DATA) {
+        let drain = async { while let Ok(Some(Ok(_))) = tokio::time::timeout(QUIET, stream.recv()).await {} };
+        let _ = tokio::time::timeout(DRAIN, drain).await;
+    }
     // A client that stopped reading cannot take a close frame either; do not wait for it.
     let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await else { return false };
     // Stop at the first error: a broken stream may report the same error forever.
