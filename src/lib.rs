@@ -11,6 +11,7 @@
 //! - [`hlc`]: stamps and the hybrid logical clock.
 //! - [`digest`]: bucketed digests of the map, kept current, for anti-entropy between nodes.
 //! - [`lww`]: ops, registers and the Last-Writer-Wins map.
+//! - [`room`]: room names (the default room is upstream's one map).
 //! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
 //!   durable append, crash-safe compaction of a snapshot staged off-thread), history over archives,
 //!   archive retention, the health the ledger thread publishes for `/healthz`, and `LedgerActor`,
@@ -62,6 +63,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod proxy;
 pub mod relay;
+pub mod room;
 pub mod session;
 pub mod state;
 

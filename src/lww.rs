@@ -14,7 +14,9 @@ use imbl::OrdMap;
 
 use serde_json::Value;
 
-use crate::hlc::Stamp;
+use std::sync::Arc;
+
+use crate::{hlc::Stamp, room::Room};
 
 /// What an op does to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,17 +48,35 @@ pub struct Op {
     pub value: Value,
     /// When and where the op was made.
     pub stamp: Stamp,
+    /// The room whose map it writes.
+    pub room: Room,
+    /// Who wrote it: the `sub` of the writer's token, when it had one (kept in the ledger).
+    pub by: Option<Arc<str>>,
 }
 
 impl Op {
-    /// A set of `key` to `value` at `stamp`.
+    /// A set of `key` to `value` at `stamp`, in the default room.
     pub fn set(key: impl Into<String>, value: Value, stamp: Stamp) -> Self {
-        Self { kind: OpKind::Set, key: key.into(), value, stamp }
+        Self { kind: OpKind::Set, key: key.into(), value, stamp, room: Room::DEFAULT, by: None }
     }
 
-    /// A delete of `key` at `stamp`.
+    /// A delete of `key` at `stamp`, in the default room.
     pub fn del(key: impl Into<String>, stamp: Stamp) -> Self {
-        Self { kind: OpKind::Del, key: key.into(), value: Value::Null, stamp }
+        Self { kind: OpKind::Del, key: key.into(), value: Value::Null, stamp, room: Room::DEFAULT, by: None }
+    }
+
+    /// The same op in `room`.
+    #[must_use]
+    pub fn in_room(mut self, room: Room) -> Self {
+        self.room = room;
+        self
+    }
+
+    /// The same op, written by `user`.
+    #[must_use]
+    pub fn by(mut self, user: Option<Arc<str>>) -> Self {
+        self.by = user;
+        self
     }
 }
 
@@ -79,10 +99,17 @@ impl Register {
         (op.key, Register { value, stamp: op.stamp, tombstone })
     }
 
-    /// The op that writes this register at `key` (a delete for a tombstone).
+    /// The op that writes this register at `key` of the default room (a delete for a tombstone).
     pub fn to_op(&self, key: &str) -> Op {
         let kind = if self.tombstone { OpKind::Del } else { OpKind::Set };
-        Op { kind, key: key.to_owned(), value: self.value.clone(), stamp: self.stamp.clone() }
+        Op {
+            kind,
+            key: key.to_owned(),
+            value: self.value.clone(),
+            stamp: self.stamp.clone(),
+            room: Room::DEFAULT,
+            by: None,
+        }
     }
 }
 

@@ -5,8 +5,15 @@
 //! upstream writes `\uXXXX` escapes, which every JSON reader (upstream's included) reads the same.
 //! Reading is as lenient as upstream's: `p`/`l` may be integers, floats (truncated) or numeric
 //! strings, `n` may be a string or a number, a missing `value` is `null`, extra fields are ignored.
+//!
+//! Rooms and authors extend it without changing a byte of what upstream writes:
+//! - an op of the default room with no author is exactly upstream's record;
+//! - an author (the writer's token `sub`) adds `"by":"<sub>"` last, which upstream ignores;
+//! - an op of a named room is `{"room":"<name>","op":"set"|"del","key":…,"value":…,"stamp":…}`
+//!   (`by` last, if any). It has no `kind`, so upstream skips the line as one it does not know
+//!   and never mixes a room into its one map.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::{
     Deserialize, Deserializer,
@@ -17,6 +24,7 @@ use serde_json::Value;
 use crate::{
     hlc::Stamp,
     lww::{Op, OpKind},
+    room::Room,
 };
 
 /// Why a line is not a record.
@@ -28,11 +36,27 @@ pub enum RecordError {
     /// `kind` is neither `set` nor `del`.
     #[error("unknown op kind {0:?}")]
     Kind(String),
+    /// A record without `kind` whose `room` or `op` is missing or not valid.
+    #[error("bad room record")]
+    Room,
 }
 
 /// Appends the record for `op`, newline included, to `out`.
 pub fn encode(op: &Op, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"kind\":\"");
+    encode_object(op, out);
+    out.push(b'\n');
+}
+
+/// Appends the record for `op` as one JSON object, without a newline (mesh frames carry it so).
+pub fn encode_object(op: &Op, out: &mut Vec<u8>) {
+    match op.room.name() {
+        None => out.extend_from_slice(b"{\"kind\":\""),
+        Some(room) => {
+            out.extend_from_slice(b"{\"room\":");
+            write_json(room, out);
+            out.extend_from_slice(b",\"op\":\"");
+        }
+    }
     out.extend_from_slice(op.kind.as_str().as_bytes());
     out.extend_from_slice(b"\",\"key\":");
     write_json(&op.key, out);
@@ -40,7 +64,11 @@ pub fn encode(op: &Op, out: &mut Vec<u8>) {
     write_json(&op.value, out);
     out.extend_from_slice(b",\"stamp\":");
     encode_stamp(&op.stamp, out);
-    out.extend_from_slice(b"}\n");
+    if let Some(by) = &op.by {
+        out.extend_from_slice(b",\"by\":");
+        write_json(&**by, out);
+    }
+    out.push(b'}');
 }
 
 /// Appends `{"p":..,"l":..,"n":".."}` for `stamp` to `out`.
@@ -74,22 +102,37 @@ pub fn decode_value(value: Value) -> Result<Op, RecordError> {
 }
 
 fn from_raw(raw: RawRecord) -> Result<Op, RecordError> {
-    let kind = match raw.kind.as_str() {
+    let (kind, room) = match (raw.kind, raw.room, raw.op) {
+        // A `kind` makes it upstream's record, whatever else it carries (as upstream reads it).
+        (Some(kind), ..) => (kind, Room::DEFAULT),
+        (None, Some(room), Some(kind)) => (kind, Room::parse(&room).map_err(|_| RecordError::Room)?),
+        _ => return Err(RecordError::Room),
+    };
+    let kind = match kind.as_str() {
         "set" => OpKind::Set,
         "del" => OpKind::Del,
-        _ => return Err(RecordError::Kind(raw.kind)),
+        _ => return Err(RecordError::Kind(kind)),
     };
     let value = if kind == OpKind::Del { Value::Null } else { raw.value.unwrap_or(Value::Null) };
-    Ok(Op { kind, key: raw.key, value, stamp: raw.stamp.into() })
+    let by = raw.by.filter(|by| !by.is_empty()).map(Arc::from);
+    Ok(Op { kind, key: raw.key, value, stamp: raw.stamp.into(), room, by })
 }
 
 #[derive(Deserialize)]
 struct RawRecord {
-    kind: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    room: Option<String>,
+    /// A named room's record names its kind here (see the module's notes).
+    #[serde(default)]
+    op: Option<String>,
     key: String,
     #[serde(default)]
     value: Option<Value>,
     stamp: RawStamp,
+    #[serde(default)]
+    by: Option<String>,
 }
 
 /// A stamp as upstream reads it: `int(p)`, `int(l)`, `str(n)`.
@@ -207,6 +250,37 @@ mod tests {
             br#"{"kind":"set","key":"k"}"#,
             br#"{"kind":"set","key":"k","stamp":{"p":-1,"l":0,"n":"a"}}"#,
             b"",
+        ] {
+            assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn rooms_and_authors_extend_the_record_without_changing_the_default_rooms() {
+        let stamp = Stamp::new(5, 1, "a");
+        let mut out = Vec::new();
+        encode(&Op::set("k", json!(1), stamp.clone()).by(Some(Arc::from("alice"))), &mut out);
+        let board = Room::parse("board-42").unwrap();
+        encode(&Op::del("k", stamp.clone()).in_room(board.clone()), &mut out);
+        encode(&Op::set("k", json!([2]), stamp.clone()).in_room(board.clone()).by(Some(Arc::from("bob"))), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"kind\":\"set\",\"key\":\"k\",\"value\":1,\"stamp\":{\"p\":5,\"l\":1,\"n\":\"a\"},\"by\":\"alice\"}\n\
+             {\"room\":\"board-42\",\"op\":\"del\",\"key\":\"k\",\"value\":null,\"stamp\":{\"p\":5,\"l\":1,\"n\":\"a\"}}\n\
+             {\"room\":\"board-42\",\"op\":\"set\",\"key\":\"k\",\"value\":[2],\"stamp\":{\"p\":5,\"l\":1,\"n\":\"a\"},\"by\":\"bob\"}\n"
+        );
+        let ops: Vec<Op> = text.lines().map(|l| decode(l.as_bytes()).unwrap()).collect();
+        assert_eq!(ops[0].by.as_deref(), Some("alice"));
+        assert!(ops[0].room.is_default());
+        assert_eq!((ops[1].room.clone(), ops[1].kind), (board.clone(), OpKind::Del));
+        assert_eq!((ops[2].room.clone(), ops[2].by.as_deref()), (board, Some("bob")));
+        let upstream = br#"{"room":"ok","kind":"set","key":"k","stamp":{"p":1,"l":0,"n":"a"}}"#;
+        assert!(decode(upstream).unwrap().room.is_default(), "a kind makes it upstream's, as upstream reads it");
+        for bad in [
+            &br#"{"room":"_x","op":"set","key":"k","stamp":{"p":1,"l":0,"n":"a"}}"#[..],
+            br#"{"room":"ok","key":"k","stamp":{"p":1,"l":0,"n":"a"}}"#,
+            br#"{"op":"set","key":"k","stamp":{"p":1,"l":0,"n":"a"}}"#,
         ] {
             assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }

@@ -95,7 +95,14 @@ pub(crate) fn load(path: &Path, apply: &mut impl FnMut(Op)) -> Result<u64, Ledge
     for entry in snapshot.entries {
         let kind = if entry.tombstone { OpKind::Del } else { OpKind::Set };
         let value = if entry.tombstone { Value::Null } else { entry.value };
-        apply(Op { kind, key: entry.key, value, stamp: entry.stamp.into() });
+        apply(Op {
+            kind,
+            key: entry.key,
+            value,
+            stamp: entry.stamp.into(),
+            room: crate::room::Room::DEFAULT,
+            by: None,
+        });
     }
     Ok(count)
 }
