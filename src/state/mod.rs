@@ -167,14 +167,15 @@ pub struct Compaction {
 }
 
 impl StateActor {
-    /// The actor over the replayed `map`, stamping with `clock`, persisting through `ledger`.
+    /// The actor over the replayed `rooms`, stamping with `clock`, persisting through `ledger`.
     pub fn new(
         clock: Clock,
-        map: LwwMap,
+        mut rooms: HashMap<crate::room::Room, LwwMap>,
         ledger: Addr<LedgerActor>,
         metrics: Arc<Metrics>,
         compaction: Compaction,
     ) -> Self {
+        let map = rooms.remove(&crate::room::Room::DEFAULT).unwrap_or_default();
         Self {
             digest: Digest::of(&map),
             queued_total: 0,

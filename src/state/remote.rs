@@ -210,7 +210,7 @@ mod tests {
     use crate::{
         hlc::{Clock, Stamp},
         ledger::{Ledger, LedgerActor, SyncMode},
-        lww::{LwwMap, Op},
+        lww::Op,
         metrics::Metrics,
         state::{Compaction, Shutdown, StateActor},
     };
@@ -225,7 +225,7 @@ mod tests {
         let compaction = Compaction { after_bytes: 0, ledger_path: path, ledger_len: 0 };
         let state = StateActor::new(
             Clock::new("a"),
-            LwwMap::new(),
+            Default::default(),
             LedgerActor::start(ledger),
             Arc::new(Metrics::default()),
             compaction,
