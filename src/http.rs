@@ -70,7 +70,7 @@ async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>
         log::info!("connection from {source} refused: connection cap reached");
     }
     let params = session::Params::from_query(req.query_string());
-    actix_web::rt::spawn(session::run(relay.deps_for(&live), session, stream, slot, params));
+    actix_web::rt::spawn(session::run(relay.deps_for(&live), session, stream, slot, params, source));
     Ok(response)
 }
 
@@ -81,7 +81,7 @@ async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>
 /// not answer. The ledger part is read from what the ledger thread publishes, never through its
 /// mailbox: a long compaction or fsync does not make the relay look dead.
 async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
-    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe)).await;
+    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe::default())).await;
     let ledger = relay.ledger.report();
     let Ok(Ok(info)) = state else {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({
@@ -120,10 +120,11 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
 }
 
 async fn metrics(relay: web::Data<Relay>) -> HttpResponse {
-    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe)).await;
+    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe::default())).await;
     let mut live = Live { connections: relay.connections.total(), ..Live::default() };
     if let Ok(Ok(info)) = state {
-        (live.clients, live.keys, live.pending_writes) = (info.clients, info.keys, info.pending_writes);
+        (live.clients, live.keys, live.pending_writes, live.rooms) =
+            (info.clients, info.keys, info.pending_writes, info.rooms);
     }
     live.ledger_bytes = relay.ledger.bytes();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(relay.deps.metrics.render(live))

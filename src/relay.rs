@@ -196,6 +196,7 @@ impl Relay {
                 limits: Arc::clone(&limits),
                 ping_interval: config.server.ping_interval(),
                 metrics,
+                rooms: config.rooms,
             },
             ledger: ledger_health,
             // The caps come from `live` at each admission (ConnectionCounter::acquire_within).
@@ -214,6 +215,7 @@ impl Relay {
         deps.token = live.token.clone();
         deps.limits = Arc::clone(&live.limits);
         deps.ping_interval = live.ping_interval;
+        deps.rooms = live.config.rooms;
         deps
     }
 

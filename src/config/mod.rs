@@ -38,6 +38,33 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[mesh]`: this node's identity and federation.
     pub mesh: MeshConfig,
+    /// `[rooms]`: caps that keep rooms from being used to exhaust the relay.
+    pub rooms: RoomsConfig,
+}
+
+/// `[rooms]`. Caps for client writes and joins; replay and peers' ops are never refused (they
+/// are durable already, and refusing them would make replicas diverge).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Rooms held at once (a room is held while it has registers or members); a join that would
+    /// make one more is closed (v1 1013, v2 4503 "too many rooms"). Default 100000.
+    pub max_rooms: usize,
+    /// Registers (keys, tombstones included) in one room; a client write of a new key beyond it is
+    /// refused (v1 dropped, v2 nack `room_full`). Default 100000.
+    pub max_keys: usize,
+    /// Bytes of keys and values (as JSON) in one room; a client write that would grow the room
+    /// beyond it is refused like `max_keys`. Default 64 MiB.
+    pub max_bytes: usize,
+    /// Rooms one source address may create per minute (burst: the same number); faster joins to
+    /// new rooms are closed (v1 1008, v2 4429 "rate limit"). Default 60.
+    pub created_per_minute: u32,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig { max_rooms: 100_000, max_keys: 100_000, max_bytes: 64 << 20, created_per_minute: 60 }
+    }
 }
 
 /// `[server]`.
