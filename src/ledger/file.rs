@@ -459,8 +459,21 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
 
 fn link_archive(ledger: &Path) -> Result<PathBuf, LedgerError> {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    link_archive_at(ledger, secs)
+}
+
+/// Links `ledger` as the archive `<ledger>.archived.<secs>-<n>`, `n` past every archive of that
+/// second still on disk, so the newest archive always sorts last (retention may have pruned the
+/// lower numbers of the same second: reusing one would sort a new archive before older ones).
+fn link_archive_at(ledger: &Path, secs: u64) -> Result<PathBuf, LedgerError> {
     let prefix = archive_prefix(ledger);
-    for n in 0u32.. {
+    let first = super::history::archives(ledger)?
+        .iter()
+        .filter(|a| a.order.0 == secs)
+        .map(|a| a.order.1.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    for n in first.. {
         let mut name = prefix.clone().into_os_string();
         name.push(format!("{secs}-{n}"));
         let archive = PathBuf::from(name);
@@ -470,7 +483,7 @@ fn link_archive(ledger: &Path) -> Result<PathBuf, LedgerError> {
             Err(source) => return Err(LedgerError::Io { what: "cannot archive ledger as", path: archive, source }),
         }
     }
-    unreachable!("u32 archive numbers exhausted")
+    unreachable!("u64 archive numbers exhausted")
 }
 
 /// Reads every line of `file`; returns the length of the good prefix (after any repair).
@@ -737,5 +750,19 @@ mod tests {
         // The first archive still holds every record ever written (history).
         let archived = fs::read_to_string(&archives(&path)[0]).unwrap();
         assert_eq!(archived.lines().count(), 40);
+    }
+
+    #[test]
+    fn a_new_archive_sorts_after_every_archive_of_its_second_even_after_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        fs::write(&path, b"").unwrap();
+        let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+        let a0 = link_archive_at(&path, 1000).unwrap();
+        let a1 = link_archive_at(&path, 1000).unwrap();
+        assert_eq!((name(&a0), name(&a1)), ("l.jsonl.archived.1000-0".into(), "l.jsonl.archived.1000-1".into()));
+        fs::remove_file(&a0).unwrap(); // pruned
+        assert_eq!(name(&link_archive_at(&path, 1000).unwrap()), "l.jsonl.archived.1000-2");
+        assert_eq!(name(&link_archive_at(&path, 1001).unwrap()), "l.jsonl.archived.1001-0");
     }
 }
