@@ -27,7 +27,7 @@ impl StateActor {
         log::info!("compaction started: a snapshot of {} registers, covering {covered} ledger bytes", self.map.len());
         let (map, path, me) = (self.map.clone(), self.compaction.ledger_path.clone(), ctx.address());
         let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
-            let snapshot = snapshot::encode(&map, &path);
+            let snapshot = snapshot::encode(&[(crate::room::Room::DEFAULT, map.clone())], &path);
             drop(map);
             let staged = crate::ledger::stage_snapshot(&path, &snapshot).map(|()| snapshot.len() as u64);
             me.do_send(SnapshotReady(Compact { staged, covered, generation }));
