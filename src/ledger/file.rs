@@ -211,8 +211,8 @@ impl Ledger {
     }
 
     /// Folds the ledger's first `covered` bytes into a snapshot: `snapshot` (from
-    /// [`snapshot::encode`]) must hold the whole state as of exactly that prefix, previous snapshot
-    /// included. Records past `covered` stay in the live ledger; the old ledger is kept as an
+    /// [`snapshot::encode`]) must hold the whole state of every room as of exactly that prefix,
+    /// previous snapshot included (a room left out is lost at the next boot). Records past `covered` stay in the live ledger; the old ledger is kept as an
     /// archive (for history, until [`super::retention`] prunes it), under a name no other archive
     /// has. A staging file whose write fails is removed.
     ///

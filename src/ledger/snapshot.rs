@@ -25,7 +25,8 @@ use crate::{
 };
 
 /// Encodes every room's map as a version-1 snapshot of the ledger at `ledger_path` (see the
-/// module's notes). `rooms` may come in any order; a room with no registers is left out.
+/// module's notes). `rooms` may come in any order, each room once; a room with no registers is
+/// left out, and a missing default room is written as an empty one.
 pub fn encode(rooms: &[(Room, LwwMap)], ledger_path: &Path) -> Vec<u8> {
     let mut sorted: Vec<&(Room, LwwMap)> = rooms.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
