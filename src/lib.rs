@@ -43,7 +43,7 @@
 //!   (`state::StateEvent` out, checked `RemoteOps` in).
 //! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
-//! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`).
+//! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`, `ledger rooms`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -91,9 +91,7 @@ impl StateActor {
         );
         let (path, me) = (online.settings.ledger_path.clone(), ctx.address());
         let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
-            // MERGE: rooms-ledger's encode takes every room.
-            let default = rooms.iter().find(|(r, _)| r.is_default()).map(|(_, m)| m.clone()).unwrap_or_default();
-            let snapshot = snapshot::encode(&default, &path);
+            let snapshot = snapshot::encode(&rooms, &path);
             drop(rooms);
             let staged = crate::ledger::stage_snapshot(&path, &snapshot).map(|()| snapshot.len() as u64);
             me.do_send(SnapshotReady(Compact { staged, covered, generation }));
