@@ -259,3 +259,33 @@ fn closes_python() -> Option<std::path::PathBuf> {
         .chain([venv])
         .find(|p| Command::new(p).args(["-c", "import websockets"]).output().is_ok_and(|o| o.status.success()))
 }
+
+/// Online compaction folds every room into the snapshot: after it, and after a restart, each room
+/// has exactly its keys (and `ledger rooms` lists them).
+#[test]
+fn online_compaction_keeps_every_room() {
+    let server = Server::start("[ledger]\ncompact_after_bytes = 4096\n");
+    let rooms = ["_", "alpha", "beta", "gamma"];
+    let mut clients: Vec<Client> = rooms
+        .iter()
+        .map(|r| Client::connect(&if *r == "_" { server.url() } else { url(&server, &format!("room={r}")) }))
+        .collect();
+    for i in 0..60 {
+        for (room, client) in rooms.iter().zip(&mut clients) {
+            client.set(&format!("k{}", i % 20), json!(format!("{room}-{i}")));
+        }
+    }
+    for client in &mut clients {
+        client.recv_until(|f| f["type"] == "set" && f["value"].as_str().is_some_and(|v| v.ends_with("-59")));
+    }
+    common::wait_until("a compaction", || common::metric(&server, "aether_compactions_total") >= 1.0);
+    let dir = server.kill9();
+    let server = Server::start_in(dir, "");
+    for room in rooms {
+        let query = if room == "_" { String::new() } else { format!("room={room}") };
+        let data = Client::connect(&url(&server, &query)).snapshot["data"].clone();
+        let expected: serde_json::Map<String, Value> =
+            (40..60).map(|i| (format!("k{}", i % 20), json!(format!("{room}-{i}")))).collect();
+        assert_eq!(data, Value::Object(expected), "room {room}");
+    }
+}
