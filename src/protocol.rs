@@ -277,8 +277,8 @@ pub mod close {
     pub const ABNORMAL: u16 = 1006;
     /// A text frame that is not UTF-8.
     pub const INVALID_DATA: u16 = 1007;
-    /// Auth failed, handshake timeout, or rate limit exceeded (v1); a peer that failed the mesh
-    /// token check.
+    /// Auth failed, token expired, forbidden (room not granted), bad room, handshake timeout, or
+    /// rate limit exceeded (v1); a peer that failed the mesh token check.
     pub const POLICY: u16 = 1008;
     /// Message larger than `max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
@@ -291,8 +291,13 @@ pub mod close {
     // v2 only: distinct codes for the closes a v2 client should act on differently (see
     // `session::close_code_for`); v1 clients see the standard code instead.
 
-    /// v2 `auth failed` (v1: [`POLICY`]): stop reconnecting until there is a token.
+    /// v2 `bad room`: `?room=` empty or not a room name (v1: [`POLICY`]): fix the name, do not retry.
+    pub const V2_BAD_ROOM: u16 = 4400;
+    /// v2 `auth failed` (v1: [`POLICY`]): stop reconnecting until there is a token; also `token
+    /// expired` (v1: [`POLICY`], same text): reconnect with a fresh token.
     pub const V2_AUTH_FAILED: u16 = 4401;
+    /// v2 `forbidden` (v1: [`POLICY`]): the token is valid but does not grant this room; stop.
+    pub const V2_FORBIDDEN: u16 = 4403;
     /// v2 `handshake timeout` (v1: [`POLICY`]).
     pub const V2_HANDSHAKE_TIMEOUT: u16 = 4408;
     /// v2 `rate limit` (v1: [`POLICY`]): slow down.

@@ -245,6 +245,9 @@ impl Relay {
         if certificate.is_some() {
             changed.push("[tls] certificate");
         }
+        if !live.access.same_jwt_key(&current.access) && !changed.iter().any(|key| key.starts_with("[auth] jwt_")) {
+            changed.push("[auth] JWT key");
+        }
         self.live.replace(live);
         Ok(Reloaded { changed, fixed, certificate })
     }
