@@ -302,10 +302,6 @@ pub mod close {
     pub const V2_HANDSHAKE_TIMEOUT: u16 = 4408;
     /// v2 `rate limit` (v1: [`POLICY`]): slow down.
     pub const V2_RATE_LIMIT: u16 = 4429;
-    /// v2 `bad room` (v1: [`POLICY`]): the `?room=` name is not a room's; do not retry.
-    pub const V2_BAD_ROOM: u16 = 4400;
-    /// v2 `forbidden` (v1: [`POLICY`]): the token does not grant this room; do not retry.
-    pub const V2_FORBIDDEN: u16 = 4403;
     /// v2 `server busy` (v1: [`TRY_AGAIN_LATER`]): back off. Also `too many rooms`.
     pub const V2_SERVER_BUSY: u16 = 4503;
     /// v2 `too slow` (v1: [`TRY_AGAIN_LATER`]): reconnect and resume.
