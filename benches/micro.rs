@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the hot core, with criterion: HLC tick, LWW merge into a 100,000-key map,
-//! ledger record encode and decode.
+//! ledger record encode and decode, and admitting a connection's token (shared secret, JWT HS256,
+//! ES256, RS256).
 //!
 //! `cargo bench --bench micro` (part of `cargo bench`). Each benchmark warms up for 1 s and
 //! measures for 3 s; `AETHER_MICRO_SECS` changes the measurement time. Under `cargo test
@@ -8,9 +9,12 @@
 use std::{hint::black_box, time::Duration};
 
 use aether_actix::{
+    access::Access,
+    config::AuthConfig,
     hlc::{Clock, Stamp},
     ledger::record,
     lww::{LwwMap, Op},
+    room::Room,
 };
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -97,6 +101,64 @@ fn records(c: &mut Criterion) {
     assert_eq!(record::decode(without_newline).ok(), Some(op), "decode(encode(op)) == op");
 }
 
+/// What admitting one connection costs in the relay: the token checked (constant-time compare,
+/// or a JWT's signature and claims) and the room's grant looked up. Keys are made here (openssl);
+/// tokens are minted by jsonwebtoken, as an issuer would.
+fn access(c: &mut Criterion) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use openssl::{ec, nid::Nid, pkey::PKey, rsa::Rsa};
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let secret = "a-benchmark-secret-of-at-least-32-bytes";
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+    let claims =
+        json!({"sub": "alice", "exp": exp, "iat": exp - 3600, "rooms": {"board-*": "read", "board-42": "write"}});
+    let room = Room::parse("board-42").expect("room name");
+    let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
+    let ec_key = PKey::from_ec_key(ec::EcKey::generate(&group).expect("EC key")).expect("EC key");
+    let rsa_key = PKey::from_rsa(Rsa::generate(2048).expect("RSA key")).expect("RSA key");
+    let with_key = |name: &str, key: &PKey<openssl::pkey::Private>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, key.public_key_to_pem().expect("PEM")).expect("key file");
+        AuthConfig { jwt_public_key_file: Some(path), ..AuthConfig::default() }
+    };
+    let cases = [
+        (
+            "HS256",
+            AuthConfig { jwt_secret: secret.into(), ..AuthConfig::default() },
+            Algorithm::HS256,
+            EncodingKey::from_secret(secret.as_bytes()),
+        ),
+        (
+            "ES256",
+            with_key("ec.pem", &ec_key),
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&ec_key.private_key_to_pem_pkcs8().expect("PEM")),
+        ),
+        (
+            "RS256",
+            with_key("rsa.pem", &rsa_key),
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&rsa_key.private_key_to_pem_pkcs8().expect("PEM")),
+        ),
+    ];
+    for (name, auth, alg, key) in cases {
+        let access = Access::from_config(&auth, None).expect("access");
+        let token = jsonwebtoken::encode(&Header::new(alg), &claims, &key.expect("key")).expect("token");
+        let now = std::time::SystemTime::now();
+        assert!(access.admit(Some(&token), &room, now).is_ok(), "{name} token admitted");
+        c.bench_function(&format!("access/admit, JWT {name}"), |b| {
+            b.iter(|| black_box(access.admit(black_box(Some(token.as_str())), &room, now)))
+        });
+    }
+    let shared =
+        Access::from_config(&AuthConfig { token: secret.into(), ..AuthConfig::default() }, None).expect("access");
+    let now = std::time::SystemTime::now();
+    c.bench_function("access/admit, shared secret", |b| {
+        b.iter(|| black_box(shared.admit(black_box(Some(secret)), &room, now)))
+    });
+}
+
 fn config() -> Criterion {
     let secs = std::env::var("AETHER_MICRO_SECS").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(3.0);
     Criterion::default()
@@ -105,5 +167,5 @@ fn config() -> Criterion {
         .sample_size(50)
 }
 
-criterion_group! { name = micro; config = config(); targets = hlc, lww, records }
+criterion_group! { name = micro; config = config(); targets = hlc, lww, records, access }
 criterion_main!(micro);

@@ -4,8 +4,8 @@
 //! Two kinds of token, both from `[auth]` ([`crate::config::AuthConfig`]):
 //! - the shared secret (`token`): every room, read and write, no user, no expiry. It is compared
 //!   first, in constant time ([`token_matches`]);
-//! - a JWT, verified with the one configured key ([`keys`]): HS256 for a secret, RS256 for an RSA
-//!   public key, ES256 for an EC P-256 one. No other algorithm is accepted: not `none`, not HS256
+//! - a JWT, verified with the one configured key (loaded by `access::keys`): HS256 for a secret,
+//!   RS256 for an RSA public key, ES256 for an EC P-256 one. No other algorithm is accepted: not `none`, not HS256
 //!   over a public key's PEM (algorithm confusion). Claims: `sub` (string, 1 to [`MAX_SUB_LEN`]
 //!   bytes, the user), `exp` (required), `nbf` and `iat` (honoured when present), `iss` and `aud`
 //!   (checked when configured), `rooms` (the grants: [`Identity::grant`]).

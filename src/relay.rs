@@ -40,7 +40,8 @@ pub enum Error {
     /// The listener failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
-    /// The TLS certificate or key cannot be used (the message names the section).
+    /// A TLS certificate or key, or the `[auth]` JWT key, cannot be used (the message names the
+    /// section).
     #[error("{0}")]
     Tls(String),
     /// NATS cannot be reached, or its stream cannot be created or used.

@@ -1,7 +1,7 @@
 //! Reload without restart: SIGHUP (sent with `kill -HUP`, as an operator or systemd's
 //! `ExecReload` would) re-reads the configuration; new connections get the new token, limits,
 //! origins and TLS certificate, open ones stay and keep syncing, a broken file is refused with the
-//! old configuration kept, and keys that need a restart are named in the log.
+//! old configuration kept (a bad JWT key file too), and keys that need a restart are named in the log.
 
 mod common;
 
@@ -357,4 +357,30 @@ fn open_connections_live_through_repeated_reloads() {
     }
     assert_eq!(server.health("connections"), 55);
     assert_eq!(server.log().matches("SIGHUP: reloaded").count(), 5);
+}
+
+#[test]
+fn the_jwt_key_file_is_read_again_and_a_bad_one_is_refused_with_the_running_key_kept() {
+    let keys = tempfile::tempdir().unwrap();
+    let file = keys.path().join("jwt.secret");
+    let config = format!("[auth]\njwt_secret_file = {file:?}\n");
+    std::fs::write(&file, "first-jwt-secret-of-at-least-32-bytes\n").unwrap();
+    let server = Server::start(&config);
+
+    // Same file name, new content: the reload says the key changed, never what it is.
+    std::fs::write(&file, "second-jwt-secret-of-at-least-32-bytes\n").unwrap();
+    let line = reload(&server, &config);
+    assert!(line.contains("[auth] JWT key"), "{line}");
+
+    // A secret too short to be one, then no file at all: refused, named, the running key kept.
+    std::fs::write(&file, "tiny!\n").unwrap();
+    let line = hangup(&server);
+    assert!(line.contains("ERROR") && line.contains("[auth] jwt_secret_file: the HS256 secret is 5 bytes"), "{line}");
+    assert!(line.contains("running configuration stays"), "{line}");
+    std::fs::remove_file(&file).unwrap();
+    let line = hangup(&server);
+    assert!(line.contains("[auth] jwt_secret_file") && line.contains("cannot read"), "{line}");
+    assert!(line.contains("running configuration stays"), "{line}");
+    let log = server.log();
+    assert!(!log.contains("jwt-secret-of") && !log.contains("tiny!"), "no secret in the log:\n{log}");
 }

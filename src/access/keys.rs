@@ -68,6 +68,11 @@ pub(super) fn load(auth: &AuthConfig, env_secret: Option<String>) -> Result<Opti
     if sources.len() > 1 {
         return Err(format!("[auth] set one JWT key, not several: {}", sources.join(", ")));
     }
+    // jsonwebtoken panics on the first token when its backend is ambiguous (a dependency turning on
+    // a second one): refuse to start instead, the crate's own advice.
+    if !sources.is_empty() && jsonwebtoken::crypto::CryptoProvider::try_get_default().is_none() {
+        return Err("[auth] JWT verification is unavailable: this build has no single jsonwebtoken backend".into());
+    }
     if let Some(secret) = env_secret {
         return secret_key(secret.trim(), JWT_SECRET_ENV).map(Some);
     }

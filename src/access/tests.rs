@@ -180,6 +180,20 @@ fn algorithm_confusion_hs256_over_the_public_key_pem_is_refused() {
 }
 
 #[test]
+fn unknown_critical_header_parameters_are_refused() {
+    let header = b64(br#"{"alg":"HS256","typ":"JWT","crit":["exp-v2"],"exp-v2":1}"#);
+    let message = format!("{header}.{}", b64(claims().to_string().as_bytes()));
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+    assert!(bad(&hs256(), &format!("{message}.{signature}")).starts_with("malformed"));
+    // The same header without `crit`, signed the same way, passes: only `crit` made the difference.
+    let header = b64(br#"{"alg":"HS256","typ":"JWT","exp-v2":1}"#);
+    let message = format!("{header}.{}", b64(claims().to_string().as_bytes()));
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+    assert!(hs256().verify(&format!("{message}.{signature}"), now()).is_ok());
+}
+
+#[test]
 fn wrong_keys_are_refused() {
     let other = Access::from_config(&auth(|a| a.jwt_secret = format!("{SECRET}-other")), None).unwrap();
     assert_eq!(bad(&other, &mint(Algorithm::HS256, &claims())), "bad signature");
