@@ -161,10 +161,16 @@
     return user ? base + '::user::' + user : base;
   }
 
-  /** When to refresh a token that expires in `remainingMs`: 30 s before, or at 80 % of a short life. */
+  /** Refreshes are at least this far apart (a clock far ahead of the relay's must not spin). */
+  var MIN_REFRESH_MS = 1000;
+
+  /**
+   * When to refresh a token that expires in `remainingMs`: 30 s before, or at 80 % of a short
+   * life; never sooner than MIN_REFRESH_MS.
+   */
   function refreshDelay(remainingMs) {
-    if (!(remainingMs > 0)) return 0;
-    return Math.round(Math.max(remainingMs - REFRESH_AHEAD_MS, remainingMs * REFRESH_AT_SHARE));
+    var d = remainingMs > 0 ? Math.max(remainingMs - REFRESH_AHEAD_MS, remainingMs * REFRESH_AT_SHARE) : 0;
+    return Math.round(Math.max(MIN_REFRESH_MS, d));
   }
 
   /** UTF-8 byte length of a string, without allocating. */

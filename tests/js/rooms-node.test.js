@@ -280,3 +280,22 @@ test('writes made before an async token arrives are kept and sent as that user\'
   assert.ok(Array.from(storage.map.keys()).some((k) => k.includes('::room::r::user::sub:dora')), 'the scope names the user');
   b.closeAll();
 });
+
+test('refresh: a clock far ahead of the relay\'s (exp already past here) refreshes at most once a second', async () => {
+  const relay = new FakeRelay({ token: () => true });
+  relay.helloExtra = () => ({ user: 'sam', access: 'write', exp: Math.floor(Date.now() / 1000) - 100 });
+  let refreshes = 0;
+  relay.onAuth = (conn, msg) => {
+    if (msg.token === params(conn.sock.url).get('auth_token')) return;
+    refreshes++;
+    relay._send(conn, { type: 'auth_ok', exp: Math.floor(Date.now() / 1000) - 99, access: 'write' });
+  };
+  const b = browser({ relay });
+  let n = 0;
+  const a = b.open(URL_, { token: () => 't' + ++n });
+  await until(() => a.connected, 2000, 'connected');
+  await sleep(2500);
+  assert.ok(refreshes >= 1 && refreshes <= 3, `${refreshes} refreshes in 2.5 s`);
+  assert.ok(a.connected);
+  b.closeAll();
+});
