@@ -1,5 +1,6 @@
-//! The subcommands: `compact`, `ledger state --at`, `ledger log` (offline), and `reload` (finds the
-//! running relay for `reload`).
+//! The subcommands: `compact`, `ledger state`, `ledger log`, `ledger rooms` (offline), and
+//! `reload` (finds the running relay for `reload`). The history commands read one room at a time
+//! (the default room unless `--room` names another); `compact` keeps every room.
 //!
 //! Each reads the configuration's ledger and writes its report to the given writer; `main` maps
 //! errors to exit codes.
@@ -12,7 +13,8 @@ use crate::{
     config::Config,
     hlc::Clock,
     ledger::{Ledger, LedgerError, history, lock_path, retention, snapshot, snapshot_path},
-    lww::{LwwMap, Op, OpKind},
+    lww::{LwwMap, Op, OpKind, RoomsReplay},
+    room::Room,
 };
 
 /// Why a subcommand failed.
@@ -35,11 +37,11 @@ pub enum CommandError {
 /// [`CommandError::Ledger`], e.g. when a relay holds the ledger (it compacts online by itself).
 pub fn compact(config: &Config, out: &mut impl Write) -> Result<(), CommandError> {
     let path = &config.ledger.path;
-    let mut map = LwwMap::new();
+    let mut rooms = RoomsReplay::default();
     let mut clock = Clock::new(config.mesh.node_id.clone());
     let (mut ledger, stats) = Ledger::open(path, config.ledger.sync, |op| {
         clock.witness(&op.stamp);
-        map.apply(op);
+        rooms.apply(op);
     })
     .map_err(|err| match err {
         LedgerError::Locked(_) => CommandError::Usage(format!(
@@ -48,17 +50,22 @@ pub fn compact(config: &Config, out: &mut impl Write) -> Result<(), CommandError
         other => other.into(),
     })?;
     let covered = ledger.len();
-    let done = ledger.compact(&snapshot::encode(&map, path), covered)?;
+    let rooms: Vec<(Room, LwwMap)> = rooms.finish().into_iter().collect();
+    let done = ledger.compact(&snapshot::encode(&rooms, path), covered)?;
+    let live: usize = rooms.iter().map(|(_, map)| map.live_len()).sum();
+    let registers: usize = rooms.iter().map(|(_, map)| map.len()).sum();
+    let named = rooms.iter().filter(|(room, map)| !room.is_default() && !map.is_empty()).count();
     writeln!(
         out,
-        "compacted {}: {} records and {} snapshot entries into {} ({} bytes, {} live keys, {} tombstones); old ledger kept as {}",
+        "compacted {}: {} records and {} snapshot entries into {} ({} bytes, {} live keys, {} tombstones{}); old ledger kept as {}",
         path.display(),
         stats.records,
         stats.snapshot_entries,
         snapshot_path(path).display(),
         done.snapshot_bytes,
-        map.live_len(),
-        map.len() - map.live_len(),
+        live,
+        registers - live,
+        if named == 0 { String::new() } else { format!(", in the default room and {named} named rooms") },
         done.archive.display(),
     )?;
     let pruned = retention::prune(path, &config.ledger.retention(), SystemTime::now())?;
@@ -105,7 +112,7 @@ pub fn reload_target(config: &Config) -> Result<u32, CommandError> {
         .ok_or_else(|| CommandError::Usage(format!("{}: not a process id: {:?}", pid_file.display(), text.trim())))
 }
 
-/// What the ledger's files can tell of the past.
+/// What the ledger's files can tell of the past, of one room or of all.
 struct History {
     /// State from before the horizon: the history base (pruned archives) and snapshot entries no
     /// record explains (an upstream snapshot, archives deleted by hand). Every stamp is at or
@@ -117,12 +124,18 @@ struct History {
     horizon: Option<u64>,
 }
 
-/// Reads every record of history, and says on `err` how far back it can see.
-fn history(config: &Config, err: &mut impl Write) -> Result<History, CommandError> {
+/// Reads every record of history of `room` (every room's for `None`), and says on `err` how far
+/// back it can see.
+fn history(config: &Config, room: Option<&Room>, err: &mut impl Write) -> Result<History, CommandError> {
     let path = &config.ledger.path;
+    let ours = |op: &Op| room.is_none_or(|room| op.room == *room);
     let files = history::files(path)?;
-    let records = history::records(&files)?;
-    let (mut base, pruned_horizon) = retention::base(path)?;
+    let mut records = history::records(&files)?;
+    records.retain(ours);
+    let (mut base, _) = retention::base(path)?;
+    base.retain(ours);
+    // A room the pruned archives never wrote has its whole history on disk.
+    let pruned_horizon = base.iter().map(|op| op.stamp.p).max();
     if let Some(horizon) = pruned_horizon {
         writeln!(
             err,
@@ -137,9 +150,9 @@ fn history(config: &Config, err: &mut impl Write) -> Result<History, CommandErro
     // file we have (an upstream snapshot, or archives deleted by hand): it joins the base.
     let mut unexplained = Vec::new();
     {
-        let known: HashSet<_> = records.iter().chain(&base).map(|op| (&op.stamp, &op.key)).collect();
+        let known: HashSet<_> = records.iter().chain(&base).map(|op| (&op.stamp, &op.room, &op.key)).collect();
         let _ = snapshot::load(&snapshot_path(path), &mut |op| {
-            if !known.contains(&(&op.stamp, &op.key)) {
+            if ours(&op) && !known.contains(&(&op.stamp, &op.room, &op.key)) {
                 unexplained.push(op);
             }
         });
@@ -158,8 +171,12 @@ fn history(config: &Config, err: &mut impl Write) -> Result<History, CommandErro
     let horizon = pruned_horizon.max(unexplained_horizon);
     writeln!(
         err,
-        "read {} records from {} files ({} archives and the live ledger); history exact from {}",
+        "read {} records{} from {} files ({} archives and the live ledger); history exact from {}",
         records.len(),
+        match room {
+            Some(room) if !room.is_default() => format!(" of room {room}"),
+            _ => String::new(),
+        },
         files.len(),
         files.len().saturating_sub(usize::from(path.exists())),
         horizon.map_or_else(|| "the first write".to_owned(), history::format_time),
@@ -167,36 +184,51 @@ fn history(config: &Config, err: &mut impl Write) -> Result<History, CommandErro
     Ok(History { base, records, horizon })
 }
 
-/// `aether-actix ledger state --at T`: the live state as of `at` as a JSON object.
+/// `aether-actix ledger state [--at T] [--room NAME]`: the live state of `room` as of `at` (now
+/// without it) as a JSON object.
 ///
 /// # Errors
-/// [`CommandError::Usage`] for a bad time, [`CommandError::Ledger`] for unreadable files.
-pub fn state_at(config: &Config, at: &str, out: &mut impl Write, err: &mut impl Write) -> Result<(), CommandError> {
-    let at_ns = history::parse_time(at).map_err(CommandError::Usage)?;
-    let history = history(config, err)?;
-    if let Some(horizon) = history.horizon.filter(|&horizon| at_ns < horizon) {
+/// [`CommandError::Usage`] for a bad time or one before the horizon, [`CommandError::Ledger`] for
+/// unreadable files.
+pub fn state_at(
+    config: &Config,
+    at: Option<&str>,
+    room: &Room,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<(), CommandError> {
+    let at_ns = at.map(history::parse_time).transpose().map_err(CommandError::Usage)?;
+    let history = history(config, Some(room), err)?;
+    if let Some((at_ns, horizon)) = at_ns.zip(history.horizon).filter(|(at_ns, horizon)| at_ns < horizon) {
         return Err(CommandError::Usage(format!(
             "cannot tell the state at {}: history is exact only from {} (older archives were pruned or are missing)",
             history::format_time(at_ns),
             history::format_time(horizon)
         )));
     }
-    let map = history::state_at(&history.base, &history.records, at_ns);
+    let map = history::state_at(&history.base, &history.records, room, at_ns.unwrap_or(u64::MAX));
     let state: Map<String, Value> = map.live().map(|(k, v)| (k.clone(), v.clone())).collect();
     writeln!(out, "{}", serde_json::to_string_pretty(&Value::Object(state)).unwrap_or_default())?;
     Ok(())
 }
 
-/// `aether-actix ledger log KEY`: every write to the key, oldest first, one a line:
-/// time, node, logical counter, `set`/`del`, value; the current winner is marked `*`. A line marked
-/// `~` is the key's value at the history horizon (its earlier writes were pruned).
+/// `aether-actix ledger log KEY [--room NAME]`: every write to the key in `room`, oldest first, one
+/// a line: time, node, logical counter, `by=<user>` when the writer's token named one, `set`/`del`,
+/// value; the current winner is marked `*`. A line marked `~` is the key's value at the history
+/// horizon (its earlier writes were pruned).
 ///
 /// # Errors
 /// [`CommandError::Ledger`] for unreadable files.
-pub fn key_log(config: &Config, key: &str, out: &mut impl Write, err: &mut impl Write) -> Result<(), CommandError> {
-    let history = history(config, err)?;
+pub fn key_log(
+    config: &Config,
+    key: &str,
+    room: &Room,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<(), CommandError> {
+    let history = history(config, Some(room), err)?;
     let mut writes: Vec<(&Op, bool)> =
-        history::key_log(&history.records, key).into_iter().map(|op| (op, false)).collect();
+        history::key_log(&history.records, room, key).into_iter().map(|op| (op, false)).collect();
     // The value at the horizon, unless a record still on disk is that very write.
     for op in history.base.iter().filter(|op| op.key == key) {
         if !writes.iter().any(|(w, _)| w.stamp == op.stamp) {
@@ -205,7 +237,10 @@ pub fn key_log(config: &Config, key: &str, out: &mut impl Write, err: &mut impl 
     }
     writes.sort_by(|a, b| a.0.stamp.cmp(&b.0.stamp));
     if writes.is_empty() {
-        writeln!(err, "no writes to {key:?} in the ledger or its archives")?;
+        match room.name() {
+            None => writeln!(err, "no writes to {key:?} in the ledger or its archives")?,
+            Some(name) => writeln!(err, "no writes to {key:?} in room {name} in the ledger or its archives")?,
+        }
     }
     let last = writes.len().saturating_sub(1);
     for (i, (op, from_base)) in writes.iter().enumerate() {
@@ -220,14 +255,48 @@ pub fn key_log(config: &Config, key: &str, out: &mut impl Write, err: &mut impl 
         } else {
             ' '
         };
+        let by = op.by.as_deref().map_or_else(String::new, |by| format!("by={}  ", written_user(by)));
         writeln!(
             out,
-            "{mark} {}  {}  l={}  {}  {value}",
+            "{mark} {}  {}  l={}  {by}{}  {value}",
             history::format_time(op.stamp.p),
             op.stamp.n,
             op.stamp.l,
             op.kind.as_str()
         )?;
+    }
+    Ok(())
+}
+
+/// A user (`by`) as one word on a line: as recorded when it is plain printable text, else quoted
+/// as a JSON string (spaces, quotes, control characters).
+fn written_user(by: &str) -> String {
+    if by.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\') {
+        by.to_owned()
+    } else {
+        Value::from(by).to_string()
+    }
+}
+
+/// `aether-actix ledger rooms`: every room with registers now, the default room (`_`) first and
+/// always, with its live keys and registers (tombstones included), one a line under a header.
+///
+/// # Errors
+/// [`CommandError::Ledger`] for unreadable files.
+pub fn rooms(config: &Config, out: &mut impl Write, err: &mut impl Write) -> Result<(), CommandError> {
+    let history = history(config, None, err)?;
+    let mut rooms: Vec<(Room, LwwMap)> = history::rooms_at(&history.base, &history.records, u64::MAX)
+        .into_iter()
+        .filter(|(_, m)| !m.is_empty())
+        .collect();
+    if !rooms.iter().any(|(room, _)| room.is_default()) {
+        rooms.push((Room::DEFAULT, LwwMap::new()));
+    }
+    rooms.sort_by(|a, b| a.0.cmp(&b.0));
+    let width = rooms.iter().map(|(room, _)| room.written().len()).max().unwrap_or(0).max("ROOM".len());
+    writeln!(out, "{:<width$}  {:>9}  {:>9}", "ROOM", "LIVE KEYS", "REGISTERS")?;
+    for (room, map) in &rooms {
+        writeln!(out, "{:<width$}  {:>9}  {:>9}", room.written(), map.live_len(), map.len())?;
     }
     Ok(())
 }

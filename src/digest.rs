@@ -1,7 +1,9 @@
 //! Bucketed digests of a map, for anti-entropy between nodes.
 //!
-//! Every register hashes (key, stamp, tombstone, value) to 64 bits; a key falls into one of
-//! [`BUCKETS`] buckets by the hash of the key alone; a bucket's digest is the XOR of its
+//! Every register hashes (room, key, stamp, tombstone, value) to 64 bits; a key falls into one of
+//! [`BUCKETS`] buckets by the hash of its room and key; one digest covers every room, so rooms
+//! cost nothing here and a difference in one room costs only its buckets. The default room hashes
+//! its keys alone (as before rooms existed), a named room prefixes its name; a bucket's digest is the XOR of its
 //! registers' hashes. XOR makes the digest independent of merge order and cheap to keep current:
 //! replacing a register XORs the old hash out and the new one in. Two nodes that exchange their
 //! digests learn which buckets differ and send each other only the registers in those, so nodes
@@ -21,6 +23,7 @@ use serde_json::Value;
 use crate::{
     hlc::Stamp,
     lww::{LwwMap, Op, OpKind, Register},
+    room::Room,
 };
 
 /// Number of buckets: a digest is 4096 numbers (about 80 KiB of JSON). More buckets mean fewer
@@ -64,15 +67,24 @@ impl Write for Fnv {
     }
 }
 
-/// The bucket `key` belongs to.
-pub fn bucket_of(key: &str) -> usize {
-    // The modulo keeps the value below BUCKETS, so the cast cannot truncate.
-    (Fnv::new().bytes(key.as_bytes()).finish() % BUCKETS as u64) as usize
+/// A hasher that has taken in `room` (nothing for the default room).
+fn in_room(room: &Room) -> Fnv {
+    let mut h = Fnv::new();
+    if let Some(name) = room.name() {
+        h.bytes(name.as_bytes()).bytes(&[0xfe]);
+    }
+    h
 }
 
-/// The hash of the register (`stamp`, `tombstone`, `value`) at `key`.
-pub fn register_hash(key: &str, stamp: &Stamp, tombstone: bool, value: &Value) -> u64 {
-    let mut h = Fnv::new();
+/// The bucket `key` of `room` belongs to.
+pub fn bucket_of(room: &Room, key: &str) -> usize {
+    // The modulo keeps the value below BUCKETS, so the cast cannot truncate.
+    (in_room(room).bytes(key.as_bytes()).finish() % BUCKETS as u64) as usize
+}
+
+/// The hash of the register (`stamp`, `tombstone`, `value`) at `key` of `room`.
+pub fn register_hash(room: &Room, key: &str, stamp: &Stamp, tombstone: bool, value: &Value) -> u64 {
+    let mut h = in_room(room);
     h.bytes(key.as_bytes())
         .bytes(&[0xff])
         .bytes(&stamp.p.to_le_bytes())
@@ -88,7 +100,7 @@ pub fn register_hash(key: &str, stamp: &Stamp, tombstone: bool, value: &Value) -
 
 /// The hash of the register `op` would write.
 pub fn op_hash(op: &Op) -> u64 {
-    register_hash(&op.key, &op.stamp, op.kind == OpKind::Del, &op.value)
+    register_hash(&op.room, &op.key, &op.stamp, op.kind == OpKind::Del, &op.value)
 }
 
 /// The digest of a whole map, kept current as registers change.
@@ -104,18 +116,30 @@ impl Default for Digest {
 }
 
 impl Digest {
-    /// The digest of every register of `map`.
-    pub fn of(map: &LwwMap) -> Digest {
+    /// The digest of every register of every room.
+    pub fn of<'a>(rooms: impl IntoIterator<Item = (&'a Room, &'a LwwMap)>) -> Digest {
         let mut digest = Digest::default();
-        for (key, register) in map.registers() {
-            digest.buckets[bucket_of(key)] ^= hash_of(key, register);
+        for (room, map) in rooms {
+            digest.add(room, map);
         }
         digest
     }
 
-    /// A register at `key` changed from hash `old` (if it existed) to `new`.
-    pub fn replace(&mut self, key: &str, old: Option<u64>, new: u64) {
-        self.buckets[bucket_of(key)] ^= old.unwrap_or(0) ^ new;
+    /// Takes in every register of `map`, the map of `room`; returns the XOR of their hashes
+    /// (the room's own fingerprint, see [`room_fingerprint`]).
+    pub fn add(&mut self, room: &Room, map: &LwwMap) -> u64 {
+        let mut all = 0;
+        for (key, register) in map.registers() {
+            let hash = hash_of(room, key, register);
+            self.buckets[bucket_of(room, key)] ^= hash;
+            all ^= hash;
+        }
+        all
+    }
+
+    /// A register at `key` of `room` changed from hash `old` (if it existed) to `new`.
+    pub fn replace(&mut self, room: &Room, key: &str, old: Option<u64>, new: u64) {
+        self.buckets[bucket_of(room, key)] ^= old.unwrap_or(0) ^ new;
     }
 
     /// The buckets, in order.
@@ -141,9 +165,15 @@ impl Digest {
     }
 }
 
-/// The hash of a register already in a map.
-pub fn hash_of(key: &str, register: &Register) -> u64 {
-    register_hash(key, &register.stamp, register.tombstone, &register.value)
+/// The hash of a register already in the map of `room`.
+pub fn hash_of(room: &Room, key: &str, register: &Register) -> u64 {
+    register_hash(room, key, &register.stamp, register.tombstone, &register.value)
+}
+
+/// A room's fingerprint from the XOR of its registers' hashes (kept current by the state actor):
+/// equal rooms on two nodes give equal fingerprints.
+pub fn room_fingerprint(xor: u64) -> u64 {
+    Fnv::new().bytes(&xor.to_le_bytes()).finish()
 }
 
 #[cfg(test)]
@@ -163,11 +193,15 @@ mod tests {
 
     /// Applies `op` to `map` and keeps `digest` current, as the state actor does.
     fn apply(map: &mut LwwMap, digest: &mut Digest, op: Op) {
-        let old = map.register(&op.key).map(|r| hash_of(&op.key, r));
-        let (key, new) = (op.key.clone(), op_hash(&op));
+        let old = map.register(&op.key).map(|r| hash_of(&op.room, &op.key, r));
+        let (room, key, new) = (op.room.clone(), op.key.clone(), op_hash(&op));
         if map.apply(op) {
-            digest.replace(&key, old, new);
+            digest.replace(&room, &key, old, new);
         }
+    }
+
+    fn of(map: &LwwMap) -> Digest {
+        Digest::of([(&Room::DEFAULT, map)])
     }
 
     #[test]
@@ -177,7 +211,7 @@ mod tests {
             apply(&mut map, &mut digest, op("k", i, v.clone()));
             apply(&mut map, &mut digest, op(&format!("k{i}"), i, v));
         }
-        assert_eq!(digest, Digest::of(&map));
+        assert_eq!(digest, of(&map));
     }
 
     #[test]
@@ -186,13 +220,17 @@ mod tests {
         a.apply(op("k", 1, Some(json!(1))));
         let mut b = a.clone();
         b.apply(op("k", 2, Some(json!(1))));
-        let differing = Digest::of(&a).differing(Digest::of(&b).buckets());
-        assert_eq!(differing, vec![bucket_of("k")]);
+        let differing = of(&a).differing(of(&b).buckets());
+        assert_eq!(differing, vec![bucket_of(&Room::DEFAULT, "k")]);
         // Same stamp, other value (only a reused node id produces this): still visible.
         let mut c = LwwMap::new();
         c.apply(op("k", 1, Some(json!(2))));
-        assert_ne!(Digest::of(&a), Digest::of(&c));
-        assert_eq!(Digest::of(&a).differing(&[0; 3]).len(), BUCKETS);
+        assert_ne!(of(&a), of(&c));
+        assert_eq!(of(&a).differing(&[0; 3]).len(), BUCKETS);
+        // The same register in another room is another register.
+        let board = Room::parse("board").unwrap();
+        assert_ne!(of(&a), Digest::of([(&board, &a)]));
+        assert_eq!(bucket_of(&Room::DEFAULT, "k"), (Fnv::new().bytes(b"k").finish() % BUCKETS as u64) as usize);
     }
 
     proptest! {
@@ -206,7 +244,7 @@ mod tests {
             for o in ops.iter().rev().cloned() { apply(&mut m2, &mut d2, o); }
             prop_assert_eq!(&m1, &m2);
             prop_assert_eq!(d1.fingerprint(), d2.fingerprint());
-            prop_assert_eq!(d1, Digest::of(&m1));
+            prop_assert_eq!(d1, of(&m1));
         }
     }
 }

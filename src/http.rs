@@ -12,7 +12,7 @@ use actix_web::{
     web::{self, ServiceConfig},
 };
 
-use crate::{ledger, metrics::Live, relay::Relay, session, state};
+use crate::{ledger, metrics::Live, relay::Relay, room::Room, session, state};
 
 /// How long `/healthz` waits for each singleton.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,7 +70,7 @@ async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>
         log::info!("connection from {source} refused: connection cap reached");
     }
     let params = session::Params::from_query(req.query_string());
-    actix_web::rt::spawn(session::run(relay.deps_for(&live), session, stream, slot, params));
+    actix_web::rt::spawn(session::run(relay.deps_for(&live), session, stream, slot, params, source));
     Ok(response)
 }
 
@@ -80,8 +80,21 @@ async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>
 /// `ok` as soon as an append succeeds; `503 {"status":"unavailable"}` when the state actor does
 /// not answer. The ledger part is read from what the ledger thread publishes, never through its
 /// mailbox: a long compaction or fsync does not make the relay look dead.
-async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
-    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe)).await;
+///
+/// `/healthz?room=NAME` reports the keys, registers, clients and fingerprint of that room (`_`
+/// names the default room) instead of the whole relay's; a name that is not a room's is `400`.
+async fn healthz(req: HttpRequest, relay: web::Data<Relay>) -> HttpResponse {
+    let room = match web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("room").cloned())
+        .map(|name| Room::from_written(&name))
+    {
+        None => None,
+        Some(Ok(room)) => Some(room),
+        Some(Err(err)) => return HttpResponse::BadRequest().json(serde_json::json!({"error": err.to_string()})),
+    };
+    let probe = state::Probe { room: room.clone() };
+    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(probe)).await;
     let ledger = relay.ledger.report();
     let Ok(Ok(info)) = state else {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({
@@ -96,6 +109,7 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
         "status": if problem.is_some() { "degraded" } else { "ok" },
         "keys": info.keys,
         "clients": info.clients,
+        "rooms": info.rooms,
         "connections": relay.connections.total(),
         "pending_writes": info.pending_writes,
         "durable_writes": info.durable_writes,
@@ -109,6 +123,9 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
             "peers": relay.deps.metrics.mesh.summary(),
         })),
     });
+    if let Some(room) = room {
+        body["room"] = room.written().into();
+    }
     match problem {
         None => HttpResponse::Ok().json(body),
         Some((reason, since)) => {
@@ -120,10 +137,11 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
 }
 
 async fn metrics(relay: web::Data<Relay>) -> HttpResponse {
-    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe)).await;
+    let state = tokio::time::timeout(HEALTH_TIMEOUT, relay.deps.state.send(state::Probe::default())).await;
     let mut live = Live { connections: relay.connections.total(), ..Live::default() };
     if let Ok(Ok(info)) = state {
-        (live.clients, live.keys, live.pending_writes) = (info.clients, info.keys, info.pending_writes);
+        (live.clients, live.keys, live.pending_writes, live.rooms) =
+            (info.clients, info.keys, info.pending_writes, info.rooms);
     }
     live.ledger_bytes = relay.ledger.bytes();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(relay.deps.metrics.render(live))

@@ -20,6 +20,9 @@
 //!   and `protocol::close`, every close code the relay sends (browsers and peers).
 //! - [`limits`]: token bucket and connection counter.
 //! - [`proxy`]: trusted reverse proxies and the client address behind them.
+//! - [`access`]: the one place a presented token becomes a decision: the shared secret or a JWT
+//!   (HS256, RS256, ES256; `access::keys` loads the key) → the user, its expiry and its room
+//!   grants, and a refusal's close code.
 //! - [`config`]: the typed TOML configuration; `config::live`, the keys a reload (SIGHUP) swaps
 //!   for new connections, behind the one handle admission reads.
 //! - [`metrics`]: counters and histograms for `/metrics` (Prometheus text format).
@@ -43,12 +46,13 @@
 //!   (`state::StateEvent` out, checked `RemoteOps` in).
 //! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
-//! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`).
+//! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`, `ledger rooms`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access;
 pub mod commands;
 pub mod config;
 pub mod digest;

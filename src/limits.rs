@@ -32,6 +32,12 @@ impl TokenBucket {
         self.try_take_at(Instant::now())
     }
 
+    /// Would the bucket be full at `now` (refilled to capacity)?
+    pub fn is_full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.per_second >= self.capacity
+    }
+
     /// [`TokenBucket::try_take`] at time `now`.
     pub fn try_take_at(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

@@ -8,7 +8,10 @@
 //! ops carrying the same stamp, which only a misconfigured node with a reused id can produce) by
 //! tombstone-first and then the value's JSON text. Plain Rust: no actix, no I/O.
 
-use std::{cmp::Ordering, collections::BTreeMap};
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap},
+};
 
 use imbl::OrdMap;
 
@@ -158,6 +161,27 @@ impl Replay {
     pub fn finish(self) -> LwwMap {
         let live = self.entries.values().filter(|r| !r.tombstone).count();
         LwwMap { entries: self.entries.into_iter().collect(), live }
+    }
+}
+
+/// A [`Replay`] per room: builds every room's map from the ops of one ledger, in any order.
+#[derive(Debug, Default)]
+pub struct RoomsReplay {
+    rooms: HashMap<Room, Replay>,
+}
+
+impl RoomsReplay {
+    /// Merges `op` into its room's map; returns true if it won.
+    pub fn apply(&mut self, op: Op) -> bool {
+        match self.rooms.get_mut(&op.room) {
+            Some(replay) => replay.apply(op),
+            None => self.rooms.entry(op.room.clone()).or_default().apply(op),
+        }
+    }
+
+    /// Every room's map.
+    pub fn finish(self) -> HashMap<Room, LwwMap> {
+        self.rooms.into_iter().map(|(room, replay)| (room, replay.finish())).collect()
     }
 }
 

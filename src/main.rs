@@ -6,6 +6,7 @@ use std::{net::TcpListener, path::PathBuf, process::ExitCode};
 use aether_actix::{
     Config,
     commands::{self, CommandError},
+    room::Room,
 };
 use clap::{Parser, Subcommand};
 
@@ -41,17 +42,32 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LedgerQuery {
-    /// Print the state as of a past moment, as JSON.
+    /// Print a room's state as of a past moment (now, without --at), as JSON.
     State {
         /// RFC 3339 time (2026-11-28T22:30:00Z) or nanoseconds since 1970.
         #[arg(long, value_name = "TIME")]
-        at: String,
+        at: Option<String>,
+        /// The room; `_` is the default room (clients without ?room=).
+        #[arg(long, value_name = "NAME", value_parser = room, default_value = "_")]
+        room: Room,
     },
-    /// Print every write to KEY, oldest first (the current value is marked *).
+    /// Print every write to KEY in a room, oldest first, with who wrote it when recorded (the
+    /// current value is marked *).
     Log {
         /// The key.
         key: String,
+        /// The room; `_` is the default room (clients without ?room=).
+        #[arg(long, value_name = "NAME", value_parser = room, default_value = "_")]
+        room: Room,
     },
+    /// List the rooms with their live keys and registers (tombstones included); `_` is the default
+    /// room.
+    Rooms,
+}
+
+/// A `--room` value: a room name, or `_` for the default room.
+fn room(text: &str) -> Result<Room, String> {
+    Room::from_written(text).map_err(|err| err.to_string())
 }
 
 fn main() -> ExitCode {
@@ -81,12 +97,13 @@ fn main() -> ExitCode {
             Err(CommandError::Usage("reload needs --config FILE, the file the relay runs with".to_owned()))
         }
         Some(Command::Reload) => commands::reload_target(&config).and_then(|pid| hangup(pid, &mut out)),
-        Some(Command::Ledger { query: LedgerQuery::State { at } }) => {
-            commands::state_at(&config, at, &mut out, &mut err)
+        Some(Command::Ledger { query: LedgerQuery::State { at, room } }) => {
+            commands::state_at(&config, at.as_deref(), room, &mut out, &mut err)
         }
-        Some(Command::Ledger { query: LedgerQuery::Log { key } }) => {
-            commands::key_log(&config, key, &mut out, &mut err)
+        Some(Command::Ledger { query: LedgerQuery::Log { key, room } }) => {
+            commands::key_log(&config, key, room, &mut out, &mut err)
         }
+        Some(Command::Ledger { query: LedgerQuery::Rooms }) => commands::rooms(&config, &mut out, &mut err),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

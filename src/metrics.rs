@@ -77,7 +77,7 @@ pub enum Inbound {
 }
 
 const INBOUND: [&str; 5] = ["set", "delete", "presence", "auth", "dropped"];
-const DROPS: [Dropped; 7] = [
+const DROPS: [Dropped; 9] = [
     Dropped::MessageTooLarge,
     Dropped::NotJson,
     Dropped::NotObject,
@@ -85,6 +85,8 @@ const DROPS: [Dropped; 7] = [
     Dropped::BadValue,
     Dropped::BadPresence,
     Dropped::UnknownType,
+    Dropped::Forbidden,
+    Dropped::RoomFull,
 ];
 
 /// Everything `/metrics` reports, besides what the actors are asked for at scrape time.
@@ -92,7 +94,9 @@ const DROPS: [Dropped; 7] = [
 pub struct Metrics {
     connections_opened: AtomicU64,
     inbound: [AtomicU64; 5],
-    drops: [AtomicU64; 7],
+    drops: [AtomicU64; 9],
+    /// Joins refused by the room caps: [too many rooms, rooms created too fast].
+    rooms_refused: [AtomicU64; 2],
     frames_out: AtomicU64,
     closes: Mutex<BTreeMap<u16, u64>>,
     /// Connections whose socket took nothing for `write_timeout_s`: [closed with 1013, dropped].
@@ -122,6 +126,7 @@ impl Default for Metrics {
             connections_opened: AtomicU64::new(0),
             inbound: Default::default(),
             drops: Default::default(),
+            rooms_refused: Default::default(),
             frames_out: AtomicU64::new(0),
             closes: Mutex::new(BTreeMap::new()),
             write_timeouts: Default::default(),
@@ -154,6 +159,8 @@ pub struct Live {
     pub pending_writes: usize,
     /// Ledger file size.
     pub ledger_bytes: u64,
+    /// Rooms held (with registers or members).
+    pub rooms: usize,
 }
 
 impl Metrics {
@@ -189,6 +196,12 @@ impl Metrics {
     /// the close frame went) or dropped.
     pub fn write_timed_out(&self, sent: bool) {
         self.write_timeouts[usize::from(!sent)].fetch_add(1, Relaxed);
+    }
+
+    /// A join was refused by the room caps: `"too_many_rooms"` or `"rate_limit"`.
+    pub fn room_refused(&self, reason: &str) {
+        let i = usize::from(reason != "too_many_rooms");
+        self.rooms_refused[i].fetch_add(1, Relaxed);
     }
 
     /// A batch of `ops` became durable after `elapsed` in the ledger.
@@ -240,7 +253,8 @@ impl Metrics {
         };
         gauge("aether_connections", "Open WebSocket connections.", live.connections as f64);
         gauge("aether_clients", "Connected clients that received hello.", live.clients as f64);
-        gauge("aether_keys", "Live keys in the state.", live.keys as f64);
+        gauge("aether_keys", "Live keys in the state (every room).", live.keys as f64);
+        gauge("aether_rooms", "Rooms held (with registers or members), the default room included.", live.rooms as f64);
         gauge("aether_pending_writes", "Writes accepted and not yet durable.", live.pending_writes as f64);
         gauge("aether_ledger_bytes", "Size of the ledger file.", live.ledger_bytes as f64);
         gauge("aether_replay_seconds", "Time the boot replay took.", self.replay_micros.load(Relaxed) as f64 / 1e6);
@@ -289,6 +303,10 @@ impl Metrics {
             "Connections whose socket took nothing for write_timeout_s: closed with 1013, or dropped.",
             &write_timeouts,
         );
+        let reasons = ["too_many_rooms", "rate_limit"].iter().zip(&self.rooms_refused);
+        let rooms_refused: Vec<_> =
+            reasons.map(|(reason, v)| (format!("{{reason=\"{reason}\"}}"), v.load(Relaxed))).collect();
+        counter("aether_rooms_refused_total", "Joins refused by the [rooms] caps, by reason.", &rooms_refused);
         counter("aether_durable_writes_total", "Writes made durable in the ledger.", &plain(&self.durable_writes));
         counter("aether_ledger_failures_total", "Ledger appends that failed.", &plain(&self.ledger_failures));
         counter("aether_compactions_total", "Online compactions completed.", &plain(&self.compactions));

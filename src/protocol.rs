@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::{
     config::Limits,
     lww::{Op, OpKind},
+    room::Room,
 };
 
 /// Deepest nesting of arrays and objects accepted inside a value.
@@ -69,6 +70,10 @@ pub enum Dropped {
     BadPresence,
     /// A `type` this server does not know.
     UnknownType,
+    /// A write from a connection whose token grants its room for reading only.
+    Forbidden,
+    /// A write that would take its room past `[rooms] max_keys` or `max_bytes`.
+    RoomFull,
 }
 
 impl Dropped {
@@ -82,6 +87,8 @@ impl Dropped {
             Dropped::BadValue => "bad_value",
             Dropped::BadPresence => "bad_presence",
             Dropped::UnknownType => "unknown_type",
+            Dropped::Forbidden => "forbidden",
+            Dropped::RoomFull => "room_full",
         }
     }
 }
@@ -270,8 +277,8 @@ pub mod close {
     pub const ABNORMAL: u16 = 1006;
     /// A text frame that is not UTF-8.
     pub const INVALID_DATA: u16 = 1007;
-    /// Auth failed, handshake timeout, or rate limit exceeded (v1); a peer that failed the mesh
-    /// token check.
+    /// Auth failed, token expired, forbidden (room not granted), bad room, handshake timeout, or
+    /// rate limit exceeded (v1); a peer that failed the mesh token check.
     pub const POLICY: u16 = 1008;
     /// Message larger than `max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
@@ -284,13 +291,18 @@ pub mod close {
     // v2 only: distinct codes for the closes a v2 client should act on differently (see
     // `session::close_code_for`); v1 clients see the standard code instead.
 
-    /// v2 `auth failed` (v1: [`POLICY`]): stop reconnecting until there is a token.
+    /// v2 `bad room`: `?room=` empty or not a room name (v1: [`POLICY`]): fix the name, do not retry.
+    pub const V2_BAD_ROOM: u16 = 4400;
+    /// v2 `auth failed` (v1: [`POLICY`]): stop reconnecting until there is a token; also `token
+    /// expired` (v1: [`POLICY`], same text): reconnect with a fresh token.
     pub const V2_AUTH_FAILED: u16 = 4401;
+    /// v2 `forbidden` (v1: [`POLICY`]): the token is valid but does not grant this room; stop.
+    pub const V2_FORBIDDEN: u16 = 4403;
     /// v2 `handshake timeout` (v1: [`POLICY`]).
     pub const V2_HANDSHAKE_TIMEOUT: u16 = 4408;
     /// v2 `rate limit` (v1: [`POLICY`]): slow down.
     pub const V2_RATE_LIMIT: u16 = 4429;
-    /// v2 `server busy` (v1: [`TRY_AGAIN_LATER`]): back off.
+    /// v2 `server busy` (v1: [`TRY_AGAIN_LATER`]): back off. Also `too many rooms`.
     pub const V2_SERVER_BUSY: u16 = 4503;
     /// v2 `too slow` (v1: [`TRY_AGAIN_LATER`]): reconnect and resume.
     pub const V2_TOO_SLOW: u16 = 4504;
@@ -314,9 +326,41 @@ pub enum Version {
     V2,
 }
 
-/// v2 `{"type":"hello","id":ID,"color":COLOR,"v":2,"node":NODE}`.
-pub fn hello_v2(id: &str, color: &str, node: &str) -> ByteString {
-    frame(&serde_json::json!({"type": "hello", "id": id, "color": color, "v": 2, "node": node}))
+/// What a v2 `hello` tells a client about its seat, beyond its id.
+#[derive(Debug, Clone, Copy)]
+pub struct HelloV2<'a> {
+    /// Its room (named in `hello` unless it is the default room).
+    pub room: &'a Room,
+    /// The `sub` of its token, if it presented a JWT.
+    pub user: Option<&'a str>,
+    /// Whether it may write (`"access":"write"`) or only read (`"read"`).
+    pub write: bool,
+    /// When its token expires, in Unix seconds (`"exp"`).
+    pub expires: Option<u64>,
+}
+
+/// v2 `{"type":"hello","id":ID,"color":COLOR,"v":2,"node":NODE,"access":"read"|"write"}`, plus
+/// `"room"` (a named room), `"user"` and `"exp"` (a JWT's `sub` and expiry) when they apply.
+pub fn hello_v2(id: &str, color: &str, node: &str, seat: &HelloV2<'_>) -> ByteString {
+    let mut hello = serde_json::json!({
+        "type": "hello", "id": id, "color": color, "v": 2, "node": node,
+        "access": if seat.write { "write" } else { "read" },
+    });
+    if let Some(room) = seat.room.name() {
+        hello["room"] = room.into();
+    }
+    if let Some(user) = seat.user {
+        hello["user"] = user.into();
+    }
+    if let Some(exp) = seat.expires {
+        hello["exp"] = exp.into();
+    }
+    frame(&hello)
+}
+
+/// v2 `{"type":"auth_ok","exp":N,"access":"read"|"write"}`: a fresh token was accepted.
+pub fn auth_ok(expires: Option<u64>, write: bool) -> ByteString {
+    frame(&serde_json::json!({"type": "auth_ok", "exp": expires, "access": if write { "write" } else { "read" }}))
 }
 
 /// v2 `{"type":"snapshot","data":{…},"resume":TOKEN}`: the whole state, and the token that resumes
@@ -375,6 +419,19 @@ pub fn pong() -> ByteString {
 /// `{"type":"presence","id":ID,"color":COLOR,"x":X,"y":Y}`.
 pub fn presence(id: &str, color: &str, x: i64, y: i64) -> ByteString {
     frame(&serde_json::json!({"type": "presence", "id": id, "color": color, "x": x, "y": y}))
+}
+
+/// A cursor's frames for v1 (upstream's, exactly) and v2 members (with `"user"` when the mover
+/// presented a JWT).
+pub fn presence_frames(id: &str, color: &str, user: Option<&str>, x: i64, y: i64) -> (ByteString, ByteString) {
+    let v1 = presence(id, color, x, y);
+    let v2 = match user {
+        None => v1.clone(),
+        Some(user) => {
+            frame(&serde_json::json!({"type": "presence", "id": id, "color": color, "x": x, "y": y, "user": user}))
+        }
+    };
+    (v1, v2)
 }
 
 /// `{"type":"presence-leave","id":ID}`.

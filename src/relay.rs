@@ -21,7 +21,7 @@ use crate::{
     http,
     ledger::{self, Ledger, LedgerActor, LedgerError, LedgerHealth},
     limits::ConnectionCounter,
-    lww,
+    lww::{self, LwwMap},
     mesh::{self, MeshActor, MeshSettings, nats, shared::Shared},
     metrics::Metrics,
     session::{self, Deps},
@@ -98,21 +98,22 @@ impl Relay {
             .transpose()
             .map_err(|err| Error::Tls(format!("[mesh.tls] ca: {err}")))?;
         let mut clock = Clock::new(config.mesh.node_id.clone());
-        let mut map = lww::Replay::default();
+        let mut rooms = lww::RoomsReplay::default();
         let (ledger, stats) = Ledger::open(&config.ledger.path, config.ledger.sync, |op| {
             clock.witness(&op.stamp);
-            map.apply(op);
+            rooms.apply(op);
         })?;
-        let map = map.finish();
+        let rooms = rooms.finish();
         log::info!(
-            "ledger {} replayed in {} ms: {} records, {} snapshot entries, {} corrupt lines skipped, {} torn bytes cut; {} live keys",
+            "ledger {} replayed in {} ms: {} records, {} snapshot entries, {} corrupt lines skipped, {} torn bytes cut; {} live keys in {} rooms",
             config.ledger.path.display(),
             stats.millis,
             stats.records,
             stats.snapshot_entries,
             stats.corrupt,
             stats.truncated_bytes,
-            map.live_len(),
+            rooms.values().map(LwwMap::live_len).sum::<usize>(),
+            rooms.len(),
         );
         if matches!(config.ledger.sync, ledger::SyncMode::None) {
             log::warn!("[ledger] sync = \"none\": an OS crash or power loss can lose recent writes");
@@ -130,7 +131,7 @@ impl Relay {
         // panicked, and none of ours stops by itself. A panic aborts the process (Cargo.toml,
         // `panic = "abort"`) and the service manager restarts it; boot replays the ledger.
         let state = StateActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            StateActor::new(clock, map, ledger, state_metrics, compaction)
+            StateActor::new(clock, rooms, ledger, state_metrics, compaction)
         });
         let limits = Arc::new(config.limits.clone());
         let admission = Arc::new(Semaphore::new(MAX_PENDING_WRITES));
@@ -195,6 +196,7 @@ impl Relay {
                 limits: Arc::clone(&limits),
                 ping_interval: config.server.ping_interval(),
                 metrics,
+                rooms: config.rooms,
             },
             ledger: ledger_health,
             // The caps come from `live` at each admission (ConnectionCounter::acquire_within).
@@ -213,6 +215,7 @@ impl Relay {
         deps.token = live.token.clone();
         deps.limits = Arc::clone(&live.limits);
         deps.ping_interval = live.ping_interval;
+        deps.rooms = live.config.rooms;
         deps
     }
 
@@ -241,6 +244,9 @@ impl Relay {
         let certificate = (fingerprint != current.tls_fingerprint()).then_some(fingerprint).flatten();
         if certificate.is_some() {
             changed.push("[tls] certificate");
+        }
+        if !live.access.same_jwt_key(&current.access) && !changed.iter().any(|key| key.starts_with("[auth] jwt_")) {
+            changed.push("[auth] JWT key");
         }
         self.live.replace(live);
         Ok(Reloaded { changed, fixed, certificate })

@@ -6,6 +6,7 @@
 //! stops reading fills only its own queue and is then closed (see [`crate::state`]).
 
 use std::{
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,12 +18,13 @@ use tokio::sync::{Semaphore, oneshot};
 use uuid::Uuid;
 
 use crate::{
-    config::Limits,
+    config::{Limits, RoomsConfig},
     limits::{ConnectionSlot, TokenBucket},
     metrics::{Inbound, Metrics},
     outbox::{Outbound, OutboxReceiver, outbox},
     protocol::{self, ClientFrame, Version, close},
-    state::{Join, Leave, Presence, StateActor, Write},
+    room::Room,
+    state::{Join, Leave, Presence, Seat, StateActor, Write},
 };
 
 /// What every session shares.
@@ -41,6 +43,8 @@ pub struct Deps {
     pub ping_interval: Duration,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// `[rooms]`: the caps on rooms this connection's joins and writes meet.
+    pub rooms: RoomsConfig,
 }
 
 impl Deps {
@@ -54,7 +58,7 @@ impl Deps {
 type End = Option<(u16, &'static str)>;
 
 /// What the connection's URL asked for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Params {
     /// `?auth_token=`, if given (blank values count as absent, as upstream).
     pub token: Option<String>,
@@ -65,6 +69,15 @@ pub struct Params {
     /// v2 `?cid=<client id>`: 1 to 64 bytes of `[A-Za-z0-9._:-]`; with it, writes that carry a
     /// `ref` are applied at most once per (cid, ref) (see `state::dedup`). Otherwise ignored.
     pub cid: Option<String>,
+    /// `?room=<name>`: the room (the first one given); none is the default room, a name that is
+    /// not valid (see [`crate::room`]) is `Err` and closes the connection ("bad room").
+    pub room: Result<Room, crate::room::BadRoom>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { token: None, version2: false, resume: None, cid: None, room: Ok(Room::DEFAULT) }
+    }
 }
 
 impl Params {
@@ -72,8 +85,13 @@ impl Params {
     pub fn from_query(query: &str) -> Params {
         let mut params = Params::default();
         let pairs = actix_web::web::Query::<Vec<(String, String)>>::from_query(query).map(|q| q.into_inner());
+        let mut room_given = false;
         for (name, value) in pairs.unwrap_or_default() {
             match name.as_str() {
+                "room" if !room_given => {
+                    room_given = true;
+                    params.room = Room::parse(&value);
+                }
                 "auth_token" if params.token.is_none() && !value.is_empty() => params.token = Some(value),
                 "v" => params.version2 = value == "2",
                 "resume" if !value.is_empty() => params.resume = Some(value),
@@ -97,11 +115,16 @@ pub async fn run(
     mut stream: MessageStream,
     slot: Option<ConnectionSlot>,
     params: Params,
+    source: IpAddr,
 ) {
     deps.metrics.connection_opened();
     let version = if params.version2 { Version::V2 } else { Version::V1 };
     let Some(_slot) = slot else {
         close_with(&deps, version, session, &mut stream, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
+        return;
+    };
+    let Ok(room) = params.room else {
+        close_with(&deps, version, session, &mut stream, Some((close::POLICY, "bad room"))).await;
         return;
     };
     if let Some(token) = deps.token.clone()
@@ -115,10 +138,19 @@ pub async fn run(
     let color = protocol::color_for(&id.to_string());
     let (outbox, rx) = outbox(deps.limits.max_outbound_bytes);
     let (kick_tx, kick_rx) = oneshot::channel();
-    let join = Join { id, color, version, resume: params.resume, outbox, kick: kick_tx };
-    if !deps.state.send(join).await.unwrap_or(false) {
-        let going = Some((close::GOING_AWAY, "server shutting down"));
-        close_with(&deps, version, session, &mut stream, going).await;
+    let grant = Grant { user: None, write: true, expires: None };
+    let seat = Seat {
+        room: room.clone(),
+        user: grant.user.clone(),
+        write: grant.write,
+        expires: grant.expires,
+        source,
+        caps: deps.rooms,
+    };
+    let join = Join { id, color, version, resume: params.resume, outbox, kick: kick_tx, seat };
+    let joined = deps.state.send(join).await.unwrap_or(Err(crate::state::JoinRefused::ShuttingDown));
+    if let Err(refused) = joined {
+        close_with(&deps, version, session, &mut stream, Some(refused.close())).await;
         return;
     }
     let client = params.cid.filter(|_| version == Version::V2).map(Arc::from);
@@ -126,6 +158,8 @@ pub async fn run(
         id,
         deps,
         version,
+        room,
+        grant,
         client,
         bucket: None,
         partial: None,
@@ -155,7 +189,10 @@ fn close_code_for(version: Version, code: u16, reason: &str) -> u16 {
         (_, close::POLICY, "auth failed") => close::V2_AUTH_FAILED,
         (_, close::POLICY, "handshake timeout") => close::V2_HANDSHAKE_TIMEOUT,
         (_, close::POLICY, "rate limit") => close::V2_RATE_LIMIT,
-        (_, close::TRY_AGAIN_LATER, "server busy") => close::V2_SERVER_BUSY,
+        (_, close::POLICY, "token expired") => close::V2_AUTH_FAILED,
+        (_, close::POLICY, "forbidden") => close::V2_FORBIDDEN,
+        (_, close::POLICY, "bad room") => close::V2_BAD_ROOM,
+        (_, close::TRY_AGAIN_LATER, "server busy" | "too many rooms") => close::V2_SERVER_BUSY,
         (_, close::TRY_AGAIN_LATER, "too slow") => close::V2_TOO_SLOW,
         _ => code,
     }
@@ -307,10 +344,25 @@ async fn authenticate(
     }
 }
 
+/// What a connection may do in its room, and as whom.
+#[derive(Debug, Clone)]
+struct Grant {
+    /// The `sub` of its token, if it presented a JWT.
+    user: Option<Arc<str>>,
+    /// May write (else its writes are refused: v1 dropped, v2 `nack forbidden`).
+    write: bool,
+    /// When its token expires, in Unix seconds.
+    expires: Option<u64>,
+}
+
 struct Connection {
     id: Uuid,
     deps: Deps,
     version: Version,
+    /// Its room.
+    room: Room,
+    /// What it may do there.
+    grant: Grant,
     /// v2 `?cid=`: the client's stable id, for exactly-once writes.
     client: Option<Arc<str>>,
     /// `None` until the first message, which upstream lets through without a token.
@@ -512,6 +564,22 @@ impl Connection {
         };
         let metrics = &self.deps.metrics;
         match protocol::parse(text, &self.deps.limits) {
+            Ok(ClientFrame::Set { reference, .. } | ClientFrame::Delete { reference, .. }) if !self.grant.write => {
+                // A read grant: the write never applies (v1 drops it silently, v2 is told).
+                metrics.dropped(protocol::Dropped::Forbidden);
+                if self.version == Version::V2
+                    && let Some(reference) = reference
+                    && let Err(end) = bounded(
+                        kick,
+                        self.bounds(),
+                        &mut self.stalled,
+                        session.text(protocol::nack(&reference, protocol::Dropped::Forbidden.as_str())),
+                    )
+                    .await
+                {
+                    return Some(end);
+                }
+            }
             Ok(ClientFrame::Set { key, value, reference }) => {
                 metrics.inbound(Inbound::Set);
                 self.write(key, Some(value), reference);
@@ -558,15 +626,18 @@ impl Connection {
     /// else it becomes [`Connection::pending`] and the pump waits for one (the ledger is that many
     /// writes behind: the writer is slowed, nothing is buffered without bound).
     fn write(&mut self, key: String, value: Option<serde_json::Value>, reference: Option<serde_json::Value>) {
-        let (state, origin, client) = (self.deps.state.clone(), self.id, self.client.clone());
+        let state = self.deps.state.clone();
+        let (room, origin, by, client, caps) =
+            (self.room.clone(), self.id, self.grant.user.clone(), self.client.clone(), self.deps.rooms);
+        let write = move |permit| Write { room, key, value, permit, origin, by, reference, client, caps };
         match Arc::clone(&self.deps.admission).try_acquire_owned() {
-            Ok(permit) => state.do_send(Write { key, value, permit, origin, reference, client }),
+            Ok(permit) => state.do_send(write(permit)),
             Err(_) => {
                 let admission = Arc::clone(&self.deps.admission);
                 self.pending = Some(Box::pin(async move {
                     // The semaphore is never closed, so acquire cannot fail.
                     if let Ok(permit) = admission.acquire_owned().await {
-                        state.do_send(Write { key, value, permit, origin, reference, client });
+                        state.do_send(write(permit));
                     }
                 }));
             }

@@ -104,3 +104,33 @@ fn json_logs_on_request() {
     assert!(first["msg"].as_str().unwrap().contains("replayed"), "{first}");
     assert!(first["ts"].as_str().unwrap().ends_with('Z'));
 }
+
+#[test]
+fn a_bad_room_name_is_refused_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let ledger = dir.path().join("l.jsonl");
+    std::fs::write(&path, format!("[ledger]\npath = {ledger:?}\n")).unwrap();
+    let config = path.to_str().unwrap();
+    for bad in ["", "_x", "a b", "a/b", "é", &"x".repeat(129)] {
+        for args in [&["ledger", "state", "--room", bad][..], &["ledger", "log", "k", "--room", bad]] {
+            let output = run(&[&["--config", config][..], args].concat());
+            assert_eq!(output.status.code(), Some(2), "{args:?}");
+            let err = stderr(&output);
+            assert!(err.contains("--room") && err.contains("bad room name"), "{args:?}: {err}");
+        }
+    }
+    assert!(!ledger.exists(), "nothing was read or created");
+    // `_` names the default room; an empty ledger has an empty state and only that room.
+    let state = run(&["--config", config, "ledger", "state", "--room", "_"]);
+    assert!(state.status.success(), "{}", stderr(&state));
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "{}");
+    let rooms = run(&["--config", config, "ledger", "rooms"]);
+    assert!(rooms.status.success(), "{}", stderr(&rooms));
+    let text = String::from_utf8_lossy(&rooms.stdout);
+    assert_eq!(
+        text.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["_", "0", "0"]),
+        "{text}"
+    );
+}

@@ -210,3 +210,32 @@ fn concurrent_writers_share_fsyncs_group_commit() {
     eprintln!("{writes} writes in {batches} batches");
     assert!(batches * 4 <= writes, "{batches} batches for {writes} writes: fsyncs are not shared");
 }
+
+/// A ledger with ops of named rooms and authors boots; a client of the default room (every v1 and
+/// upstream client) sees exactly the default room's keys, and the named rooms' records stay.
+#[test]
+fn a_ledger_with_named_rooms_boots_and_the_default_room_sees_only_its_own() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let ledger = dir.path().join("ledger.jsonl");
+    let stamp = |p: u64| format!(r#""stamp":{{"p":{p},"l":0,"n":"alpha"}}"#);
+    let lines = [
+        format!(r#"{{"kind":"set","key":"shared","value":"default",{}}}"#, stamp(1)),
+        format!(r#"{{"kind":"set","key":"mine","value":1,{},"by":"alice"}}"#, stamp(2)),
+        format!(r#"{{"room":"board-1","op":"set","key":"shared","value":"board",{},"by":"bob"}}"#, stamp(3)),
+        format!(r#"{{"room":"board-1","op":"set","key":"only-board","value":true,{}}}"#, stamp(4)),
+        format!(r#"{{"room":"_reserved","op":"set","key":"shared","value":"never",{}}}"#, stamp(5)),
+    ];
+    fs::write(&ledger, lines.join("\n") + "\n").unwrap();
+    let server = Server::start_in(Arc::clone(&dir), "");
+    assert_eq!(server.client().snapshot["data"], json!({"shared": "default", "mine": 1}));
+    let log = server.log();
+    assert!(log.contains("4 records") && log.contains("1 corrupt lines skipped"), "{log}");
+    let mut c = server.client();
+    c.set("shared", json!("new"));
+    c.recv_set("shared");
+    let dir = server.kill9();
+    let text = fs::read_to_string(&ledger).unwrap();
+    assert!(text.starts_with(&(lines.join("\n") + "\n")), "the rooms' records stay as written");
+    let restarted = Server::start_in(dir, "");
+    assert_eq!(restarted.client().snapshot["data"], json!({"shared": "new", "mine": 1}));
+}

@@ -1,8 +1,9 @@
 //! The keys that change without a restart, and the one handle every new connection reads them from.
 //!
 //! SIGHUP (or `aether-actix reload`) re-reads the configuration file. Everything admission and a
-//! new session need (the auth token, allowed origins, trusted proxies, limits, the ping interval,
-//! the TLS certificate and key) is prepared into one [`Live`] value and published through one
+//! new session need (the auth token and [`Access`] with its JWT key, allowed origins, trusted
+//! proxies, limits, the ping interval, the TLS certificate and key; key files are read again) is
+//! prepared into one [`Live`] value and published through one
 //! [`LiveConfig`] handle, which the WebSocket route reads once per new connection and the TLS
 //! layer reads once per handshake. Open connections keep what they were admitted with; nothing is
 //! dropped. A configuration that does not load or prepare is refused whole, with the same one-line
@@ -20,8 +21,8 @@ use openssl::{
     ssl::{AlpnError, SslAcceptor, SslAcceptorBuilder, SslContext, SslFiletype, SslMethod},
 };
 
-use super::{Config, Limits, TlsConfig};
-use crate::proxy::TrustedProxies;
+use super::{Config, JWT_SECRET_ENV, Limits, TlsConfig};
+use crate::{access::Access, proxy::TrustedProxies};
 
 /// The live part of one configuration, prepared for use on the admission path.
 pub struct Live {
@@ -29,6 +30,9 @@ pub struct Live {
     pub config: Config,
     /// The shared secret, when auth is on.
     pub token: Option<Arc<str>>,
+    /// Token verification and room grants (`[auth]`: the shared secret and the JWT key), built
+    /// afresh, key files re-read, by each prepare.
+    pub access: Arc<Access>,
     /// `[limits]`, as new sessions get them.
     pub limits: Arc<Limits>,
     /// Proxies whose forwarding headers are believed.
@@ -42,11 +46,21 @@ pub struct Live {
 }
 
 impl Live {
-    /// Prepares `config` (already validated): parses the proxies and loads the TLS files.
+    /// Prepares `config` (already validated, secrets resolved): parses the proxies, loads the TLS
+    /// files and the JWT key (`AETHER_JWT_SECRET` read here).
     ///
     /// # Errors
-    /// One line naming `[tls]` and the file when the certificate or key cannot be used.
+    /// One line naming `[tls]` or `[auth]` and the file when a certificate or key cannot be used.
     pub fn prepare(config: Config) -> Result<Live, String> {
+        Self::prepare_with(config, std::env::var(JWT_SECRET_ENV).ok())
+    }
+
+    /// [`Live::prepare`] with `AETHER_JWT_SECRET` given (tests).
+    ///
+    /// # Errors
+    /// As [`Live::prepare`].
+    pub fn prepare_with(config: Config, env_jwt_secret: Option<String>) -> Result<Live, String> {
+        let access = Arc::new(Access::from_config(&config.auth, env_jwt_secret)?);
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => Some(tls_context(cert, key).map_err(|e| format!("[tls] {e}"))?),
             _ => None,
@@ -55,6 +69,7 @@ impl Live {
             .map_err(|e| format!("[server] trusted_proxies: {e}"))?;
         Ok(Live {
             token: (!config.auth.token.is_empty()).then(|| Arc::from(config.auth.token.as_str())),
+            access,
             limits: Arc::new(config.limits.clone()),
             proxies,
             allowed_origins: config.server.allowed_origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
@@ -204,6 +219,12 @@ pub fn live_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&running.limits, &new.limits);
     [
         ("[auth] token", running.auth.token != new.auth.token),
+        ("[auth] jwt_secret", running.auth.jwt_secret != new.auth.jwt_secret),
+        ("[auth] jwt_secret_file", running.auth.jwt_secret_file != new.auth.jwt_secret_file),
+        ("[auth] jwt_public_key_file", running.auth.jwt_public_key_file != new.auth.jwt_public_key_file),
+        ("[auth] jwt_issuer", running.auth.jwt_issuer != new.auth.jwt_issuer),
+        ("[auth] jwt_audience", running.auth.jwt_audience != new.auth.jwt_audience),
+        ("[auth] jwt_leeway_s", running.auth.jwt_leeway_s != new.auth.jwt_leeway_s),
         ("[server] allowed_origins", running.server.allowed_origins != new.server.allowed_origins),
         ("[server] trusted_proxies", running.server.trusted_proxies != new.server.trusted_proxies),
         ("[server] ping_interval_s", running.server.ping_interval_s != new.server.ping_interval_s),
@@ -258,6 +279,26 @@ mod tests {
         assert!(old.token.is_none());
         assert_eq!(handle.current().token.as_deref(), Some("t"));
         assert!(handle.current().origin_allowed(Some("https://b.example")));
+    }
+
+    #[test]
+    fn a_reload_rereads_the_jwt_key_and_a_bad_one_keeps_the_running_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwt.secret");
+        let text = format!("[auth]\njwt_secret_file = {file:?}\n");
+        std::fs::write(&file, "first-secret-of-at-least-32-bytes\n").unwrap();
+        let handle = LiveConfig::new(Live::prepare_with(parse(&text), None).unwrap());
+        let first = handle.current();
+        assert!(first.access.required() && first.token.is_none());
+        std::fs::write(&file, "second-secret-of-at-least-32-bytes\n").unwrap();
+        handle.replace(Live::prepare_with(parse(&text), None).unwrap());
+        assert!(!handle.current().access.same_jwt_key(&first.access), "the file is read again");
+        std::fs::write(&file, "short\n").unwrap();
+        let err = Live::prepare_with(parse(&text), None).err().unwrap();
+        assert!(err.starts_with("[auth] jwt_secret_file: the HS256 secret is 5 bytes"), "{err}");
+        let err = Live::prepare_with(parse(&text), Some("env-secret-of-at-least-32-bytes!!".into())).err().unwrap();
+        assert_eq!(err, "[auth] set one JWT key, not several: jwt_secret_file, AETHER_JWT_SECRET");
+        assert!(!handle.current().access.same_jwt_key(&first.access), "a failed prepare changes nothing");
     }
 
     #[test]

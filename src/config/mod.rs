@@ -32,12 +32,39 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// `[limits]`: upstream's SecurityLimits, same names; defaults but the connection caps.
     pub limits: Limits,
-    /// `[auth]`: shared-secret auth for browsers.
+    /// `[auth]`: shared secret and JWT verification for browsers.
     pub auth: AuthConfig,
     /// `[tls]`: serve `https://` and `wss://` on the listener.
     pub tls: TlsConfig,
     /// `[mesh]`: this node's identity and federation.
     pub mesh: MeshConfig,
+    /// `[rooms]`: caps that keep rooms from being used to exhaust the relay.
+    pub rooms: RoomsConfig,
+}
+
+/// `[rooms]`. Caps for client writes and joins; replay and peers' ops are never refused (they
+/// are durable already, and refusing them would make replicas diverge).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Rooms held at once (a room is held while it has registers or members); a join that would
+    /// make one more is closed (v1 1013, v2 4503 "too many rooms"). Default 100000.
+    pub max_rooms: usize,
+    /// Registers (keys, tombstones included) in one room; a client write of a new key beyond it is
+    /// refused (v1 dropped, v2 nack `room_full`). Default 100000.
+    pub max_keys: usize,
+    /// Bytes of keys and values (as JSON) in one room; a client write that would grow the room
+    /// beyond it is refused like `max_keys`. Default 64 MiB.
+    pub max_bytes: usize,
+    /// Rooms one source address may create per minute (burst: the same number); faster joins to
+    /// new rooms are closed (v1 1008, v2 4429 "rate limit"). Default 60.
+    pub created_per_minute: u32,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig { max_rooms: 100_000, max_keys: 100_000, max_bytes: 64 << 20, created_per_minute: 60 }
+    }
 }
 
 /// `[server]`.
@@ -191,26 +218,66 @@ impl Limits {
 /// Environment variable that, when set and non-empty, supplies the auth token.
 pub const TOKEN_ENV: &str = "AETHER_AUTH_TOKEN";
 
+/// Environment variable that, when set and non-empty, supplies the HS256 JWT secret (one of the
+/// `[auth]` JWT key sources: setting it beside another is an error).
+pub const JWT_SECRET_ENV: &str = "AETHER_JWT_SECRET";
+
 /// Environment variable that, when set and non-empty, supplies the mesh token.
 pub const MESH_TOKEN_ENV: &str = "AETHER_MESH_TOKEN";
 
-/// `[auth]`.
+/// `[auth]`: who may connect, and to which rooms (see [`crate::access`]).
 #[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Shared secret browsers must present (`?auth_token=` or a first `auth` frame). Empty: no auth.
+    /// Shared secret browsers must present (`?auth_token=` or a first `auth` frame): every room,
+    /// read and write, no user. Empty: no shared secret.
     pub token: String,
     /// File holding the token (surrounding whitespace ignored), so the secret need not sit in the
     /// config. Exclusive with `token`. `AETHER_AUTH_TOKEN` in the environment overrides both.
     pub token_file: Option<PathBuf>,
+    /// HS256 secret that signs the JWTs clients present (at least 32 bytes). One JWT key source
+    /// at most: this, `jwt_secret_file`, `AETHER_JWT_SECRET` or `jwt_public_key_file`.
+    pub jwt_secret: String,
+    /// File holding the HS256 secret (surrounding whitespace ignored), re-read on reload.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key (or certificate) of the token issuer, re-read on reload: an RSA key (2048
+    /// bits or more) accepts RS256 tokens, an EC P-256 key ES256 tokens.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud` (a string, or an array holding it). When not set,
+    /// tokens carrying any `aud` are refused (RFC 7519 §4.1.3).
+    pub jwt_audience: Option<String>,
+    /// Seconds of clock skew allowed on `exp`, `nbf` and `iat` (at most 3600). Default 0.
+    pub jwt_leeway_s: u64,
+}
+
+impl AuthConfig {
+    /// The JWT key sources set in the file, by key name.
+    pub fn jwt_key_sources(&self) -> Vec<&'static str> {
+        [
+            ("jwt_secret", !self.jwt_secret.is_empty()),
+            ("jwt_secret_file", self.jwt_secret_file.is_some()),
+            ("jwt_public_key_file", self.jwt_public_key_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
 }
 
 impl fmt::Debug for AuthConfig {
-    /// Never prints the secret.
+    /// Never prints a secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
             .field("token", &redacted(&self.token))
             .field("token_file", &self.token_file)
+            .field("jwt_secret", &redacted(&self.jwt_secret))
+            .field("jwt_secret_file", &self.jwt_secret_file)
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_leeway_s", &self.jwt_leeway_s)
             .finish()
     }
 }
@@ -324,6 +391,12 @@ impl Config {
         if !self.auth.token.is_empty() && self.auth.token_file.is_some() {
             return Err("[auth] set token or token_file, not both".to_owned());
         }
+        if let sources @ [_, _, ..] = self.auth.jwt_key_sources().as_slice() {
+            return Err(format!("[auth] set one JWT key, not several: {}", sources.join(", ")));
+        }
+        if self.auth.jwt_leeway_s > 3600 {
+            return Err(format!("[auth] jwt_leeway_s must be at most 3600, got {}", self.auth.jwt_leeway_s));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("[tls] cert and key go together".to_owned());
         }
@@ -424,6 +497,11 @@ mod tests {
             ("[server]\nping_interval_s = 0.0\n", "ping_interval_s"),
             ("[auth]\ntoken = \"a\"\ntoken_file = \"/x\"\n", "not both"),
             ("[tls]\ncert = \"/c.pem\"\n", "go together"),
+            (
+                "[auth]\njwt_secret = \"s\"\njwt_public_key_file = \"/k.pem\"\n",
+                "set one JWT key, not several: jwt_secret, jwt_public_key_file",
+            ),
+            ("[auth]\njwt_leeway_s = 3601\n", "jwt_leeway_s must be at most 3600"),
             ("[mesh]\npeers = [\"http://x:1\"]\n", "not a ws:// or wss:// URL"),
             ("[mesh]\nredial_min_s = 5.0\nredial_max_s = 1.0\n", "redial_max_s"),
             ("[mesh.tls]\nkey = \"/k.pem\"\n", "go together"),
@@ -464,9 +542,9 @@ mod tests {
 
     #[test]
     fn token_never_shows_in_debug_output() {
-        let text = "[auth]\ntoken = \"hunter2\"\n[mesh]\ntoken = \"swordfish\"\n";
+        let text = "[auth]\ntoken = \"hunter2\"\njwt_secret = \"opensesame\"\n[mesh]\ntoken = \"swordfish\"\n";
         let config = Config::parse(text, Path::new("c.toml")).unwrap();
         let shown = format!("{config:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("swordfish"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("swordfish") && !shown.contains("opensesame"), "{shown}");
     }
 }

@@ -211,8 +211,8 @@ impl Ledger {
     }
 
     /// Folds the ledger's first `covered` bytes into a snapshot: `snapshot` (from
-    /// [`snapshot::encode`]) must hold the whole state as of exactly that prefix, previous snapshot
-    /// included. Records past `covered` stay in the live ledger; the old ledger is kept as an
+    /// [`snapshot::encode`]) must hold the whole state of every room as of exactly that prefix,
+    /// previous snapshot included (a room left out is lost at the next boot). Records past `covered` stay in the live ledger; the old ledger is kept as an
     /// archive (for history, until [`super::retention`] prunes it), under a name no other archive
     /// has. A staging file whose write fails is removed.
     ///
@@ -459,8 +459,21 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
 
 fn link_archive(ledger: &Path) -> Result<PathBuf, LedgerError> {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    link_archive_at(ledger, secs)
+}
+
+/// Links `ledger` as the archive `<ledger>.archived.<secs>-<n>`, `n` past every archive of that
+/// second still on disk, so the newest archive always sorts last (retention may have pruned the
+/// lower numbers of the same second: reusing one would sort a new archive before older ones).
+fn link_archive_at(ledger: &Path, secs: u64) -> Result<PathBuf, LedgerError> {
     let prefix = archive_prefix(ledger);
-    for n in 0u32.. {
+    let first = super::history::archives(ledger)?
+        .iter()
+        .filter(|a| a.order.0 == secs)
+        .map(|a| a.order.1.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    for n in first.. {
         let mut name = prefix.clone().into_os_string();
         name.push(format!("{secs}-{n}"));
         let archive = PathBuf::from(name);
@@ -470,7 +483,7 @@ fn link_archive(ledger: &Path) -> Result<PathBuf, LedgerError> {
             Err(source) => return Err(LedgerError::Io { what: "cannot archive ledger as", path: archive, source }),
         }
     }
-    unreachable!("u32 archive numbers exhausted")
+    unreachable!("u64 archive numbers exhausted")
 }
 
 /// Reads every line of `file`; returns the length of the good prefix (after any repair).
@@ -517,16 +530,45 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{hlc::Stamp, lww::LwwMap};
+    use crate::{
+        hlc::Stamp,
+        lww::{LwwMap, RoomsReplay},
+        room::Room,
+    };
     use serde_json::Value;
 
+    type Rooms = std::collections::HashMap<Room, LwwMap>;
+
+    /// Opens the ledger; returns its default room's map.
     fn open(path: &Path) -> (Ledger, ReplayStats, LwwMap) {
-        let mut map = LwwMap::new();
+        let (ledger, stats, mut rooms) = open_rooms(path);
+        (ledger, stats, rooms.remove(&Room::DEFAULT).unwrap_or_default())
+    }
+
+    /// Opens the ledger; returns every room's map.
+    fn open_rooms(path: &Path) -> (Ledger, ReplayStats, Rooms) {
+        let mut rooms = RoomsReplay::default();
         let (ledger, stats) = Ledger::open(path, SyncMode::Always, |op| {
-            map.apply(op);
+            rooms.apply(op);
         })
         .unwrap();
-        (ledger, stats, map)
+        (ledger, stats, rooms.finish())
+    }
+
+    fn encode(rooms: &Rooms, path: &Path) -> Vec<u8> {
+        let rooms: Vec<(Room, LwwMap)> = rooms.iter().map(|(r, m)| (r.clone(), m.clone())).collect();
+        snapshot::encode(&rooms, path)
+    }
+
+    fn apply(rooms: &mut Rooms, ops: &[Op]) {
+        for op in ops {
+            rooms.entry(op.room.clone()).or_default().apply(op.clone());
+        }
+    }
+
+    /// Every room's fingerprint, by room.
+    fn fingerprints(rooms: &Rooms) -> std::collections::BTreeMap<Room, Vec<u8>> {
+        rooms.iter().filter(|(_, m)| !m.is_empty()).map(|(r, m)| (r.clone(), m.fingerprint())).collect()
     }
 
     #[test]
@@ -655,6 +697,16 @@ mod tests {
             .collect()
     }
 
+    /// [`ops`] spread over the default room and rooms `r1`, `r2`.
+    fn room_ops(prefix: &str, from: u64, n: u64) -> Vec<Op> {
+        let rooms = [Room::DEFAULT, Room::parse("r1").unwrap(), Room::parse("r2").unwrap()];
+        ops(prefix, from, n)
+            .into_iter()
+            .zip(rooms.into_iter().cycle())
+            .map(|(op, room)| op.in_room(room).by(Some("alice".into())))
+            .collect()
+    }
+
     fn archives(path: &Path) -> Vec<PathBuf> {
         let prefix = archive_prefix(path).file_name().unwrap().to_string_lossy().into_owned();
         let mut found: Vec<PathBuf> = fs::read_dir(path.parent().unwrap())
@@ -666,37 +718,34 @@ mod tests {
         found
     }
 
-    /// Compacts what `map` holds (`covered` bytes), after `late` ops were appended past it,
-    /// stopping after `stop`; a reopen must give the state of every op.
+    /// Compacts what `rooms` hold (`covered` bytes), after `late` ops were appended past it,
+    /// stopping after `stop`; a reopen must give the state of every op, in every room.
     fn crash_during_compaction(stop: Option<CompactStep>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.jsonl");
-        let (mut ledger, _, mut map) = open(&path);
-        // A first compaction, so a previous snapshot exists and must be kept.
-        let first = ops("a", 1, 20);
+        let (mut ledger, _, mut rooms) = open_rooms(&path);
+        // A first compaction, so a previous snapshot exists and must be kept. Room `only-first`
+        // is written before it only: it lives on in that snapshot alone.
+        let mut first = room_ops("a", 1, 20);
+        first.push(Op::set("x", json!(1), Stamp::new(21, 0, "n")).in_room(Room::parse("only-first").unwrap()));
         append_ops(&mut ledger, &first);
-        for op in &first {
-            map.apply(op.clone());
-        }
-        ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
-        let second = ops("b", 100, 20);
+        apply(&mut rooms, &first);
+        ledger.compact(&encode(&rooms, &path), ledger.len()).unwrap();
+        let second = room_ops("b", 100, 20);
         append_ops(&mut ledger, &second);
-        for op in &second {
-            map.apply(op.clone());
-        }
+        apply(&mut rooms, &second);
         let covered = ledger.len();
-        let snapshot = snapshot::encode(&map, &path);
+        let snapshot = encode(&rooms, &path);
         // Writes that land while the snapshot is being made: not in it, must survive in the tail.
-        let late = ops("c", 200, 10);
+        let late = room_ops("c", 200, 10);
         append_ops(&mut ledger, &late);
-        for op in &late {
-            map.apply(op.clone());
-        }
+        apply(&mut rooms, &late);
         let done = ledger.compact_until(&snapshot, covered, stop).unwrap();
         assert_eq!(done.is_some(), stop.is_none());
         drop(ledger);
-        let (_, _, reopened) = open(&path);
-        assert_eq!(reopened.fingerprint(), map.fingerprint(), "state after a crash after {stop:?}");
+        let (_, _, reopened) = open_rooms(&path);
+        assert_eq!(fingerprints(&reopened).len(), 4);
+        assert_eq!(fingerprints(&reopened), fingerprints(&rooms), "state after a crash after {stop:?}");
         assert!(!snapshot_tmp_path(&path).exists() && !next_path(&path).exists(), "leftovers removed at boot");
     }
 
@@ -717,25 +766,67 @@ mod tests {
     fn compaction_twice_in_a_row_and_of_an_empty_ledger_keeps_every_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.jsonl");
-        let (mut ledger, _, mut map) = open(&path);
-        let all = ops("k", 1, 40);
+        let (mut ledger, _, mut rooms) = open_rooms(&path);
+        let all = room_ops("k", 1, 40);
         append_ops(&mut ledger, &all);
-        for op in &all {
-            map.apply(op.clone());
-        }
-        let first = ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
+        apply(&mut rooms, &all);
+        let first = ledger.compact(&encode(&rooms, &path), ledger.len()).unwrap();
         assert_eq!((first.tail_bytes, ledger.len()), (0, 0));
         // Again at once (same second: archive names must still differ), then with nothing new.
-        let second = ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
-        let third = ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
+        let second = ledger.compact(&encode(&rooms, &path), ledger.len()).unwrap();
+        let third = ledger.compact(&encode(&rooms, &path), ledger.len()).unwrap();
         assert!(first.archive != second.archive && second.archive != third.archive);
         assert_eq!(archives(&path).len(), 3);
         drop(ledger);
-        let (_, stats, reopened) = open(&path);
-        assert_eq!(reopened.fingerprint(), map.fingerprint());
-        assert_eq!((stats.records, stats.snapshot_entries), (0, map.len() as u64));
-        // The first archive still holds every record ever written (history).
+        let (_, stats, reopened) = open_rooms(&path);
+        assert_eq!(fingerprints(&reopened).len(), 3);
+        assert_eq!(fingerprints(&reopened), fingerprints(&rooms));
+        let registers: usize = rooms.values().map(LwwMap::len).sum();
+        assert_eq!((stats.records, stats.snapshot_entries), (0, registers as u64));
+        // The first archive still holds every record ever written (history), authors included.
         let archived = fs::read_to_string(&archives(&path)[0]).unwrap();
         assert_eq!(archived.lines().count(), 40);
+        assert_eq!(archived.lines().filter(|l| l.ends_with(",\"by\":\"alice\"}")).count(), 40);
+    }
+
+    #[test]
+    fn rooms_replay_apart_and_bad_room_records_are_skipped_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let stamp = r#""stamp":{"p":1,"l":0,"n":"a"}"#;
+        let lines = [
+            format!(r#"{{"kind":"set","key":"k","value":"default",{stamp}}}"#),
+            // Upstream's record with a stray `room`: `kind` makes it the default room's.
+            format!(r#"{{"kind":"set","room":"r1","key":"u","value":1,{stamp}}}"#),
+            format!(r#"{{"room":"r1","op":"set","key":"k","value":"r1",{stamp},"by":"bob"}}"#),
+            format!(r#"{{"room":"_bad","op":"set","key":"k","value":"lost",{stamp}}}"#),
+            format!(r#"{{"room":"a b","op":"set","key":"k","value":"lost",{stamp}}}"#),
+            format!(r#"{{"room":"r1","op":"nope","key":"k","value":"lost",{stamp}}}"#),
+            format!(r#"{{"room":"r2","op":"del","key":"k",{stamp}}}"#),
+        ];
+        let torn = r#"{"room":"r3","op":"set","key":"t","va"#;
+        fs::write(&path, format!("{}\n{torn}", lines.join("\n"))).unwrap();
+        let (_, stats, rooms) = open_rooms(&path);
+        assert_eq!((stats.records, stats.corrupt, stats.truncated_bytes), (4, 3, torn.len() as u64));
+        assert_eq!(rooms.len(), 3, "{rooms:?}");
+        let default = &rooms[&Room::DEFAULT];
+        assert_eq!((default.get("k"), default.get("u")), (Some(&json!("default")), Some(&json!(1))));
+        let r1 = &rooms[&Room::parse("r1").unwrap()];
+        assert_eq!((r1.get("k"), r1.get("u")), (Some(&json!("r1")), None));
+        assert!(rooms[&Room::parse("r2").unwrap()].register("k").is_some_and(|r| r.tombstone));
+    }
+
+    #[test]
+    fn a_new_archive_sorts_after_every_archive_of_its_second_even_after_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        fs::write(&path, b"").unwrap();
+        let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+        let a0 = link_archive_at(&path, 1000).unwrap();
+        let a1 = link_archive_at(&path, 1000).unwrap();
+        assert_eq!((name(&a0), name(&a1)), ("l.jsonl.archived.1000-0".into(), "l.jsonl.archived.1000-1".into()));
+        fs::remove_file(&a0).unwrap(); // pruned
+        assert_eq!(name(&link_archive_at(&path, 1000).unwrap()), "l.jsonl.archived.1000-2");
+        assert_eq!(name(&link_archive_at(&path, 1001).unwrap()), "l.jsonl.archived.1001-0");
     }
 }

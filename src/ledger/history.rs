@@ -1,11 +1,12 @@
-//! History from the ledger files: the state at a past moment, and one key's writes over time.
+//! History from the ledger files: the state at a past moment, and one key's writes over time, of
+//! one room (every record carries its room; see [`super::record`]).
 //!
 //! Reads the history base that retention leaves (see [`super::retention`]), the archives that
 //! compaction leaves (`<ledger>.archived.*`, oldest first) and then the live ledger, without taking the ledger's lock: it only reads, so it is safe beside a running relay
 //! (a torn last line, a write in progress, is ignored).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -15,7 +16,10 @@ use super::{
     file::{LedgerError, archive_prefix},
     record,
 };
-use crate::lww::{LwwMap, Op};
+use crate::{
+    lww::{LwwMap, Op, RoomsReplay},
+    room::Room,
+};
 
 /// One archive compaction left: `<ledger>.archived.<secs>-<n>` (ours) or `.<secs>` (upstream's).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,7 +99,7 @@ pub fn records(files: &[PathBuf]) -> Result<Vec<Op>, LedgerError> {
                 break;
             }
             if let Ok(op) = record::decode(&line[..n - 1])
-                && seen.insert((op.stamp.clone(), op.key.clone(), op.kind))
+                && seen.insert((op.stamp.clone(), op.room.clone(), op.key.clone(), op.kind))
             {
                 out.push(op);
             }
@@ -104,20 +108,29 @@ pub fn records(files: &[PathBuf]) -> Result<Vec<Op>, LedgerError> {
     Ok(out)
 }
 
-/// The state as of wall time `at_ns`: the history base (see [`super::retention`]; empty when
-/// nothing was pruned), then every record stamped at or before `at_ns`, merged. Exact for any
-/// `at_ns` at or after the base's horizon.
-pub fn state_at(base: &[Op], records: &[Op], at_ns: u64) -> LwwMap {
+/// The state of `room` as of wall time `at_ns`: the history base (see [`super::retention`]; empty
+/// when nothing was pruned), then every record stamped at or before `at_ns`, merged; ops of other
+/// rooms are left out. Exact for any `at_ns` at or after the base's horizon.
+pub fn state_at(base: &[Op], records: &[Op], room: &Room, at_ns: u64) -> LwwMap {
     let mut map = LwwMap::new();
-    for op in base.iter().chain(records.iter().filter(|op| op.stamp.p <= at_ns)) {
+    for op in base.iter().chain(records.iter().filter(|op| op.stamp.p <= at_ns)).filter(|op| op.room == *room) {
         map.apply(op.clone());
     }
     map
 }
 
-/// Every write to `key`, in stamp order.
-pub fn key_log<'a>(records: &'a [Op], key: &str) -> Vec<&'a Op> {
-    let mut writes: Vec<&Op> = records.iter().filter(|op| op.key == key).collect();
+/// [`state_at`] for every room at once: each room that has a register then, with its map.
+pub fn rooms_at(base: &[Op], records: &[Op], at_ns: u64) -> HashMap<Room, LwwMap> {
+    let mut rooms = RoomsReplay::default();
+    for op in base.iter().chain(records.iter().filter(|op| op.stamp.p <= at_ns)) {
+        rooms.apply(op.clone());
+    }
+    rooms.finish()
+}
+
+/// Every write to `key` in `room`, in stamp order.
+pub fn key_log<'a>(records: &'a [Op], room: &Room, key: &str) -> Vec<&'a Op> {
+    let mut writes: Vec<&Op> = records.iter().filter(|op| op.key == key && op.room == *room).collect();
     writes.sort_by(|a, b| a.stamp.cmp(&b.stamp));
     writes
 }
@@ -218,5 +231,30 @@ mod tests {
         let names: Vec<String> =
             files(&ledger).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["l.jsonl.archived.200-0", "l.jsonl.archived.200-1", "l.jsonl.archived.1000", "l.jsonl"]);
+    }
+
+    #[test]
+    fn the_same_write_in_two_rooms_is_two_writes_and_each_room_keeps_its_own() {
+        use serde_json::json;
+
+        use crate::hlc::Stamp;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let room = Room::parse("r").unwrap();
+        let mut bytes = Vec::new();
+        let set = Op::set("k", json!(1), Stamp::new(5, 0, "n"));
+        super::record::encode(&set, &mut bytes);
+        super::record::encode(&set.clone().in_room(room.clone()), &mut bytes);
+        super::record::encode(&Op::set("k", json!(2), Stamp::new(6, 0, "n")).in_room(room.clone()), &mut bytes);
+        std::fs::write(&a, &bytes).unwrap();
+        std::fs::write(&b, &bytes).unwrap(); // a crash during compaction: every record twice
+        let records = records(&[a, b]).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(state_at(&[], &records, &Room::DEFAULT, u64::MAX).get("k"), Some(&json!(1)));
+        assert_eq!(state_at(&[], &records, &room, 5).get("k"), Some(&json!(1)));
+        assert_eq!(state_at(&[], &records, &room, 6).get("k"), Some(&json!(2)));
+        assert_eq!(key_log(&records, &room, "k").len(), 2);
+        assert_eq!(key_log(&records, &Room::DEFAULT, "k").len(), 1);
+        assert_eq!(rooms_at(&[], &records, u64::MAX).len(), 2);
     }
 }

@@ -2,8 +2,8 @@
 //! keep_archives`, or archived longer ago than `keep_archive_days`, are folded into the history
 //! base (`<ledger>.history.json`) and deleted. Never the live ledger, never the snapshot.
 //!
-//! The base is the state as of the end of the newest pruned archive (snapshot format, version 1),
-//! so history stays exact after pruning: the state at any moment at or after the base's newest
+//! The base is the state as of the end of the newest pruned archive (snapshot format, version 1,
+//! every room: named rooms under `rooms`, as in the snapshot), so history stays exact after pruning: the state at any moment at or after the base's newest
 //! stamp (the *horizon*) is the base merged with every later record still on disk. Before the
 //! horizon, history can no longer be told, and the history commands say so.
 //!
@@ -21,7 +21,10 @@ use super::{
     file::{LedgerError, suffixed, sync_dir, write_staged},
     history, snapshot,
 };
-use crate::lww::{LwwMap, Op};
+use crate::{
+    lww::{Op, RoomsReplay},
+    room::Room,
+};
 
 /// How many archives to keep; an archive goes as soon as either limit says so.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,15 +90,18 @@ pub fn prune(ledger: &Path, retention: &Retention, now: SystemTime) -> Result<Pr
     let (doomed, kept) = archives.split_at(n);
     let doomed: Vec<PathBuf> = doomed.iter().map(|a| a.path.clone()).collect();
     let base = base_path(ledger);
-    let mut map = LwwMap::new();
+    // Every room folds into its own map: the base keeps each room apart, as the snapshot does.
+    let mut rooms = RoomsReplay::default();
     snapshot::load(&base, &mut |op| {
-        map.apply(op);
+        rooms.apply(op);
     })?;
     for op in history::records(&doomed)? {
-        map.apply(op);
+        rooms.apply(op);
     }
+    let rooms: Vec<(Room, _)> = rooms.finish().into_iter().collect();
+    let horizon = rooms.iter().filter_map(|(_, map)| map.max_stamp()).map(|s| s.p).max();
     let tmp = suffixed(&base, ".tmp");
-    write_staged(&tmp, &snapshot::encode(&map, ledger))?;
+    write_staged(&tmp, &snapshot::encode(&rooms, ledger))?;
     fs::rename(&tmp, &base).map_err(|source| LedgerError::Io {
         what: "cannot rename history base into place:",
         path: base.clone(),
@@ -111,10 +117,11 @@ pub fn prune(ledger: &Path, retention: &Retention, now: SystemTime) -> Result<Pr
         }
     }
     sync_dir(dir)?;
-    Ok(Pruned { removed: doomed, kept: kept.len(), horizon: map.max_stamp().map(|s| s.p) })
+    Ok(Pruned { removed: doomed, kept: kept.len(), horizon })
 }
 
-/// The history base's entries as ops (empty when nothing was ever pruned), and its horizon.
+/// The history base's entries as ops of their rooms (empty when nothing was ever pruned), and its
+/// horizon (the newest stamp of any room; a room's own is the newest of its ops).
 ///
 /// # Errors
 /// [`LedgerError::Snapshot`] when the base exists but cannot be read.
@@ -156,13 +163,13 @@ mod tests {
     }
 
     /// Compacts after each of three batches, prunes down to one archive, and checks that the base
-    /// plus what is left gives the exact state at every moment from the horizon on.
+    /// plus what is left gives the exact state of every room at every moment from the horizon on.
     #[test]
-    fn pruned_history_stays_exact_from_the_horizon() {
+    fn pruned_history_stays_exact_from_the_horizon_in_every_room() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.jsonl");
         let (mut ledger, _) = Ledger::open(&path, SyncMode::Always, |_| {}).unwrap();
-        let mut map = LwwMap::new();
+        let rooms = [Room::DEFAULT, Room::parse("r1").unwrap(), Room::parse("r2").unwrap()];
         let mut all = Vec::new();
         for batch in 0..3u64 {
             let mut bytes = Vec::new();
@@ -173,12 +180,15 @@ mod tests {
                 } else {
                     Op::set(format!("k{}", (i + batch) % 4), json!(p), Stamp::new(p, 0, "n"))
                 };
+                // Room r2 is written in the first batch only: it lives on in the base alone.
+                let room = rooms[usize::try_from(i % 3).unwrap()].clone();
+                let op = if batch > 0 && room == rooms[2] { op } else { op.in_room(room) };
                 record::encode(&op, &mut bytes);
-                map.apply(op.clone());
                 all.push(op);
             }
             ledger.append(&bytes).unwrap();
-            ledger.compact(&snapshot::encode(&map, &path), ledger.len()).unwrap();
+            let maps: Vec<_> = state_now(&all).into_iter().collect();
+            ledger.compact(&snapshot::encode(&maps, &path), ledger.len()).unwrap();
         }
         assert_eq!(history::archives(&path).unwrap().len(), 3);
         let done = prune(&path, &Retention { keep_archives: 1, keep_archive_days: 0 }, SystemTime::now()).unwrap();
@@ -187,14 +197,31 @@ mod tests {
         assert!(path.exists() && crate::ledger::snapshot_path(&path).exists());
         let (base, horizon) = base(&path).unwrap();
         assert_eq!((horizon, done.horizon), (Some(110), Some(110)));
+        for room in &rooms {
+            assert!(base.iter().any(|op| op.room == *room), "{room} in the base");
+        }
         let records = history::records(&history::files(&path).unwrap()).unwrap();
         for at in [110, 111, 205, 300, 310] {
-            let want = history::state_at(&[], &all, at);
-            assert_eq!(history::state_at(&base, &records, at).fingerprint(), want.fingerprint(), "at {at}");
+            for room in &rooms {
+                let want = history::state_at(&[], &all, room, at);
+                assert_eq!(
+                    history::state_at(&base, &records, room, at).fingerprint(),
+                    want.fingerprint(),
+                    "{room} at {at}"
+                );
+            }
+            let every = history::rooms_at(&base, &records, at);
+            for (room, map) in history::rooms_at(&[], &all, at) {
+                assert_eq!(every[&room].fingerprint(), map.fingerprint(), "{room} at {at}");
+            }
         }
         // Nothing left to prune: a no-op that keeps the base.
         let again = prune(&path, &Retention { keep_archives: 1, keep_archive_days: 0 }, SystemTime::now()).unwrap();
         assert_eq!((again.removed.len(), again.kept, again.horizon), (0, 1, None));
         assert_eq!(self::base(&path).unwrap().1, Some(110));
+    }
+
+    fn state_now(ops: &[Op]) -> std::collections::HashMap<Room, crate::lww::LwwMap> {
+        history::rooms_at(&[], ops, u64::MAX)
     }
 }

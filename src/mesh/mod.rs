@@ -333,11 +333,13 @@ impl Handler<StateEvent> for MeshActor {
     fn handle(&mut self, msg: StateEvent, _: &mut Context<Self>) {
         match msg {
             StateEvent::Durable { ops, sources } => self.forward(&ops, &sources),
-            StateEvent::Presence { id, color, x, y } => {
+            // MERGE: rooms-mesh carries the room across relays; until then only the default room's.
+            StateEvent::Presence { room, .. } | StateEvent::Leave { room, .. } if !room.is_default() => {}
+            StateEvent::Presence { id, color, x, y, .. } => {
                 let frame = self.presence.moved(id, color, x, y);
                 self.to_ours(&frame, None);
             }
-            StateEvent::Leave { id } => {
+            StateEvent::Leave { id, .. } => {
                 if let Some(frame) = self.presence.left(id) {
                     self.to_ours(&frame, None);
                 }

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::wire::{self, RemoteCursor};
 use crate::{
     hlc::wall_clock_ns,
+    room::Room,
     state::{RemoteLeave, RemotePresence, StateActor},
 };
 
@@ -56,7 +57,7 @@ impl Hub {
         }
         let frame = wire::presence(&cursor);
         let RemoteCursor { id, color, x, y, .. } = cursor;
-        self.state.do_send(RemotePresence { id, color, x, y });
+        self.state.do_send(RemotePresence { id, room: Room::DEFAULT, color, user: None, x, y });
         Some(frame)
     }
 
@@ -66,7 +67,7 @@ impl Hub {
             return None;
         }
         let frame = wire::presence_leave(origin, seq, &id);
-        self.state.do_send(RemoteLeave { ids: vec![id] });
+        self.state.do_send(RemoteLeave { ids: vec![(Room::DEFAULT, id)] });
         Some(frame)
     }
 
@@ -89,7 +90,7 @@ impl Hub {
 
     fn hide(&self, ids: Vec<String>) {
         if !ids.is_empty() {
-            self.state.do_send(RemoteLeave { ids });
+            self.state.do_send(RemoteLeave { ids: ids.into_iter().map(|id| (Room::DEFAULT, id)).collect() });
         }
     }
 }

@@ -1,49 +1,55 @@
-//! Online compaction: when the ledger has grown past `[ledger] compact_after_bytes`, the map is
-//! copied (O(1): a persistent map), encoded and staged durably on a thread of its own, then the
-//! fold rides on the next append (see [`crate::ledger::Append`]), so the ledger position it covers
-//! is always exact. Neither the state actor nor the ledger thread does work that grows with the
-//! map: the ledger thread only renames the snapshot into place and moves the short tail.
+//! Online compaction: when the ledger has grown past `[ledger] compact_after_bytes`, every room's
+//! map is copied (O(1) each: persistent maps), encoded and staged durably on a thread of its own,
+//! then the fold rides on the next append (see [`crate::ledger::Append`]), so the ledger position
+//! it covers is always exact. Neither the state actor nor the ledger thread does work that grows
+//! with the maps: the ledger thread only renames the snapshot into place and moves the short tail.
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::StateActor;
-use crate::ledger::{Compact, Compacted, LedgerError, snapshot};
+use super::{Compaction, StateActor};
+use crate::{
+    ledger::{Compact, Compacted, LedgerError, snapshot},
+    metrics::Metrics,
+};
 
-impl StateActor {
-    /// Starts an online compaction when the ledger has grown enough: the map (which reflects
-    /// exactly the first `ledger_len` bytes) is encoded and staged on a thread of its own, so
-    /// neither writes nor broadcasts wait for it; the ledger actor then folds it in between two
-    /// appends.
-    pub(super) fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
-        let (generation, covered) = self.ledger_pos;
-        let due = self.compaction.after_bytes > 0 && covered >= self.compaction.after_bytes;
-        let waiting = self.compact_retry_at.is_some_and(|at| Instant::now() < at);
-        if !due || waiting || self.compacting || self.stopping.is_some() {
-            return;
-        }
-        self.compacting = true;
-        log::info!("compaction started: a snapshot of {} registers, covering {covered} ledger bytes", self.map.len());
-        let (map, path, me) = (self.map.clone(), self.compaction.ledger_path.clone(), ctx.address());
-        let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
-            let snapshot = snapshot::encode(&map, &path);
-            drop(map);
-            let staged = crate::ledger::stage_snapshot(&path, &snapshot).map(|()| snapshot.len() as u64);
-            me.do_send(SnapshotReady(Compact { staged, covered, generation }));
-        });
-        if let Err(err) = spawned {
-            log::error!("cannot start compaction: {err}");
-            self.compacting = false;
-        }
+/// The state actor's side of online compaction.
+pub(super) struct Online {
+    settings: Compaction,
+    /// Ledger generation and length after the last batch: exactly what the maps reflect (replies
+    /// come back in order, one append in flight at a time).
+    pub(super) ledger_pos: (u64, u64),
+    /// A snapshot is being made or folded in.
+    running: bool,
+    /// A snapshot ready to ride on the next append.
+    ready: Option<Compact>,
+    /// After a failed compaction, when to try again.
+    retry_at: Option<Instant>,
+}
+
+impl Online {
+    pub(super) fn new(settings: Compaction) -> Self {
+        let ledger_pos = (0, settings.ledger_len);
+        Online { settings, ledger_pos, running: false, ready: None, retry_at: None }
     }
 
-    /// Records a compaction's outcome (it came back with an append).
-    pub(super) fn compacted(&mut self, outcome: Result<Compacted, LedgerError>) {
-        self.compacting = false;
+    /// A staged snapshot waits for the next append.
+    pub(super) fn has_ready(&self) -> bool {
+        self.ready.is_some()
+    }
+
+    /// The staged snapshot, to ride on the append being sent.
+    pub(super) fn take_ready(&mut self) -> Option<Compact> {
+        self.ready.take()
+    }
+
+    /// The ledger folded a snapshot in (or failed to).
+    pub(super) fn finished(&mut self, outcome: Result<Compacted, LedgerError>, metrics: &Metrics) {
+        self.running = false;
         match outcome {
             Ok(done) => {
-                self.metrics.compacted(&done);
+                metrics.compacted(&done);
                 log::info!(
                     "compacted {} ledger bytes into a {}-byte snapshot; {} bytes stay in the ledger; old ledger kept as {}",
                     done.folded_bytes,
@@ -54,14 +60,50 @@ impl StateActor {
             }
             Err(err) => {
                 log::error!("compaction failed (nothing lost; retrying in a minute): {err}");
-                self.compact_retry_at = Some(Instant::now() + Duration::from_secs(60));
+                self.retry_at = Some(Instant::now() + Duration::from_secs(60));
             }
         }
     }
 }
 
-/// A snapshot encoded and staged off-thread (or the error that kept it from being staged), ready
-/// to ride on the next append.
+impl StateActor {
+    /// Starts a compaction if the ledger is long enough and none is running.
+    pub(super) fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
+        let online = &mut self.compaction;
+        let (generation, covered) = online.ledger_pos;
+        let due = online.settings.after_bytes > 0 && covered >= online.settings.after_bytes;
+        let waiting = online.retry_at.is_some_and(|at| Instant::now() < at);
+        if !due || waiting || online.running || self.stopping.is_some() {
+            return;
+        }
+        online.running = true;
+        let mut rooms: Vec<_> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| !r.map.is_empty())
+            .map(|(room, r)| (room.clone(), r.map.clone()))
+            .collect();
+        rooms.sort_by(|a, b| a.0.cmp(&b.0));
+        let registers: usize = rooms.iter().map(|(_, map)| map.len()).sum();
+        log::info!(
+            "compaction started: a snapshot of {registers} registers in {} rooms, covering {covered} ledger bytes",
+            rooms.len()
+        );
+        let (path, me) = (online.settings.ledger_path.clone(), ctx.address());
+        let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
+            let snapshot = snapshot::encode(&rooms, &path);
+            drop(rooms);
+            let staged = crate::ledger::stage_snapshot(&path, &snapshot).map(|()| snapshot.len() as u64);
+            me.do_send(SnapshotReady(Compact { staged, covered, generation }));
+        });
+        if let Err(err) = spawned {
+            log::error!("cannot start compaction: {err}");
+            self.compaction.running = false;
+        }
+    }
+}
+
+/// A snapshot staged on its thread, to ride on the next append.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SnapshotReady(Compact);
@@ -70,7 +112,7 @@ impl Handler<SnapshotReady> for StateActor {
     type Result = ();
 
     fn handle(&mut self, msg: SnapshotReady, ctx: &mut Context<Self>) {
-        self.ready_compaction = Some(msg.0);
+        self.compaction.ready = Some(msg.0);
         self.flush(ctx);
     }
 }

@@ -25,16 +25,18 @@ mod fanout;
 mod join;
 mod presence;
 mod remote;
+mod room;
 
-pub use join::Join;
+pub use join::{Join, JoinRefused, Seat};
 pub use presence::{Presence, RemoteLeave, RemotePresence};
 pub use remote::{AttachMesh, Barrier, DigestRequest, MapView, Registers, RegistersIn, RemoteOps, StateEvent};
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
+    net::IpAddr,
     path::PathBuf,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix::prelude::*;
@@ -42,14 +44,18 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use uuid::Uuid;
 
+use self::room::RoomState;
 use crate::{
+    config::RoomsConfig,
     digest::{self, Digest},
     hlc::Clock,
-    ledger::{Append, Appended, Compact, LedgerActor},
+    ledger::{Append, Appended, LedgerActor},
+    limits::TokenBucket,
     lww::{LwwMap, Op, Register},
     metrics::Metrics,
     outbox::{Outbound, Outbox},
-    protocol::{Version, close},
+    protocol::{self, Version, close},
+    room::Room,
 };
 
 /// Most ops in one ledger batch: bounds the time one fsync holds the next batch back.
@@ -59,6 +65,8 @@ const MAX_BATCH_OPS: usize = 8192;
 struct Member {
     color: String,
     version: Version,
+    /// The `sub` of its token, if it presented a JWT (shown to v2 peers in presence).
+    user: Option<Arc<str>>,
     outbox: Outbox,
     kick: Option<oneshot::Sender<(u16, &'static str)>>,
 }
@@ -80,6 +88,8 @@ enum Source {
         origin: Uuid,
         /// The v2 client's reference for its `ack`, if it gave one.
         reference: Option<Value>,
+        /// The bytes the write counts for against its room's cap while it is queued.
+        bytes: usize,
     },
     /// A peer link, named by the peer's node id (the op is not sent back there).
     Peer(NodeId),
@@ -97,51 +107,15 @@ impl Source {
 
 /// Who wrote an op and how to acknowledge it, kept beside the op while the ledger writes it.
 struct WriteMeta {
+    room: Room,
     source: Source,
     /// Admission slot: held until the op is durable and sent, which bounds the queue.
     _permit: OwnedSemaphorePermit,
 }
 
-/// The state singleton. Construct with [`StateActor::new`] and start it on an arbiter of its
-/// own. A panic aborts the relay (see `relay::run`): actix restarts no actor after a panic.
-pub struct StateActor {
-    clock: Clock,
-    map: LwwMap,
-    ledger: Addr<LedgerActor>,
-    queue: Vec<Pending>,
-    /// Writers of the batch the ledger is writing; `Some` while an append is in flight.
-    in_flight: Option<Vec<WriteMeta>>,
-    /// Identifies this run of the relay in resume tokens (sequence numbers restart at boot).
-    epoch: String,
-    /// Sequence number of the last op applied in this run.
-    seq: u64,
-    /// The sequence number at which each key last changed in this run, and the same ordered by
-    /// sequence number (a v2 delta costs what changed since, not the map).
-    changed_at: HashMap<String, u64>,
-    changes: BTreeMap<u64, String>,
-    members: HashMap<Uuid, Member>,
-    /// Encoded snapshots for joiners, and joiners waiting for one.
-    snapshots: join::Snapshots,
-    /// Set once shutdown began: the waiters to answer when everything accepted is durable and sent.
-    stopping: Option<Vec<oneshot::Sender<()>>>,
-    metrics: Arc<Metrics>,
-    compaction: Compaction,
-    /// Ledger generation and length after the last batch: exactly what `map` reflects (replies
-    /// come back in order, one append in flight at a time).
-    ledger_pos: (u64, u64),
-    /// A snapshot is being made or folded in.
-    compacting: bool,
-    /// A snapshot ready to ride on the next append.
-    ready_compaction: Option<Compact>,
-    /// After a failed compaction, when to try again.
-    compact_retry_at: Option<std::time::Instant>,
-    /// The mesh, told of every durable op and of local cursors; `None` without federation.
-    mesh: Option<Recipient<StateEvent>>,
-    /// With a mesh: the newest queued (not yet durable) register per key, which a remote op must
-    /// beat as well as the map's, so that only winners are queued.
-    overlay: HashMap<String, Register>,
-    /// Bucketed digest of `map`, kept current, for anti-entropy.
-    digest: Digest,
+/// Counts that let transports wait until what they handed over has settled ([`Barrier`]).
+#[derive(Default)]
+struct Settlement {
     /// Ops ever queued, and ops made durable or dropped since: [`Barrier`]s wait for the latter
     /// to reach the former's value when they came.
     queued_total: u64,
@@ -149,6 +123,35 @@ pub struct StateActor {
     barriers: Vec<(u64, oneshot::Sender<u64>)>,
     /// Ops dropped because the ledger refused their batch, since start.
     dropped_total: u64,
+}
+
+/// The state singleton. Construct with [`StateActor::new`] and start it on an arbiter of its
+/// own. A panic aborts the relay (see `relay::run`): actix restarts no actor after a panic.
+///
+/// Relay-wide here; everything that belongs to one room is in its [`RoomState`] (`state::room`).
+pub struct StateActor {
+    clock: Clock,
+    ledger: Addr<LedgerActor>,
+    queue: Vec<Pending>,
+    /// Writers of the batch the ledger is writing; `Some` while an append is in flight.
+    in_flight: Option<Vec<WriteMeta>>,
+    /// Identifies this run of the relay in resume tokens (sequence numbers restart at boot).
+    epoch: String,
+    /// Every room with registers or members.
+    rooms: HashMap<Room, RoomState>,
+    /// The room of every member.
+    member_rooms: HashMap<Uuid, Room>,
+    /// New rooms each source created lately (`[rooms] created_per_minute`).
+    creations: HashMap<IpAddr, TokenBucket>,
+    /// Set once shutdown began: the waiters to answer when everything accepted is durable and sent.
+    stopping: Option<Vec<oneshot::Sender<()>>>,
+    metrics: Arc<Metrics>,
+    compaction: compaction::Online,
+    /// The mesh, told of every durable op and of local cursors; `None` without federation.
+    mesh: Option<Recipient<StateEvent>>,
+    /// Bucketed digest of every room, kept current, for anti-entropy.
+    digest: Digest,
+    settlement: Settlement,
     /// Cursors waiting for the next presence tick.
     cursors: presence::Cursors,
     /// v2 writes with a client id, remembered to answer repeats (exactly-once; see `dedup`).
@@ -167,40 +170,38 @@ pub struct Compaction {
 }
 
 impl StateActor {
-    /// The actor over the replayed `map`, stamping with `clock`, persisting through `ledger`.
+    /// The actor over the replayed `rooms`, stamping with `clock`, persisting through `ledger`.
     pub fn new(
         clock: Clock,
-        map: LwwMap,
+        rooms: HashMap<Room, LwwMap>,
         ledger: Addr<LedgerActor>,
         metrics: Arc<Metrics>,
         compaction: Compaction,
     ) -> Self {
+        let mut digest = Digest::default();
+        let rooms = rooms
+            .into_iter()
+            .filter(|(_, map)| !map.is_empty())
+            .map(|(room, map)| {
+                let state = RoomState::with_map(&room, map, &mut digest);
+                (room, state)
+            })
+            .collect();
         Self {
-            digest: Digest::of(&map),
-            queued_total: 0,
-            settled_total: 0,
-            barriers: Vec::new(),
-            dropped_total: 0,
+            digest,
+            settlement: Settlement::default(),
             cursors: presence::Cursors::default(),
             dedup: dedup::Dedup::default(),
             mesh: None,
-            overlay: HashMap::new(),
-            ledger_pos: (0, compaction.ledger_len),
-            compaction,
-            compacting: false,
-            ready_compaction: None,
-            compact_retry_at: None,
+            compaction: compaction::Online::new(compaction),
             epoch: format!("{:016x}", Uuid::new_v4().as_u64_pair().0),
-            seq: 0,
-            changed_at: HashMap::new(),
-            changes: BTreeMap::new(),
             clock,
-            map,
+            rooms,
+            member_rooms: HashMap::new(),
+            creations: HashMap::new(),
             ledger,
             queue: Vec::new(),
             in_flight: None,
-            members: HashMap::new(),
-            snapshots: join::Snapshots::default(),
             stopping: None,
             metrics,
         }
@@ -208,62 +209,74 @@ impl StateActor {
 
     /// Queues a winning op for the next batch; with a mesh, remembers it as its key's newest.
     fn enqueue(&mut self, op: Op, meta: WriteMeta) {
+        let room = self.rooms.entry(meta.room.clone()).or_default();
+        if let Source::Client { bytes, .. } = meta.source {
+            room.queued += 1;
+            room.queued_bytes += bytes;
+        }
         if self.mesh.is_some() {
             let (key, register) = Register::from_op(op.clone());
-            self.overlay.insert(key, register);
+            room.overlay.insert(key, register);
         }
         self.queue.push(Pending { op, meta });
-        self.queued_total += 1;
+        self.settlement.queued_total += 1;
     }
 
-    /// Applies one durable op to the map, keeping the digest current; true if the map changed.
-    fn apply(&mut self, op: Op) -> bool {
-        let old = self.map.register(&op.key).map(|r| digest::hash_of(&op.key, r));
-        let new = digest::op_hash(&op);
-        let key = op.key.clone();
-        if self.overlay.get(&key).is_some_and(|r| r.stamp == op.stamp) {
-            self.overlay.remove(&key);
+    /// A queued op settled (durable or dropped): it no longer counts against its room's caps.
+    fn settle(&mut self, meta: &WriteMeta) {
+        if let Source::Client { bytes, .. } = meta.source
+            && let Some(room) = self.rooms.get_mut(&meta.room)
+        {
+            room.queued = room.queued.saturating_sub(1);
+            room.queued_bytes = room.queued_bytes.saturating_sub(bytes);
         }
-        let changed = self.map.apply(op);
-        if changed {
-            self.digest.replace(&key, old, new);
-        }
-        changed
     }
 
-    /// After a batch was dropped: the overlay again holds exactly the newest queued op per key.
+    /// After a batch was dropped: the overlays again hold exactly the newest queued op per key.
     fn rebuild_overlay(&mut self) {
         if self.mesh.is_none() {
             return;
         }
-        self.overlay.clear();
+        for room in self.rooms.values_mut() {
+            room.overlay.clear();
+        }
         for pending in &self.queue {
             let (key, register) = Register::from_op(pending.op.clone());
-            self.overlay.insert(key, register);
+            self.rooms.entry(pending.meta.room.clone()).or_default().overlay.insert(key, register);
+        }
+    }
+
+    /// Forgets `room` if nothing is left of it (no registers, members, queued ops or joiners).
+    fn drop_if_idle(&mut self, room: &Room) {
+        if self.rooms.get(room).is_some_and(RoomState::is_idle) {
+            self.rooms.remove(room);
         }
     }
 
     /// Sends the next batch to the ledger if none is in flight.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight.is_some() || (self.queue.is_empty() && self.ready_compaction.is_none()) {
+        if self.in_flight.is_some() || (self.queue.is_empty() && !self.compaction.has_ready()) {
             return;
         }
         let take = self.queue.len().min(MAX_BATCH_OPS);
         let (ops, metas): (Vec<Op>, Vec<WriteMeta>) = self.queue.drain(..take).map(|p| (p.op, p.meta)).unzip();
         self.in_flight = Some(metas);
-        let append = Append { ops, compact: self.ready_compaction.take() };
+        let append = Append { ops, compact: self.compaction.take_ready() };
         self.ledger.send(append).into_actor(self).map(|reply, act, ctx| act.committed(reply, ctx)).spawn(ctx);
     }
 
     /// A batch came back from the ledger: publish it if durable, drop it otherwise.
     fn committed(&mut self, reply: Result<Appended, MailboxError>, ctx: &mut Context<Self>) {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let metas = self.in_flight.take().unwrap_or_default();
+        for meta in &metas {
+            self.settle(meta);
+        }
         match reply {
             Ok(Appended { ops, result, elapsed, position, compacted, .. }) => {
-                self.ledger_pos = position;
+                self.compaction.ledger_pos = position;
                 if let Some(outcome) = compacted {
-                    self.compacted(outcome);
+                    self.compaction.finished(outcome, &self.metrics);
                 }
                 match result {
                     Ok(()) if ops.is_empty() => {}
@@ -282,8 +295,13 @@ impl StateActor {
                 self.dropped(&metas);
             }
         }
-        self.settled_total += metas.len() as u64;
+        self.settlement.settled_total += metas.len() as u64;
+        let mut rooms: Vec<Room> = metas.iter().map(|m| m.room.clone()).collect();
         drop(metas);
+        rooms.dedup();
+        for room in &rooms {
+            self.drop_if_idle(room);
+        }
         self.release_barriers();
         self.flush(ctx);
         self.maybe_compact(ctx);
@@ -295,7 +313,7 @@ impl StateActor {
     /// barriers will see it, and the mesh fetches again what came from its peers.
     fn dropped(&mut self, metas: &[WriteMeta]) {
         self.metrics.ledger_failure();
-        self.dropped_total += metas.len() as u64;
+        self.settlement.dropped_total += metas.len() as u64;
         self.rebuild_overlay();
         self.refuse(metas, "ledger_failed");
         let mut peers: Vec<NodeId> = metas.iter().filter_map(|m| m.source.peer()).collect();
@@ -310,9 +328,9 @@ impl StateActor {
 
     /// Answers the barriers whose ops have all settled.
     fn release_barriers(&mut self) {
-        let (settled, dropped) = (self.settled_total, self.dropped_total);
-        for (_, waiter) in self.barriers.extract_if(.., |(target, _)| *target <= settled) {
-            let _ = waiter.send(dropped);
+        let Settlement { settled_total, dropped_total, barriers, .. } = &mut self.settlement;
+        for (_, waiter) in barriers.extract_if(.., |(target, _)| *target <= *settled_total) {
+            let _ = waiter.send(*dropped_total);
         }
     }
 
@@ -321,16 +339,20 @@ impl StateActor {
             return;
         }
         let Some(waiters) = self.stopping.as_mut().map(std::mem::take) else { return };
-        for join in self.snapshots.drain_waiting() {
-            let _ = join.outbox.push(Outbound::Close(close::GOING_AWAY, "server shutting down"));
-        }
-        for (_, member) in self.members.drain() {
-            if member.outbox.push(Outbound::Close(close::GOING_AWAY, "server shutting down")).is_err()
-                && let Some(kick) = member.kick
-            {
-                let _ = kick.send((close::GOING_AWAY, "server shutting down"));
+        let going = (close::GOING_AWAY, "server shutting down");
+        for room in self.rooms.values_mut() {
+            for join in room.snapshots.drain_waiting() {
+                let _ = join.outbox.push(Outbound::Close(going.0, going.1));
+            }
+            for (_, member) in room.members.drain() {
+                if member.outbox.push(Outbound::Close(going.0, going.1)).is_err()
+                    && let Some(kick) = member.kick
+                {
+                    let _ = kick.send(going);
+                }
             }
         }
+        self.member_rooms.clear();
         for waiter in waiters {
             let _ = waiter.send(());
         }
@@ -358,8 +380,9 @@ impl Handler<Leave> for StateActor {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
-        if self.members.remove(&msg.id).is_some() {
-            self.announce_leave(msg.id);
+        let Some(room) = self.member_rooms.get(&msg.id).cloned() else { return };
+        if self.rooms.get_mut(&room).and_then(|r| r.members.remove(&msg.id)).is_some() {
+            self.announce_leave(&room, msg.id);
         }
     }
 }
@@ -368,6 +391,8 @@ impl Handler<Leave> for StateActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Write {
+    /// The room it writes.
+    pub room: Room,
     /// The key.
     pub key: String,
     /// `Some(value)` for a set, `None` for a delete.
@@ -376,11 +401,15 @@ pub struct Write {
     pub permit: OwnedSemaphorePermit,
     /// The writing connection.
     pub origin: Uuid,
+    /// Who writes: the `sub` of the connection's token, if it presented a JWT (kept in the ledger).
+    pub by: Option<Arc<str>>,
     /// v2: the client's reference, answered with an `ack` once the write is durable.
     pub reference: Option<Value>,
     /// v2 `?cid=`: the client's stable id; with a `reference`, a repeat of this write is answered
     /// with the original `ack` instead of being applied again.
     pub client: Option<Arc<str>>,
+    /// The room caps of the connection's configuration (`[rooms]`).
+    pub caps: RoomsConfig,
 }
 
 impl Handler<Write> for StateActor {
@@ -395,20 +424,31 @@ impl Handler<Write> for StateActor {
                 dedup::Check::Apply => {}
                 dedup::Check::Wait => return,
                 dedup::Check::Answer(ack) => {
-                    if let Some(member) = self.members.get(&msg.origin) {
-                        let _ = member.outbox.push(Outbound::frames(Arc::new([ack])));
+                    if let Some(room) = self.rooms.get(&msg.room) {
+                        room.send_to(&msg.origin, ack);
                     }
                     return;
                 }
             }
         }
+        let room = self.rooms.entry(msg.room.clone()).or_default();
+        let caps = room::Caps { max_keys: msg.caps.max_keys, max_bytes: msg.caps.max_bytes };
+        if !room.admits(&msg.key, msg.value.as_ref(), &caps) {
+            self.metrics.dropped(protocol::Dropped::RoomFull);
+            if let Some(reference) = &msg.reference {
+                self.nack(&msg.room, msg.origin, reference, "room_full");
+            }
+            return;
+        }
         let stamp = self.clock.tick();
+        let bytes = msg.value.as_ref().map_or(0, |v| room::size_of(&msg.key, v));
         let op = match msg.value {
             Some(value) => Op::set(msg.key, value, stamp),
             None => Op::del(msg.key, stamp),
         };
-        let source = Source::Client { origin: msg.origin, reference: msg.reference };
-        self.enqueue(op, WriteMeta { source, _permit: msg.permit });
+        let op = op.in_room(msg.room.clone()).by(msg.by);
+        let source = Source::Client { origin: msg.origin, reference: msg.reference, bytes };
+        self.enqueue(op, WriteMeta { room: msg.room, source, _permit: msg.permit });
         self.flush(ctx);
     }
 }
@@ -432,10 +472,13 @@ impl Handler<Shutdown> for StateActor {
     }
 }
 
-/// Health and size probe.
-#[derive(Message)]
+/// Health and size probe: the whole relay, or one room.
+#[derive(Message, Default)]
 #[rtype(result = "StateInfo")]
-pub struct Probe;
+pub struct Probe {
+    /// Only this room (keys, registers, clients and fingerprint are the room's).
+    pub room: Option<Room>,
+}
 
 /// What [`Probe`] reports.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -446,29 +489,50 @@ pub struct StateInfo {
     pub registers: usize,
     /// Connected, registered clients.
     pub clients: usize,
+    /// Rooms held (with registers or members).
+    pub rooms: usize,
     /// Writes accepted but not yet durable.
     pub pending_writes: usize,
     /// Writes made durable since start.
     pub durable_writes: u64,
     /// Ledger appends since start; far fewer than writes under concurrency (group commit).
     pub ledger_batches: u64,
-    /// One number for the whole state (keys, stamps, tombstones, values): equal on two nodes
-    /// exactly when their states are equal.
+    /// One number for the whole state (keys, stamps, tombstones, values; every room): equal on
+    /// two nodes exactly when their states are equal. With a room: that room's.
     pub fingerprint: u64,
 }
 
 impl Handler<Probe> for StateActor {
     type Result = MessageResult<Probe>;
 
-    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(StateInfo {
-            keys: self.map.live_len(),
-            registers: self.map.len(),
-            clients: self.members.len(),
-            pending_writes: self.queue.len() + self.in_flight.as_ref().map_or(0, Vec::len),
-            durable_writes: self.metrics.durable_writes(),
-            ledger_batches: self.metrics.batches(),
-            fingerprint: self.digest.fingerprint(),
+    fn handle(&mut self, msg: Probe, _: &mut Context<Self>) -> Self::Result {
+        let pending_writes = self.queue.len() + self.in_flight.as_ref().map_or(0, Vec::len);
+        let (durable_writes, ledger_batches) = (self.metrics.durable_writes(), self.metrics.batches());
+        let rooms = self.rooms.len();
+        MessageResult(match msg.room {
+            None => StateInfo {
+                keys: self.rooms.values().map(|r| r.map.live_len()).sum(),
+                registers: self.rooms.values().map(|r| r.map.len()).sum(),
+                clients: self.member_rooms.len(),
+                rooms,
+                pending_writes,
+                durable_writes,
+                ledger_batches,
+                fingerprint: self.digest.fingerprint(),
+            },
+            Some(room) => {
+                let room = self.rooms.get(&room);
+                StateInfo {
+                    keys: room.map_or(0, |r| r.map.live_len()),
+                    registers: room.map_or(0, |r| r.map.len()),
+                    clients: room.map_or(0, |r| r.members.len()),
+                    rooms,
+                    pending_writes,
+                    durable_writes,
+                    ledger_batches,
+                    fingerprint: digest::room_fingerprint(room.map_or(0, |r| r.hashes)),
+                }
+            }
         })
     }
 }

@@ -20,16 +20,33 @@ use bytestring::ByteString;
 use uuid::Uuid;
 
 use super::{StateActor, StateEvent};
-use crate::{outbox::Outbound, protocol};
+use crate::{
+    outbox::Outbound,
+    protocol::{self, Version},
+    room::Room,
+};
 
 /// How often waiting cursors are sent: 50 a second, a display's pace for a moving pointer.
 pub const TICK: Duration = Duration::from_millis(20);
 
 /// A cursor waiting for the tick.
 struct Waiting {
-    frame: ByteString,
+    /// The room it moves in: only that room's members see it.
+    room: Room,
+    /// The frame for v1 members, and for v2 members (with the user, when there is one).
+    v1: ByteString,
+    v2: ByteString,
     /// The local member it belongs to (who is not sent its own); `None` for remote cursors.
     from: Option<Uuid>,
+}
+
+/// A local cursor for the mesh.
+struct ToMesh {
+    room: Room,
+    color: String,
+    user: Option<Arc<str>>,
+    x: i64,
+    y: i64,
 }
 
 /// Cursors waiting for the next tick: the latest per client.
@@ -37,9 +54,9 @@ struct Waiting {
 pub(super) struct Cursors {
     /// By client id, local and remote.
     waiting: HashMap<String, Waiting>,
-    /// Local cursors for the mesh: colour and position.
-    to_mesh: HashMap<Uuid, (String, i64, i64)>,
-    /// A tick is due.
+    /// Local cursors for the mesh.
+    to_mesh: HashMap<Uuid, ToMesh>,
+    /// A tick is scheduled.
     scheduled: bool,
 }
 
@@ -49,14 +66,15 @@ impl Cursors {
         self.waiting.remove(id);
     }
 
-    /// Drops the waiting cursor of the local client `id` for the mesh (it left).
+    /// Drops the waiting mesh cursor of the local client `id` (it left).
     pub(super) fn forget_local(&mut self, id: &Uuid) {
         self.to_mesh.remove(id);
     }
 }
 
 impl StateActor {
-    /// A cursor is waiting: send now if no tick is due, and make sure one is.
+    /// A cursor is waiting: send now if no tick is scheduled (leading edge), then tick while
+    /// cursors keep coming.
     fn cursor_waiting(&mut self, ctx: &mut Context<Self>) {
         if self.cursors.scheduled {
             return;
@@ -71,38 +89,52 @@ impl StateActor {
         });
     }
 
-    /// Sends every waiting cursor: one push per member.
+    /// Sends every waiting cursor to the members of its room (each mover's own left out), one
+    /// push per member, and local cursors to the mesh.
     fn send_cursors(&mut self) {
         let started = std::time::Instant::now();
         if let Some(mesh) = &self.mesh {
-            for (id, (color, x, y)) in self.cursors.to_mesh.drain() {
-                mesh.do_send(StateEvent::Presence { id, color, x, y });
+            for (id, c) in self.cursors.to_mesh.drain() {
+                mesh.do_send(StateEvent::Presence { id, room: c.room, color: c.color, user: c.user, x: c.x, y: c.y });
             }
         }
         if self.cursors.waiting.is_empty() || self.stopping.is_some() {
             return;
         }
-        let waiting: Vec<Waiting> = self.cursors.waiting.drain().map(|(_, w)| w).collect();
-        let all: Arc<[ByteString]> = waiting.iter().map(|w| w.frame.clone()).collect();
-        let movers: HashSet<Uuid> = waiting.iter().filter_map(|w| w.from).collect();
-        self.send_each(|id, _| {
-            if !movers.contains(id) {
-                return Some(Outbound::frames(Arc::clone(&all)));
-            }
-            let others: Arc<[ByteString]> =
-                waiting.iter().filter(|w| w.from != Some(*id)).map(|w| w.frame.clone()).collect();
-            (!others.is_empty()).then(|| Outbound::frames(others))
-        });
+        let mut by_room: HashMap<Room, Vec<Waiting>> = HashMap::new();
+        for (_, w) in self.cursors.waiting.drain() {
+            by_room.entry(w.room.clone()).or_default().push(w);
+        }
+        for (room, waiting) in by_room {
+            let Some(state) = self.rooms.get_mut(&room) else { continue };
+            let all = |v: Version| -> Arc<[ByteString]> {
+                waiting.iter().map(|w| if v == Version::V1 { w.v1.clone() } else { w.v2.clone() }).collect()
+            };
+            let (all_v1, all_v2) = (all(Version::V1), all(Version::V2));
+            let movers: HashSet<Uuid> = waiting.iter().filter_map(|w| w.from).collect();
+            let gone = state.send_each(|id, member| {
+                if !movers.contains(id) {
+                    let all = if member.version == Version::V1 { &all_v1 } else { &all_v2 };
+                    return Some(Outbound::frames(Arc::clone(all)));
+                }
+                let others: Arc<[ByteString]> = waiting
+                    .iter()
+                    .filter(|w| w.from != Some(*id))
+                    .map(|w| if member.version == Version::V1 { w.v1.clone() } else { w.v2.clone() })
+                    .collect();
+                (!others.is_empty()).then(|| Outbound::frames(others))
+            });
+            self.announce_leaves(&room, gone);
+        }
         self.metrics.state_busy(started.elapsed());
     }
 }
 
-/// A client's cursor, relayed to every other member. Sessions send it with `try_send`: when the
-/// actor's mailbox is full a cursor is dropped (the next one replaces it anyway).
+/// A local client moved its cursor.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Presence {
-    /// The sender.
+    /// The client.
     pub id: Uuid,
     /// Horizontal position.
     pub x: i64,
@@ -114,25 +146,37 @@ impl Handler<Presence> for StateActor {
     type Result = ();
 
     fn handle(&mut self, msg: Presence, ctx: &mut Context<Self>) {
-        let Some(member) = self.members.get(&msg.id) else { return };
+        let Some(room) = self.member_rooms.get(&msg.id) else { return };
+        let Some(member) = self.rooms.get(room).and_then(|r| r.members.get(&msg.id)) else { return };
         let id = msg.id.to_string();
-        let frame = protocol::presence(&id, &member.color, msg.x, msg.y);
+        let (v1, v2) = protocol::presence_frames(&id, &member.color, member.user.as_deref(), msg.x, msg.y);
         if self.mesh.is_some() {
-            self.cursors.to_mesh.insert(msg.id, (member.color.clone(), msg.x, msg.y));
+            let cursor = ToMesh {
+                room: room.clone(),
+                color: member.color.clone(),
+                user: member.user.clone(),
+                x: msg.x,
+                y: msg.y,
+            };
+            self.cursors.to_mesh.insert(msg.id, cursor);
         }
-        self.cursors.waiting.insert(id, Waiting { frame, from: Some(msg.id) });
+        self.cursors.waiting.insert(id, Waiting { room: room.clone(), v1, v2, from: Some(msg.id) });
         self.cursor_waiting(ctx);
     }
 }
 
-/// A cursor of a client on another node, to show to every local member.
+/// A cursor from another relay.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RemotePresence {
-    /// The remote client's id.
+    /// The client's id (on its relay).
     pub id: String,
+    /// Its room.
+    pub room: Room,
     /// Its colour.
     pub color: String,
+    /// The `sub` of its token, if it has one.
+    pub user: Option<Arc<str>>,
     /// Horizontal position.
     pub x: i64,
     /// Vertical position.
@@ -143,26 +187,29 @@ impl Handler<RemotePresence> for StateActor {
     type Result = ();
 
     fn handle(&mut self, msg: RemotePresence, ctx: &mut Context<Self>) {
-        let frame = protocol::presence(&msg.id, &msg.color, msg.x, msg.y);
-        self.cursors.waiting.insert(msg.id, Waiting { frame, from: None });
+        if !self.rooms.contains_key(&msg.room) {
+            return; // nobody here to see it
+        }
+        let (v1, v2) = protocol::presence_frames(&msg.id, &msg.color, msg.user.as_deref(), msg.x, msg.y);
+        self.cursors.waiting.insert(msg.id, Waiting { room: msg.room, v1, v2, from: None });
         self.cursor_waiting(ctx);
     }
 }
 
-/// Clients of other nodes that left (or whose node went away).
+/// Clients of other relays left (or their relay is gone): each with its room.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RemoteLeave {
-    /// Their ids.
-    pub ids: Vec<String>,
+    /// The clients' ids and rooms.
+    pub ids: Vec<(Room, String)>,
 }
 
 impl Handler<RemoteLeave> for StateActor {
     type Result = ();
 
     fn handle(&mut self, msg: RemoteLeave, _: &mut Context<Self>) {
-        for id in msg.ids {
-            self.broadcast_leave(&id, None);
+        for (room, id) in msg.ids {
+            self.broadcast_leave(&room, &id, None);
         }
     }
 }

@@ -11,6 +11,7 @@ use super::{NodeId, Source, StateActor, WriteMeta};
 use crate::{
     digest,
     lww::{LwwMap, Op, OpKind},
+    room::Room,
 };
 
 /// What the state tells the mesh.
@@ -29,8 +30,12 @@ pub enum StateEvent {
     Presence {
         /// The client.
         id: Uuid,
+        /// Its room.
+        room: Room,
         /// Its colour.
         color: String,
+        /// The `sub` of its token, if it has one.
+        user: Option<Arc<str>>,
         /// Horizontal position.
         x: i64,
         /// Vertical position.
@@ -40,6 +45,8 @@ pub enum StateEvent {
     Leave {
         /// The client.
         id: Uuid,
+        /// Its room.
+        room: Room,
     },
     /// The ledger refused a batch holding ops from these peers: they were dropped after the
     /// mesh had counted them as seen, so it must fetch them again (a digest round with each).
@@ -82,7 +89,7 @@ impl Handler<RemoteOps> for StateActor {
             // Not taken: counted as dropped, so a transport's next Barrier sees them and it does
             // not record them as applied (NATS reads them again at the next start; a peer link
             // brings them again with anti-entropy).
-            self.dropped_total += msg.ops.len() as u64;
+            self.settlement.dropped_total += msg.ops.len() as u64;
             return;
         }
         for (op, permit) in msg.ops {
@@ -91,21 +98,36 @@ impl Handler<RemoteOps> for StateActor {
                 continue;
             }
             self.clock.observe(&op.stamp);
-            self.enqueue(op, WriteMeta { source: Source::Peer(Arc::clone(&msg.peer)), _permit: permit });
+            let meta =
+                WriteMeta { room: op.room.clone(), source: Source::Peer(Arc::clone(&msg.peer)), _permit: permit };
+            self.enqueue(op, meta);
         }
         self.flush(ctx);
     }
 }
 
 impl StateActor {
-    /// Does `op` beat both the newest queued op for its key and the map's register?
+    /// Does `op` beat both the newest queued op for its key and its room's register?
     fn wins(&self, op: &Op) -> bool {
-        let current = self.overlay.get(&op.key).or_else(|| self.map.register(&op.key));
+        let Some(room) = self.rooms.get(&op.room) else { return true };
+        let current = room.overlay.get(&op.key).or_else(|| room.map.register(&op.key));
         current.is_none_or(|r| crate::lww::beats(&op.stamp, op.kind == OpKind::Del, &op.value, r))
+    }
+
+    /// An O(1) copy of every room's map (persistent maps), default room first.
+    fn maps(&self) -> Vec<(Room, LwwMap)> {
+        let mut maps: Vec<(Room, LwwMap)> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| !r.map.is_empty())
+            .map(|(room, r)| (room.clone(), r.map.clone()))
+            .collect();
+        maps.sort_by(|a, b| a.0.cmp(&b.0));
+        maps
     }
 }
 
-/// The digest of the durable state, bucket by bucket.
+/// The digest of the durable state of every room, bucket by bucket.
 #[derive(Message)]
 #[rtype(result = "Vec<u64>")]
 pub struct DigestRequest;
@@ -146,21 +168,26 @@ impl Handler<RegistersIn> for StateActor {
             }
             RegistersIn::Differing(_) => vec![false; digest::BUCKETS],
         };
-        MessageResult(Registers { map: self.map.clone(), wanted })
+        MessageResult(Registers { maps: self.maps(), wanted })
     }
 }
 
-/// Some registers of the durable map, as [`RegistersIn`] chose them. Holds an O(1) copy of the
-/// map (a persistent map), so the walk, which grows with the map, happens off the state actor.
+/// Some registers of the durable maps, as [`RegistersIn`] chose them. Holds an O(1) copy of each
+/// room's map (persistent maps), so the walk, which grows with the maps, happens off the state
+/// actor.
 pub struct Registers {
-    map: LwwMap,
+    maps: Vec<(Room, LwwMap)>,
     wanted: Vec<bool>,
 }
 
 impl Registers {
-    /// The chosen registers as ops, in key order.
+    /// The chosen registers as ops of their rooms, the default room first, in key order.
     pub fn ops(&self) -> impl Iterator<Item = Op> + '_ {
-        self.map.registers().filter(|(key, _)| self.wanted[digest::bucket_of(key)]).map(|(key, r)| r.to_op(key))
+        self.maps.iter().flat_map(move |(room, map)| {
+            map.registers()
+                .filter(move |(key, _)| self.wanted[digest::bucket_of(room, key)])
+                .map(move |(key, r)| r.to_op(key).in_room(room.clone()))
+        })
     }
 }
 
@@ -176,26 +203,28 @@ impl Handler<Barrier> for StateActor {
 
     fn handle(&mut self, _: Barrier, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.settled_total >= self.queued_total {
-            let _ = tx.send(self.dropped_total);
+        let settlement = &mut self.settlement;
+        if settlement.settled_total >= settlement.queued_total {
+            let _ = tx.send(settlement.dropped_total);
         } else {
-            self.barriers.push((self.queued_total, tx));
+            settlement.barriers.push((settlement.queued_total, tx));
         }
         Box::pin(async move { rx.await.unwrap_or(u64::MAX) })
     }
 }
 
-/// An O(1) copy of the durable map (a persistent map): what needs the whole map (a transport's
-/// republish, [`LwwMap::written_by`]) walks it off the state actor.
+/// An O(1) copy of every room's durable map (persistent maps), the default room first: what
+/// needs the whole state (a transport's republish, [`LwwMap::written_by`]) walks it off the
+/// state actor.
 #[derive(Message)]
-#[rtype(result = "LwwMap")]
+#[rtype(result = "Vec<(Room, LwwMap)>")]
 pub struct MapView;
 
 impl Handler<MapView> for StateActor {
     type Result = MessageResult<MapView>;
 
     fn handle(&mut self, _: MapView, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.map.clone())
+        MessageResult(self.maps())
     }
 }
 
@@ -210,7 +239,7 @@ mod tests {
     use crate::{
         hlc::{Clock, Stamp},
         ledger::{Ledger, LedgerActor, SyncMode},
-        lww::{LwwMap, Op},
+        lww::Op,
         metrics::Metrics,
         state::{Compaction, Shutdown, StateActor},
     };
@@ -225,7 +254,7 @@ mod tests {
         let compaction = Compaction { after_bytes: 0, ledger_path: path, ledger_len: 0 };
         let state = StateActor::new(
             Clock::new("a"),
-            LwwMap::new(),
+            Default::default(),
             LedgerActor::start(ledger),
             Arc::new(Metrics::default()),
             compaction,

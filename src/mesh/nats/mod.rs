@@ -246,11 +246,13 @@ impl Handler<StateEvent> for NatsActor {
                     let _ = tx.send(ours);
                 }
             }
-            StateEvent::Presence { id, color, x, y } => {
+            // MERGE: rooms-mesh carries the room across relays; until then only the default room's.
+            StateEvent::Presence { room, .. } | StateEvent::Leave { room, .. } if !room.is_default() => {}
+            StateEvent::Presence { id, color, x, y, .. } => {
                 let frame = self.presence.moved(id, color, x, y);
                 self.send_presence(frame);
             }
-            StateEvent::Leave { id } => {
+            StateEvent::Leave { id, .. } => {
                 if let Some(frame) = self.presence.left(id) {
                     self.send_presence(frame);
                 }

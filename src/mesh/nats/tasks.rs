@@ -102,7 +102,7 @@ impl Tasks {
                     .state
                     .send(MapView)
                     .await
-                    .map(|map| map.written_by(&self.shared.node_id, after.as_ref()))
+                    .map(|maps| written_by(&maps, &self.shared.node_id, after.as_ref()))
                 {
                     Ok(ops) if !ops.is_empty() => {
                         log::info!("nats: publishing {} op(s) of ours not yet in the stream", ops.len());
@@ -357,4 +357,18 @@ impl Tasks {
         self.conn.store.put(meta, &mut body.as_slice()).await.map_err(|e| e.to_string())?;
         Ok(body.len())
     }
+}
+
+/// The ops of every room that `node` wrote after `after`, in stamp order.
+fn written_by(
+    maps: &[(crate::room::Room, crate::lww::LwwMap)],
+    node: &str,
+    after: Option<&crate::hlc::Stamp>,
+) -> Vec<Op> {
+    let mut ops: Vec<Op> = maps
+        .iter()
+        .flat_map(|(room, map)| map.written_by(node, after).into_iter().map(|op| op.in_room(room.clone())))
+        .collect();
+    ops.sort_by(|a, b| a.stamp.cmp(&b.stamp));
+    ops
 }
