@@ -191,7 +191,7 @@ impl Relay {
         Ok(Relay {
             deps: Deps {
                 state,
-                token: (!config.auth.token.is_empty()).then(|| Arc::from(config.auth.token.as_str())),
+                access: Arc::clone(&live.current().access),
                 admission,
                 limits: Arc::clone(&limits),
                 ping_interval: config.server.ping_interval(),
@@ -212,7 +212,7 @@ impl Relay {
     /// fixed for the connection's life.
     pub fn deps_for(&self, live: &Live) -> Deps {
         let mut deps = self.deps.clone();
-        deps.token = live.token.clone();
+        deps.access = Arc::clone(&live.access);
         deps.limits = Arc::clone(&live.limits);
         deps.ping_interval = live.ping_interval;
         deps.rooms = live.config.rooms;

@@ -8,7 +8,7 @@
 use std::{
     net::IpAddr,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use actix::Addr;
@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, oneshot};
 use uuid::Uuid;
 
 use crate::{
+    access::{Access, Admitted, Level, Refusal},
     config::{Limits, RoomsConfig},
     limits::{ConnectionSlot, TokenBucket},
     metrics::{Inbound, Metrics},
@@ -34,8 +35,8 @@ pub struct Deps {
     pub state: Addr<StateActor>,
     /// The configured limits.
     pub limits: Arc<Limits>,
-    /// The shared secret, when auth is on.
-    pub token: Option<Arc<str>>,
+    /// Tokens to decisions: the shared secret and the JWT key (`[auth]`).
+    pub access: Arc<Access>,
     /// Admission slots for writes not yet durable: bounds the ledger queue and slows writers
     /// when the disk falls behind.
     pub admission: Arc<Semaphore>,
@@ -127,23 +128,25 @@ pub async fn run(
         close_with(&deps, version, session, &mut stream, Some((close::POLICY, "bad room"))).await;
         return;
     };
-    if let Some(token) = deps.token.clone()
-        && !authenticate(&token, params.token, &mut session, &mut stream, &deps.limits).await
-    {
-        close_with(&deps, version, session, &mut stream, Some((close::POLICY, "auth failed"))).await;
-        return;
-    }
+    let admitted = match authenticate(&deps, &room, params.token, &mut session, &mut stream).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            log::info!("connection to room {room} refused: {refusal}");
+            close_with(&deps, version, session, &mut stream, Some(refusal.close(Version::V1))).await;
+            return;
+        }
+    };
 
     let id = Uuid::new_v4();
     let color = protocol::color_for(&id.to_string());
     let (outbox, rx) = outbox(deps.limits.max_outbound_bytes);
     let (kick_tx, kick_rx) = oneshot::channel();
-    let grant = Grant { user: None, write: true, expires: None };
+    let grant = Grant::from(admitted);
     let seat = Seat {
         room: room.clone(),
         user: grant.user.clone(),
         write: grant.write,
-        expires: grant.expires,
+        expires: grant.expires.map(unix_seconds),
         source,
         caps: deps.rooms,
     };
@@ -276,6 +279,14 @@ async fn bounded(
     }
 }
 
+/// Resolves at `at`; never without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A write waiting for an admission slot (the ledger is behind), sent once it has one.
 type Admission = std::pin::Pin<Box<dyn Future<Output = ()>>>;
 
@@ -302,26 +313,24 @@ async fn kicked(kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>) -> (u
     std::future::pending().await
 }
 
-/// Constant-time token check that reveals neither content nor length.
-pub fn token_matches(expected: &str, presented: &str) -> bool {
-    let a = openssl::sha::sha256(expected.as_bytes());
-    let b = openssl::sha::sha256(presented.as_bytes());
-    openssl::memcmp::eq(&a, &b)
-}
-
-/// Query token if given (a wrong one fails at once, as upstream), else a first `auth` frame
-/// within the handshake timeout.
+/// Admission to `room` with the token presented: the query token if given (a wrong one fails at
+/// once, as upstream), else a first `auth` frame within the handshake timeout. Without auth
+/// configured, everyone writes everywhere.
 async fn authenticate(
-    token: &str,
+    deps: &Deps,
+    room: &Room,
     query_token: Option<String>,
     session: &mut Session,
     stream: &mut MessageStream,
-    limits: &Limits,
-) -> bool {
-    if let Some(presented) = query_token {
-        return token_matches(token, &presented);
+) -> Result<Admitted, Refusal> {
+    let access = &deps.access;
+    if !access.required() {
+        return access.admit(None, room, SystemTime::now());
     }
-    let first = tokio::time::timeout(limits.handshake_timeout(), async {
+    if let Some(presented) = query_token {
+        return access.admit(Some(&presented), room, SystemTime::now());
+    }
+    let first = tokio::time::timeout(deps.limits.handshake_timeout(), async {
         loop {
             match stream.recv().await {
                 Some(Ok(Message::Ping(bytes))) => {
@@ -335,13 +344,17 @@ async fn authenticate(
         }
     })
     .await;
-    match first {
-        Ok(Some(text)) => matches!(
-            protocol::parse(&text, limits),
-            Ok(ClientFrame::Auth { token: Some(presented) }) if token_matches(token, &presented)
-        ),
-        _ => false,
+    match first.ok().flatten().map(|text| protocol::parse(&text, &deps.limits)) {
+        Some(Ok(ClientFrame::Auth { token: Some(presented) })) => {
+            access.admit(Some(&presented), room, SystemTime::now())
+        }
+        _ => Err(Refusal::BadToken("no token")),
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// What a connection may do in its room, and as whom.
@@ -351,8 +364,15 @@ struct Grant {
     user: Option<Arc<str>>,
     /// May write (else its writes are refused: v1 dropped, v2 `nack forbidden`).
     write: bool,
-    /// When its token expires, in Unix seconds.
-    expires: Option<u64>,
+    /// When its token stops being honoured: the connection is closed then ("token expired")
+    /// unless a v2 client sent a fresh token before.
+    expires: Option<SystemTime>,
+}
+
+impl From<Admitted> for Grant {
+    fn from(admitted: Admitted) -> Self {
+        Grant { user: admitted.user, write: admitted.level == Level::Write, expires: admitted.expires }
+    }
 }
 
 struct Connection {
@@ -379,6 +399,7 @@ struct Connection {
 }
 
 enum Event {
+    Expired,
     Kicked((u16, &'static str)),
     Out(Option<Outbound>),
     In(Option<Result<Message, ProtocolError>>),
@@ -407,7 +428,12 @@ impl Connection {
         loop {
             // Not biased: reading the client's writes and sending it broadcasts take turns, so a
             // busy connection is neither starved of its own writes nor deaf to others'.
+            let expiry = self.grant.expires.map(|at| {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::Instant::now() + left
+            });
             let event = tokio::select! {
+                () = until(expiry) => Event::Expired,
                 reason = kicked(&mut kick) => Event::Kicked(reason),
                 out = rx.recv() => Event::Out(out),
                 // While a write waits for admission nothing more is read: the writer is slowed.
@@ -417,6 +443,10 @@ impl Connection {
                 () = &mut deadline, if !heard => Event::Silent,
             };
             match event {
+                Event::Expired => {
+                    log::info!("client {}: its token expired", self.id);
+                    return Some((close::POLICY, "token expired"));
+                }
                 Event::Kicked(reason) => return Some(reason),
                 Event::Out(None) => return None,
                 Event::Out(Some(Outbound::Close(code, reason))) => return Some((code, reason)),
@@ -593,7 +623,22 @@ impl Connection {
                 // A full mailbox drops the cursor: the next one replaces it anyway.
                 let _ = self.deps.state.try_send(Presence { id: self.id, x, y });
             }
-            Ok(ClientFrame::Auth { .. }) => metrics.inbound(Inbound::Auth),
+            Ok(ClientFrame::Auth { token }) => {
+                metrics.inbound(Inbound::Auth);
+                // v1 ignores every `auth` after admission, as upstream; v2 takes a fresh token.
+                if self.version == Version::V2 && self.deps.access.required() {
+                    let frame = match self.refresh(token.as_deref()) {
+                        Ok(()) => protocol::auth_ok(self.grant.expires.map(unix_seconds), self.grant.write),
+                        Err(refusal) => {
+                            log::info!("client {}: a fresh token was refused: {refusal}", self.id);
+                            return Some(Some(refusal.close(Version::V1)));
+                        }
+                    };
+                    if let Err(end) = bounded(kick, self.bounds(), &mut self.stalled, session.text(frame)).await {
+                        return Some(end);
+                    }
+                }
+            }
             Ok(ClientFrame::Ping) if self.version == Version::V2 => {
                 if session.text(protocol::pong()).await.is_err() {
                     return Some(None);
@@ -620,6 +665,19 @@ impl Connection {
             }
         }
         None
+    }
+
+    /// A v2 client's fresh token: it must verify, name the same user and grant this room (read
+    /// or write: the connection's access becomes the new token's); then its expiry replaces the
+    /// old one. Anything else is refused (and the connection closed by the caller).
+    fn refresh(&mut self, token: Option<&str>) -> Result<(), Refusal> {
+        let token = token.ok_or(Refusal::BadToken("no token"))?;
+        let identity = self.deps.access.verify(token, SystemTime::now())?;
+        if identity.user() != self.grant.user.as_ref() {
+            return Err(Refusal::BadToken("another user"));
+        }
+        self.grant = Grant::from(identity.admit(&self.room)?);
+        Ok(())
     }
 
     /// Sends a write to the state actor once it has an admission slot: at once if one is free,

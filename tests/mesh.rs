@@ -16,7 +16,10 @@ use std::{
 
 use common::{
     Client, Server,
-    federation::{CONVERGE, converged, fingerprint, node, node_toml, restart, write_in_background, write_keys, writer},
+    federation::{
+        CONVERGE, converged, fingerprint, node, node_toml, restart, room_data, room_url, write_in_background,
+        write_keys, write_room, writer,
+    },
     free_port, make_certificate, metric, wait_within,
 };
 use serde_json::{Value, json};
@@ -447,4 +450,122 @@ fn an_idle_link_outlives_the_peer_timeout() {
     }
     write_keys(&a, "after-", 5);
     converged(&[&a, &b], 5);
+}
+
+/// The rooms the room tests write in; `""` is the default room.
+const ROOMS: [&str; 4] = ["", "r1", "r2", "board:42"];
+
+/// Rooms replicate and stay apart: a partition with writes in three rooms and the default room on
+/// both sides (the same key names in each room, other values) heals into every room on every node
+/// holding both sides' writes of that room and nothing of another.
+#[test]
+fn rooms_converge_after_a_partition_each_in_its_own_room() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&b]);
+    wait_within(CONVERGE, "links up", || connected(&b).len() == 2);
+    // Live: a write in r1 on a reaches r1's members on c, two hops away.
+    let mut on_c = Client::connect(&room_url(&c, "r1"));
+    write_room(&a, "r1", "live-", "a", 1);
+    assert_eq!(on_c.recv_set("live-0")["value"], "a-0");
+    drop(on_c);
+
+    // Partition: b stops; a and c write in every room, same keys, their own values, plus keys of
+    // their own; one contested key per room, c's write later.
+    let (b_port, b_dir) = (b.mesh.unwrap().port(), Arc::clone(&b.dir));
+    let (status, _) = b.terminate();
+    assert!(status.success());
+    for room in ROOMS {
+        write_room(&a, room, "k", &format!("a{room}"), 20);
+        write_room(&a, room, "a-only-", &format!("a{room}"), 5);
+        write_room(&c, room, "c-only-", &format!("c{room}"), 5);
+        write_room(&a, room, "contested", &format!("a{room}"), 1);
+        write_room(&c, room, "contested", &format!("c{room}"), 1);
+    }
+    // Default room: 1 + 20 + 5 + 1 registers on a; each named room as many (r1 has live-0 too).
+    assert_eq!(fingerprint(&a).unwrap().1, 4 * 26 + 1);
+    assert_eq!(fingerprint(&c).unwrap().1, 4 * 6 + 1);
+
+    let b = restart("b", b_dir, b_port, &[&a]);
+    // One fingerprint covers every room: equal means every room is equal.
+    converged(&[&a, &b, &c], 4 * 31 + 1);
+    for room in ROOMS {
+        let data: Vec<Value> = [&a, &b, &c].iter().map(|n| room_data(n, room)).collect();
+        assert!(data.iter().all(|d| *d == data[0]), "room {room:?} differs: {data:?}");
+        let data = data[0].as_object().unwrap();
+        assert_eq!(data.len(), if room == "r1" { 32 } else { 31 }, "room {room:?}: {data:?}");
+        assert_eq!(data["k19"], format!("a{room}-19"));
+        assert_eq!(data["a-only-4"], format!("a{room}-4"));
+        assert_eq!(data["c-only-4"], format!("c{room}-4"));
+        assert_eq!(data["contested0"], format!("c{room}-0"), "the later write wins, in its room");
+    }
+}
+
+/// A cursor in room r1 on one relay is seen by r1's members on the other relay and by nobody in
+/// r2 or the default room; so are leaves.
+#[test]
+fn cursors_stay_in_their_room_across_nodes() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    wait_within(CONVERGE, "link up", || connected(&b).len() == 1);
+    let mut watchers: Vec<Client> = ["r1", "r2", ""].iter().map(|r| Client::connect(&room_url(&b, r))).collect();
+    let mut movers: Vec<Client> = ["r1", "r2", ""].iter().map(|r| Client::connect(&room_url(&a, r))).collect();
+    // Each mover moves in turn, once the one before was seen: a watcher shown another room's
+    // cursor would read it before its own room's (and the first presence it reads is checked).
+    for (i, mover) in movers.iter_mut().enumerate() {
+        mover.send(json!({"type": "presence", "x": i, "y": 7}));
+        let seen = watchers[i].recv_until(|f| f["type"] == "presence");
+        assert_eq!(seen, json!({"type": "presence", "id": mover.id(), "color": mover.hello["color"], "x": i, "y": 7}));
+    }
+    // Leaves: the r1 mover first; the r2 watcher's first leave is its own room's.
+    let ids: Vec<String> = movers.iter().map(Client::id).collect();
+    for (i, mover) in movers.into_iter().enumerate() {
+        drop(mover);
+        let leave = watchers[i].recv_until(|f| f["type"] == "presence-leave");
+        assert_eq!(leave, json!({"type": "presence-leave", "id": ids[i]}), "room #{i}");
+    }
+}
+
+/// An upstream-kind peer (its hello has no `aether`) gets the default room only, on connect and
+/// as writes happen, and a named room's op or cursor from it is refused and counted, the link up.
+#[test]
+fn an_upstream_peer_gets_the_default_room_only_and_cannot_write_a_named_one() {
+    let a = node("a", &[]);
+    write_room(&a, "r1", "k", "room", 3);
+    write_room(&a, "", "k", "default", 3);
+    let mut peer = fake_peer(&a, json!({"type": "hello", "node_id": "py"}));
+    assert_eq!(common::recv_json(&mut peer)["type"], "hello");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let frame = common::recv_json(&mut peer);
+        assert_eq!(frame["type"], "op", "{frame}");
+        got.push(frame["op"].clone());
+    }
+    // Live: a named room's write, then the default room's; only the latter comes.
+    write_room(&a, "r1", "live", "room", 1);
+    write_room(&a, "", "live", "default", 1);
+    got.push(common::recv_json(&mut peer)["op"].clone());
+    for op in &got {
+        assert!(op.get("room").is_none() && op["kind"] == "set", "{op}");
+        assert!(op["value"].as_str().unwrap().starts_with("default-"), "{op}");
+    }
+    assert_eq!(got.last().unwrap()["key"], "live0");
+    // It tries to write into r1, and to show a cursor there: refused; then a default-room write,
+    // which arrives after both (one link, read in order).
+    let now = now_ns();
+    let room_op =
+        json!({"room": "r1", "op": "set", "key": "k0", "value": "forged", "stamp": {"p": now, "l": 0, "n": "py"}});
+    peer.send(Message::text(json!({"type": "op", "op": room_op}).to_string())).unwrap();
+    peer.send(Message::text(json!({"type": "ops", "ops": [room_op]}).to_string())).unwrap();
+    let cursor =
+        json!({"type": "presence", "origin": "py", "seq": 1, "id": "x", "color": "c", "x": 1, "y": 1, "room": "r1"});
+    peer.send(Message::text(cursor.to_string())).unwrap();
+    let mut browser = a.client();
+    peer.send(op_frame("after", json!(1), now)).unwrap();
+    browser.recv_set("after");
+    assert_eq!(metric(&a, "aether_mesh_ops_refused_total{reason=\"room\"}"), 3.0);
+    assert_eq!(room_data(&a, "r1"), json!({"k0": "room-0", "k1": "room-1", "k2": "room-2", "live0": "room-0"}));
+    assert_eq!(connected(&a), ["py"]);
+    let ledger = std::fs::read_to_string(a.ledger_path()).unwrap();
+    assert!(!ledger.contains("forged"), "{ledger}");
 }

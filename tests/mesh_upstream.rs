@@ -20,7 +20,11 @@ use std::{
     time::Duration,
 };
 
-use common::{Server, wait_until, wait_within};
+use common::{
+    Client, Server,
+    federation::{room_data, room_url},
+    wait_until, wait_within,
+};
 use serde_json::{Map, Value, json};
 
 /// Our node id in every test.
@@ -361,4 +365,39 @@ fn an_idle_link_to_upstream_outlives_the_peer_timeout() {
     thread::sleep(Duration::from_secs(25));
     assert!(linked(&server, THEIRS) && !server.log().contains("closed:"), "{}", server.log());
     assert_syncs_both_ways(&server, &mut node, "idle");
+}
+
+/// Rooms are ours: an upstream `MeshNode` federating with a relay that holds named rooms sees the
+/// default room only (on connect and live), even where a room has the same key names, and its
+/// writes land in the default room only.
+#[test]
+fn upstream_sees_only_the_default_room() {
+    let server = Server::start(&mesh_config(""));
+    let mut in_room = Client::connect(&room_url(&server, "board-1"));
+    let mut browser = server.client();
+    for (client, tag) in [(&mut in_room, "room"), (&mut browser, "default")] {
+        for key in ["shared", &format!("only-{tag}")] {
+            client.set(key, json!(tag));
+            client.recv_set(key);
+        }
+    }
+    let mut node = Upstream::start(None);
+    assert_eq!(node.connect(&server.mesh_url()), json!({"ok": true, "peer": OURS}));
+    wait_until("the default room to reach upstream on connect", || node.get("only-default").is_some());
+    // Live: a room's write, then the default room's; once the latter is there, the former had
+    // its chance (one link, in order).
+    in_room.set("live-room", json!(1));
+    in_room.recv_set("live-room");
+    browser.set("live-default", json!(2));
+    browser.recv_set("live-default");
+    wait_until("the live default-room write to reach upstream", || node.get("live-default").is_some());
+    let (state, _) = node.state();
+    assert_eq!(Value::Object(state), json!({"shared": "default", "only-default": "default", "live-default": 2}));
+    // Upstream's writes go to the default room, never into a named room.
+    node.set("shared", json!("upstream"));
+    assert_eq!(browser.recv_set("shared")["value"], "upstream");
+    assert_eq!(room_data(&server, "board-1"), json!({"shared": "room", "only-room": "room", "live-room": 1}));
+    wait_until("ops counted: 3 out (the default room's), 1 in", || {
+        health_of(&server, THEIRS) == Some(json!({"node": THEIRS, "connected": true, "ops_in": 1, "ops_out": 3}))
+    });
 }

@@ -12,8 +12,8 @@ use std::{
 };
 
 use common::{
-    Server,
-    federation::{CONVERGE, converged, write_in_background, write_keys, writer},
+    Client, Server,
+    federation::{CONVERGE, converged, room_data, room_url, write_in_background, write_keys, write_room, writer},
     free_port,
     nats::{Nats, position, relay, relay_in, relay_toml},
     wait_within,
@@ -219,4 +219,93 @@ fn write_config(dir: &Path, relay: &str) -> PathBuf {
     let ledger = dir.join(format!("{name}.jsonl"));
     std::fs::write(&path, format!("[server]\nbind = \"127.0.0.1:0\"\n[ledger]\npath = {ledger:?}\n{relay}")).unwrap();
     path
+}
+
+/// Rooms go through the stream, each into its own room: live, and through an outage long enough
+/// to overflow the publish queue, after which the relays republish what they wrote (every room)
+/// from their state.
+#[test]
+fn rooms_cross_relays_over_nats_and_survive_an_outage() {
+    let mut nats = Nats::single();
+    let servers = [nats.url()];
+    let small_queue = "max_publish_queue = 5\n";
+    let (a, b) = (relay("a", &servers, small_queue), relay("b", &servers, small_queue));
+    write_room(&a, "", "ready-", "a", 1);
+    converged(&[&a, &b], 1);
+    // Live: a write in r1 reaches r1's members on b.
+    let mut on_b = Client::connect(&room_url(&b, "r1"));
+    write_room(&a, "r1", "live-", "a", 1);
+    assert_eq!(on_b.recv_set("live-0")["value"], "a-0");
+    drop(on_b);
+    nats.kill();
+    for room in ["", "r1", "r2"] {
+        write_room(&a, room, "k", &format!("a{room}"), 20);
+        write_room(&b, room, "b-only-", &format!("b{room}"), 10);
+    }
+    nats.restart();
+    // ready-0, live-0, and per room 20 + 10.
+    converged(&[&a, &b], 2 + 3 * 30);
+    assert!(a.log().contains("publish queue full"), "the republish path ran:\n{}", a.log());
+    for room in ["", "r1", "r2"] {
+        let data = room_data(&a, room);
+        assert_eq!(data, room_data(&b, room), "room {room:?}");
+        let data = data.as_object().unwrap();
+        let extra = if room.is_empty() || room == "r1" { 1 } else { 0 };
+        assert_eq!(data.len(), 30 + extra, "room {room:?}: {data:?}");
+        assert_eq!((&data["k19"], &data["b-only-9"]), (&json!(format!("a{room}-19")), &json!(format!("b{room}-9"))));
+    }
+}
+
+/// A relay that bootstraps from a snapshot gets every room, each in its own room.
+#[test]
+fn a_snapshot_carries_every_room() {
+    let nats = Nats::single();
+    let servers = [nats.url()];
+    let small = "max_bytes = 262144\n";
+    let a = relay("a", &servers, small);
+    for room in ["", "r1", "r2"] {
+        write_room(&a, room, "old-", &format!("a{room}"), 1500);
+    }
+    wait_within(CONVERGE, "a snapshot of everything", || {
+        let applied = position(&a)["applied"].as_u64().unwrap_or(0);
+        applied > 0 && a.log().contains(&format!("snapshot up to sequence {applied} published"))
+    });
+    let late = relay("late", &servers, small);
+    wait_within(CONVERGE, "the snapshot loaded", || late.log().contains("loaded snapshot"));
+    converged(&[&a, &late], 4500);
+    for room in ["", "r1", "r2"] {
+        let data = room_data(&late, room);
+        assert_eq!(data.as_object().unwrap().len(), 1500, "room {room:?}");
+        assert_eq!(data["old-0"], format!("a{room}-0"), "a key long gone from the stream, in its room");
+    }
+}
+
+/// Cursors over NATS keep their room: r1's cursor reaches r1's members on the other relay, and
+/// r2's members see only r2's cursor and leave.
+#[test]
+fn cursors_over_nats_stay_in_their_room() {
+    let nats = Nats::single();
+    let servers = [nats.url()];
+    let (a, b) = (relay("a", &servers, ""), relay("b", &servers, ""));
+    write_keys(&a, "ready-", 1);
+    converged(&[&a, &b], 1);
+    let mut watchers: Vec<Client> = ["r1", "r2"].iter().map(|r| Client::connect(&room_url(&b, r))).collect();
+    let movers: Vec<Client> = ["r1", "r2"]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut mover = Client::connect(&room_url(&a, r));
+            mover.send(json!({"type": "presence", "x": i, "y": 1}));
+            // The first cursor a watcher reads is its own room's (r1's was sent first).
+            let seen = watchers[i].recv_until(|f| f["type"] == "presence");
+            assert_eq!((&seen["id"], &seen["x"]), (&json!(mover.id()), &json!(i)), "room #{i}");
+            mover
+        })
+        .collect();
+    let ids: Vec<String> = movers.iter().map(Client::id).collect();
+    for (i, mover) in movers.into_iter().enumerate() {
+        drop(mover);
+        let leave = watchers[i].recv_until(|f| f["type"] == "presence-leave");
+        assert_eq!(leave["id"], ids[i], "room #{i}");
+    }
 }

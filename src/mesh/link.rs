@@ -37,7 +37,7 @@ use super::{
     shared::Shared,
     stats::PeerStats,
     transport::{Gone, Incoming, Reader, Writer},
-    wire::{self, PeerFrame},
+    wire::{self, PeerFrame, RemoteCursor},
 };
 use crate::{
     digest,
@@ -132,8 +132,8 @@ pub async fn run(
     // Stay under upstream's per-peer token bucket (its SecurityLimits defaults), which closes
     // the link for good when exceeded. Our own [limits] are for our browsers, not for it.
     let pacer = (!link.peer.ours).then(|| TokenBucket::new(UPSTREAM_BURST * 3 / 4, UPSTREAM_PER_SECOND * 0.9));
-    // Anti-entropy on connect: our digest to one of ours; our whole state to upstream's, which
-    // has no digest (it merges and keeps what wins).
+    // Anti-entropy on connect: our digest to one of ours; our whole default room to upstream's,
+    // which has no digest (it merges and keeps what wins) and no rooms.
     link.catch_up(if link.peer.ours { CatchUp::Digest } else { CatchUp::Registers(RegistersIn::All) });
     let why = tokio::select! {
         why = write(writer, rx, control_rx, pong_rx, pacer) => why,
@@ -181,7 +181,9 @@ impl CatchUpSender {
         // chunk as the queue drains, not on the state actor.
         let registers = self.shared.state.send(which).await.map_err(|_| "state unavailable")?;
         let chunk = (self.shared.max_queue_bytes / 4).clamp(1, wire::CHUNK_BYTES);
-        let mut ops = registers.ops().peekable();
+        // Every room to one of ours; the default room only to upstream's, whatever asked for it.
+        let kind = wire::Peer::from_ours(self.ours);
+        let mut ops = registers.ops().filter(|op| wire::for_peer(op, kind)).peekable();
         while ops.peek().is_some() {
             let (frames, taken) = chunk_of(&mut ops, self.ours, chunk);
             self.push(frames, taken).await?;
@@ -311,12 +313,19 @@ impl Link {
                 self.refuse(wire::Refused::BadDigest);
                 Ok(())
             }
+            // Rooms are ours: an upstream-kind link has the default room only, cursors included.
+            Some(PeerFrame::Presence(RemoteCursor { room, .. }) | PeerFrame::PresenceLeave { room, .. })
+                if !self.peer.ours && !room.is_default() =>
+            {
+                self.refuse(wire::Refused::Room);
+                Ok(())
+            }
             Some(PeerFrame::Presence(cursor)) => {
                 self.mesh.do_send(PeerCursor { from: Arc::clone(&self.peer.node), cursor: Ok(cursor) });
                 Ok(())
             }
-            Some(PeerFrame::PresenceLeave { origin, seq, id }) => {
-                let leave = (origin, seq, id);
+            Some(PeerFrame::PresenceLeave { origin, seq, id, room }) => {
+                let leave = (origin, seq, id, room);
                 self.mesh.do_send(PeerCursor { from: Arc::clone(&self.peer.node), cursor: Err(leave) });
                 Ok(())
             }
@@ -336,7 +345,8 @@ impl Link {
 
     async fn ingest(&mut self, values: Vec<Value>, gossip: bool, last_op: &mut Instant) -> Result<(), String> {
         *last_op = Instant::now();
-        self.shared.ingest(&self.peer.node, values, gossip, &self.stats, &mut self.refused).await
+        let kind = wire::Peer::from_ours(self.peer.ours);
+        self.shared.ingest(&self.peer.node, kind, values, gossip, &self.stats, &mut self.refused).await
     }
 }
 
@@ -477,7 +487,11 @@ mod tests {
                     Some(PeerFrame::Op { op }) if !ours => vec![op],
                     _ => panic!("unexpected frame {frame}"),
                 };
-                back.extend(values.into_iter().map(|v| wire::decode_op(v, &Default::default(), u64::MAX, 0).unwrap()));
+                back.extend(
+                    values
+                        .into_iter()
+                        .map(|v| wire::decode_op(v, wire::Peer::Ours, &Default::default(), u64::MAX, 0).unwrap()),
+                );
             }
         }
         (sizes, back)

@@ -8,7 +8,13 @@
 //! - Anti-entropy: on every connect (and on quiet links every `anti_entropy_interval_s`) two of our
 //!   nodes exchange bucketed digests ([`crate::digest`]) and send each other the registers of the
 //!   buckets that differ; so writes made while nodes were apart, or lost with a dropped link or a
-//!   crash, reach both. An upstream peer has no digest: it is sent our whole state on connect.
+//!   crash, reach both. One digest covers every room (a bucket holds keys of any room), and the
+//!   registers sent carry their room. An upstream peer has no digest: it is sent our whole default
+//!   room on connect.
+//! - Rooms: our peers exchange every room (each op record names its room); an upstream
+//!   `MeshNode` knows one map, so it is sent the default room only and a named room's record
+//!   from it is refused ([`wire::Peer`], [`wire::for_peer`]). Cursors carry their room too, and go
+//!   to our peers only.
 //!   Either goes in chunks that wait for room in the link's queue ([`link`]), so a state larger
 //!   than `max_peer_queue_bytes` still converges.
 //! - Links come back: each `[mesh] peers` URL has a dialler that redials with exponential backoff
@@ -54,6 +60,7 @@ use crate::{
     lww::Op,
     outbox::{Outbound, Outbox, PushError},
     protocol::close,
+    room::Room,
     state::{DigestRequest, NodeId, StateEvent},
 };
 
@@ -148,8 +155,13 @@ impl MeshActor {
         }
         let records: Vec<Vec<u8>> = ops.iter().map(wire::record_of).collect();
         for (node, link) in &self.links {
-            let picked: Vec<usize> =
-                (0..ops.len()).filter(|&i| sources.get(i).and_then(|s| s.as_deref()) != Some(&**node)).collect();
+            // Every room to our peers, the default room only to upstream's.
+            let kind = wire::Peer::from_ours(link.ours);
+            let picked: Vec<usize> = (0..ops.len())
+                .filter(|&i| {
+                    sources.get(i).and_then(|s| s.as_deref()) != Some(&**node) && wire::for_peer(&ops[i], kind)
+                })
+                .collect();
             if picked.is_empty() {
                 continue;
             }
@@ -333,10 +345,8 @@ impl Handler<StateEvent> for MeshActor {
     fn handle(&mut self, msg: StateEvent, _: &mut Context<Self>) {
         match msg {
             StateEvent::Durable { ops, sources } => self.forward(&ops, &sources),
-            // MERGE: rooms-mesh carries the room across relays; until then only the default room's.
-            StateEvent::Presence { room, .. } | StateEvent::Leave { room, .. } if !room.is_default() => {}
-            StateEvent::Presence { id, color, x, y, .. } => {
-                let frame = self.presence.moved(id, color, x, y);
+            StateEvent::Presence { id, room, color, user, x, y } => {
+                let frame = self.presence.moved(id, room, color, user, x, y);
                 self.to_ours(&frame, None);
             }
             StateEvent::Leave { id, .. } => {
@@ -349,14 +359,14 @@ impl Handler<StateEvent> for MeshActor {
     }
 }
 
-/// A cursor (or, as `Err((origin, seq, id))`, a leave) from a peer.
+/// A cursor (or, as `Err((origin, seq, id, room))`, a leave) from a peer.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PeerCursor {
     /// The link it came by.
     pub from: NodeId,
     /// The cursor, or the leave.
-    pub cursor: Result<RemoteCursor, (String, u64, String)>,
+    pub cursor: Result<RemoteCursor, (String, u64, String, Room)>,
 }
 
 impl Handler<PeerCursor> for MeshActor {
@@ -365,7 +375,7 @@ impl Handler<PeerCursor> for MeshActor {
     fn handle(&mut self, msg: PeerCursor, _: &mut Context<Self>) {
         let frame = match msg.cursor {
             Ok(cursor) => self.presence.heard(cursor, &msg.from),
-            Err((origin, seq, id)) => self.presence.heard_leave(&origin, seq, id),
+            Err((origin, seq, id, room)) => self.presence.heard_leave(&origin, seq, id, room),
         };
         if let Some(frame) = frame {
             self.to_ours(&frame, Some(&msg.from));

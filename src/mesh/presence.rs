@@ -13,6 +13,7 @@
 
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -39,35 +40,36 @@ impl Hub {
         Self { cursors: Cursors::new(node), state }
     }
 
-    /// A local client moved: the frame to send to every relay.
-    pub fn moved(&mut self, id: Uuid, color: String, x: i64, y: i64) -> ByteString {
-        wire::presence(&self.cursors.moved(id, color, x, y))
+    /// A local client of `room` moved: the frame to send to every relay.
+    pub fn moved(&mut self, id: Uuid, room: Room, color: String, user: Option<Arc<str>>, x: i64, y: i64) -> ByteString {
+        wire::presence(&self.cursors.moved(id, Local { room, color, user, x, y }))
     }
 
     /// A local client left: the frame to send, if its cursor had gone out.
     pub fn left(&mut self, id: Uuid) -> Option<ByteString> {
-        let (origin, seq, id) = self.cursors.left(id)?;
-        Some(wire::presence_leave(&origin, seq, &id))
+        let leave = self.cursors.left(id)?;
+        Some(wire::presence_leave(&leave.origin, leave.seq, &leave.id, &leave.room))
     }
 
-    /// A remote cursor came by way of `via`: shown here if it is new; then the frame to pass on.
+    /// A remote cursor came by way of `via`: shown here (to its room's members) if it is new;
+    /// then the frame to pass on.
     pub fn heard(&mut self, cursor: RemoteCursor, via: &str) -> Option<ByteString> {
         if !self.cursors.remote(&cursor, via) {
             return None;
         }
         let frame = wire::presence(&cursor);
-        let RemoteCursor { id, color, x, y, .. } = cursor;
-        self.state.do_send(RemotePresence { id, room: Room::DEFAULT, color, user: None, x, y });
+        let RemoteCursor { id, room, color, user, x, y, .. } = cursor;
+        self.state.do_send(RemotePresence { id, room, color, user: user.map(Arc::from), x, y });
         Some(frame)
     }
 
-    /// A remote leave: the cursor is hidden here if the leave is new; then the frame to pass on.
-    pub fn heard_leave(&mut self, origin: &str, seq: u64, id: String) -> Option<ByteString> {
-        if !self.cursors.remote_left(origin, seq, &id) {
-            return None;
-        }
-        let frame = wire::presence_leave(origin, seq, &id);
-        self.state.do_send(RemoteLeave { ids: vec![(Room::DEFAULT, id)] });
+    /// A remote leave of a client of `room`: the cursor is hidden here if the leave is new; then
+    /// the frame to pass on.
+    pub fn heard_leave(&mut self, origin: &str, seq: u64, id: String, room: Room) -> Option<ByteString> {
+        // The room the cursor was shown in, if it was; else the leave's own.
+        let room = self.cursors.remote_left(origin, seq, &id)?.unwrap_or(room);
+        let frame = wire::presence_leave(origin, seq, &id, &room);
+        self.state.do_send(RemoteLeave { ids: vec![(room, id)] });
         Some(frame)
     }
 
@@ -75,8 +77,8 @@ impl Hub {
     /// leave here; the leaves to pass on to relays behind us.
     pub fn gone(&mut self, via: &str) -> Vec<ByteString> {
         let gone = self.cursors.gone(via);
-        let frames = gone.iter().map(|(origin, seq, id)| wire::presence_leave(origin, *seq, id)).collect();
-        self.hide(gone.into_iter().map(|(_, _, id)| id).collect());
+        let frames = gone.iter().map(|l| wire::presence_leave(&l.origin, l.seq, &l.id, &l.room)).collect();
+        self.hide(gone.into_iter().map(|l| (l.room, l.id)).collect());
         frames
     }
 
@@ -88,9 +90,9 @@ impl Hub {
         self.cursors.refresh().iter().map(wire::presence).collect()
     }
 
-    fn hide(&self, ids: Vec<String>) {
+    fn hide(&self, ids: Vec<(Room, String)>) {
         if !ids.is_empty() {
-            self.state.do_send(RemoteLeave { ids: ids.into_iter().map(|id| (Room::DEFAULT, id)).collect() });
+            self.state.do_send(RemoteLeave { ids });
         }
     }
 }
@@ -100,9 +102,39 @@ pub const REFRESH: Duration = Duration::from_secs(10);
 /// A remote cursor not refreshed for this long leaves.
 pub const TTL: Duration = Duration::from_secs(30);
 
+/// A cursor of one of our clients, as it last moved.
+#[derive(Clone)]
+pub struct Local {
+    /// Its room: only that room's members, on every relay, see it.
+    pub room: Room,
+    /// Its colour.
+    pub color: String,
+    /// The `sub` of its token, if any.
+    pub user: Option<Arc<str>>,
+    /// Horizontal position.
+    pub x: i64,
+    /// Vertical position.
+    pub y: i64,
+}
+
+/// A leave to send: `id` of `room`, from `origin`, numbered `seq`.
+#[derive(Debug, PartialEq)]
+pub struct Leave {
+    /// Node the client is on.
+    pub origin: String,
+    /// The origin's sequence number.
+    pub seq: u64,
+    /// The client.
+    pub id: String,
+    /// Its room.
+    pub room: Room,
+}
+
 /// A remote cursor being shown to local clients.
 struct Shown {
     origin: String,
+    /// The room it is shown in.
+    room: Room,
     /// The peer (link) it came by; over NATS, its origin.
     via: String,
     refreshed: Instant,
@@ -112,7 +144,7 @@ struct Shown {
 struct Cursors {
     node: String,
     seq: u64,
-    local: HashMap<Uuid, (String, i64, i64)>,
+    local: HashMap<Uuid, Local>,
     origin_seq: HashMap<String, u64>,
     shown: HashMap<String, Shown>,
 }
@@ -128,26 +160,35 @@ impl Cursors {
         self.seq
     }
 
-    fn cursor(&mut self, id: Uuid, color: String, x: i64, y: i64) -> RemoteCursor {
-        RemoteCursor { origin: self.node.clone(), seq: self.next_seq(), id: id.to_string(), color, x, y }
+    fn cursor(&mut self, id: Uuid, c: Local) -> RemoteCursor {
+        RemoteCursor {
+            origin: self.node.clone(),
+            seq: self.next_seq(),
+            id: id.to_string(),
+            color: c.color,
+            x: c.x,
+            y: c.y,
+            room: c.room,
+            user: c.user.map(|u| u.to_string()),
+        }
     }
 
     /// A local client moved: the message to send.
-    pub fn moved(&mut self, id: Uuid, color: String, x: i64, y: i64) -> RemoteCursor {
-        self.local.insert(id, (color.clone(), x, y));
-        self.cursor(id, color, x, y)
+    pub fn moved(&mut self, id: Uuid, cursor: Local) -> RemoteCursor {
+        self.local.insert(id, cursor.clone());
+        self.cursor(id, cursor)
     }
 
-    /// A local client left: `(origin, seq, id)` of the leave to send, if it had a cursor.
-    pub fn left(&mut self, id: Uuid) -> Option<(String, u64, String)> {
-        self.local.remove(&id)?;
-        Some((self.node.clone(), self.next_seq(), id.to_string()))
+    /// A local client left: the leave to send, if it had a cursor.
+    pub fn left(&mut self, id: Uuid) -> Option<Leave> {
+        let cursor = self.local.remove(&id)?;
+        Some(Leave { origin: self.node.clone(), seq: self.next_seq(), id: id.to_string(), room: cursor.room })
     }
 
     /// Every local cursor again, with fresh sequence numbers.
     pub fn refresh(&mut self) -> Vec<RemoteCursor> {
         let local: Vec<_> = self.local.iter().map(|(id, c)| (*id, c.clone())).collect();
-        local.into_iter().map(|(id, (color, x, y))| self.cursor(id, color, x, y)).collect()
+        local.into_iter().map(|(id, c)| self.cursor(id, c)).collect()
     }
 
     /// Is this message from `origin` new (not ours, not a copy)? Records its sequence if so.
@@ -164,44 +205,46 @@ impl Cursors {
         if !self.fresh(&cursor.origin, cursor.seq) {
             return false;
         }
-        let shown = Shown { origin: cursor.origin.clone(), via: via.to_owned(), refreshed: Instant::now() };
+        let shown = Shown {
+            origin: cursor.origin.clone(),
+            room: cursor.room.clone(),
+            via: via.to_owned(),
+            refreshed: Instant::now(),
+        };
         self.shown.insert(cursor.id.clone(), shown);
         true
     }
 
-    /// A remote leave arrived; true if it is new (hide the cursor, pass it on).
-    pub fn remote_left(&mut self, origin: &str, seq: u64, id: &str) -> bool {
+    /// A remote leave arrived; `Some` if it is new (hide the cursor, pass it on), holding the
+    /// room the cursor was shown in, if it was.
+    pub fn remote_left(&mut self, origin: &str, seq: u64, id: &str) -> Option<Option<Room>> {
         if !self.fresh(origin, seq) {
-            return false;
+            return None;
         }
-        self.shown.remove(id);
-        true
+        Some(self.shown.remove(id).map(|s| s.room))
     }
 
     /// `via` is gone (its link dropped, its heartbeat stopped): the cursors that came by it leave,
     /// whichever node they are from. Returns the leaves to pass on, each numbered just past its
     /// origin's last sequence (a cursor still reachable another way comes back with its origin's
     /// next refresh).
-    pub fn gone(&mut self, via: &str) -> Vec<(String, u64, String)> {
+    pub fn gone(&mut self, via: &str) -> Vec<Leave> {
         let ids: Vec<String> = self.shown.iter().filter(|(_, c)| c.via == via).map(|(id, _)| id.clone()).collect();
         ids.into_iter()
             .filter_map(|id| {
                 let shown = self.shown.remove(&id)?;
                 let seq = self.origin_seq.entry(shown.origin.clone()).or_default();
                 *seq += 1;
-                Some((shown.origin, *seq, id))
+                Some(Leave { origin: shown.origin, seq: *seq, id, room: shown.room })
             })
             .collect()
     }
 
-    /// Remote cursors not refreshed for [`TTL`]: removed, their ids returned.
-    pub fn expired(&mut self) -> Vec<String> {
+    /// Remote cursors not refreshed for [`TTL`]: removed, their rooms and ids returned.
+    pub fn expired(&mut self) -> Vec<(Room, String)> {
         let ids: Vec<String> =
             self.shown.iter().filter(|(_, c)| c.refreshed.elapsed() > TTL).map(|(id, _)| id.clone()).collect();
-        for id in &ids {
-            self.shown.remove(id);
-        }
-        ids
+        ids.into_iter().filter_map(|id| Some((self.shown.remove(&id)?.room, id))).collect()
     }
 }
 
@@ -209,12 +252,16 @@ impl Cursors {
 mod tests {
     use super::*;
 
+    fn at(room: &Room, x: i64, y: i64) -> Local {
+        Local { room: room.clone(), color: "red".into(), user: None, x, y }
+    }
+
     #[test]
     fn copies_and_own_messages_are_dropped_and_gone_origins_leave() {
         let mut a = Cursors::new("a");
         let mut b = Cursors::new("b");
         let id = Uuid::new_v4();
-        let cursor = a.moved(id, "red".into(), 1, 2);
+        let cursor = a.moved(id, at(&Room::DEFAULT, 1, 2));
         assert!(b.remote(&cursor, "x"), "first copy, by way of x");
         assert!(!b.remote(&cursor, "y"), "second copy");
         assert!(!a.remote(&cursor, "x"), "our own, come back");
@@ -224,13 +271,62 @@ mod tests {
         assert!(b.gone("a").is_empty(), "it did not come by a's own link");
         let gone = b.gone("x");
         assert_eq!(gone.len(), 1);
-        assert_eq!((gone[0].0.as_str(), gone[0].2.as_str()), ("a", id.to_string().as_str()));
+        assert_eq!((gone[0].origin.as_str(), gone[0].id.as_str()), ("a", id.to_string().as_str()));
         assert!(b.gone("x").is_empty());
         // The origin's next real message is newer than the forged leave.
-        let again = a.moved(id, "red".into(), 3, 4);
-        assert!(again.seq > gone[0].1 && b.remote(&again, "y"));
-        let (origin, seq, left) = a.left(id).unwrap();
-        assert!(b.remote_left(&origin, seq, &left));
+        let again = a.moved(id, at(&Room::DEFAULT, 3, 4));
+        assert!(again.seq > gone[0].seq && b.remote(&again, "y"));
+        let leave = a.left(id).unwrap();
+        assert_eq!(b.remote_left(&leave.origin, leave.seq, &leave.id), Some(Some(Room::DEFAULT)));
         assert!(a.left(id).is_none());
+    }
+
+    #[test]
+    fn cursors_keep_their_room_through_refreshes_leaves_and_gone_links() {
+        let board = Room::parse("board").unwrap();
+        let mut a = Cursors::new("a");
+        let mut b = Cursors::new("b");
+        let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut user = at(&board, 1, 2);
+        user.user = Some(Arc::from("alice"));
+        let cursor = a.moved(one, user);
+        assert_eq!((&cursor.room, cursor.user.as_deref()), (&board, Some("alice")));
+        assert!(b.remote(&cursor, "x"));
+        let cursor = a.moved(two, at(&Room::DEFAULT, 5, 6));
+        assert!(b.remote(&cursor, "x"));
+        let mut rooms: Vec<Room> = a.refresh().into_iter().map(|c| c.room).collect();
+        rooms.sort();
+        assert_eq!(rooms, [Room::DEFAULT, board.clone()]);
+        // A leave names the room its cursor was in.
+        let leave = a.left(one).unwrap();
+        assert_eq!(leave.room, board);
+        assert_eq!(b.remote_left(&leave.origin, leave.seq, &leave.id), Some(Some(board.clone())));
+        // A leave of a cursor never shown: new, but no room known here.
+        assert_eq!(b.remote_left("a", leave.seq + 1, "unknown"), Some(None));
+        let gone = b.gone("x");
+        assert_eq!(gone.len(), 1);
+        assert_eq!((gone[0].id.as_str(), &gone[0].room), (two.to_string().as_str(), &Room::DEFAULT));
+    }
+
+    #[test]
+    fn the_frames_carry_room_and_user_only_when_there_is_one() {
+        let board = Room::parse("board").unwrap();
+        let mut a = Cursors::new("a");
+        let id = Uuid::new_v4();
+        let plain: serde_json::Value =
+            serde_json::from_str(&wire::presence(&a.moved(id, at(&Room::DEFAULT, 1, 2)))).unwrap();
+        let keys: Vec<&str> = plain.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["type", "origin", "seq", "id", "color", "x", "y"], "as before rooms");
+        let mut user = at(&board, 1, 2);
+        user.user = Some(Arc::from("alice"));
+        let frame = wire::presence(&a.moved(id, user));
+        let Some(wire::PeerFrame::Presence(back)) = wire::parse(&frame) else { panic!("{frame}") };
+        assert_eq!((back.room, back.user.as_deref()), (board.clone(), Some("alice")));
+        let leave = a.left(id).unwrap();
+        let frame = wire::presence_leave(&leave.origin, leave.seq, &leave.id, &leave.room);
+        let Some(wire::PeerFrame::PresenceLeave { room, .. }) = wire::parse(&frame) else { panic!("{frame}") };
+        assert_eq!(room, board);
+        let frame = wire::presence_leave("a", 1, "x", &Room::DEFAULT);
+        assert!(!frame.contains("room"));
     }
 }

@@ -95,13 +95,15 @@ impl Shared {
 
     /// Checks ops from `peer` and hands them to the state with an admission slot each. `gossip`
     /// ops pass the seen-stamp cache; anti-entropy and snapshot ops do not (they repair what gossip
-    /// missed).
+    /// missed). `kind` says which records the peer may send: an upstream peer only the default
+    /// room's (see [`wire::decode_op`]).
     ///
     /// # Errors
     /// When admission is closed (shutting down).
     pub async fn ingest(
         &self,
         peer: &NodeId,
+        kind: wire::Peer,
         values: Vec<Value>,
         gossip: bool,
         stats: &PeerStats,
@@ -111,7 +113,7 @@ impl Shared {
         let mut batch = Vec::with_capacity(values.len());
         let mut newest = 0;
         for value in values {
-            let op = match wire::decode_op(value, &self.limits, now, self.max_drift_ns) {
+            let op = match wire::decode_op(value, kind, &self.limits, now, self.max_drift_ns) {
                 Ok(op) => op,
                 Err(reason) => {
                     self.refuse(peer, reason, refused);

@@ -115,3 +115,23 @@ pub fn write_in_background(server: &Server, prefix: &str, n: usize) -> thread::J
         client.recv_set(&format!("{prefix}{}", n - 1));
     })
 }
+
+/// The browsers' URL of `room` on `server` (the default room for `""`).
+pub fn room_url(server: &Server, room: &str) -> String {
+    if room.is_empty() { server.url() } else { format!("{}?room={room}", server.url()) }
+}
+
+/// The `data` of the v1 snapshot a new client of `room` receives (the default room for `""`).
+pub fn room_data(server: &Server, room: &str) -> Value {
+    Client::connect(&room_url(server, room)).snapshot["data"].take()
+}
+
+/// Writes `key{i}` = `"{tag}-{i}"` for `i < n` in `room` on `server` (the default room for `""`)
+/// and waits for the last echo.
+pub fn write_room(server: &Server, room: &str, key: &str, tag: &str, n: usize) {
+    let mut client = Client::connect(&room_url(server, room));
+    for i in 0..n {
+        client.set(&format!("{key}{i}"), json!(format!("{tag}-{i}")));
+    }
+    client.recv_set(&format!("{key}{}", n - 1));
+}

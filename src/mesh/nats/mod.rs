@@ -246,10 +246,8 @@ impl Handler<StateEvent> for NatsActor {
                     let _ = tx.send(ours);
                 }
             }
-            // MERGE: rooms-mesh carries the room across relays; until then only the default room's.
-            StateEvent::Presence { room, .. } | StateEvent::Leave { room, .. } if !room.is_default() => {}
-            StateEvent::Presence { id, color, x, y, .. } => {
-                let frame = self.presence.moved(id, color, x, y);
+            StateEvent::Presence { id, room, color, user, x, y } => {
+                let frame = self.presence.moved(id, room, color, user, x, y);
                 self.send_presence(frame);
             }
             StateEvent::Leave { id, .. } => {
@@ -283,8 +281,8 @@ impl Handler<Heard> for NatsActor {
                     self.heard.insert(origin, Instant::now());
                 }
             }
-            PeerFrame::PresenceLeave { origin, seq, id } => {
-                self.presence.heard_leave(&origin, seq, id);
+            PeerFrame::PresenceLeave { origin, seq, id, room } => {
+                self.presence.heard_leave(&origin, seq, id, room);
             }
             _ => {}
         }

@@ -246,9 +246,9 @@ impl Tasks {
                     let ops = std::str::from_utf8(&msg.payload).ok().and_then(wire::parse);
                     match ops {
                         Some(PeerFrame::Ops { ops } | PeerFrame::Sync { ops }) => {
-                            self.shared.ingest(peer, ops, false, &self.stats, refused).await?;
+                            self.shared.ingest(peer, wire::Peer::Ours, ops, false, &self.stats, refused).await?;
                         }
-                        Some(PeerFrame::Op { op }) => self.shared.ingest(peer, vec![op], false, &self.stats, refused).await?,
+                        Some(PeerFrame::Op { op }) => self.shared.ingest(peer, wire::Peer::Ours, vec![op], false, &self.stats, refused).await?,
                         _ => self.shared.refuse(NATS_PEER, wire::Refused::Malformed, refused),
                     }
                     handed = seq;
@@ -310,10 +310,12 @@ impl Tasks {
                 values.push(value);
             }
             if values.len() >= PUBLISH_BATCH {
-                self.shared.ingest(peer, std::mem::take(&mut values), false, &self.stats, &mut refused).await?;
+                self.shared
+                    .ingest(peer, wire::Peer::Ours, std::mem::take(&mut values), false, &self.stats, &mut refused)
+                    .await?;
             }
         }
-        self.shared.ingest(peer, values, false, &self.stats, &mut refused).await?;
+        self.shared.ingest(peer, wire::Peer::Ours, values, false, &self.stats, &mut refused).await?;
         let resume = covered.max(first - 1);
         self.checkpoint(resume, seen).await?;
         log::info!("nats: loaded snapshot {name} covering sequences up to {covered}");
