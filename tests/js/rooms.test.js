@@ -197,6 +197,9 @@ withChromium('an expiring token is refreshed by the page without a visible disco
     const id = await p.eval('aether.clientId');
     assert.equal(await p.eval('aether.user'), 'ada');
     const observer = await nodeClient(port, { room: 'live-1', token: jwt({ sub: 'obs', exp: nowS() + 3600, rooms: { 'live-1': 'read' } }) });
+    // The control: the same kind of token, fixed (no function to refresh it), is closed at expiry.
+    const fixed = await ClientPage.start(cdp, base, 'fixed token', `new Aether(relay, { room: 'live-1', token: ${JSON.stringify(jwt({ sub: 'ada', exp: nowS() + 3, rooms: { 'live-*': 'write' } }))} })`);
+    await fixed.waitConnected();
     // Keep writing for three lifetimes of a token.
     const until12 = Date.now() + 12000;
     let n = 0;
@@ -208,6 +211,8 @@ withChromium('an expiring token is refreshed by the page without a visible disco
     }
     await until(() => observer.get('tick') === n, 5000, 'the observer saw every write arrive');
     assert.ok(minted >= 4, `the function was asked again before each expiry (${minted} tokens)`);
+    assert.deepEqual(await fixed.eval('log.errors'), ['auth:4401:token expired'], 'the fixed token was closed at expiry');
+    assert.equal(await fixed.eval('aether.status.fatal'), true);
     assert.deepEqual(await p.eval('log.status'), ['down:null', 'up'], 'never disconnected');
     assert.equal(await p.eval('aether.clientId'), id, 'the same connection');
     assert.deepEqual(await p.eval('log.errors'), []);
