@@ -30,7 +30,9 @@
 //!
 //! Actors and I/O:
 //! - [`state`]: `StateActor`, the singleton that stamps, merges, batches to the ledger and fans
-//!   out durable ops to every session's bounded queue (`state::fanout`: per-version frames;
+//!   out durable ops to the bounded queues of the op's room's members (`state::room`: everything
+//!   that belongs to one room, the map, members, resume sequence, snapshots and caps, while the
+//!   actor keeps what is relay-wide; `state::fanout`: per-version frames;
 //!   `state::join`: first frames, v2 resume, snapshots encoded off the actor for large maps;
 //!   `state::presence`: cursors coalesced per tick; `state::compaction`: online compaction riding
 //!   on appends; `state::remote`: peers' ops and digests).

@@ -92,6 +92,8 @@ pub struct Register {
     pub stamp: Stamp,
     /// True when the key was deleted.
     pub tombstone: bool,
+    /// Who wrote it (the op's `by`), kept so that catch-up, snapshots and replicas still say so.
+    pub by: Option<Arc<str>>,
 }
 
 impl Register {
@@ -99,7 +101,7 @@ impl Register {
     pub fn from_op(op: Op) -> (String, Register) {
         let tombstone = op.kind == OpKind::Del;
         let value = if tombstone { Value::Null } else { op.value };
-        (op.key, Register { value, stamp: op.stamp, tombstone })
+        (op.key, Register { value, stamp: op.stamp, tombstone, by: op.by })
     }
 
     /// The op that writes this register at `key` of the default room (a delete for a tombstone).
@@ -111,7 +113,7 @@ impl Register {
             value: self.value.clone(),
             stamp: self.stamp.clone(),
             room: Room::DEFAULT,
-            by: None,
+            by: self.by.clone(),
         }
     }
 }

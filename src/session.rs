@@ -156,7 +156,12 @@ pub async fn run(
         close_with(&deps, version, session, &mut stream, Some(refused.close())).await;
         return;
     }
-    let client = params.cid.filter(|_| version == Version::V2).map(Arc::from);
+    // Exactly-once is per room: the same client id in two rooms names two clients (`@` is not in
+    // a client id, so the scoped ids cannot collide).
+    let client = params.cid.filter(|_| version == Version::V2).map(|cid| match room.name() {
+        None => Arc::from(cid),
+        Some(name) => Arc::from(format!("{cid}@{name}")),
+    });
     let mut conn = Connection {
         id,
         deps,

@@ -286,3 +286,44 @@ fn closes_python() -> Option<std::path::PathBuf> {
         .chain([venv])
         .find(|p| Command::new(p).args(["-c", "import websockets"]).output().is_ok_and(|o| o.status.success()))
 }
+
+/// A backend that mints with a private key and gives the relay only the public one: ES256 and
+/// RS256 over sockets; an HS256 token "signed" with the public key's PEM (algorithm confusion) and
+/// one signed by another key pair are refused.
+#[test]
+fn public_key_tokens_es256_and_rs256() {
+    use openssl::{ec::EcGroup, ec::EcKey, nid::Nid, pkey::PKey, rsa::Rsa};
+    let ec =
+        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap()).unwrap();
+    let other_ec =
+        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap()).unwrap();
+    let rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let claims = json!({"sub": "svc", "exp": now() + 600, "rooms": {"*": "write"}});
+    for (alg, key, other) in [(Algorithm::ES256, &ec, Some(&other_ec)), (Algorithm::RS256, &rsa, None)] {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("jwt.pub.pem");
+        std::fs::write(&public, key.public_key_to_pem().unwrap()).unwrap();
+        let server = Server::start(&format!("[auth]\njwt_public_key_file = {public:?}\n"));
+        let private = key.private_key_to_pem_pkcs8().unwrap();
+        let encoding = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&private).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&private).unwrap(),
+        };
+        let good = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).unwrap();
+        let client = Client::connect(&url(&server, &format!("room=r&v=2&auth_token={good}")));
+        assert_eq!(client.hello["user"], "svc", "{alg:?}");
+        let confused = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&key.public_key_to_pem().unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(refused(&server, &format!("room=r&v=2&auth_token={confused}"), None), (4401, "auth failed".into()));
+        if let Some(other) = other {
+            let private = other.private_key_to_pem_pkcs8().unwrap();
+            let forged =
+                jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_ec_pem(&private).unwrap()).unwrap();
+            assert_eq!(refused(&server, &format!("room=r&auth_token={forged}"), None), (1008, "auth failed".into()));
+        }
+    }
+}

@@ -25,7 +25,7 @@ fn v2_frames_carry_stamps_origins_and_seqs_and_v1_frames_stay_exact() {
     let server = Server::start("");
     let mut old = server.client();
     let mut new = v2(&server, "");
-    assert_eq!(keys(&new.hello), set_of(&["type", "id", "color", "v", "node"]));
+    assert_eq!(keys(&new.hello), set_of(&["type", "id", "color", "v", "node", "access"]));
     assert_eq!((new.hello["v"].clone(), new.hello["node"].clone()), (json!(2), json!("alpha")));
     assert_eq!(keys(&new.snapshot), set_of(&["type", "data", "resume"]));
 
@@ -163,6 +163,11 @@ fn readme_protocol_v2_block_matches_the_running_server() {
     seen.push(b.recv_until(|f| f["type"] == "presence-leave" && f["id"] == a_id));
     b.send(json!({"type": "ping"}));
     seen.push(b.recv_until(|f| f["type"] == "pong"));
+    // A fresh token (here the shared secret of a relay with auth) is answered with auth_ok.
+    let with_auth = Server::start("[auth]\ntoken = \"t\"\n");
+    let mut c = Client::connect(&format!("{}?v=2&auth_token=t", with_auth.url()));
+    c.send(json!({"type": "auth", "token": "t"}));
+    seen.push(c.recv_until(|f| f["type"] == "auth_ok"));
     let seen_types: Vec<String> = seen.iter().map(|f| f["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(seen_types, types(&outbound));
     for (frame, (ty, fields)) in seen.iter().zip(&outbound) {

@@ -289,3 +289,20 @@ fn online_compaction_keeps_every_room() {
         assert_eq!(data, Value::Object(expected), "room {room}");
     }
 }
+
+/// Exactly-once writes are per room: the same client id and `ref` in two rooms are two writes,
+/// and a repeat within one room is still answered with the original ack.
+#[test]
+fn exactly_once_is_per_room() {
+    let server = Server::start("");
+    let mut a = Client::connect(&url(&server, "room=a&v=2&cid=tab-1"));
+    let mut b = Client::connect(&url(&server, "room=b&v=2&cid=tab-1"));
+    a.send(json!({"type": "set", "key": "k", "value": "a", "ref": 1}));
+    let ack_a = a.recv_until(|f| f["type"] == "ack");
+    b.send(json!({"type": "set", "key": "k", "value": "b", "ref": 1}));
+    let ack_b = b.recv_until(|f| f["type"] == "ack");
+    assert_ne!(ack_a["stamp"], ack_b["stamp"], "room b's write applied, not answered with room a's ack");
+    assert_eq!(Client::connect(&url(&server, "room=b")).snapshot["data"], json!({"k": "b"}));
+    a.send(json!({"type": "set", "key": "k", "value": "again", "ref": 1}));
+    assert_eq!(a.recv_until(|f| f["type"] == "ack"), ack_a, "a repeat in room a gets its original ack");
+}

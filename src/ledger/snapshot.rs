@@ -7,7 +7,8 @@
 //! Rooms: `entries`, `max_stamp` and `stats` are the default room's (upstream's one map; upstream
 //! uses `max_stamp` as its replay frontier). Named rooms, when there are any, follow under
 //! `"rooms":{"<name>":[entries…],…}`, rooms sorted by name, entries in the same shape. Upstream's
-//! loader ignores the extra key; a snapshot without named rooms has no `rooms` key at all.
+//! loader ignores the extra key; a snapshot without named rooms has no `rooms` key at all. An entry
+//! whose register was written with a token ends with `"by":"<sub>"`, which upstream ignores too.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -87,6 +88,10 @@ fn push_entries(out: &mut Vec<u8>, map: &LwwMap) {
             b",\"tombstone\":false,\"stamp\":"
         });
         record::encode_stamp(&register.stamp, out);
+        if let Some(by) = &register.by {
+            out.extend_from_slice(b",\"by\":");
+            push_json(out, &**by);
+        }
         out.push(b'}');
     }
 }
@@ -114,13 +119,17 @@ struct SnapshotEntry {
     #[serde(default)]
     tombstone: bool,
     stamp: RawStamp,
+    /// Who wrote it (ours only; upstream ignores the field).
+    #[serde(default)]
+    by: Option<String>,
 }
 
 impl SnapshotEntry {
     fn into_op(self, room: Room) -> Op {
         let kind = if self.tombstone { OpKind::Del } else { OpKind::Set };
         let value = if self.tombstone { Value::Null } else { self.value };
-        Op { kind, key: self.key, value, stamp: self.stamp.into(), room, by: None }
+        let by = self.by.filter(|by| !by.is_empty()).map(std::sync::Arc::from);
+        Op { kind, key: self.key, value, stamp: self.stamp.into(), room, by }
     }
 }
 
@@ -175,6 +184,7 @@ mod tests {
         map.apply(Op::set("b", json!({"x": [1, "é"]}), Stamp::new(5, 1, "n1")));
         map.apply(Op::set("a", Value::Null, Stamp::new(6, 0, "n2")));
         map.apply(Op::del("gone", Stamp::new(7, 0, "n1")));
+        map.apply(Op::set("mine", json!(2), Stamp::new(4, 0, "n1")).by(Some("alice".into())));
         let bytes = encode(&default_only(&map), Path::new("data/l.jsonl"));
         let doc: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(doc["version"], 1);
@@ -184,6 +194,7 @@ mod tests {
             doc["entries"][0],
             json!({"key": "a", "value": null, "tombstone": false, "stamp": {"p": 6, "l": 0, "n": "n2"}})
         );
+        assert_eq!(doc["entries"][3]["by"], "alice", "the author survives compaction: {}", doc["entries"][3]);
         assert!(doc.get("rooms").is_none(), "no named rooms: upstream's exact shape");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
@@ -195,9 +206,10 @@ mod tests {
                 loaded.apply(op);
             })
             .unwrap(),
-            3
+            4
         );
         assert_eq!(loaded.fingerprint(), map.fingerprint());
+        assert_eq!(loaded.register("mine").unwrap().by.as_deref(), Some("alice"));
     }
 
     #[test]

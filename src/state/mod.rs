@@ -1,11 +1,13 @@
 //! `StateActor`: the singleton that stamps, merges, persists (through the ledger) and fans out.
 //!
-//! Every write takes this path: a session sends [`Write`]; the actor stamps it with the HLC and
-//! queues it; while no append is in flight the queue goes to the [`LedgerActor`] as one batch (group
-//! commit); when the batch is durable the actor merges it into the map and sends its frames, in
-//! order, to every member's bounded outbound queue. So nothing is observable before it is on disk,
-//! every connection sees ops in apply order, and `hello` + `snapshot` (pushed into a fresh queue
-//! while joining) are always a connection's first two frames.
+//! Every write takes this path: a session sends [`Write`] for its room; the actor checks the room's
+//! caps, stamps it with the HLC and queues it; while no append is in flight the queue goes to the
+//! [`LedgerActor`] as one batch, whatever rooms it touches (group commit across rooms); when the
+//! batch is durable the actor merges each op into its room's map and sends its frames, in order, to
+//! the bounded outbound queue of every member of that room (`room`: what one room holds). So
+//! nothing is observable before it is on disk, every connection sees its room's ops in apply order,
+//! and `hello` + `snapshot` (pushed into a fresh queue while joining) are always a connection's
+//! first two frames.
 //!
 //! A member whose outbound queue is full is too slow: it is dropped from fan-out and told to close,
 //! and nobody else waits for it.
@@ -15,7 +17,8 @@
 //! and other peers, and a stale or duplicate op costs one comparison. Once durable, every op goes
 //! to the mesh (if any) to be forwarded to the peers that have not seen it.
 //!
-//! Submodules: `fanout` (applying batches, per-version frames), `join` (first frames), `presence`
+//! Submodules: `room` (one room's state), `fanout` (applying batches, per-version frames), `join`
+//! (first frames, room caps at join), `presence`
 //! (cursors, coalesced per tick), `compaction` (online compaction) and `remote` (ops and digests
 //! from the mesh).
 
