@@ -178,6 +178,18 @@ withChromium('a read-only tab cannot change anything: its write is rolled back a
   assert.match((await e.eval('log.errors'))[0], /^auth:4401:/);
   assert.deepEqual(await bad.eval('log.errors'), ['room:4400:bad room']);
   assert.equal(await o.eval('aether.has("title")'), false, 'nothing of the room before the refusal');
+
+  // With a token function a 4401 is retried once, with a fresh token: here the first is expired.
+  const again = await ClientPage.start(cdp, base, 'fresh after 4401', `(() => {
+    const tokens = [${JSON.stringify(expired)}, ${JSON.stringify(writer)}];
+    window.asked = 0;
+    return new Aether(relay, { room: 'doc', token: async () => tokens[Math.min(window.asked++, 1)] });
+  })()`);
+  await again.waitConnected();
+  assert.equal(await again.eval('aether.get("title")'), 'the real title');
+  assert.equal(await again.eval('window.asked'), 2);
+  assert.deepEqual(await again.eval('log.status'), ['down:null', 'down:4401', 'up']);
+  assert.deepEqual(await again.eval('log.errors'), []);
 });
 
 withChromium('an expiring token is refreshed by the page without a visible disconnect', `[auth]\njwt_secret = ${JSON.stringify(SECRET)}\n`, async ({ cdp, port, base }) => {
