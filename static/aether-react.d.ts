@@ -10,8 +10,10 @@ type AetherWriteHandle<T> = import('./aether.js').Write<T>;
 type AetherStatusInfo = import('./aether.js').Status;
 
 /**
- * Defaults for every hook: the relay URL and client options, or an existing client. Every option
- * tells clients apart: hooks with another token, URL or cache key get (and close) their own.
+ * Defaults for every hook: the relay URL and client options (`room`, `token`, …), or an existing
+ * client. Every option tells clients apart: hooks with another room, token, URL or cache key get
+ * (and close) their own. A token function counts by identity: create it once, outside the
+ * component (or with useCallback), or every render opens a new client.
  */
 export interface AetherConfig extends AetherOptions {
   url?: string;

@@ -10,6 +10,7 @@ export import AetherWriteError = Aether.AetherWriteError;
 
 export type AetherValue = Aether.Value;
 export type AetherOptions = Aether.Options;
+export type AetherToken = Aether.Token;
 export type Write<T = Aether.Value> = Aether.Write<T>;
 export type AetherStatus = Aether.Status;
 export type AetherErrorInfo = Aether.ErrorInfo;

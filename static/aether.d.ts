@@ -49,7 +49,10 @@ declare class Aether {
   onStatus(cb: Aether.StatusWatcher): Aether.Unsubscribe;
   /** One of this client's acknowledged writes lost to a later write from someone else (v2 only). */
   onSupersede(cb: Aether.SupersedeWatcher): Aether.Unsubscribe;
-  /** Auth failures (fatal: no reconnect), rate-limit and oversize closes. */
+  /**
+   * Auth failures and refusals (fatal: no reconnect): 'auth' (4401), 'forbidden' (4403), 'room'
+   * (4400 bad room, or a relay without rooms); rate-limit and oversize closes; full storage.
+   */
   onError(cb: Aether.ErrorWatcher): Aether.Unsubscribe;
   onPresence(cb: Aether.PresenceWatcher): Aether.Unsubscribe;
   onPresenceLeave(cb: Aether.LeaveWatcher): Aether.Unsubscribe;
@@ -68,14 +71,23 @@ declare class Aether {
   readonly protocol: 1 | 2 | null;
   /** v2: the relay's node id. */
   readonly node: string | null;
+  /** The room (`opts.room`); null for the default room. */
+  readonly room: string | null;
+  /** v2 with a JWT: the user (`sub`) the relay's `hello` named; null otherwise. */
+  readonly user: string | null;
+  /** From the last `hello` or `auth_ok`: 'read' (writes come back refused) or 'write'; null before. */
+  readonly access: 'read' | 'write' | null;
   readonly status: Aether.Status;
 
   /** Sends an ephemeral cursor position (int32), never queued; dropped while writes wait to be sent. */
   sendPresence(x: number, y: number): void;
   /** Forgets the cached state (not pending writes). */
   clearCache(): void;
-  /** Connects now: after an auth failure (optionally with a new token), or to skip a backoff wait. */
-  reconnect(opts?: { authToken?: string }): void;
+  /**
+   * Connects now: after an auth failure or refusal (optionally with a new token), or to skip a
+   * backoff wait. A token of another user switches the storage scope.
+   */
+  reconnect(opts?: { token?: Aether.Token; authToken?: string }): void;
   /** Disconnects for good; pending writes stay persisted for the next instance. */
   close(): void;
 
@@ -88,6 +100,13 @@ declare namespace Aether {
   /** Any JSON value. */
   type Value = string | number | boolean | null | object;
 
+  /**
+   * A token: a string, or a function giving one (or a promise of one), asked on every connect and,
+   * when the relay's `hello` names an expiry, again before it (the fresh token is sent on the live
+   * connection).
+   */
+  type Token = string | (() => string | PromiseLike<string>);
+
   interface Options {
     /** Reconnect after a close (default true). Never after an auth failure. */
     autoReconnect?: boolean;
@@ -98,11 +117,22 @@ declare namespace Aether {
     /** Keep state and pending writes in localStorage (default true). */
     persist?: boolean;
     /**
-     * localStorage key of the state cache (default `'aether::state::' + url`); with `authToken`,
-     * `'::user::' + user` is appended. Outboxes, client id, tab channel and locks live under it.
+     * localStorage key of the state cache (default `'aether::state::' + url`); with a `room`,
+     * `'::room::' + room` is appended, with a token `'::user::' + user`. Outboxes, client id, tab
+     * channel and locks live under it.
      */
     cacheKey?: string;
-    /** Shared secret: sent as `?auth_token=` and as a first `auth` frame. */
+    /**
+     * The room (1-128 of `A-Z a-z 0-9 - _ . :`, not starting with `_`); omitted: the default room.
+     * Sent as `?room=`.
+     */
+    room?: string;
+    /**
+     * The shared secret or a JWT, or a function giving one: sent as `?auth_token=` and as a first
+     * `auth` frame; a function is asked again before the token expires.
+     */
+    token?: Token;
+    /** The older name of `token` (a string); `token` wins when both are given. */
     authToken?: string;
     /** 2 (default): ask for protocol v2 (`?v=2`); 1: speak upstream's protocol only. */
     protocol?: 1 | 2;
@@ -181,16 +211,20 @@ declare namespace Aether {
     reason: string | null;
     /** When the next attempt starts, in ms (null: none scheduled). */
     retryInMs: number | null;
-    /** True after an auth failure: no reconnect until `reconnect()`. */
+    /** True after an auth failure or a refusal (forbidden, bad room): no reconnect until `reconnect()`. */
     fatal: boolean;
     /** Writes waiting for acknowledgement. */
     pending: number;
   }
 
   interface ErrorInfo {
-    /** 'storage' (reason 'quota'): localStorage is full; see README "Full storage". */
-    type: 'auth' | 'rate-limit' | 'too-big' | 'storage';
-    /** The close code; null for 'storage'. */
+    /**
+     * 'auth' (4401; fatal, or not fatal when a token function failed), 'forbidden' (4403: the token
+     * does not grant the room), 'room' (4400: a bad room name, or a relay without rooms), 'storage'
+     * (reason 'quota'): localStorage is full; see README "Full storage".
+     */
+    type: 'auth' | 'forbidden' | 'room' | 'rate-limit' | 'too-big' | 'storage';
+    /** The close code; null for 'storage' and for a failed token function. */
     code: number | null;
     reason: string;
     fatal: boolean;
@@ -203,7 +237,8 @@ declare namespace Aether {
   type StatusWatcher = (connected: boolean, status: Status) => void;
   type SupersedeWatcher = (key: string, attempted: Value | undefined, actual: Value | undefined) => void;
   type ErrorWatcher = (error: ErrorInfo) => void;
-  type PresenceWatcher = (id: string, x: number, y: number, color: string) => void;
+  /** `user`: the sender's user (`sub`) when it connected with a JWT, else null. */
+  type PresenceWatcher = (id: string, x: number, y: number, color: string, user: string | null) => void;
   type LeaveWatcher = (id: string) => void;
 
   /** The part of the Web Locks API the client uses (`navigator.locks`). */

@@ -58,6 +58,10 @@
   var WATCHDOG_MS = 1000;
   /** Per-key bookkeeping is pruned once it holds this many keys more than the state. */
   var BOOKKEEPING_SLACK = 1024;
+  /** A token with an expiry is refreshed this long before it at the latest... */
+  var REFRESH_AHEAD_MS = 30000;
+  /** ...or, when its remaining life is short, after this share of it. */
+  var REFRESH_AT_SHARE = 0.8;
 
   var DEFAULTS = {
     autoReconnect: true,
@@ -145,14 +149,28 @@
   }
 
   /**
-   * The storage scope of a client: its cache key (default `aether::state::<relay url>`, whose URL
-   * names the relay and, with `?room=`, the room) and, with a token, the user. Cache, outbox,
-   * client id, tab channel and locks all live under it, so two accounts or two relays never share.
+   * The storage scope of a client: its cache key (default `aether::state::<relay url>`, naming the
+   * relay), then `::room::<room>` for a room other than the default one, then `::user::<user>`
+   * with a token. Cache, outbox, client id, tab channel and locks all live under it, so two rooms,
+   * two accounts or two relays never share.
    */
-  function scopeKey(url, explicitKey, token) {
+  function scopeKey(url, explicitKey, token, room) {
     var base = explicitKey || 'aether::state::' + url;
+    if (room) base += '::room::' + room;
     var user = userOf(token);
     return user ? base + '::user::' + user : base;
+  }
+
+  /** Refreshes are at least this far apart (a clock far ahead of the relay's must not spin). */
+  var MIN_REFRESH_MS = 1000;
+
+  /**
+   * When to refresh a token that expires in `remainingMs`: 30 s before, or at 80 % of a short
+   * life; never sooner than MIN_REFRESH_MS.
+   */
+  function refreshDelay(remainingMs) {
+    var d = remainingMs > 0 ? Math.max(remainingMs - REFRESH_AHEAD_MS, remainingMs * REFRESH_AT_SHARE) : 0;
+    return Math.round(Math.max(MIN_REFRESH_MS, d));
   }
 
   /** UTF-8 byte length of a string, without allocating. */
@@ -923,9 +941,42 @@
         if (typeof opts[k] === 'number' && opts[k] >= 0) o[k] = opts[k];
       });
       o.protocol = opts.protocol === 1 ? 1 : 2;
-      o.authToken = typeof opts.authToken === 'string' && opts.authToken ? opts.authToken : null;
+      if (opts.room !== undefined && opts.room !== null && (typeof opts.room !== 'string' || !opts.room)) {
+        throw new TypeError('Aether: room must be a non-empty string (omit it for the default room)');
+      }
+      /** The room (null: the default room). */
+      this._room = typeof opts.room === 'string' ? opts.room : null;
+      // `token` (a string, or a function giving one or a promise of one); `authToken` is its
+      // older name (a string), used when `token` is absent.
+      var token = opts.token !== undefined && opts.token !== null ? opts.token : opts.authToken;
+      /** The token function, or null with a fixed token or none. */
+      this._tokenFn = typeof token === 'function' ? token : null;
+      o.authToken = typeof token === 'string' && token ? token : null;
+      /** A token fetch in flight ({} identifying it), or null. */
+      this._tokenWait = null;
+      /** The current `authToken` came from the function for the connect about to happen. */
+      this._freshToken = false;
+      /** The first token is still coming (a promise): the scope does not name the user yet. */
+      this._awaitingUser = false;
+      /** A 4401 was already answered by one retry with a fresh token (reset by `hello`). */
+      this._authRetried = false;
+      this._refreshTimer = null;
+      this._exp = null;
+      this._user = null;
+      this._access = null;
+      var firstToken = null;
+      if (this._tokenFn) {
+        firstToken = this._callTokenFn();
+        if (typeof firstToken === 'string') {
+          o.authToken = firstToken;
+          this._freshToken = true;
+          firstToken = null;
+        } else {
+          this._awaitingUser = true;
+        }
+      }
       this._explicitKey = typeof opts.cacheKey === 'string' && opts.cacheKey ? opts.cacheKey : null;
-      this._cacheKey = scopeKey(url, this._explicitKey, o.authToken);
+      this._cacheKey = scopeKey(url, this._explicitKey, o.authToken, this._room);
       this._BC = 'BroadcastChannel' in opts ? opts.BroadcastChannel : g.BroadcastChannel;
       var nav = g.navigator;
       this._locks = 'locks' in opts ? opts.locks || null : (nav && nav.locks && typeof nav.locks.request === 'function' ? nav.locks : null);
@@ -1018,7 +1069,8 @@
       this._enterScope();
       this._scanOrphans();
       this._listenPageLifecycle();
-      this._connect();
+      if (firstToken) this._fetchToken(firstToken);
+      else this._connect();
       this._post({ type: 'snapshot-request' });
     }
 
@@ -1202,6 +1254,21 @@
       return this._node;
     }
 
+    /** The room (null: the default room). */
+    get room() {
+      return this._room;
+    }
+
+    /** v2 with a JWT: the token's user (`sub`) from `hello`; null otherwise. */
+    get user() {
+      return this._user;
+    }
+
+    /** 'read' or 'write' from the last `hello`/`auth_ok` (v2; 'write' without a JWT); null before. */
+    get access() {
+      return this._access;
+    }
+
     get status() {
       var s = this._status;
       return {
@@ -1223,7 +1290,7 @@
         this._sendText('{"type":"presence","x":' + x + ',"y":' + y + '}');
       }
       if (this._myId) {
-        this._post({ type: 'presence', id: this._myId, color: this._myColor, x: x, y: y });
+        this._post({ type: 'presence', id: this._myId, color: this._myColor, x: x, y: y, user: this._user });
       }
     }
 
@@ -1239,6 +1306,7 @@
     close() {
       if (this._closed) return;
       this._closed = true;
+      this._tokenWait = null;
       clearTimeout(this._beatTimer);
       clearTimeout(this._peerTimer);
       this._probes.forEach(function (t) { clearTimeout(t); });
@@ -1259,26 +1327,118 @@
     }
 
     /**
-     * Connects again at once: after an auth failure (optionally with a new `authToken`), or to
-     * skip the current backoff wait. A live connection is kept unless the token changes.
+     * Connects again at once: after an auth failure (optionally with a new `token`, a string or a
+     * function; `authToken` is its older name), or to skip the current backoff wait. A live
+     * connection is kept unless the token changes.
      */
     reconnect(opts) {
       if (this._closed) return;
       var changed = false;
-      if (opts && typeof opts.authToken === 'string') {
-        var token = opts.authToken || null;
-        changed = token !== this._opts.authToken;
-        this._opts.authToken = token;
+      var given = opts ? (opts.token !== undefined && opts.token !== null ? opts.token : opts.authToken) : undefined;
+      if (typeof given === 'function') {
+        changed = true;
+        this._tokenFn = given;
+        this._freshToken = false;
+        this._tokenWait = null;
+      } else if (typeof given === 'string') {
+        var token = given || null;
+        changed = token !== this._opts.authToken || this._tokenFn !== null;
+        this._tokenFn = null;
+        this._tokenWait = null;
+        this._useToken(token);
       }
       this._fatal = false;
+      this._authRetried = false;
       this._connection.backoff.reset();
-      if (this._connection.ws && !changed) return;
+      if ((this._connection.ws || this._tokenWait) && !changed) return;
       this._connection.end(1000, '', 'quiet');
-      if (changed) {
-        var key = scopeKey(this.url, this._explicitKey, this._opts.authToken);
-        if (key !== this._cacheKey) this._switchScope(key);
-      }
       this._connect();
+    }
+
+    /**
+     * `token` is the one to present from now on. A token of another user switches the storage
+     * scope (see `_switchScope`); the first token of a function that answered with a promise only
+     * names the user of the writes made meanwhile, which move along with it.
+     */
+    _useToken(token) {
+      this._opts.authToken = token;
+      var carry = this._awaitingUser;
+      this._awaitingUser = false;
+      var key = scopeKey(this.url, this._explicitKey, token, this._room);
+      if (key !== this._cacheKey) this._switchScope(key, carry);
+    }
+
+    /** Calls the token function: a string now, or a promise of one (rejected for anything else). */
+    _callTokenFn() {
+      var got;
+      try {
+        got = this._tokenFn();
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      if (typeof got === 'string' && got) return got;
+      return Promise.resolve(got).then(function (t) {
+        if (typeof t !== 'string' || !t) throw new TypeError('the token function gave no token');
+        return t;
+      });
+    }
+
+    /**
+     * Asks the token function (or waits for `pending`, a first answer) and connects with its
+     * token. A failure counts as a failed attempt: reported, and retried after the backoff.
+     */
+    _fetchToken(pending) {
+      if (this._tokenWait) return;
+      var self = this;
+      var got = pending || this._callTokenFn();
+      var ticket = (this._tokenWait = {});
+      Promise.resolve(got).then(function (token) {
+        if (self._tokenWait !== ticket) return;
+        self._tokenWait = null;
+        if (self._closed || self._fatal) return;
+        self._useToken(token);
+        self._freshToken = true;
+        self._connect();
+      }, function (err) {
+        if (self._tokenWait !== ticket) return;
+        self._tokenWait = null;
+        if (self._closed || self._fatal) return;
+        var reason = 'token unavailable: ' + String((err && err.message) || err);
+        var delay = null;
+        if (self._opts.autoReconnect) {
+          delay = self._connection.backoff.next('normal');
+          self._connection.retryIn(delay);
+        }
+        self._status = { connected: false, protocol: self._proto, code: null, reason: reason, retryInMs: delay, fatal: false };
+        self._notifyStatus();
+        self._emitError({ type: 'auth', code: null, reason: reason, fatal: false, message: 'the token function failed; trying again later' });
+      });
+    }
+
+    /**
+     * v2 `hello`/`auth_ok` said when the token expires: ask the function for a new one before
+     * (30 s before, or at 80 % of a short remaining life) and present it in an `auth` frame on the
+     * live connection. Without a function, or if it fails, nothing happens: the relay closes at
+     * expiry (4401 "token expired") and the reconnect asks the function again.
+     */
+    _scheduleRefresh(exp) {
+      clearTimeout(this._refreshTimer);
+      this._refreshTimer = null;
+      this._exp = typeof exp === 'number' && isFinite(exp) ? exp : null;
+      if (!this._tokenFn || this._exp === null || this._proto !== 2) return;
+      var self = this;
+      var ws = this._connection.ws;
+      this._refreshTimer = timer(function () {
+        self._refreshTimer = null;
+        if (self._closed || self._connection.ws !== ws || !self._connected || !self._tokenFn) return;
+        Promise.resolve(self._callTokenFn()).then(function (token) {
+          if (self._closed || self._connection.ws !== ws || !self._connected) return;
+          self._opts.authToken = token;
+          self._sendText(JSON.stringify({ type: 'auth', token: token }));
+        }, function (err) {
+          if (typeof console !== 'undefined' && console.warn) console.warn('[aether] token refresh failed:', err);
+        });
+      }, refreshDelay(this._exp * 1000 - now()), true);
     }
 
     /**
@@ -1287,22 +1447,29 @@
      * session; their handles reject with 'user-changed'. The new user's cache and orphaned
      * writes are loaded as at construction.
      */
-    _switchScope(key) {
+    _switchScope(key, carry) {
       if (this._saveTimer) {
         clearTimeout(this._saveTimer);
         this._saveTimer = null;
         this._saveCache();
       }
-      this._saveOutbox(true);
+      if (carry) {
+        // The writes were made before the user was known; they are this user's: they move.
+        if (this._store) this._store.remove(this._outboxKey);
+      } else {
+        this._saveOutbox(true);
+      }
       this._post({ type: 'bye', pending: false });
       this._leaveScope();
       clearTimeout(this._beatTimer);
       this._beatTimer = null;
-      this._outbox.clear().forEach(function (e) {
-        e.writes.forEach(function (w) { w._fail('user-changed'); });
-      });
-      this._overlay.clear();
-      this._tracked.clear();
+      if (!carry) {
+        this._outbox.clear().forEach(function (e) {
+          e.writes.forEach(function (w) { w._fail('user-changed'); });
+        });
+        this._overlay.clear();
+        this._tracked.clear();
+      }
       this._myIds.clear(); // the previous user's connections are not "mine" for the next one
       this._bcSource = null;
       this._cacheKey = key;
@@ -1315,6 +1482,7 @@
       this._applyWhole(this._readCache() || {});
       if (this._readCache()) this._markReady();
       this._enterScope();
+      if (carry && this._outbox.size) this._saveOutbox(false);
       this._scanOrphans();
       this._post({ type: 'snapshot-request' });
     }
@@ -1721,12 +1889,19 @@
         }
         if (this._proto !== 1) params.push(['cid', this._cid]); // an upstream server ignores it anyway
       }
+      if (this._room !== null) params.push(['room', this._room]);
       if (this._opts.authToken) params.push(['auth_token', this._opts.authToken]);
       return withQuery(this.url, params);
     }
 
     _connect() {
       if (this._closed || this._fatal) return;
+      if (this._tokenFn && !this._freshToken) {
+        // Every connect presents a token the function gave for it.
+        if (this._connection.state === 'idle' && !this._connection.ws) this._fetchToken(null);
+        return;
+      }
+      this._freshToken = false;
       var url = this._connection.connect();
       if (url === null) return;
       this._resumeSince = /[?&]resume=/.test(url) ? { run: this._run, seq: this._seq } : null;
@@ -1741,6 +1916,8 @@
     _onEnded(code, reason, how, wasOpen) {
       clearTimeout(this._pumpTimer);
       this._pumpTimer = null;
+      clearTimeout(this._refreshTimer);
+      this._refreshTimer = null;
       this._myId = this._myColor = null;
       this._outbox.requeue();
       if (how === 'stop') {
@@ -1815,8 +1992,13 @@
           return; // any frame proves the connection alive
         case 'presence':
           if (typeof msg.id !== 'string' || msg.id === this._myId) return;
-          this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color]); });
-          this._repost({ type: 'presence', id: msg.id, color: msg.color, x: msg.x, y: msg.y, relayed: true });
+          var user = typeof msg.user === 'string' ? msg.user : null;
+          this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color, user]); });
+          this._repost({ type: 'presence', id: msg.id, color: msg.color, x: msg.x, y: msg.y, user: user, relayed: true });
+          return;
+        case 'auth_ok':
+          if (msg.access === 'read' || msg.access === 'write') this._access = msg.access;
+          this._scheduleRefresh(msg.exp);
           return;
         case 'presence-leave':
           if (typeof msg.id !== 'string') return;
@@ -1829,6 +2011,16 @@
     }
 
     _onHello(msg) {
+      if (this._room !== null && this._opts.protocol === 2 && (msg.v !== 2 || msg.room !== this._room)) {
+        // A relay that answers without our room does not know rooms (upstream, or an older
+        // aether-actix): it would show and take writes of its one map. Stop, loudly.
+        this._connection.end(4400, 'the relay does not support rooms', 'quiet');
+        this._stop('room', 4400, 'the relay does not support rooms', 'this relay has no rooms; not connecting to room ' + this._room);
+        return;
+      }
+      this._authRetried = false;
+      this._user = typeof msg.user === 'string' ? msg.user : null;
+      this._access = msg.access === 'read' ? 'read' : 'write';
       this._myId = typeof msg.id === 'string' ? msg.id : null;
       this._myColor = typeof msg.color === 'string' ? msg.color : null;
       this._proto = msg.v === 2 ? 2 : 1;
@@ -1851,6 +2043,7 @@
       this._tokens = Math.max(1, this._opts.sendBurst);
       this._tokensAt = now();
       this._status = { connected: true, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
+      this._scheduleRefresh(msg.exp);
       this._notifyStatus();
       this._pump();
       // Upstream closes a connection whose first message does not come within 5 s; one ignored
@@ -1863,17 +2056,23 @@
     /** After the socket closed or failed: report it, and back off before the next attempt. */
     _afterClose(code, reason) {
       if (this._closed) return;
-      var auth = code === 4401 || (code === 1008 && /auth/i.test(reason));
+      var auth = code === 4401 || (code === 1008 && /auth|token/i.test(reason));
+      var forbidden = code === 4403 || (code === 1008 && /forbidden/i.test(reason));
+      var badRoom = code === 4400 || (code === 1008 && /room/i.test(reason) && !/too many/i.test(reason));
       var rate = code === 4429 || (code === 1008 && /rate/i.test(reason));
       var busy = code === 1013 || code === 4503 || code === 4504;
       var tooBig = code === 1009;
-      if (auth) {
-        this._fatal = true;
-        this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: null, fatal: true };
+      if (auth && this._tokenFn && !this._authRetried && this._opts.autoReconnect) {
+        // Expired or refused: the function may have a good token now. Once per failure streak.
+        this._authRetried = true;
+        this._connection.retryIn(0);
+        this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: 0, fatal: false };
         this._notifyStatus();
-        this._emitError({ type: 'auth', code: code, reason: reason, fatal: true, message: 'authentication failed: check the token; not reconnecting' });
         return;
       }
+      if (auth) return this._stop('auth', code, reason, 'authentication failed: check the token; not reconnecting');
+      if (forbidden) return this._stop('forbidden', code, reason, 'the token does not grant room ' + (this._room === null ? '(default)' : this._room) + '; not reconnecting');
+      if (badRoom) return this._stop('room', code, reason, 'the relay refused the room name ' + JSON.stringify(this._room) + '; not reconnecting');
       if (rate) {
         this._rate = this._rate === Infinity ? DEFAULTS.sendRatePerSecond : Math.max(1, this._rate / 2);
         this._emitError({ type: 'rate-limit', code: code, reason: reason, fatal: false, message: 'the relay closed the connection for sending too fast; sending slower' });
@@ -1888,6 +2087,14 @@
       }
       this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: delay, fatal: false };
       this._notifyStatus();
+    }
+
+    /** A close that no retry can fix: no more reconnects until `reconnect()`; reported. */
+    _stop(type, code, reason, message) {
+      this._fatal = true;
+      this._status = { connected: false, protocol: this._proto, code: code, reason: reason, retryInMs: null, fatal: true };
+      this._notifyStatus();
+      this._emitError({ type: type, code: code, reason: reason, fatal: true, message: message });
     }
 
     _notifyStatus() {
@@ -1924,7 +2131,8 @@
           return this._onPeerSettled(msg);
         case 'presence':
           if (this._connected || typeof msg.id !== 'string') return; // the relay tells us itself
-          this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color]); });
+          var user = typeof msg.user === 'string' ? msg.user : null;
+          this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color, user]); });
           return;
         case 'presence-leave':
           if (this._connected || typeof msg.id !== 'string') return;

@@ -24,7 +24,7 @@
  */
 'use strict';
 
-const VERSION = 'de866f5b8de0853d';
+const VERSION = '66be7a6cf8c52349';
 const PREFIX = 'aether-shell-';
 const CACHE = PREFIX + VERSION;
 

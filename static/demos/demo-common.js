@@ -9,6 +9,24 @@
     return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
   }
 
+  /**
+   * The room this page lives in: `?room=NAME` if given, `?room=` (empty) for the relay's default
+   * room (where the demos lived before rooms), else `fallback`. Returns null for the default room.
+   */
+  function roomName(fallback) {
+    const q = new URLSearchParams(location.search);
+    if (!q.has('room')) return fallback;
+    return q.get('room') || null;
+  }
+
+  /** Shows the room in `el` (small, in the header): its name, or "default room". */
+  function showRoom(el, room) {
+    if (!el) return;
+    el.textContent = room === null ? 'default room' : 'room ' + room;
+    el.title = room === null ? 'the relay\'s default room (open ?room=NAME for another)' : 'room ' + room + ' (open ?room=NAME for another)';
+    el.dataset.room = room === null ? '' : room;
+  }
+
   /** A short random id: `prefix-` + 8 hex digits. */
   function uid(prefix) {
     const bytes = new Uint8Array(4);
@@ -77,7 +95,10 @@
       paint();
     });
     aether.onError((err) => {
-      if (err.fatal) refused = err.type === 'auth' ? 'authentication failed' : err.message;
+      if (err.fatal) {
+        refused = err.type === 'auth' ? 'authentication failed'
+          : err.type === 'forbidden' ? 'no access to this room' : err.message;
+      }
       toast(err.message || String(err.type));
       paint();
     });
@@ -87,5 +108,5 @@
     return { paint, toast };
   }
 
-  window.AetherDemo = { relayUrl, uid, between, statusBadge };
+  window.AetherDemo = { relayUrl, roomName, showRoom, uid, between, statusBadge };
 })();

@@ -72,8 +72,19 @@
     if (q && /^wss?:\/\//i.test(q)) return q;
     return (location.protocol === 'https:' ? 'wss' : 'ws') + '://' + location.host + '/ws';
   }
+  // The topology lives in the relay's default room (upstream's keys, shared with upstream mesh
+  // peers) unless the page URL says `?room=NAME`.
+  function roomName() {
+    return new URLSearchParams(location.search).get('room') || null;
+  }
   const url = relayUrl();
-  const aether = new Aether(url);
+  const room = roomName();
+  const aether = new Aether(url, room === null ? undefined : { room });
+  {
+    const el = document.getElementById('room');
+    el.textContent = room === null ? 'default room' : 'room ' + room;
+    el.dataset.room = room === null ? '' : room;
+  }
   window.aether = aether;
 
   // ---- model (derived from the synced map) ----------------------------------------------------

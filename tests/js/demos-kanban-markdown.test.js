@@ -108,9 +108,12 @@ test('kanban and markdown demos: two browsers, seeding, sync, offline, XSS, scre
   let browser = null;
   let cdp = null;
   let probe = null;
+  let mprobe = null;
   try {
-    probe = new Aether(`ws://127.0.0.1:${port}/ws`, { WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
-    await until(() => probe.connected, 10000, 'probe client');
+    // Each demo lives in its own room: a client in that room sees what the pages wrote.
+    probe = new Aether(`ws://127.0.0.1:${port}/ws`, { room: 'kanban', WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
+    mprobe = new Aether(`ws://127.0.0.1:${port}/ws`, { room: 'markdown', WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
+    await until(() => probe.connected && mprobe.connected, 10000, 'probe clients');
     ({ proc: browser, cdp } = await launchChromium(dir));
 
     // ---------------------------------------------------------------- kanban
@@ -207,7 +210,7 @@ test('kanban and markdown demos: two browsers, seeding, sync, offline, XSS, scre
     await ma.wait(`(${MD.lines}).length === 18`, 10000, '18 seed lines');
     await mb.wait(`(${MD.lines}).length === 18`, 10000, '18 seed lines');
     await sleep(500);
-    assert.equal(probe.keys().filter((k) => k.startsWith('line:')).length, 18, 'one copy of the seed');
+    assert.equal(mprobe.keys().filter((k) => k.startsWith('line:')).length, 18, 'one copy of the seed');
     assert.deepEqual(await ma.eval(MD.lines), await mb.eval(MD.lines));
     assert.equal(await ma.eval(`document.querySelector('#preview h1').textContent`), 'aether-actix');
     assert.equal(await ma.eval(`document.querySelectorAll('#preview ul li').length`), 3);
@@ -253,7 +256,7 @@ test('kanban and markdown demos: two browsers, seeding, sync, offline, XSS, scre
     await mb.eval(typeLineJs('seed-12', 'B is typing here'));
     await sleep(150);
     await ma.eval(`window.aether.set('line:seed-12', { id: 'seed-12', text: 'A wrote this', pos: window.aether.get('line:seed-12').pos })`);
-    await until(() => (probe.get('line:seed-12') || {}).text === 'A wrote this', 5000, 'relay has A\'s line');
+    await until(() => (mprobe.get('line:seed-12') || {}).text === 'A wrote this', 5000, 'relay has A\'s line');
     await sleep(300);
     assert.equal(await mb.eval(`document.querySelector('#lines .row[data-line="seed-12"] textarea').value`), 'B is typing here');
     assert.equal(await mb.eval(`document.activeElement === document.querySelector('#lines .row[data-line="seed-12"] textarea')`), true);
@@ -295,11 +298,12 @@ test('kanban and markdown demos: two browsers, seeding, sync, offline, XSS, scre
     relay = await startRelay(dir, port, ledger);
     await mb.wait(`document.querySelector('#lines .row[data-line="seed-01"] textarea').value === '# aether-actix (edited offline)'`, 20000, 'B gets the offline edit');
     await mb.wait(`document.querySelector('#preview h1').textContent === 'aether-actix (edited offline)'`, 5000, 'B preview');
-    await until(() => (probe.get('line:seed-01') || {}).text === '# aether-actix (edited offline)', 15000, 'relay has the offline edit');
+    await until(() => (mprobe.get('line:seed-01') || {}).text === '# aether-actix (edited offline)', 15000, 'relay has the offline edit');
     assert.deepEqual(ma.errors, []);
     assert.deepEqual(mb.errors, []);
   } finally {
     if (probe) probe.close();
+    if (mprobe) mprobe.close();
     if (cdp) cdp.close();
     if (browser && browser.exitCode === null) {
       try {
@@ -314,9 +318,9 @@ test('kanban and markdown demos: two browsers, seeding, sync, offline, XSS, scre
 });
 
 
-/** What a client that connects now gets from the relay for `key` (a fresh Node client, no cache). */
-async function relayValue(port, key) {
-  const fresh = new Aether(`ws://127.0.0.1:${port}/ws`, { WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
+/** What a client that connects now to `room` gets from the relay for `key` (a fresh Node client, no cache). */
+async function relayValue(port, key, room) {
+  const fresh = new Aether(`ws://127.0.0.1:${port}/ws`, { room, WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
   try {
     await until(() => fresh.connected && fresh.isReady, 10000, 'fresh client snapshot');
     return fresh.get(key);
@@ -384,8 +388,8 @@ test('kanban and markdown demos: an edit made offline survives a reload and reac
     await untilAsync(async () => (await titles(kb)) === want, 20000, 'B gets both offline edits');
     await ka.wait(connected, 20000, 'A reconnected, nothing waiting');
     assert.equal(await ka.eval('aether.pendingWrites()'), 0);
-    assert.equal((await relayValue(port, 'card:' + added) || {}).title, 'added offline, survives a reload', 'relay has the added card');
-    assert.equal((await relayValue(port, 'card:' + renamed) || {}).title, 'renamed offline', 'relay has the rename');
+    assert.equal((await relayValue(port, 'card:' + added, 'kanban') || {}).title, 'added offline, survives a reload', 'relay has the added card');
+    assert.equal((await relayValue(port, 'card:' + renamed, 'kanban') || {}).title, 'renamed offline', 'relay has the rename');
     assert.equal(await titles(ka), want);
     assert.deepEqual(ka.errors, []);
     assert.deepEqual(kb.errors, []);
@@ -420,7 +424,7 @@ test('kanban and markdown demos: an edit made offline survives a reload and reac
     await mb.wait(`${line('seed-03')} === ${JSON.stringify(text)}`, 20000, 'B gets the offline edit');
     await mb.wait(`document.querySelector('#preview strong') && document.querySelector('#preview strong').textContent === 'offline'`, 5000, 'B preview');
     await ma.wait(connected, 20000, 'A reconnected, nothing waiting');
-    assert.equal((await relayValue(port, 'line:seed-03') || {}).text, text, 'relay has the offline edit');
+    assert.equal((await relayValue(port, 'line:seed-03', 'markdown') || {}).text, text, 'relay has the offline edit');
     assert.deepEqual(await ma.eval(MD.lines), await mb.eval(MD.lines));
     assert.deepEqual(ma.errors, []);
     assert.deepEqual(mb.errors, []);

@@ -117,7 +117,11 @@ function pad(n, width) {
 
 /**
  * An in-process relay. `version: 2` answers `?v=2` connections with protocol v2 (like
- * aether-actix); `version: 1` ignores `?v=2` and speaks upstream's v1 only.
+ * aether-actix); `version: 1` ignores `?v=2` and speaks upstream's v1 only. `token` is the
+ * shared secret, or a predicate on the presented token. A v2 `hello` names the `?room=` (one map
+ * for all rooms: room isolation is the real relay's, tested in rooms.test.js); `helloExtra(conn,
+ * url)` adds fields (`user`, `access`, `exp`); `onAuth(conn, msg)` sees `auth` frames sent after
+ * `hello` (token refresh).
  */
 class FakeRelay {
   constructor({ version = 2, burst = 200, rate = 100, token = null, node = 'alpha' } = {}) {
@@ -189,7 +193,7 @@ class FakeRelay {
     if (this.token) {
       const presented = url.searchParams.get('auth_token');
       if (presented !== null) {
-        if (presented !== this.token) return this._close(conn, v2 ? 4401 : 1008, 'auth failed');
+        if (!this._tokenOk(presented)) return this._close(conn, v2 ? 4401 : 1008, 'auth failed');
         conn.authed = true;
       } else {
         conn.awaitingAuth = true;
@@ -199,9 +203,16 @@ class FakeRelay {
     this._welcome(conn, url);
   }
 
+  _tokenOk(token) {
+    return typeof this.token === 'function' ? !!this.token(token) : token === this.token;
+  }
+
   _welcome(conn, url) {
     const hello = { type: 'hello', id: conn.id, color: conn.color };
     if (conn.v2) Object.assign(hello, { v: 2, node: this.node });
+    if (conn.v2 && url.searchParams.get('room')) hello.room = url.searchParams.get('room');
+    if (conn.v2 && this.helloExtra) Object.assign(hello, this.helloExtra(conn, url));
+    if (typeof hello.user === 'string') conn.user = hello.user;
     this._send(conn, hello);
     if (this.closeAfterHello) return setImmediate(() => this._close(conn, 1000, '')); // a flapping proxy
     const token = this.run + '.' + this.seq;
@@ -268,7 +279,7 @@ class FakeRelay {
     }
     if (conn.awaitingAuth) {
       conn.awaitingAuth = false;
-      if (!msg || msg.type !== 'auth' || msg.token !== this.token) return this._close(conn, conn.v2 ? 4401 : 1008, 'auth failed');
+      if (!msg || msg.type !== 'auth' || !this._tokenOk(msg.token)) return this._close(conn, conn.v2 ? 4401 : 1008, 'auth failed');
       conn.authed = true;
       this._welcome(conn, new URL(conn.sock.url));
       return;
@@ -288,8 +299,15 @@ class FakeRelay {
     if (!msg || typeof msg !== 'object') return;
     if (msg.type === 'presence') {
       for (const other of this.conns) {
-        if (other !== conn) this._send(other, { type: 'presence', id: conn.id, color: conn.color, x: msg.x | 0, y: msg.y | 0 });
+        if (other === conn) continue;
+        const frame = { type: 'presence', id: conn.id, color: conn.color, x: msg.x | 0, y: msg.y | 0 };
+        if (other.v2 && conn.user) frame.user = conn.user;
+        this._send(other, frame);
       }
+      return;
+    }
+    if (msg.type === 'auth') {
+      if (this.onAuth) this.onAuth(conn, msg);
       return;
     }
     if (msg.type === 'ping') {

@@ -188,7 +188,7 @@ test('offline shell: a demo reloads with the relay stopped, keeps edits across r
     await b.wait(`${TITLES} === 'before the outage | written offline'`, 20000, 'B gets the offline card without a reload');
     await a.wait(connected, 20000, 'A reconnected, nothing waiting');
     assert.match(await a.eval(STATUS), new RegExp(`^connected \\| connected · 127\\.0\\.0\\.1:${port}$`));
-    probe = new Aether(`ws://127.0.0.1:${port}/ws`, { WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
+    probe = new Aether(`ws://127.0.0.1:${port}/ws`, { room: 'kanban', WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
     await until(() => probe.connected && probe.isReady, 10000, 'probe');
     assert.equal(probe.get('card:' + online).title, 'before the outage');
     assert.equal(probe.get('card:' + c2).title, 'written offline');

@@ -339,3 +339,41 @@ test('server rendering (react-dom/server) shows the defaults and opens no socket
     else globalThis.WebSocket = saved;
   }
 });
+
+test('hooks take { room, token }: one client per room, the token function asked for its connects', { timeout: 30000, skip: !haveReact && 'npm install first' }, async () => {
+  globalThis.IS_REACT_ACT_ENVIRONMENT = true;
+  const React = require('react');
+  const { create, act } = require('react-test-renderer');
+  const hooks = await loadHooks();
+  const { configureAether, useAether, useAetherStatus } = hooks;
+  const relay = new FakeRelay({ token: (t) => t.startsWith('tok-') });
+  configureAether({ url: 'ws://relay.test/ws', WebSocket: relay.WebSocket, storage: new MemoryStorage(), BroadcastChannel: null });
+  let asked = 0;
+  const token = async () => 'tok-' + ++asked; // created once, outside the component
+  const seen = {};
+  function Board({ room }) {
+    const [title, setTitle, meta] = useAether('title', 'untitled', { room, token });
+    const { client } = useAetherStatus({ room, token });
+    seen[room] = { title, setTitle, meta, client };
+    return React.createElement('b', null, room + ':' + title);
+  }
+  let root;
+  await act(async () => {
+    root = create(React.createElement(React.StrictMode, null, React.createElement(Board, { room: 'team-a' }), React.createElement(Board, { room: 'team-b' })));
+  });
+  await act(async () => {
+    await until(() => seen['team-a'].meta.connected && seen['team-b'].meta.connected, 3000, 'both rooms connected');
+  });
+  const a = seen['team-a'].client;
+  const b = seen['team-b'].client;
+  assert.notEqual(a, b, 'a client per room');
+  assert.equal(a.room, 'team-a');
+  assert.equal(b.room, 'team-b');
+  assert.equal(asked, 2, 'one token per connect, StrictMode included');
+  const rooms = relay.urls.map((u) => new URL(u).searchParams.get('room')).sort();
+  assert.deepEqual(rooms, ['team-a', 'team-b']);
+  await act(async () => {
+    root.unmount();
+  });
+  await until(() => a.status.connected === false && b.status.connected === false, 3000, 'closed on unmount');
+});

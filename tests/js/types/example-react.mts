@@ -41,3 +41,13 @@ export function useBoard(): number {
 
 const same: typeof useAether = useAetherDefault;
 void same;
+
+// Hooks in a room with a token function (created once, outside the component).
+const boardToken = async (): Promise<string> => 'jwt';
+export function useBoardTitle(): string {
+  const [title] = useAether('title', 'Board', { room: 'board-42', token: boardToken });
+  const { data } = useAetherSnapshot({ room: 'board-42', token: boardToken });
+  const { client: c } = useAetherStatus({ room: 'board-42', token: boardToken });
+  console.log(data, c?.room, c?.access);
+  return title;
+}

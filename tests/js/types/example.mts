@@ -70,3 +70,20 @@ offline.close();
 // The browser's own classes fit the injection points.
 const browserish = new Aether('ws://x', { WebSocket, storage: localStorage, BroadcastChannel });
 browserish.close();
+
+// Rooms and tokens: a room, a token function (sync or async), who and what the relay said.
+import type { AetherToken } from 'aether-actix-client';
+const fetchToken: AetherToken = async () => (await fetch('/token?room=board-42')).text();
+const board = new Aether('ws://127.0.0.1:8211/ws', { room: 'board-42', token: fetchToken });
+const room: string | null = board.room;
+const user: string | null = board.user;
+const access: 'read' | 'write' | null = board.access;
+console.log(room, user, access);
+board.onError((e) => {
+  if (e.type === 'forbidden' || e.type === 'room') console.log(e.code, e.reason);
+  if (e.type === 'auth' && e.fatal) board.reconnect({ token: () => 'a fresh token' });
+});
+board.onPresence((id, x, y, color, who) => console.log(id, x, y, color, who ?? 'anonymous'));
+new Aether('ws://x', { room: 'r', token: 'shared-secret', WebSocket: null }).close();
+new Aether('ws://x', { token: () => 'sync', WebSocket: null }).close();
+board.close();
