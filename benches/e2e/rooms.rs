@@ -32,9 +32,6 @@ use crate::{
     throughput::{self, Throughput},
 };
 
-/// The `[rooms]` table the bench runs with: creating rooms is not rate-limited per source here.
-const ROOMS_CONFIG: &str = "[rooms]\ncreated_per_minute = 1000000\n";
-
 /// Knobs of the `rooms` scenario.
 pub struct Settings {
     /// Rooms held with `per_room` clients each (the slope runs hold `rooms * per_room` connections).
@@ -63,8 +60,10 @@ pub struct Settings {
     pub settle: Duration,
 }
 
+/// The bench's configuration ([`crate::procs::write_ours_config`]) already lifts the `[rooms]`
+/// caps: no per-source creation rate, no key or byte cap that a run could reach.
 fn config() -> OursConfig {
-    OursConfig { mesh: ROOMS_CONFIG.to_owned(), ..OursConfig::default() }
+    OursConfig::default()
 }
 
 /// `ws://ADDR/ws?room=NAME`.
