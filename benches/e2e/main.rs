@@ -890,8 +890,19 @@ fn rooms_scenario(s: &Settings, max_conns: usize, out: &mut Out) {
         r.write_rooms, r.write_window, r.write_rooms, r.secs, r.runs
     );
     println!(
-        "{:<26} {:>4} {:>10} {:>10} {:>8} {:>8} {:>12} {:>9} {:>9} {:>7} {:>7}",
-        "case", "run", "acked/s", "per conn", "ack p50", "ack p99", "frames rd/s", "batch", "batches", "relay", "bench"
+        "{:<26} {:>4} {:>10} {:>10} {:>8} {:>8} {:>12} {:>9} {:>9} {:>7} {:>7} {:>7}",
+        "case",
+        "run",
+        "acked/s",
+        "per conn",
+        "ack p50",
+        "ack p99",
+        "frames rd/s",
+        "batch",
+        "batches",
+        "relay",
+        "bench",
+        "rest"
     );
     let mut rates: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut batches: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
@@ -911,7 +922,7 @@ fn rooms_scenario(s: &Settings, max_conns: usize, out: &mut Out) {
                 Ok(w) => {
                     let t = &w.t;
                     println!(
-                        "{:<26} {:>4} {:>10.0} {:>10} {:>6.2}ms {:>6.2}ms {:>12.0} {:>9} {:>9} {:>6.0}% {:>6.0}%",
+                        "{:<26} {:>4} {:>10.0} {:>10} {:>6.2}ms {:>6.2}ms {:>12.0} {:>9} {:>9} {:>6.0}% {:>6.0}% {:>6.0}%",
                         label,
                         run + 1,
                         t.rate(),
@@ -923,6 +934,7 @@ fn rooms_scenario(s: &Settings, max_conns: usize, out: &mut Out) {
                         w.batch.map_or("-".to_owned(), |(_, n)| format!("{n:.0}")),
                         100.0 * t.relay_cpu / t.secs,
                         100.0 * t.bench_cpu / t.secs,
+                        100.0 * t.other_cpu / t.secs,
                     );
                     if t.errors.is_empty() {
                         rates[case].push(t.rate());
@@ -935,7 +947,8 @@ fn rooms_scenario(s: &Settings, max_conns: usize, out: &mut Out) {
     }
     println!(
         "(per conn: slowest-fastest writer, acked/s; frames rd/s: every frame all clients read; batch: mean writes per \
-         ledger append, i.e. per fdatasync, and batches: appends, whole run, from /metrics; relay/bench: CPU, % of one core)"
+         ledger append, i.e. per fdatasync, and batches: appends, whole run, from /metrics; relay/bench/rest: CPU of the relay, \
+         of the clients and of the rest of the machine, % of one core)"
     );
     let spread_of = |v: &[f64]| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
