@@ -11,6 +11,7 @@
 //! stops every process it starts. Without `--bench` (as under `cargo test --all-targets`) it runs
 //! a tiny in-process smoke check and starts nothing.
 
+mod access;
 mod client;
 mod fanout;
 mod idle;
@@ -66,10 +67,13 @@ struct Settings {
     mesh: mesh::Settings,
     nats: nats::Settings,
     rooms: rooms::Settings,
+    /// `access`: connects measured per case, after warm-up ones.
+    access_conns: usize,
+    access_warmup: usize,
 }
 
-const SCENARIOS: [&str; 10] =
-    ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay", "pauses", "mesh", "nats", "rooms"];
+const SCENARIOS: [&str; 11] =
+    ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay", "pauses", "mesh", "nats", "rooms", "access"];
 
 impl Settings {
     fn from_env() -> Settings {
@@ -152,6 +156,8 @@ impl Settings {
                 window: window as u64,
                 wait,
             },
+            access_conns: env_or("AETHER_BENCH_ACCESS_CONNS", pick(quick, 4000, 300)),
+            access_warmup: env_or("AETHER_BENCH_ACCESS_WARMUP", pick(quick, 300, 30)),
             rooms: rooms::Settings {
                 rooms: env_or("AETHER_BENCH_ROOMS", pick(quick, 6000, 300)),
                 per_room: env_or("AETHER_BENCH_ROOMS_CLIENTS", 3),
@@ -278,6 +284,16 @@ fn main() {
         let max = usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(512);
         let before = out.notes.len();
         rooms_scenario(&s, max, &mut out);
+        // Every relay of this scenario warns that its connection cap equals the open-file limit.
+        let mut i = 0;
+        out.notes.retain(|n| {
+            i += 1;
+            i <= before || !n.contains("but the open-file limit is")
+        });
+    }
+    if s.runs("access") {
+        let before = out.notes.len();
+        access_scenario(&s, &mut out);
         // Every relay of this scenario warns that its connection cap equals the open-file limit.
         let mut i = 0;
         out.notes.retain(|n| {
@@ -1039,4 +1055,47 @@ fn smoke() {
     assert!(g.rate > 0.0 && g.mean_batch >= 1.0);
     assert!(ledger::sequential(10, 1) > 0.0);
     println!("e2e: smoke run ok");
+}
+
+/// `access`: relay CPU per connect with each kind of token (see `access.rs`).
+fn access_scenario(s: &Settings, out: &mut Out) {
+    println!(
+        "\n== Access (ours only): relay CPU per connect, {} connects one after another per case, by token ==",
+        s.access_conns
+    );
+    let cases = access::run(&s.launch, s.access_conns, s.access_warmup, &mut out.notes);
+    let base = cases.first().and_then(|c| c.cpu_us);
+    println!("{:<16} {:>14} {:>16} {:>12}", "token", "relay CPU, µs", "beyond no auth", "connects/s");
+    for c in &cases {
+        let beyond = c.cpu_us.zip(base).map(|(c, b)| c - b);
+        println!(
+            "{:<16} {:>14} {:>16} {:>12}",
+            c.name,
+            c.cpu_us.map_or("-".into(), |v| format!("{v:.1}")),
+            beyond.map_or("-".into(), |v| format!("{v:+.1}")),
+            c.per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+        );
+    }
+    out.rows.push(Row::new(
+        format!("**Access (ours only): relay CPU per connect, {} connects per case**", s.access_conns),
+        None,
+        None,
+        0,
+    ));
+    for c in &cases {
+        let goal = match c.name {
+            "HS256 JWT" => Some(Goal::AtMost(50.0)),
+            "ES256 JWT" => Some(Goal::AtMost(200.0)),
+            _ => None,
+        };
+        let beyond = c.cpu_us.zip(base).map(|(c, b)| (c - b).max(0.0));
+        out.rows.push(Row::new(format!("relay CPU per connect, µs: {}", c.name), c.cpu_us, None, 1));
+        if c.name != "no auth" {
+            let row = Row::new(format!("  of which the token (beyond no auth), µs: {}", c.name), beyond, None, 1);
+            out.rows.push(match goal {
+                Some(goal) => row.goal(goal),
+                None => row,
+            });
+        }
+    }
 }
