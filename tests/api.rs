@@ -587,3 +587,53 @@ fn openapi_description_matches_the_running_server() {
     assert_eq!(checked, 2 * 8, "every documented operation was called");
     assert!(seen.contains("200") && seen.contains("401"));
 }
+
+/// An API write is replicated like a browser's: a WebSocket client of the room on a federated
+/// peer sees it, and the peer's API answers it with the same stamp.
+#[test]
+fn api_writes_replicate_to_federated_peers() {
+    use common::federation::node_toml;
+    let api = format!("[api]\nkey = \"{KEY}\"");
+    let a = Server::start(&node_toml("node-a", "127.0.0.1:0", &[], &api));
+    let b = Server::start(&node_toml("node-b", "127.0.0.1:0", &[a.mesh_url()], &api));
+    let mut on_b = ws(&b, "room=shared&v=2");
+    let answer = put(&a, "/api/v1/rooms/shared/keys/k", Some(KEY), r#""from a""#);
+    assert_eq!(answer.status, 200);
+    let frame = on_b.recv_set("k");
+    assert_eq!((&frame["value"], &frame["stamp"]), (&json!("from a"), &answer.json()["stamp"]));
+    assert_eq!(get(&b, "/api/v1/rooms/shared/keys/k", Some(KEY)).json()["stamp"], answer.json()["stamp"]);
+}
+
+/// A write the ledger refuses (a full disk) is answered `503 ledger_failed`, applied nowhere and
+/// shown to nobody; once space is back the next write is durable.
+#[test]
+fn a_write_the_ledger_refuses_is_503_ledger_failed() {
+    use common::disk::{Tmpfs, fill};
+    let Some(disk) = Tmpfs::mount_or_skip(512 << 10, "a_write_the_ledger_refuses_is_503_ledger_failed") else {
+        return;
+    };
+    let s = Server::start_in(disk.dir(), &format!("[api]\nkey = \"{KEY}\"\n"));
+    let mut watcher = ws(&s, "room=full&v=2");
+    assert_eq!(put(&s, "/api/v1/rooms/full/keys/before", Some(KEY), "1").status, 200);
+    watcher.recv_set("before");
+    let filler = disk.path().join("filler");
+    assert!(fill(&filler, 0) > 0);
+    let pad = format!("\"{}\"", "x".repeat(1000));
+    let refused = (0..50)
+        .map(|i| put(&s, &format!("/api/v1/rooms/full/keys/k{i}"), Some(KEY), &pad))
+        .find(|answer| answer.status != 200)
+        .expect("a write refused on a full disk");
+    assert_eq!((refused.status, &refused.json()["error"]), (503, &json!("ledger_failed")), "{refused:?}");
+    std::fs::remove_file(&filler).unwrap();
+    let after = put(&s, "/api/v1/rooms/full/keys/after", Some(KEY), "2");
+    assert_eq!(after.status, 200, "{after:?}");
+    // The watcher saw only durable writes: no frame for the refused one before `after`.
+    let keys: Vec<Value> = std::iter::from_fn(|| Some(watcher.recv()))
+        .filter(|f| f["type"] == "set")
+        .map(|f| f["key"].clone())
+        .take_while(|k| k != "after")
+        .collect();
+    let stored = get(&s, "/api/v1/rooms/full", Some(KEY)).json();
+    assert_eq!(keys.len() + 2, stored["keys"].as_object().unwrap().len(), "{keys:?} vs {stored}");
+    drop(s);
+}
