@@ -637,3 +637,72 @@ fn a_write_the_ledger_refuses_is_503_ledger_failed() {
     assert_eq!(keys.len() + 2, stored["keys"].as_object().unwrap().len(), "{keys:?} vs {stored}");
     drop(s);
 }
+
+/// The Python of `target/closes-venv` (current `websockets`), or `AETHER_CLOSES_PYTHON`.
+fn closes_python() -> Option<std::path::PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/closes-venv/bin/python");
+    std::env::var_os("AETHER_CLOSES_PYTHON")
+        .map(Into::into)
+        .into_iter()
+        .chain([venv])
+        .find(|p| Command::new(p).args(["-c", "import websockets"]).output().is_ok_and(|o| o.status.success()))
+}
+
+/// A client that is not ours (Python `websockets`, v1 and v2) sees an API write, then the close
+/// of `disconnect` with its documented code and reason.
+#[test]
+fn python_websockets_sees_api_writes_and_the_disconnect_close() {
+    use std::io::BufRead;
+    let Some(python) = closes_python() else {
+        panic!("no Python with websockets: run tests/run.sh once (it makes target/closes-venv)");
+    };
+    let s = server();
+    let writer = token("py-user", json!({"py": "write"}), 600);
+    let script = r#"
+import asyncio, json, sys, websockets
+async def member(url, out):
+    async with websockets.connect(url) as ws:
+        first = [json.loads(await ws.recv())["type"] for _ in range(2)]
+        out["first"] = first
+        ready.release()
+        try:
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if frame.get("type") == "set":
+                    out["set"] = frame
+        except websockets.ConnectionClosed as e:
+            out["close"] = [e.rcvd.code, e.rcvd.reason]
+async def main():
+    global ready
+    ready = asyncio.Semaphore(0)
+    base, token = sys.argv[1], sys.argv[2]
+    v1, v2 = {}, {}
+    tasks = [asyncio.create_task(member(f"{base}?room=py&auth_token={token}", v1)),
+             asyncio.create_task(member(f"{base}?room=py&v=2&auth_token={token}", v2))]
+    await ready.acquire(); await ready.acquire()
+    print("ready", flush=True)
+    await asyncio.gather(*tasks)
+    print(json.dumps({"v1": v1, "v2": v2}), flush=True)
+asyncio.run(main())
+"#;
+    let mut child = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(s.url())
+        .arg(&writer)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let stamp = put(&s, "/api/v1/rooms/py/keys/k", Some(KEY), r#"{"from":"api"}"#).json()["stamp"].clone();
+    // Both members are sent the write before the disconnect's close (one queue per member, in order).
+    let answer = http(s.addr, "POST", "/api/v1/rooms/py/disconnect", Some(KEY), &[], br#"{"user":"py-user"}"#);
+    assert_eq!(answer.json(), json!({"disconnected": 2}));
+    let out: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out["v1"]["set"], json!({"type": "set", "key": "k", "value": {"from": "api"}}));
+    assert_eq!((&out["v2"]["set"]["stamp"], &out["v2"]["set"]["origin"]), (&stamp, &Value::Null));
+    assert_eq!(out["v1"]["close"], json!([1008, "disconnected by the operator"]));
+    assert_eq!(out["v2"]["close"], json!([4410, "disconnected by the operator"]));
+}
