@@ -455,9 +455,15 @@ impl Config {
     ) -> Result<(), ConfigError> {
         resolve_secret(&mut self.auth.token, self.auth.token_file.as_deref(), env_token)?;
         resolve_secret(&mut self.mesh.token, self.mesh.token_file.as_deref(), env_mesh_token)?;
-        resolve_secret(&mut self.api.key, self.api.key_file.as_deref(), std::env::var(API_KEY_ENV).ok())?;
+        let env_api_key = std::env::var(API_KEY_ENV).ok().filter(|k| !k.trim().is_empty());
+        let from_env = env_api_key.is_some();
+        resolve_secret(&mut self.api.key, self.api.key_file.as_deref(), env_api_key)?;
         if self.api.enabled() && self.api.key.len() < MIN_API_KEY_LEN {
-            let path = self.api.key_file.clone().unwrap_or_else(|| PathBuf::from("[api] key"));
+            let path = match &self.api.key_file {
+                _ if from_env => PathBuf::from(API_KEY_ENV),
+                Some(file) => file.clone(),
+                None => PathBuf::from("[api] key"),
+            };
             return Err(ConfigError::Invalid {
                 path,
                 message: format!("the API key must be at least {MIN_API_KEY_LEN} bytes"),
@@ -586,6 +592,23 @@ mod tests {
         let config =
             Config::parse("[mesh.nats]\nstream = \"S\"\nsnapshot_bucket = \"b\"\n", Path::new("c.toml")).unwrap();
         assert_eq!((config.mesh.nats.stream_name(), config.mesh.nats.bucket_name()), ("S".into(), "b".into()));
+    }
+
+    #[test]
+    fn api_key_from_a_file_at_least_16_bytes_never_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-key");
+        fs::write(&file, "  a-key-of-sixteen-bytes-or-more\n").unwrap();
+        let mut config = Config::parse(&format!("[api]\nkey_file = {file:?}\n"), Path::new("c.toml")).unwrap();
+        assert!(!config.api.enabled(), "off until resolved");
+        config.resolve_secrets(None, None).unwrap();
+        assert_eq!(config.api.key, "a-key-of-sixteen-bytes-or-more");
+        assert!(!format!("{config:?}").contains("sixteen"));
+        let mut short = Config::parse("[api]\nkey = \"short\"\n", Path::new("c.toml")).unwrap();
+        assert!(short.resolve_secrets(None, None).unwrap_err().to_string().contains("at least 16 bytes"));
+        let both = Config::parse(&format!("[api]\nkey = \"x\"\nkey_file = {file:?}\n"), Path::new("c.toml"));
+        assert!(both.unwrap_err().to_string().contains("not both"));
+        assert!(!Config::default().api.enabled(), "off by default");
     }
 
     #[test]
