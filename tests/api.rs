@@ -347,11 +347,14 @@ fn bad_inputs_get_defined_statuses() {
         ("POST", "/api/v1/rooms/_/disconnect".into(), b"{\"user\":1}".to_vec(), 400, "bad_body"),
         ("POST", "/api/v1/rooms/_/disconnect".into(), b"{".to_vec(), 400, "bad_json"),
         ("PUT", "/api/v1/rooms/_/keys/k".into(), b"1".to_vec(), 200, ""),
-        // max_keys = 2: "keep" and "k" are there.
-        ("PUT", "/api/v1/rooms/_/keys/k3".into(), b"1".to_vec(), 409, "room_full"),
+        // max_keys = 2 in a named room (the default room has no cap, as upstream).
+        ("PUT", "/api/v1/rooms/capped/keys/a".into(), b"1".to_vec(), 200, ""),
+        ("PUT", "/api/v1/rooms/capped/keys/b".into(), b"1".to_vec(), 200, ""),
+        ("PUT", "/api/v1/rooms/capped/keys/c".into(), b"1".to_vec(), 409, "room_full"),
+        ("PUT", "/api/v1/rooms/_/keys/c".into(), b"1".to_vec(), 200, ""),
+        // max_rooms = 3: `_`, capped and r1 are held.
         ("PUT", "/api/v1/rooms/r1/keys/k".into(), b"1".to_vec(), 200, ""),
-        ("PUT", "/api/v1/rooms/r2/keys/k".into(), b"1".to_vec(), 200, ""),
-        ("PUT", "/api/v1/rooms/r3/keys/k".into(), b"1".to_vec(), 409, "too_many_rooms"),
+        ("PUT", "/api/v1/rooms/r2/keys/k".into(), b"1".to_vec(), 409, "too_many_rooms"),
     ];
     for (method, path, body, status, error) in cases {
         let answer = http(s.addr, method, &path, Some(KEY), &[], &body);
@@ -363,7 +366,11 @@ fn bad_inputs_get_defined_statuses() {
             assert!(answer.headers.contains_key("allow"), "{answer:?}");
         }
     }
-    assert_eq!(get(&s, "/api/v1/rooms/_", Some(KEY)).json()["keys"], json!({"keep": "kept", "k": 1}), "nothing lost");
+    assert_eq!(
+        get(&s, "/api/v1/rooms/_", Some(KEY)).json()["keys"],
+        json!({"keep": "kept", "k": 1, "c": 1}),
+        "nothing lost"
+    );
 }
 
 fn cli(server: &Server, args: &[&str]) -> String {

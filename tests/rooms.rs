@@ -186,7 +186,13 @@ fn room_caps_refuse_with_documented_outcomes_and_lose_nothing() {
         let mut ws = Client::raw(&url(&server, &format!("room=third{version}")));
         assert_eq!(common::wait_closed(&mut ws), Closed::Frame(code, "too many rooms".into()));
     }
-    let _default = Client::connect(&server.url());
+    // The default room is upstream's one map: open whatever the caps, and not capped in keys.
+    let mut default = Client::connect(&server.url());
+    for key in ["a", "b", "c", "d", "e"] {
+        default.set(key, json!(key));
+    }
+    default.recv_set("e");
+    assert_eq!(Client::connect(&server.url()).snapshot["data"].as_object().unwrap().len(), 5);
     assert_eq!(common::metric(&server, "aether_rooms_refused_total{reason=\"too_many_rooms\"}"), 2.0);
 }
 

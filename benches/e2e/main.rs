@@ -5,8 +5,9 @@
 //! `AETHER_BENCH_UPSTREAM=/path/to/python` names an interpreter with `aether-zta==0.4.0`. Scenarios
 //! (`AETHER_BENCH_ONLY` selects, comma-separated): `roundtrip`, `throughput`, `api` (ours only:
 //! durable `PUT`s through the HTTP API beside the same writes over WebSocket), `fanout`, `idle`,
-//! `ledger`, `replay`, `mesh`, `nats` (ours only: federation through a `nats-server` against the
-//! WebSocket mesh). Every other knob is in [`Settings::from_env`] and in benches/README.md.
+//! `ledger`, `replay`, `pauses`, `mesh`, `nats` (ours only: federation through a `nats-server`
+//! against the WebSocket mesh), `rooms` (ours only: memory per room, writes spread over rooms).
+//! Every other knob is in [`Settings::from_env`] and in benches/README.md.
 //!
 //! Everything is bounded in count and time, uses only 127.0.0.1 and temporary directories, and
 //! stops every process it starts. Without `--bench` (as under `cargo test --all-targets`) it runs
@@ -24,6 +25,7 @@ mod poller;
 mod procs;
 mod replay;
 mod report;
+mod rooms;
 mod roundtrip;
 mod throughput;
 mod util;
@@ -66,10 +68,11 @@ struct Settings {
     pause_secs: f64,
     mesh: mesh::Settings,
     nats: nats::Settings,
+    rooms: rooms::Settings,
 }
 
-const SCENARIOS: [&str; 10] =
-    ["roundtrip", "throughput", "api", "fanout", "idle", "ledger", "replay", "pauses", "mesh", "nats"];
+const SCENARIOS: [&str; 11] =
+    ["roundtrip", "throughput", "api", "fanout", "idle", "ledger", "replay", "pauses", "mesh", "nats", "rooms"];
 
 impl Settings {
     fn from_env() -> Settings {
@@ -151,6 +154,20 @@ impl Settings {
                 spread_writes,
                 window: window as u64,
                 wait,
+            },
+            rooms: rooms::Settings {
+                rooms: env_or("AETHER_BENCH_ROOMS", pick(quick, 6000, 300)),
+                per_room: env_or("AETHER_BENCH_ROOMS_CLIENTS", 3),
+                single: env_or("AETHER_BENCH_ROOMS_SINGLE", pick(quick, 10_000, 600)),
+                dormant: env_or("AETHER_BENCH_ROOMS_DORMANT", pick(quick, 10_000, 600)),
+                dormant_keys: env_or("AETHER_BENCH_ROOMS_DORMANT_KEYS", 1),
+                write_rooms: env_or("AETHER_BENCH_ROOMS_WRITERS", pick(quick, 1000, 100)),
+                write_window: env_or("AETHER_BENCH_ROOMS_WINDOW", 1),
+                runs: env_or("AETHER_BENCH_ROOMS_RUNS", pick(quick, 3, 1)),
+                secs: env_or("AETHER_BENCH_SECS", pick(quick, 5.0, 1.0)),
+                connect_rate: env_or("AETHER_BENCH_CONNECT_RATE", 1000.0),
+                pollers: env_or("AETHER_BENCH_POLLERS", 2),
+                settle: Duration::from_secs_f64(env_or("AETHER_BENCH_ROOMS_SETTLE", pick(quick, 2.0, 0.5))),
             },
             nats: nats::Settings {
                 server: procs::nats_server_bin(),
@@ -262,6 +279,17 @@ fn main() {
     }
     if s.runs("nats") {
         nats_federation(&s, &mut out);
+    }
+    if s.runs("rooms") {
+        let max = usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(512);
+        let before = out.notes.len();
+        rooms_scenario(&s, max, &mut out);
+        // Every relay of this scenario warns that its connection cap equals the open-file limit.
+        let mut i = 0;
+        out.notes.retain(|n| {
+            i += 1;
+            i <= before || !n.contains("but the open-file limit is")
+        });
     }
 
     println!("\n== Notes ==");
@@ -849,6 +877,233 @@ fn nats_federation(s: &Settings, out: &mut Out) {
             }
         }
     }
+}
+
+fn rooms_scenario(s: &Settings, max_conns: usize, out: &mut Out) {
+    let r = &s.rooms;
+    let per_room = r.per_room.max(1);
+    let mut rooms_n = r.rooms.max(2);
+    if rooms_n * per_room > max_conns {
+        let fits = max_conns / per_room;
+        println!(
+            "\n(rooms: {rooms_n} rooms x {per_room} clients do not fit under the open-file limit: {fits} rooms instead)"
+        );
+        rooms_n = fits;
+    }
+    let conns = rooms_n * per_room;
+    let single = r.single.min(max_conns).max(2);
+    println!(
+        "\n== Rooms (ours only): memory of {rooms_n} rooms x {per_room} clients, of {single} rooms x 1 client, of {} \
+         dormant rooms; writes over {} rooms vs one room ==",
+        r.dormant, r.write_rooms
+    );
+    let launch = &s.launch;
+    let mib = |kib: f64| kib / 1024.0;
+    let show = |label: &str, h: &rooms::Held| {
+        let at: Vec<String> = h.at.iter().map(|(n, kib)| format!("{n}: {:.1} MiB", mib(*kib as f64))).collect();
+        println!(
+            "{label:<44} {:>6} conns {:>6} rooms  RSS before {:>7.1} MiB, at {}; connect {:.1}s; rooms held {} then {}",
+            h.conns,
+            h.rooms,
+            mib(h.base_kib as f64),
+            at.join(", "),
+            h.connect.as_secs_f64(),
+            h.rooms_held.0.map_or("-".into(), |v| v.to_string()),
+            h.rooms_held.1.map_or("-".into(), |v| v.to_string()),
+        );
+    };
+    let one = rooms::hold(launch, r, "rooms: one room", conns, |_| "one".to_owned(), &[single], &mut out.notes);
+    show(&format!("{conns} connections in one room"), &one);
+    let spread = rooms::hold(launch, r, "rooms: spread", conns, |i| format!("r{}", i / per_room), &[], &mut out.notes);
+    show(&format!("{conns} connections over {rooms_n} rooms"), &spread);
+    let singles = rooms::hold(launch, r, "rooms: singles", single, |i| format!("r{i}"), &[], &mut out.notes);
+    show(&format!("{single} connections over {single} rooms"), &singles);
+    for h in [&one, &spread, &singles] {
+        out.notes.extend(h.errors.iter().cloned());
+        if h.rooms_held.1.is_some_and(|n| n > 0) {
+            out.notes.push(format!(
+                "rooms: {} rooms still held after every client of {} left",
+                h.rooms_held.1.unwrap_or(0),
+                h.conns
+            ));
+        }
+    }
+    let ok = |h: &rooms::Held| h.errors.is_empty() && h.at.last().is_some_and(|(n, _)| *n == h.conns);
+    let per_conn = one.delta_at(None).filter(|_| ok(&one)).map(|d| d / conns as f64);
+    let per_room3 = (ok(&one) && ok(&spread))
+        .then(|| Some((spread.delta_at(None)? - one.delta_at(None)?) / (rooms_n - 1) as f64))
+        .flatten();
+    let single_ref = one.delta_at(Some(single)).or_else(|| per_conn.map(|c| c * single as f64));
+    let per_room1 = (ok(&singles) && ok(&one))
+        .then(|| Some((singles.delta_at(None)? - single_ref?) / (single - 1) as f64))
+        .flatten();
+    let whole3 = spread.delta_at(None).filter(|_| ok(&spread)).map(|d| d / rooms_n as f64);
+    let predicted = per_conn.zip(per_room3).map(|(c, room)| one.base_kib as f64 + 30_000.0 * c + 10_000.0 * room);
+
+    let dormant_room = |i: usize| format!("d{i}");
+    let one_room = |_: usize| "one".to_owned();
+    let d_rooms = rooms::dormant(launch, r, "rooms: dormant", r.dormant, dormant_room, &mut out.notes);
+    let d_one = rooms::dormant(launch, r, "rooms: dormant reference", r.dormant, one_room, &mut out.notes);
+    for (label, d) in
+        [(format!("{} dormant rooms", r.dormant), &d_rooms), ("the same keys in one room".to_owned(), &d_one)]
+    {
+        println!(
+            "{label:<44} {:>6} writers, {} key(s) each: RSS {:.1} -> {:.1} MiB ({:.2} KiB per writer); rooms {} keys {} after; {:.1}s",
+            d.conns,
+            r.dormant_keys,
+            mib(d.rss_kib.0 as f64),
+            mib(d.rss_kib.1 as f64),
+            d.delta() / d.conns.max(1) as f64,
+            d.rooms.map_or("-".into(), |v| v.to_string()),
+            d.keys.map_or("-".into(), |v| v.to_string()),
+            d.took.as_secs_f64()
+        );
+        out.notes.extend(d.errors.iter().cloned());
+    }
+    let dormant_ok = d_rooms.errors.is_empty() && d_one.errors.is_empty() && r.dormant > 0;
+    let per_dormant = dormant_ok.then(|| d_rooms.delta() / r.dormant as f64);
+    let per_dormant_beyond = dormant_ok.then(|| (d_rooms.delta() - d_one.delta()) / r.dormant as f64);
+
+    println!(
+        "\n-- Writes: {} writer connections x {} in flight, one per room over {} rooms vs all in one room; {} s each, {} run(s) --",
+        r.write_rooms, r.write_window, r.write_rooms, r.secs, r.runs
+    );
+    println!(
+        "{:<26} {:>4} {:>10} {:>10} {:>8} {:>8} {:>12} {:>9} {:>9} {:>7} {:>7} {:>7}",
+        "case",
+        "run",
+        "acked/s",
+        "per conn",
+        "ack p50",
+        "ack p99",
+        "frames rd/s",
+        "batch",
+        "batches",
+        "relay",
+        "bench",
+        "rest"
+    );
+    let mut rates: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut batches: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let in_flight = r.write_rooms * r.write_window;
+    let cases = [
+        (0, format!("{} rooms", r.write_rooms), r.write_rooms, r.write_window),
+        (1, "one room".to_owned(), r.write_rooms, r.write_window),
+        // The same writes in flight, each delivered once as over rooms, from one connection.
+        (2, format!("one room, 1 conn x {in_flight}"), 1, in_flight),
+    ];
+    for run in 0..r.runs {
+        for (case, label, writers, window) in &cases {
+            let (case, writers, window) = (*case, *writers, *window);
+            let room_of = |i: usize| if case == 0 { format!("w{i}") } else { "one".to_owned() };
+            let what = format!("rooms: writes, {label}");
+            match rooms::writes(launch, r, &what, writers, window, room_of, &mut out.notes) {
+                Ok(w) => {
+                    let t = &w.t;
+                    println!(
+                        "{:<26} {:>4} {:>10.0} {:>10} {:>6.2}ms {:>6.2}ms {:>12.0} {:>9} {:>9} {:>6.0}% {:>6.0}% {:>6.0}%",
+                        label,
+                        run + 1,
+                        t.rate(),
+                        format!("{:.0}-{:.0}", t.per_conn.0 as f64 / t.secs, t.per_conn.1 as f64 / t.secs),
+                        ms(percentile(&t.ack_latency, 0.50)),
+                        ms(percentile(&t.ack_latency, 0.99)),
+                        t.frames_in_window as f64 / t.secs,
+                        w.batch.map_or("-".to_owned(), |(b, _)| format!("{b:.1}")),
+                        w.batch.map_or("-".to_owned(), |(_, n)| format!("{n:.0}")),
+                        100.0 * t.relay_cpu / t.secs,
+                        100.0 * t.bench_cpu / t.secs,
+                        100.0 * t.other_cpu / t.secs,
+                    );
+                    if t.errors.is_empty() {
+                        rates[case].push(t.rate());
+                        batches[case].extend(w.batch.map(|(b, _)| b));
+                    }
+                }
+                Err(e) => out.notes.push(format!("rooms: writes, {label} failed: {e}")),
+            }
+        }
+    }
+    println!(
+        "(per conn: slowest-fastest writer, acked/s; frames rd/s: every frame all clients read; batch: mean writes per \
+         ledger append, i.e. per fdatasync, and batches: appends, whole run, from /metrics; relay/bench/rest: CPU of the relay, \
+         of the clients and of the rest of the machine, % of one core)"
+    );
+    let spread_of = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if v.is_empty() { "-".to_owned() } else { format!("{lo:.0}-{hi:.0}") }
+    };
+    let med = |v: &[f64]| (!v.is_empty()).then(|| util::median(v.to_vec()));
+    let (spread_rate, one_rate, one_conn_rate) = (med(&rates[0]), med(&rates[1]), med(&rates[2]));
+    let text = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    println!(
+        "acked writes/s, median (min-max): {} rooms {} ({}); one room {} ({}); one room, 1 conn {} ({})",
+        r.write_rooms,
+        text(spread_rate),
+        spread_of(&rates[0]),
+        text(one_rate),
+        spread_of(&rates[1]),
+        text(one_conn_rate),
+        spread_of(&rates[2]),
+    );
+
+    out.section(&format!(
+        "Rooms (ours only): {conns} connections in one room / over {rooms_n} rooms; {single} rooms x 1; {} dormant rooms",
+        r.dormant
+    ));
+    out.rows.push(Row::new("resident KiB per idle connection (vs none)", per_conn, None, 2));
+    out.rows.push(
+        Row::new(
+            format!("resident KiB per idle empty room, {per_room} clients each (vs one room)"),
+            per_room3,
+            None,
+            2,
+        )
+        .goal(Goal::AtMost(2.0)),
+    );
+    out.rows.push(
+        Row::new("resident KiB per idle empty room, 1 client each (vs one room)", per_room1, None, 2)
+            .goal(Goal::AtMost(2.0)),
+    );
+    out.rows.push(Row::new(format!("resident KiB per room with its {per_room} clients"), whole3, None, 1));
+    out.rows.push(Row::new(
+        format!("resident MiB, {rooms_n} rooms x {per_room} clients"),
+        spread.at.last().filter(|_| ok(&spread)).map(|(_, kib)| mib(*kib as f64)),
+        None,
+        1,
+    ));
+    out.rows.push(Row::new("resident MiB predicted for 10,000 rooms x 3 clients", predicted.map(mib), None, 1));
+    out.rows.push(Row::new(
+        format!("resident KiB per dormant room, {} key(s), no members", r.dormant_keys),
+        per_dormant,
+        None,
+        2,
+    ));
+    out.rows.push(Row::new("of which beyond its key(s) (vs the same keys in one room)", per_dormant_beyond, None, 2));
+    let writers = format!("{} writers x {} in flight", r.write_rooms, r.write_window);
+    out.section(&format!("Rooms (ours only): durable writes, {writers}, median of {}", r.runs));
+    out.rows.push(Row::new(format!("one per room over {} rooms, acked writes/s", r.write_rooms), spread_rate, None, 0));
+    out.rows.push(Row::new("all in one room, acked writes/s", one_rate, None, 0));
+    out.rows.push(
+        Row::new(format!("{} rooms / one room", r.write_rooms), spread_rate.zip(one_rate).map(|(a, b)| a / b), None, 2)
+            .goal(Goal::AtLeast(0.9)),
+    );
+    out.rows.push(Row::new(
+        format!("all in one room from 1 connection x {in_flight} (each write delivered once), acked writes/s"),
+        one_conn_rate,
+        None,
+        0,
+    ));
+    out.rows.push(Row::new(
+        format!("{} rooms / one room from 1 connection", r.write_rooms),
+        spread_rate.zip(one_conn_rate).map(|(a, b)| a / b),
+        None,
+        2,
+    ));
+    out.rows.push(Row::new("writes per fdatasync, over rooms", med(&batches[0]), None, 1));
+    out.rows.push(Row::new("writes per fdatasync, one room", med(&batches[1]), None, 1));
+    out.rows.push(Row::new("writes per fdatasync, one room from 1 connection", med(&batches[2]), None, 1));
 }
 
 /// Under `cargo test --all-targets`: the in-process parts on a tiny scale, nothing started.

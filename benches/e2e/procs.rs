@@ -78,7 +78,8 @@ pub fn write_ours_config(dir: &Path, ledger: &Path, cfg: &OursConfig) -> PathBuf
         "[server]\nbind = \"127.0.0.1:0\"\nstatic_dir = {static_dir:?}\n\n\
          [ledger]\npath = {ledger:?}\nsync = \"{sync}\"\ncompact_after_bytes = {compact}\n\n\
          [limits]\nmessages_per_second = 1000000.0\nmessages_burst = 1000000\n\
-         max_connections_per_source = 20000\nmax_connections_total = 20000\n{extra}\n{mesh}",
+         max_connections_per_source = 20000\nmax_connections_total = 20000\n{extra}\n\n\
+         [rooms]\nmax_keys = 1000000000\nmax_bytes = 1099511627776\ncreated_per_minute = 1000000\n\n{mesh}",
         sync = cfg.sync,
         compact = cfg.compact_after_bytes,
         extra = cfg.limits,

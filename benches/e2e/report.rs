@@ -10,6 +10,8 @@ pub enum Goal {
     RatioAtLeast(f64),
     /// ours at most this, in the row's unit.
     AtMost(f64),
+    /// ours at least this, in the row's unit.
+    AtLeast(f64),
 }
 
 /// One line of the table.
@@ -51,6 +53,7 @@ impl Row {
             Goal::RatioAtMost(x) => self.ratio().map(|r| r <= x),
             Goal::RatioAtLeast(x) => self.ratio().map(|r| r >= x),
             Goal::AtMost(x) => self.ours.map(|o| o <= x),
+            Goal::AtLeast(x) => self.ours.map(|o| o >= x),
         }
     }
 }
@@ -94,6 +97,7 @@ pub fn print(rows: &[Row], upstream_ran: bool) {
                 Some(Goal::RatioAtMost(x)) => format!("<= {x}x upstream"),
                 Some(Goal::RatioAtLeast(x)) => format!(">= {x}x upstream"),
                 Some(Goal::AtMost(x)) => format!("<= {}", num(x, 0)),
+                Some(Goal::AtLeast(x)) => format!(">= {x}"),
             };
             let met = match (r.goal, r.met()) {
                 (None, _) => String::new(),

@@ -131,7 +131,13 @@ impl Throughput {
 
 /// `conns` writers with `window` writes in flight each, for `secs`.
 pub fn run(relay: &Relay, conns: usize, window: usize, secs: f64) -> Result<Throughput, String> {
-    let clients = (0..conns).map(|_| Client::connect(relay.addr, &relay.url())).collect::<Result<Vec<_>, _>>()?;
+    run_at(relay, &vec![relay.url(); conns], window, secs)
+}
+
+/// One writer per URL (the URL picks its room), each with `window` writes in flight, for `secs`.
+pub fn run_at(relay: &Relay, urls: &[String], window: usize, secs: f64) -> Result<Throughput, String> {
+    let conns = urls.len();
+    let clients = urls.iter().map(|url| Client::connect(relay.addr, url)).collect::<Result<Vec<_>, _>>()?;
     let start = Arc::new(Barrier::new(conns + 1));
     let done = Arc::new(Barrier::new(conns));
     let handles: Vec<_> = clients
@@ -141,6 +147,7 @@ pub fn run(relay: &Relay, conns: usize, window: usize, secs: f64) -> Result<Thro
             let (start, done) = (Arc::clone(&start), Arc::clone(&done));
             thread::Builder::new()
                 .name(format!("writer-{id}"))
+                .stack_size(256 << 10) // the rooms scenario runs a thousand of them
                 .spawn(move || write_loop(client, id, window, &start, &done, secs))
                 .expect("spawn writer thread")
         })

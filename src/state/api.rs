@@ -122,7 +122,7 @@ impl StateActor {
         }
         let state = self.rooms.entry(room.clone()).or_default();
         let room_caps = room::Caps { max_keys: caps.max_keys, max_bytes: caps.max_bytes };
-        if !state.admits(&key, value.as_ref(), &room_caps) {
+        if !state.admits(&room, &key, value.as_ref(), &room_caps) {
             self.metrics.dropped(protocol::Dropped::RoomFull);
             let _ = reply.send(Err(ApiRefused::RoomFull));
             self.drop_if_idle(&room);

@@ -464,7 +464,7 @@ impl Handler<Write> for StateActor {
         }
         let room = self.rooms.entry(msg.room.clone()).or_default();
         let caps = room::Caps { max_keys: msg.caps.max_keys, max_bytes: msg.caps.max_bytes };
-        if !room.admits(&msg.key, msg.value.as_ref(), &caps) {
+        if !room.admits(&msg.room, &msg.key, msg.value.as_ref(), &caps) {
             self.metrics.dropped(protocol::Dropped::RoomFull);
             if let Some(reference) = &msg.reference {
                 self.nack(&msg.room, msg.origin, reference, "room_full");

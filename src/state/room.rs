@@ -74,10 +74,11 @@ impl RoomState {
         self.map.is_empty() && self.members.is_empty() && self.queued == 0 && self.snapshots.is_idle()
     }
 
-    /// Would one more client write of `key` (`value`: `None` for a delete) stay within `caps`?
-    /// Deletes always do; a new key must fit under the key cap; growing must fit under the bytes.
-    pub(super) fn admits(&self, key: &str, value: Option<&serde_json::Value>, caps: &Caps) -> bool {
-        let Some(value) = value else { return true };
+    /// Would one more client write of `key` (`value`: `None` for a delete) to `room` stay within
+    /// `caps`? Deletes always do; a new key must fit under the key cap; growing must fit under the
+    /// bytes. The default room is upstream's one map, which had no such caps: it has none either.
+    pub(super) fn admits(&self, room: &Room, key: &str, value: Option<&serde_json::Value>, caps: &Caps) -> bool {
+        let Some(value) = value.filter(|_| !room.is_default()) else { return true };
         let current = self.map.register(key);
         let new_key = current.is_none();
         if new_key && self.map.len() + self.queued >= caps.max_keys {
