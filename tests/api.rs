@@ -157,6 +157,10 @@ fn every_endpoint_refuses_missing_wrong_and_insufficient_credentials() {
     // (The compaction above moved the earlier records to an archive: the history reads both.)
     let history = get(&s, "/api/v1/rooms/board-1/keys/k/history", Some(KEY)).json();
     assert!(history["writes"].as_array().unwrap().iter().all(|w| w["by"] == "api"), "{history}");
+    let metrics = s.get("/metrics").1;
+    for status in ["200", "401", "403"] {
+        assert!(metrics.contains(&format!("aether_api_responses_total{{status=\"{status}\"}}")), "{metrics}");
+    }
     let log = s.log();
     for secret in [KEY, SECRET, SHARED, reader.as_str(), writer.as_str()] {
         assert!(!log.contains(secret), "a credential reached the log");

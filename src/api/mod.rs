@@ -167,6 +167,12 @@ fn decode(segment: &str) -> Option<String> {
 /// Every `/api/v1/` request: off → 404; unknown path → 404; other method → 405; then the caller
 /// is authenticated (401), the room checked against its grant (403), and the endpoint answers.
 async fn dispatch(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>) -> HttpResponse {
+    let response = answer(req, body, &relay).await;
+    relay.deps.metrics.api_response(response.status().as_u16());
+    response
+}
+
+async fn answer(req: HttpRequest, body: web::Payload, relay: &Relay) -> HttpResponse {
     let live = relay.live.current();
     if !live.config.api.enabled() {
         return ApiError::not_found("not_found", "no such endpoint").response();
@@ -196,37 +202,37 @@ async fn dispatch(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>)
         match endpoint {
             Endpoint::Rooms => {
                 caller.admin()?;
-                rooms::list(&relay).await
+                rooms::list(relay).await
             }
             Endpoint::Compact => {
                 caller.admin()?;
-                rooms::compact(&relay).await
+                rooms::compact(relay).await
             }
             Endpoint::Disconnect(room) => {
                 caller.admin()?;
-                rooms::disconnect(&relay, room, body, &live).await
+                rooms::disconnect(relay, room, body, &live).await
             }
             Endpoint::Room(room) => {
                 caller.may(&room, crate::access::Level::Read)?;
                 match query_param(&req, "at") {
-                    Some(at) => history::state_at(&relay, room, at).await,
-                    None => rooms::state(&relay, room).await,
+                    Some(at) => history::state_at(relay, room, at).await,
+                    None => rooms::state(relay, room).await,
                 }
             }
             Endpoint::History(room, key) => {
                 caller.may(&room, crate::access::Level::Read)?;
-                history::key(&relay, room, key, query_param(&req, "limit")).await
+                history::key(relay, room, key, query_param(&req, "limit")).await
             }
             Endpoint::Key(room, key) if req.method() == Method::GET => {
                 caller.may(&room, crate::access::Level::Read)?;
-                rooms::get_key(&relay, room, key).await
+                rooms::get_key(relay, room, key).await
             }
             Endpoint::Key(room, key) => {
                 caller.may(&room, crate::access::Level::Write)?;
                 let write = rooms::KeyWrite { room, key, by: caller.by() };
                 let value =
                     if req.method() == Method::PUT { Some(rooms::read_value(body, &live).await?) } else { None };
-                rooms::write(&relay, &live, write, value, rooms::precondition(&req)?).await
+                rooms::write(relay, &live, write, value, rooms::precondition(&req)?).await
             }
         }
     };

@@ -104,7 +104,6 @@ impl StateActor {
             return;
         }
         if !room.is_default() && !self.rooms.contains_key(&room) && self.rooms.len() >= caps.max_rooms {
-            self.metrics.room_refused("too_many_rooms");
             let _ = reply.send(Err(ApiRefused::TooManyRooms));
             return;
         }
