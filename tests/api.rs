@@ -549,8 +549,18 @@ fn api_guide_examples_run_as_written() {
     }
 }
 
+/// The `required` properties of an OpenAPI schema (following one `$ref` into the components).
+fn required_fields(doc: &Value, schema: &Value) -> Vec<String> {
+    let schema = match schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+        Some(name) => &doc["components"]["schemas"][name],
+        None => schema,
+    };
+    schema["required"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(str::to_owned)).collect()
+}
+
 /// Every path and method of static/api/openapi.json, called with the key (its example values and
-/// body) and without a credential, answers a status the description lists.
+/// body) and without a credential, answers a status the description lists, with the fields its
+/// schema requires.
 #[test]
 fn openapi_description_matches_the_running_server() {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("static/api/openapi.json")).unwrap();
@@ -588,7 +598,11 @@ fn openapi_description_matches_the_running_server() {
                     "{method} {template}: {status} is not documented ({answer:?})"
                 );
                 if answer.headers.get("content-type").is_some_and(|t| t.contains("json")) {
-                    let _ = answer.json();
+                    let body = answer.json();
+                    let schema = &responses[&status]["content"]["application/json"]["schema"];
+                    for field in required_fields(&doc, schema) {
+                        assert!(body.get(&field).is_some(), "{method} {template} {status}: no {field} in {body}");
+                    }
                 }
                 seen.insert(status);
                 checked += 1;
