@@ -731,3 +731,20 @@ asyncio.run(main())
     assert_eq!(out["v1"]["close"], json!([1008, "disconnected by the operator"]));
     assert_eq!(out["v2"]["close"], json!([4410, "disconnected by the operator"]));
 }
+
+/// A large room (encoded off the request workers) is answered whole.
+#[test]
+fn a_large_room_is_answered_whole() {
+    let s = server_with("[limits]\nmessages_per_second = 100000.0\nmessages_burst = 100000\n");
+    let writer = token("bulk", json!({"big": "write"}), 600);
+    let mut client = ws(&s, &format!("room=big&auth_token={writer}"));
+    for i in 0..1500 {
+        client.set(&format!("k{i:04}"), json!({"i": i}));
+    }
+    client.recv_until(|f| f["type"] == "set" && f["key"] == "k1499");
+    let answer = get(&s, "/api/v1/rooms/big", Some(KEY));
+    assert_eq!(answer.headers.get("content-type").map(String::as_str), Some("application/json"));
+    let keys = answer.json()["keys"].as_object().unwrap().clone();
+    assert_eq!(keys.len(), 1500);
+    assert_eq!(keys["k0750"], json!({"i": 750}));
+}

@@ -28,6 +28,9 @@ const ADMISSION_WAIT: Duration = Duration::from_secs(30);
 /// How long a write waits to be durable before `503 timeout` (it may still become durable).
 const DURABLE_WAIT: Duration = Duration::from_secs(60);
 
+/// Rooms with more registers than this are encoded for `GET /rooms/{room}` on the blocking pool.
+const SMALL_ROOM: usize = 1_000;
+
 /// How long `POST /compact` waits for the outcome before `202` (it goes on).
 const COMPACT_WAIT: Duration = Duration::from_secs(120);
 
@@ -43,10 +46,19 @@ fn unknown_room(room: &Room) -> ApiError {
 }
 
 /// `GET /rooms/{room}`: `{"room": name, "keys": {key: value, …}, "members": n}`, live keys only.
+/// A large room is encoded on the blocking pool, not on the request workers.
 pub(super) async fn state(relay: &Relay, room: Room) -> Answer {
     let view = view(relay, &room).await?.ok_or_else(|| unknown_room(&room))?;
-    let keys: Map<String, Value> = view.map.live().map(|(k, v)| (k.clone(), v.clone())).collect();
-    Ok(HttpResponse::Ok().json(json!({"room": room.written(), "keys": keys, "members": view.members})))
+    let small = view.map.len() <= SMALL_ROOM;
+    let encode = move || {
+        let keys: Map<String, Value> = view.map.live().map(|(k, v)| (k.clone(), v.clone())).collect();
+        serde_json::to_vec(&json!({"room": room.written(), "keys": keys, "members": view.members}))
+    };
+    let body = if small { Ok(encode()) } else { web::block(encode).await };
+    match body {
+        Ok(Ok(body)) => Ok(HttpResponse::Ok().content_type("application/json").body(body)),
+        _ => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding_failed", "the room could not be encoded")),
+    }
 }
 
 /// `GET /rooms/{room}/keys/{key}`: `{"value": v, "stamp": s}` and `ETag: "<stamp>"`; 404 when the
