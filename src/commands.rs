@@ -113,20 +113,20 @@ pub fn reload_target(config: &Config) -> Result<u32, CommandError> {
 }
 
 /// What the ledger's files can tell of the past, of one room or of all.
-struct History {
+pub(crate) struct History {
     /// State from before the horizon: the history base (pruned archives) and snapshot entries no
     /// record explains (an upstream snapshot, archives deleted by hand). Every stamp is at or
     /// before `horizon`.
-    base: Vec<Op>,
+    pub(crate) base: Vec<Op>,
     /// Every record still on disk, in file order.
-    records: Vec<Op>,
+    pub(crate) records: Vec<Op>,
     /// History is exact from here on (ns since 1970); `None`: from the first write.
-    horizon: Option<u64>,
+    pub(crate) horizon: Option<u64>,
 }
 
 /// Reads every record of history of `room` (every room's for `None`), and says on `err` how far
 /// back it can see.
-fn history(config: &Config, room: Option<&Room>, err: &mut impl Write) -> Result<History, CommandError> {
+pub(crate) fn history(config: &Config, room: Option<&Room>, err: &mut impl Write) -> Result<History, CommandError> {
     let path = &config.ledger.path;
     let ours = |op: &Op| room.is_none_or(|room| op.room == *room);
     let files = history::files(path)?;
@@ -227,15 +227,7 @@ pub fn key_log(
     err: &mut impl Write,
 ) -> Result<(), CommandError> {
     let history = history(config, Some(room), err)?;
-    let mut writes: Vec<(&Op, bool)> =
-        history::key_log(&history.records, room, key).into_iter().map(|op| (op, false)).collect();
-    // The value at the horizon, unless a record still on disk is that very write.
-    for op in history.base.iter().filter(|op| op.key == key) {
-        if !writes.iter().any(|(w, _)| w.stamp == op.stamp) {
-            writes.push((op, true));
-        }
-    }
-    writes.sort_by(|a, b| a.0.stamp.cmp(&b.0.stamp));
+    let writes = key_writes(&history, room, key);
     if writes.is_empty() {
         match room.name() {
             None => writeln!(err, "no writes to {key:?} in the ledger or its archives")?,
@@ -266,6 +258,21 @@ pub fn key_log(
         )?;
     }
     Ok(())
+}
+
+/// Every write to `key` in `room` that `history` knows, in stamp order; `true` marks the value at
+/// the history horizon (its earlier writes were pruned), unless a record still on disk is that
+/// very write. What `ledger log` prints and the HTTP API's key history answers.
+pub(crate) fn key_writes<'a>(history: &'a History, room: &Room, key: &str) -> Vec<(&'a Op, bool)> {
+    let mut writes: Vec<(&Op, bool)> =
+        history::key_log(&history.records, room, key).into_iter().map(|op| (op, false)).collect();
+    for op in history.base.iter().filter(|op| op.key == key && op.room == *room) {
+        if !writes.iter().any(|(w, _)| w.stamp == op.stamp) {
+            writes.push((op, true));
+        }
+    }
+    writes.sort_by(|a, b| a.0.stamp.cmp(&b.0.stamp));
+    writes
 }
 
 /// A user (`by`) as one word on a line: as recorded when it is plain printable text, else quoted

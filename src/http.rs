@@ -1,5 +1,5 @@
-//! The one HTTP listener: `/healthz`, the WebSocket (at `/ws` and at any path an upgrade request
-//! names, as upstream accepts), and the static files.
+//! The one HTTP listener: `/healthz`, the HTTP API (`/api/v1/`, [`crate::api`]), the WebSocket (at
+//! `/ws` and at any path an upgrade request names, as upstream accepts), and the static files.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -23,6 +23,7 @@ pub fn configure(cfg: &mut ServiceConfig, relay: &Relay) {
         .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics))
         .route("/ws", web::get().to(websocket))
+        .configure(crate::api::configure)
         .service(web::resource("/{tail:.*}").guard(guard::fn_guard(|ctx| is_upgrade(ctx.head()))).to(websocket))
         .service(
             actix_files::Files::new("/", relay.static_dir.as_path())

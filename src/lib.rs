@@ -35,7 +35,8 @@
 //!   actor keeps what is relay-wide; `state::fanout`: per-version frames;
 //!   `state::join`: first frames, v2 resume, snapshots encoded off the actor for large maps;
 //!   `state::presence`: cursors coalesced per tick; `state::compaction`: online compaction riding
-//!   on appends; `state::remote`: peers' ops and digests).
+//!   on appends; `state::remote`: peers' ops and digests; `state::api`: the HTTP API's writes,
+//!   room views, disconnects and compactions on demand).
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
 //! - [`mesh`]: federation. `MeshActor` owns the peer links, forwards durable ops and relays
 //!   cursors; `mesh::dial` redials `peers` with backoff, `mesh::listener` accepts peers,
@@ -46,7 +47,10 @@
 //!   across relays. `mesh::nats` is the other transport: a NATS JetStream stream instead of peer
 //!   links (connection, position file, publisher/consumer/snapshot tasks), behind the same seam
 //!   (`state::StateEvent` out, checked `RemoteOps` in).
-//! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`).
+//! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`, the API).
+//! - [`api`]: the HTTP API under `/api/v1/` for backends and operators (`api::auth`: the API key
+//!   or a JWT; `api::rooms`: state, keys, durable writes through `state::ApiWrite`, disconnect,
+//!   compact; `api::history`: a key's history and a room's past state from the ledger files).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
 //! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`, `ledger rooms`).
 
@@ -55,6 +59,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access;
+pub mod api;
 pub mod commands;
 pub mod config;
 pub mod digest;

@@ -99,6 +99,8 @@ pub struct Metrics {
     rooms_refused: [AtomicU64; 2],
     frames_out: AtomicU64,
     closes: Mutex<BTreeMap<u16, u64>>,
+    /// HTTP API answers, by status code.
+    api_responses: Mutex<BTreeMap<u16, u64>>,
     /// Connections whose socket took nothing for `write_timeout_s`: [closed with 1013, dropped].
     write_timeouts: [AtomicU64; 2],
     durable_writes: AtomicU64,
@@ -129,6 +131,7 @@ impl Default for Metrics {
             rooms_refused: Default::default(),
             frames_out: AtomicU64::new(0),
             closes: Mutex::new(BTreeMap::new()),
+            api_responses: Mutex::new(BTreeMap::new()),
             write_timeouts: Default::default(),
             durable_writes: AtomicU64::new(0),
             ledger_failures: AtomicU64::new(0),
@@ -190,6 +193,11 @@ impl Metrics {
     /// A connection ended with close `code` (1006 when it ended without a close frame).
     pub fn closed(&self, code: u16) {
         *self.closes.lock().unwrap_or_else(PoisonError::into_inner).entry(code).or_default() += 1;
+    }
+
+    /// The HTTP API answered a request with `status`.
+    pub fn api_response(&self, status: u16) {
+        *self.api_responses.lock().unwrap_or_else(PoisonError::into_inner).entry(status).or_default() += 1;
     }
 
     /// A connection's socket took nothing for `write_timeout_s`: it was closed with 1013 (`sent`,
@@ -295,6 +303,16 @@ impl Metrics {
             "Connections closed, by close code (1006: no close frame).",
             &closes,
         );
+        let api: Vec<_> = self
+            .api_responses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n))
+            .collect();
+        if !api.is_empty() {
+            counter("aether_api_responses_total", "HTTP API (/api/v1/) answers, by status code.", &api);
+        }
         let outcomes = ["closed", "dropped"].iter().zip(&self.write_timeouts);
         let write_timeouts: Vec<_> =
             outcomes.map(|(outcome, v)| (format!("{{outcome=\"{outcome}\"}}"), v.load(Relaxed))).collect();

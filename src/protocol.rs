@@ -301,6 +301,10 @@ pub mod close {
     pub const V2_AUTH_FAILED: u16 = 4401;
     /// v2 `forbidden` (v1: [`POLICY`]): the token is valid but does not grant this room; stop.
     pub const V2_FORBIDDEN: u16 = 4403;
+    /// v2 `disconnected by the operator` (v1: [`POLICY`], same text): the HTTP API's
+    /// `POST /api/v1/rooms/{room}/disconnect` closed it. A client may reconnect (with a token
+    /// that is still valid); keeping a user out is the token issuer's job.
+    pub const V2_DISCONNECTED: u16 = 4410;
     /// v2 `handshake timeout` (v1: [`POLICY`]).
     pub const V2_HANDSHAKE_TIMEOUT: u16 = 4408;
     /// v2 `rate limit` (v1: [`POLICY`]): slow down.

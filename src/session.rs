@@ -200,6 +200,7 @@ fn close_code_for(version: Version, code: u16, reason: &str) -> u16 {
         (_, close::POLICY, "token expired") => close::V2_AUTH_FAILED,
         (_, close::POLICY, "forbidden") => close::V2_FORBIDDEN,
         (_, close::POLICY, "bad room") => close::V2_BAD_ROOM,
+        (_, close::POLICY, crate::state::DISCONNECTED) => close::V2_DISCONNECTED,
         (_, close::TRY_AGAIN_LATER, "server busy" | "too many rooms") => close::V2_SERVER_BUSY,
         (_, close::TRY_AGAIN_LATER, "too slow") => close::V2_TOO_SLOW,
         _ => code,

@@ -14,6 +14,8 @@ command -v caddy >/dev/null 2>&1 || [ -x /usr/bin/caddy ] || need_apt+=(caddy)  
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)                       # tests/js/browser.test.js
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)                           # tests/js
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)  # tests/nats.rs
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)                                # tests/api.rs (the guide's examples)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)                                    # tests/api.rs (the guide's examples)
 # tests/upstream/mesh_peer.py runs in a venv; Debian's python3 has `venv` but keeps ensurepip (which
 # creating one needs) in python3-venv, so ask for it only when the venv is not there yet.
 target/upstream-venv/bin/python -c 'import aether_core' 2>/dev/null || python3 -c 'import ensurepip' 2>/dev/null \

@@ -3,15 +3,18 @@
 //!
 //! `cargo bench` (or `cargo bench --bench e2e` for this part alone). Upstream runs only when
 //! `AETHER_BENCH_UPSTREAM=/path/to/python` names an interpreter with `aether-zta==0.4.0`. Scenarios
-//! (`AETHER_BENCH_ONLY` selects, comma-separated): `roundtrip`, `throughput`, `fanout`, `idle`,
+//! (`AETHER_BENCH_ONLY` selects, comma-separated): `roundtrip`, `throughput`, `api` (ours only:
+//! durable `PUT`s through the HTTP API beside the same writes over WebSocket), `fanout`, `idle`,
 //! `ledger`, `replay`, `pauses`, `mesh`, `nats` (ours only: federation through a `nats-server`
-//! against the WebSocket mesh), `rooms` (ours only: memory per room, writes spread over rooms). Every other knob is in [`Settings::from_env`] and in benches/README.md.
+//! against the WebSocket mesh), `rooms` (ours only: memory per room, writes spread over rooms).
+//! Every other knob is in [`Settings::from_env`] and in benches/README.md.
 //!
 //! Everything is bounded in count and time, uses only 127.0.0.1 and temporary directories, and
 //! stops every process it starts. Without `--bench` (as under `cargo test --all-targets`) it runs
 //! a tiny in-process smoke check and starts nothing.
 
 mod access;
+mod api;
 mod client;
 mod fanout;
 mod idle;
@@ -72,8 +75,20 @@ struct Settings {
     access_warmup: usize,
 }
 
-const SCENARIOS: [&str; 11] =
-    ["roundtrip", "throughput", "fanout", "idle", "ledger", "replay", "pauses", "mesh", "nats", "rooms", "access"];
+const SCENARIOS: [&str; 12] = [
+    "roundtrip",
+    "throughput",
+    "api",
+    "fanout",
+    "idle",
+    "ledger",
+    "replay",
+    "pauses",
+    "mesh",
+    "nats",
+    "rooms",
+    "access",
+];
 
 impl Settings {
     fn from_env() -> Settings {
@@ -252,6 +267,9 @@ fn main() {
     }
     if s.runs("throughput") {
         throughput(&s, &mut out);
+    }
+    if s.runs("api") {
+        api_writes(&s, &mut out);
     }
     if s.runs("fanout") {
         fan_out(&s, &mut out);
@@ -527,6 +545,79 @@ fn throughput(s: &Settings, out: &mut Out) {
             out.rows.push(Row::new(format!("{conns} writer connections, echo p99, ms †"), o, u, 1));
         }
     }
+}
+
+/// Durable writes/s through `PUT /api/v1/…` with 16 HTTP clients (one request in flight each),
+/// beside the same writes over 16 WebSocket connections with one write in flight each (and with
+/// `AETHER_BENCH_WINDOW` in flight, what a browser pipelines).
+fn api_writes(s: &Settings, out: &mut Out) {
+    const CONNS: usize = 16;
+    println!("\n== Durable writes through the HTTP API vs WebSocket: {CONNS} clients, {} s per run ==", s.secs);
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "transport", "writes/s", "p50 ms", "p99 ms", "max ms", "relay", "bench"
+    );
+    let cfg = OursConfig { mesh: api::config(), ..OursConfig::default() };
+    let attempt = || {
+        let mut relay = Relay::start(Kind::Ours, &s.launch, &cfg)?;
+        let t = api::run(&relay, CONNS, s.secs);
+        let acked = Some((t.acked, t.errors.is_empty()));
+        let notes = stop_and_check(&mut relay, "api", acked);
+        Some((t, notes, 0.0))
+    };
+    let Some((t, notes)) = quiet(s, "api PUT", attempt) else { return };
+    out.notes.extend(notes);
+    for (n, e) in util::grouped(t.errors.iter().cloned()) {
+        out.notes.push(format!("api: {n} of {CONNS} HTTP clients failed: {e}"));
+    }
+    let row = |what: &str, rate: f64, lat: &[Duration], relay: f64, bench: f64, secs: f64| {
+        println!(
+            "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.1} {:>6.0}% {:>6.0}%",
+            what,
+            rate,
+            ms(percentile(lat, 0.50)),
+            ms(percentile(lat, 0.99)),
+            ms(lat.last().copied().unwrap_or_default()),
+            100.0 * relay / secs,
+            100.0 * bench / secs,
+        );
+    };
+    row(&format!("HTTP PUT, {CONNS} clients x 1"), t.rate(), &t.latency, t.relay_cpu, t.bench_cpu, t.secs);
+    out.rows.push(Row::new(format!("HTTP API: {CONNS} clients, durable PUT/s"), Some(t.rate()), None, 0));
+    for window in [1, s.window] {
+        let attempt = || {
+            let mut relay = Relay::start(Kind::Ours, &s.launch, &cfg)?;
+            let result = throughput::run(&relay, CONNS, window, s.secs);
+            let acked = result.as_ref().ok().map(|t| (t.acked, t.errors.is_empty()));
+            let notes = stop_and_check(&mut relay, "api ws", acked);
+            Some((result, notes, 0.0))
+        };
+        let Some((result, notes)) = quiet(s, "api ws", attempt) else { continue };
+        out.notes.extend(notes);
+        match result {
+            Ok(w) => {
+                row(
+                    &format!("WebSocket set, {CONNS} conns x {window}"),
+                    w.rate(),
+                    &w.ack_latency,
+                    w.relay_cpu,
+                    w.bench_cpu,
+                    w.secs,
+                );
+                out.rows.push(Row::new(
+                    format!("WebSocket: {CONNS} conns x {window}, durable writes/s"),
+                    Some(w.rate()),
+                    None,
+                    0,
+                ));
+            }
+            Err(e) => out.notes.push(format!("api ws {CONNS}x{window} failed: {e}")),
+        }
+    }
+    println!(
+        "(HTTP: each client waits for its durable answer before the next PUT, on one keep-alive connection; \
+         WebSocket: a write counts when its writer reads its own echo, which every other connection also receives)"
+    );
 }
 
 fn fan_out(s: &Settings, out: &mut Out) {

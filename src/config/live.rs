@@ -225,6 +225,7 @@ pub fn live_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         ("[auth] jwt_issuer", running.auth.jwt_issuer != new.auth.jwt_issuer),
         ("[auth] jwt_audience", running.auth.jwt_audience != new.auth.jwt_audience),
         ("[auth] jwt_leeway_s", running.auth.jwt_leeway_s != new.auth.jwt_leeway_s),
+        ("[api] key", running.api.key != new.api.key),
         ("[server] allowed_origins", running.server.allowed_origins != new.server.allowed_origins),
         ("[server] trusted_proxies", running.server.trusted_proxies != new.server.trusted_proxies),
         ("[server] ping_interval_s", running.server.ping_interval_s != new.server.ping_interval_s),

@@ -40,7 +40,39 @@ pub struct Config {
     pub mesh: MeshConfig,
     /// `[rooms]`: caps that keep rooms from being used to exhaust the relay.
     pub rooms: RoomsConfig,
+    /// `[api]`: the HTTP API under `/api/v1/` (off without a key).
+    pub api: ApiConfig,
 }
+
+/// `[api]`: the HTTP API for backends and operators (`crate::api`). Without a key every
+/// `/api/v1/` path answers 404.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The API key (`Authorization: Bearer <key>`): every endpoint, every room. At least 16
+    /// bytes. Empty: the API is off (unless `key_file` or `AETHER_API_KEY` supplies one).
+    pub key: String,
+    /// File holding the key (surrounding whitespace ignored). Exclusive with `key`;
+    /// `AETHER_API_KEY` in the environment overrides both.
+    pub key_file: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// Whether the API is on (a key is configured, once secrets are resolved).
+    pub fn enabled(&self) -> bool {
+        !self.key.is_empty()
+    }
+}
+
+impl fmt::Debug for ApiConfig {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig").field("key", &redacted(&self.key)).field("key_file", &self.key_file).finish()
+    }
+}
+
+/// Shortest API key accepted, in bytes.
+pub const MIN_API_KEY_LEN: usize = 16;
 
 /// `[rooms]`. Caps for client writes and joins; replay and peers' ops are never refused (they
 /// are durable already, and refusing them would make replicas diverge).
@@ -222,6 +254,9 @@ pub const TOKEN_ENV: &str = "AETHER_AUTH_TOKEN";
 /// `[auth]` JWT key sources: setting it beside another is an error).
 pub const JWT_SECRET_ENV: &str = "AETHER_JWT_SECRET";
 
+/// Environment variable that, when set and non-empty, supplies the `[api]` key.
+pub const API_KEY_ENV: &str = "AETHER_API_KEY";
+
 /// Environment variable that, when set and non-empty, supplies the mesh token.
 pub const MESH_TOKEN_ENV: &str = "AETHER_MESH_TOKEN";
 
@@ -397,6 +432,9 @@ impl Config {
         if self.auth.jwt_leeway_s > 3600 {
             return Err(format!("[auth] jwt_leeway_s must be at most 3600, got {}", self.auth.jwt_leeway_s));
         }
+        if !self.api.key.is_empty() && self.api.key_file.is_some() {
+            return Err("[api] set key or key_file, not both".to_owned());
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("[tls] cert and key go together".to_owned());
         }
@@ -404,7 +442,8 @@ impl Config {
     }
 
     /// Fills `[auth] token` from `AETHER_AUTH_TOKEN` or `[auth] token_file`, and `[mesh] token`
-    /// from `AETHER_MESH_TOKEN` or `[mesh] token_file`, in that order.
+    /// from `AETHER_MESH_TOKEN` or `[mesh] token_file`, in that order; `[api] key` from
+    /// `AETHER_API_KEY` (read here) or `[api] key_file`.
     ///
     /// # Errors
     /// [`ConfigError::Read`] when a token file cannot be read, [`ConfigError::Invalid`] when it is
@@ -415,7 +454,22 @@ impl Config {
         env_mesh_token: Option<String>,
     ) -> Result<(), ConfigError> {
         resolve_secret(&mut self.auth.token, self.auth.token_file.as_deref(), env_token)?;
-        resolve_secret(&mut self.mesh.token, self.mesh.token_file.as_deref(), env_mesh_token)
+        resolve_secret(&mut self.mesh.token, self.mesh.token_file.as_deref(), env_mesh_token)?;
+        let env_api_key = std::env::var(API_KEY_ENV).ok().filter(|k| !k.trim().is_empty());
+        let from_env = env_api_key.is_some();
+        resolve_secret(&mut self.api.key, self.api.key_file.as_deref(), env_api_key)?;
+        if self.api.enabled() && self.api.key.len() < MIN_API_KEY_LEN {
+            let path = match &self.api.key_file {
+                _ if from_env => PathBuf::from(API_KEY_ENV),
+                Some(file) => file.clone(),
+                None => PathBuf::from("[api] key"),
+            };
+            return Err(ConfigError::Invalid {
+                path,
+                message: format!("the API key must be at least {MIN_API_KEY_LEN} bytes"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -538,6 +592,23 @@ mod tests {
         let config =
             Config::parse("[mesh.nats]\nstream = \"S\"\nsnapshot_bucket = \"b\"\n", Path::new("c.toml")).unwrap();
         assert_eq!((config.mesh.nats.stream_name(), config.mesh.nats.bucket_name()), ("S".into(), "b".into()));
+    }
+
+    #[test]
+    fn api_key_from_a_file_at_least_16_bytes_never_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-key");
+        fs::write(&file, "  a-key-of-sixteen-bytes-or-more\n").unwrap();
+        let mut config = Config::parse(&format!("[api]\nkey_file = {file:?}\n"), Path::new("c.toml")).unwrap();
+        assert!(!config.api.enabled(), "off until resolved");
+        config.resolve_secrets(None, None).unwrap();
+        assert_eq!(config.api.key, "a-key-of-sixteen-bytes-or-more");
+        assert!(!format!("{config:?}").contains("sixteen"));
+        let mut short = Config::parse("[api]\nkey = \"short\"\n", Path::new("c.toml")).unwrap();
+        assert!(short.resolve_secrets(None, None).unwrap_err().to_string().contains("at least 16 bytes"));
+        let both = Config::parse(&format!("[api]\nkey = \"x\"\nkey_file = {file:?}\n"), Path::new("c.toml"));
+        assert!(both.unwrap_err().to_string().contains("not both"));
+        assert!(!Config::default().api.enabled(), "off by default");
     }
 
     #[test]

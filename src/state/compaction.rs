@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
 use super::{Compaction, StateActor};
 use crate::{
@@ -21,17 +22,21 @@ pub(super) struct Online {
     /// come back in order, one append in flight at a time).
     pub(super) ledger_pos: (u64, u64),
     /// A snapshot is being made or folded in.
-    running: bool,
+    pub(super) running: bool,
     /// A snapshot ready to ride on the next append.
     ready: Option<Compact>,
     /// After a failed compaction, when to try again.
     retry_at: Option<Instant>,
+    /// Asked for now ([`super::CompactNow`]): starts at the next chance whatever the ledger's
+    /// length or a retry delay, and these are told the outcome.
+    pub(super) forced: bool,
+    pub(super) waiters: Vec<oneshot::Sender<Result<Compacted, String>>>,
 }
 
 impl Online {
     pub(super) fn new(settings: Compaction) -> Self {
         let ledger_pos = (0, settings.ledger_len);
-        Online { settings, ledger_pos, running: false, ready: None, retry_at: None }
+        Online { settings, ledger_pos, running: false, ready: None, retry_at: None, forced: false, waiters: Vec::new() }
     }
 
     /// A staged snapshot waits for the next append.
@@ -47,6 +52,10 @@ impl Online {
     /// The ledger folded a snapshot in (or failed to).
     pub(super) fn finished(&mut self, outcome: Result<Compacted, LedgerError>, metrics: &Metrics) {
         self.running = false;
+        let told = outcome.as_ref().map(Clone::clone).map_err(ToString::to_string);
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(told.clone());
+        }
         match outcome {
             Ok(done) => {
                 metrics.compacted(&done);
@@ -72,11 +81,12 @@ impl StateActor {
         let online = &mut self.compaction;
         let (generation, covered) = online.ledger_pos;
         let due = online.settings.after_bytes > 0 && covered >= online.settings.after_bytes;
-        let waiting = online.retry_at.is_some_and(|at| Instant::now() < at);
-        if !due || waiting || online.running || self.stopping.is_some() {
+        let waiting = online.retry_at.is_some_and(|at| Instant::now() < at) && !online.forced;
+        if !(due || online.forced) || waiting || online.running || self.stopping.is_some() {
             return;
         }
         online.running = true;
+        online.forced = false;
         let mut rooms: Vec<_> = self
             .rooms
             .iter()
@@ -99,6 +109,9 @@ impl StateActor {
         if let Err(err) = spawned {
             log::error!("cannot start compaction: {err}");
             self.compaction.running = false;
+            for waiter in self.compaction.waiters.drain(..) {
+                let _ = waiter.send(Err(format!("cannot start compaction: {err}")));
+            }
         }
     }
 }

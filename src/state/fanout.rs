@@ -31,11 +31,12 @@ impl StateActor {
     /// stamps order after everything the clock has seen, so every op should win; one that does
     /// not (a clock pushed to its edge) is never shown, echoed or acked: its writer is told the
     /// relay's value instead (see [`StateActor::lost`]).
-    pub(super) fn publish(&mut self, ops: Vec<Op>, metas: &[WriteMeta]) {
+    pub(super) fn publish(&mut self, ops: Vec<Op>, metas: &mut [WriteMeta]) {
         let mut frames: HashMap<Room, RoomFrames> = HashMap::new();
         let mut acks = Vec::new();
         let (mut durable, mut sources) = (Vec::new(), Vec::new());
-        for (op, meta) in ops.into_iter().zip(metas) {
+        let mut api_done = Vec::new();
+        for (i, (op, meta)) in ops.into_iter().zip(metas.iter_mut()).enumerate() {
             if !self.rooms.entry(op.room.clone()).or_default().map.would_win(&op) {
                 self.lost(&op, meta);
                 continue;
@@ -52,12 +53,15 @@ impl StateActor {
             if recording || has(Version::V2) {
                 let origin = match &meta.source {
                     Source::Client { origin, .. } => Some(origin.to_string()),
-                    Source::Peer(_) => None,
+                    Source::Peer(_) | Source::Api { .. } => None,
                 };
                 out.v2.push(protocol::op_frame_v2(&op, origin.as_deref(), seq));
             }
             if let Source::Client { origin, reference: Some(reference), .. } = &meta.source {
                 acks.push((op.room.clone(), *origin, reference, protocol::ack(reference, &op, seq)));
+            }
+            if let Source::Api { .. } = &meta.source {
+                api_done.push((i, op.stamp.clone()));
             }
             if self.mesh.is_some() {
                 durable.push(op.clone());
@@ -86,6 +90,14 @@ impl StateActor {
                 self.send_v2(&room, id, &frame);
             }
         }
+        // API callers are answered once their write is durable and sent to the room.
+        for (i, stamp) in api_done {
+            if let Source::Api { reply, .. } = &mut metas[i].source
+                && let Some(reply) = reply.take()
+            {
+                let _ = reply.send(Ok(stamp));
+            }
+        }
     }
 
     /// Pushes `frame` to the member `id`, if it is a v2 member (of `room`, or wherever it is).
@@ -101,7 +113,14 @@ impl StateActor {
     /// A durable op that lost to the map: nobody is shown it. A v2 writer that gave a `ref` gets
     /// `nack superseded` (its client then shows the relay's value again); a v1 writer, which has
     /// no nack, is sent the relay's register for the key, so the tab agrees with the relay.
-    fn lost(&mut self, op: &Op, meta: &WriteMeta) {
+    fn lost(&mut self, op: &Op, meta: &mut WriteMeta) {
+        if let Source::Api { reply, .. } = &mut meta.source {
+            log::warn!("an API write to {:?} lost to a newer stamp already held; its caller is told", op.key);
+            if let Some(reply) = reply.take() {
+                let _ = reply.send(Err(super::ApiRefused::Superseded));
+            }
+            return;
+        }
         let Source::Client { origin, reference, .. } = &meta.source else { return };
         log::warn!("a local write to {:?} lost to a newer stamp already held; its writer is told", op.key);
         if let Some(reference) = reference {
@@ -116,11 +135,20 @@ impl StateActor {
         }
     }
 
-    /// Tells v2 writers that gave a `ref` that these writes will never apply.
-    pub(super) fn refuse(&mut self, metas: &[WriteMeta], reason: &str) {
+    /// Tells v2 writers that gave a `ref`, and API callers, that these writes will never apply
+    /// because the ledger refused them (`reason`: `ledger_failed`).
+    pub(super) fn refuse(&mut self, metas: &mut [WriteMeta], reason: &str) {
         for meta in metas {
-            if let Source::Client { origin, reference: Some(reference), .. } = &meta.source {
-                self.nack(&meta.room, *origin, reference, reason);
+            match &mut meta.source {
+                Source::Client { origin, reference: Some(reference), .. } => {
+                    self.nack(&meta.room, *origin, reference, reason);
+                }
+                Source::Api { reply, .. } => {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(Err(super::ApiRefused::LedgerFailed));
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -19,9 +19,10 @@
 //!
 //! Submodules: `room` (one room's state), `fanout` (applying batches, per-version frames), `join`
 //! (first frames, room caps at join), `presence`
-//! (cursors, coalesced per tick), `compaction` (online compaction) and `remote` (ops and digests
-//! from the mesh).
+//! (cursors, coalesced per tick), `compaction` (online compaction), `remote` (ops and digests
+//! from the mesh) and `api` (the HTTP API's writes, reads, disconnects and compactions).
 
+mod api;
 mod compaction;
 mod dedup;
 mod fanout;
@@ -30,6 +31,10 @@ mod presence;
 mod remote;
 mod room;
 
+pub use api::{
+    ApiRefused, ApiReply, ApiWrite, CompactNow, DISCONNECTED, Disconnect, ListRooms, Precondition, RoomSummary,
+    RoomView, ViewRoom,
+};
 pub use join::{Join, JoinRefused, Seat};
 pub use presence::{Presence, RemoteLeave, RemotePresence};
 pub use remote::{AttachMesh, Barrier, DigestRequest, MapView, Registers, RegistersIn, RemoteOps, StateEvent};
@@ -96,6 +101,14 @@ enum Source {
     },
     /// A peer link, named by the peer's node id (the op is not sent back there).
     Peer(NodeId),
+    /// The HTTP API ([`ApiWrite`]): sent to every member of the room (v2 `origin: null`),
+    /// answered on `reply` once durable (or refused).
+    Api {
+        /// Taken when the write is answered.
+        reply: Option<oneshot::Sender<ApiReply>>,
+        /// As for a client.
+        bytes: usize,
+    },
 }
 
 impl Source {
@@ -103,7 +116,15 @@ impl Source {
     fn peer(&self) -> Option<NodeId> {
         match self {
             Source::Peer(node) => Some(Arc::clone(node)),
-            Source::Client { .. } => None,
+            Source::Client { .. } | Source::Api { .. } => None,
+        }
+    }
+
+    /// The bytes a local write counts for against its room's cap while queued (peers: none).
+    fn local_bytes(&self) -> Option<usize> {
+        match self {
+            Source::Client { bytes, .. } | Source::Api { bytes, .. } => Some(*bytes),
+            Source::Peer(_) => None,
         }
     }
 }
@@ -159,6 +180,9 @@ pub struct StateActor {
     cursors: presence::Cursors,
     /// v2 writes with a client id, remembered to answer repeats (exactly-once; see `dedup`).
     dedup: dedup::Dedup,
+    /// Conditional API writes that came while a batch was in flight: checked once it is back,
+    /// when every accepted op is in a map or in the queue (see `api`).
+    api_waiting: Vec<ApiWrite>,
 }
 
 /// When and where the state actor compacts the ledger online.
@@ -195,6 +219,7 @@ impl StateActor {
             settlement: Settlement::default(),
             cursors: presence::Cursors::default(),
             dedup: dedup::Dedup::default(),
+            api_waiting: Vec::new(),
             mesh: None,
             compaction: compaction::Online::new(compaction),
             epoch: format!("{:016x}", Uuid::new_v4().as_u64_pair().0),
@@ -213,7 +238,7 @@ impl StateActor {
     /// Queues a winning op for the next batch; with a mesh, remembers it as its key's newest.
     fn enqueue(&mut self, op: Op, meta: WriteMeta) {
         let room = self.rooms.entry(meta.room.clone()).or_default();
-        if let Source::Client { bytes, .. } = meta.source {
+        if let Some(bytes) = meta.source.local_bytes() {
             room.queued += 1;
             room.queued_bytes += bytes;
         }
@@ -227,7 +252,7 @@ impl StateActor {
 
     /// A queued op settled (durable or dropped): it no longer counts against its room's caps.
     fn settle(&mut self, meta: &WriteMeta) {
-        if let Source::Client { bytes, .. } = meta.source
+        if let Some(bytes) = meta.source.local_bytes()
             && let Some(room) = self.rooms.get_mut(&meta.room)
         {
             room.queued = room.queued.saturating_sub(1);
@@ -271,7 +296,7 @@ impl StateActor {
     /// A batch came back from the ledger: publish it if durable, drop it otherwise.
     fn committed(&mut self, reply: Result<Appended, MailboxError>, ctx: &mut Context<Self>) {
         let started = Instant::now();
-        let metas = self.in_flight.take().unwrap_or_default();
+        let mut metas = self.in_flight.take().unwrap_or_default();
         for meta in &metas {
             self.settle(meta);
         }
@@ -285,17 +310,17 @@ impl StateActor {
                     Ok(()) if ops.is_empty() => {}
                     Ok(()) => {
                         self.metrics.batch(ops.len(), elapsed);
-                        self.publish(ops, &metas);
+                        self.publish(ops, &mut metas);
                     }
                     Err(err) => {
                         log::error!("{} writes were not made durable and are dropped: {err}", ops.len());
-                        self.dropped(&metas);
+                        self.dropped(&mut metas);
                     }
                 }
             }
             Err(err) => {
                 log::error!("ledger actor unavailable, batch dropped: {err}");
-                self.dropped(&metas);
+                self.dropped(&mut metas);
             }
         }
         self.settlement.settled_total += metas.len() as u64;
@@ -306,6 +331,9 @@ impl StateActor {
             self.drop_if_idle(room);
         }
         self.release_barriers();
+        for write in std::mem::take(&mut self.api_waiting) {
+            self.api_write(write);
+        }
         self.flush(ctx);
         self.maybe_compact(ctx);
         self.maybe_finish_stopping();
@@ -314,7 +342,7 @@ impl StateActor {
 
     /// A batch the ledger refused: its writers are told (v2 `nack ledger_failed`), transports'
     /// barriers will see it, and the mesh fetches again what came from its peers.
-    fn dropped(&mut self, metas: &[WriteMeta]) {
+    fn dropped(&mut self, metas: &mut [WriteMeta]) {
         self.metrics.ledger_failure();
         self.settlement.dropped_total += metas.len() as u64;
         self.rebuild_overlay();
