@@ -519,12 +519,12 @@ async function untilAsync(fn, ms, what) {
   }
 }
 
-/** Where demo tests put screenshots: static/demos/screenshots/ with AETHER_SCREENSHOTS=1, else a
- * temporary directory that is removed when the process exits. */
-function screenshotDir(staticDir) {
+/** Where browser tests put screenshots: static/<page>/screenshots/ (`page` defaults to `demos`) with
+ * AETHER_SCREENSHOTS=1, else a temporary directory that is removed when the process exits. */
+function screenshotDir(staticDir, page = 'demos') {
   const fs = require('node:fs');
   const os = require('node:os');
-  if (process.env.AETHER_SCREENSHOTS === '1') return path.join(staticDir, 'demos', 'screenshots');
+  if (process.env.AETHER_SCREENSHOTS === '1') return path.join(staticDir, page, 'screenshots');
   const dir = path.join(os.tmpdir(), `aether-shots-${process.pid}`);
   fs.mkdirSync(dir, { recursive: true });
   process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
