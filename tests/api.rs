@@ -113,8 +113,9 @@ fn every_endpoint_refuses_missing_wrong_and_insufficient_credentials() {
     let other = token("other", json!({"elsewhere": "write"}), 600);
     let expired = token("late", json!({"*": "write"}), -600);
     // (method, path, body, what a read grant gets)
-    let endpoints: [(&str, &str, &str, u16); 8] = [
+    let endpoints: [(&str, &str, &str, u16); 9] = [
         ("GET", "/api/v1/rooms", "", 403),
+        ("GET", "/api/v1/clients", "", 403),
         ("GET", "/api/v1/rooms/board-1", "", 200),
         ("GET", "/api/v1/rooms/board-1?at=2020-01-01T00:00:00Z", "", 200),
         ("GET", "/api/v1/rooms/board-1/keys/k", "", 200),
@@ -463,6 +464,37 @@ fn disconnect_closes_members_with_the_documented_codes() {
     );
 }
 
+/// `GET /clients` lists each connection: its room, source address, protocol version and JWT user
+/// (the operator console shows them); a closed connection leaves the list.
+#[test]
+fn clients_lists_each_connection_with_its_address_protocol_and_user() {
+    let s = server();
+    let alice = token("alice", json!({"*": "write"}), 600);
+    let alice_v1 = ws(&s, &format!("room=r&auth_token={alice}"));
+    let anon_v2 = ws(&s, &format!("room=other&v=2&auth_token={SHARED}"));
+    let list = get(&s, "/api/v1/clients", Some(KEY)).json();
+    let clients = list["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2, "{list}");
+    let (other, r) = (&clients[0], &clients[1]);
+    assert_eq!(
+        (other["room"].as_str(), other["protocol"].as_u64(), &other["user"]),
+        (Some("other"), Some(2), &Value::Null)
+    );
+    assert_eq!((r["room"].as_str(), r["protocol"].as_u64(), r["user"].as_str()), (Some("r"), Some(1), Some("alice")));
+    for (client, conn) in [(other, &anon_v2), (r, &alice_v1)] {
+        assert_eq!(client["address"], "127.0.0.1");
+        if let Some(id) = conn.hello["id"].as_str() {
+            assert_eq!(client["id"], id);
+        }
+    }
+    let answer = http(s.addr, "POST", "/api/v1/rooms/other/disconnect", Some(KEY), &[], b"");
+    assert_eq!(answer.json(), json!({"disconnected": 1}));
+    let list = get(&s, "/api/v1/clients", Some(KEY)).json();
+    assert_eq!(list["clients"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["clients"][0]["user"], "alice");
+    drop(alice_v1);
+}
+
 /// `POST /compact` folds the ledger now and keeps everything.
 #[test]
 fn compact_now_folds_the_ledger_and_keeps_the_state() {
@@ -609,7 +641,7 @@ fn openapi_description_matches_the_running_server() {
             }
         }
     }
-    assert_eq!(checked, 2 * 8, "every documented operation was called");
+    assert_eq!(checked, 2 * 9, "every documented operation was called");
     assert!(seen.contains("200") && seen.contains("401"));
 }
 

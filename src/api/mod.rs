@@ -91,6 +91,8 @@ type Answer = Result<HttpResponse, ApiError>;
 enum Endpoint {
     /// `/rooms`
     Rooms,
+    /// `/clients`
+    Clients,
     /// `/compact`
     Compact,
     /// `/rooms/{room}`
@@ -107,7 +109,7 @@ impl Endpoint {
     /// The methods it answers.
     fn methods(&self) -> &'static [Method] {
         match self {
-            Endpoint::Rooms | Endpoint::Room(_) | Endpoint::History(..) => &[Method::GET],
+            Endpoint::Rooms | Endpoint::Clients | Endpoint::Room(_) | Endpoint::History(..) => &[Method::GET],
             Endpoint::Compact | Endpoint::Disconnect(_) => &[Method::POST],
             Endpoint::Key(..) => &[Method::GET, Method::PUT, Method::DELETE],
         }
@@ -126,6 +128,9 @@ fn route(path: &str) -> Result<Option<Endpoint>, ApiError> {
     let Some(rest) = path.strip_prefix('/') else { return Ok(None) };
     if rest == "rooms" {
         return Ok(Some(Endpoint::Rooms));
+    }
+    if rest == "clients" {
+        return Ok(Some(Endpoint::Clients));
     }
     if rest == "compact" {
         return Ok(Some(Endpoint::Compact));
@@ -204,6 +209,10 @@ async fn answer(req: HttpRequest, body: web::Payload, relay: &Relay) -> HttpResp
                 caller.admin()?;
                 rooms::list(relay).await
             }
+            Endpoint::Clients => {
+                caller.admin()?;
+                rooms::clients(relay).await
+            }
             Endpoint::Compact => {
                 caller.admin()?;
                 rooms::compact(relay).await
@@ -261,6 +270,7 @@ mod tests {
     fn paths_route_with_decoded_rooms_and_keys() {
         assert_eq!(route("/rooms").unwrap(), Some(Endpoint::Rooms));
         assert_eq!(route("/compact").unwrap(), Some(Endpoint::Compact));
+        assert_eq!(route("/clients").unwrap(), Some(Endpoint::Clients));
         assert_eq!(route("/rooms/_").unwrap(), Some(Endpoint::Room(Room::DEFAULT)));
         assert_eq!(
             route("/rooms/board-1/disconnect").unwrap(),

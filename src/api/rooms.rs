@@ -1,6 +1,6 @@
 //! Rooms and keys: the state now, one key, writes and deletes (through [`state::ApiWrite`]:
 //! admitted like a session's write, answered once durable), and the admin endpoints (the room
-//! list, disconnect, compact).
+//! list, the client list, disconnect, compact).
 
 use std::{sync::Arc, time::Duration};
 
@@ -223,6 +223,17 @@ pub(super) async fn list(relay: &Relay) -> Answer {
         .and_then(Result::ok)
         .ok_or_else(|| ApiError::unavailable("unavailable", "the state actor did not answer"))?;
     Ok(HttpResponse::Ok().json(json!({"rooms": rooms})))
+}
+
+/// `GET /clients` (admin): `{"clients": [{"id", "room", "address", "protocol", "user"}, …]}`, every
+/// connected member, by room then id.
+pub(super) async fn clients(relay: &Relay) -> Answer {
+    let clients = tokio::time::timeout(STATE_TIMEOUT, relay.deps.state.send(state::ListClients))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| ApiError::unavailable("unavailable", "the state actor did not answer"))?;
+    Ok(HttpResponse::Ok().json(json!({"clients": clients})))
 }
 
 /// `POST /rooms/{room}/disconnect` (admin), body empty, `{}` or `{"user": sub}`:

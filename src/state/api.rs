@@ -250,6 +250,53 @@ impl Handler<ListRooms> for StateActor {
     }
 }
 
+/// Every connected member of every room, for `GET /api/v1/clients`: by room, then connection id.
+#[derive(Message)]
+#[rtype(result = "Vec<ClientSummary>")]
+pub struct ListClients;
+
+/// One connection in [`ListClients`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientSummary {
+    /// The connection's id (the one its `hello` carried).
+    pub id: String,
+    /// Its room, as written (`_` for the default room).
+    pub room: String,
+    /// Its source address (the client's, when it came through a trusted proxy).
+    pub address: String,
+    /// Its protocol version: 1 or 2.
+    pub protocol: u8,
+    /// The `sub` of its JWT, if it presented one.
+    pub user: Option<String>,
+}
+
+impl Handler<ListClients> for StateActor {
+    type Result = MessageResult<ListClients>;
+
+    fn handle(&mut self, _: ListClients, _: &mut Context<Self>) -> Self::Result {
+        let mut clients: Vec<(&Room, ClientSummary)> = self
+            .rooms
+            .iter()
+            .flat_map(|(name, r)| {
+                r.members.iter().map(move |(id, m)| {
+                    (
+                        name,
+                        ClientSummary {
+                            id: id.to_string(),
+                            room: name.written().to_owned(),
+                            address: m.source.to_string(),
+                            protocol: if m.version == Version::V1 { 1 } else { 2 },
+                            user: m.user.as_deref().map(str::to_owned),
+                        },
+                    )
+                })
+            })
+            .collect();
+        clients.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        MessageResult(clients.into_iter().map(|(_, client)| client).collect())
+    }
+}
+
 /// Closes the members of a room (all, or those whose JWT `sub` is `user`) with [`DISCONNECTED`];
 /// answers how many.
 #[derive(Message)]

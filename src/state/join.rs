@@ -247,7 +247,7 @@ impl StateActor {
             return false;
         }
         let Join { id, color, version, outbox, kick, seat, .. } = join;
-        let member = Member { color, version, user: seat.user, outbox, kick: Some(kick) };
+        let member = Member { color, version, user: seat.user, source: seat.source, outbox, kick: Some(kick) };
         self.rooms.entry(seat.room.clone()).or_default().members.insert(id, member);
         self.member_rooms.insert(id, seat.room);
         true

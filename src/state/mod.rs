@@ -32,8 +32,8 @@ mod remote;
 mod room;
 
 pub use api::{
-    ApiRefused, ApiReply, ApiWrite, CompactNow, DISCONNECTED, Disconnect, ListRooms, Precondition, RoomSummary,
-    RoomView, ViewRoom,
+    ApiRefused, ApiReply, ApiWrite, ClientSummary, CompactNow, DISCONNECTED, Disconnect, ListClients, ListRooms,
+    Precondition, RoomSummary, RoomView, ViewRoom,
 };
 pub use join::{Join, JoinRefused, Seat};
 pub use presence::{Presence, RemoteLeave, RemotePresence};
@@ -75,6 +75,8 @@ struct Member {
     version: Version,
     /// The `sub` of its token, if it presented a JWT (shown to v2 peers in presence).
     user: Option<Arc<str>>,
+    /// Its source address (the client's, behind a trusted proxy), for `GET /api/v1/clients`.
+    source: std::net::IpAddr,
     outbox: Outbox,
     kick: Option<oneshot::Sender<(u16, &'static str)>>,
 }
