@@ -243,7 +243,7 @@
   const roomLabel = (name) => (name === '_' ? '_ (default room)' : name);
 
   async function refreshRooms() {
-    const { json } = await api('GET', '/rooms');
+    const [{ json }, { json: conns }] = await Promise.all([api('GET', '/rooms'), api('GET', '/clients')]);
     setStatus('ok', 'connected');
     $('updated').textContent = 'updated ' + clock();
     view.rooms = json.rooms;
@@ -260,16 +260,27 @@
       ),
     );
     $('rooms-count').textContent = String(json.rooms.length);
-    const withMembers = json.rooms.filter((r) => r.members > 0);
-    $('clients-count').textContent = String(withMembers.reduce((n, r) => n + r.members, 0));
+    renderClients(conns.clients);
+    renderRoomHead();
+  }
+
+  /** Every connection (GET /api/v1/clients): address, protocol version, user, room; a click on the room selects it. */
+  function renderClients(clients) {
+    $('clients-count').textContent = String(clients.length);
     $('clients').tBodies[0].replaceChildren(
-      ...(withMembers.length
-        ? withMembers.map((r) =>
-            h('tr', { dataset: { room: r.room } }, h('td', { text: roomLabel(r.room) }), h('td', { text: String(r.v1) }), h('td', { text: String(r.v2) }), h('td', { text: r.users.length ? r.users.join(', ') : '—' })),
+      ...(clients.length
+        ? clients.map((c) =>
+            h(
+              'tr',
+              { dataset: { id: c.id, room: c.room }, title: 'connection ' + c.id },
+              h('td', { text: c.address }),
+              h('td', { text: 'v' + c.protocol }),
+              h('td', { text: c.user === null ? '—' : c.user }),
+              h('td', { class: 'link', text: roomLabel(c.room), onclick: () => selectRoom(c.room) }),
+            ),
           )
         : [h('tr', {}, h('td', { colspan: 4, class: 'dim', text: 'no clients connected' }))]),
     );
-    renderRoomHead();
   }
 
   function renderRoomHead() {

@@ -100,8 +100,10 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
     assert.equal(await page.eval(`sessionStorage.getItem('aether-console-key')`), KEY);
     assert.equal(await page.eval(`document.querySelector('#rooms li[data-room="_"] .rname').textContent`), '_ (default room)');
     await page.wait(`document.querySelector('#rooms li[data-room="ops"] .meta').textContent === '2 keys · 1 online'`, 10000, 'ops: 2 keys, 1 member');
+    // Connected clients (GET /api/v1/clients): the probe, with its address, protocol and room.
     await page.wait(`document.querySelector('#clients tbody tr[data-room="ops"]') !== null`, 5000, 'clients row');
-    assert.deepEqual(await page.eval(`Array.from(document.querySelectorAll('#clients tbody tr[data-room="ops"] td')).map((td) => td.textContent)`), ['ops', '0', '1', '—']);
+    assert.deepEqual(await page.eval(`Array.from(document.querySelectorAll('#clients tbody tr[data-room="ops"] td')).map((td) => td.textContent)`), ['127.0.0.1', 'v2', '—', 'ops']);
+    assert.equal(await page.eval(`document.getElementById('clients-count').textContent`), '1');
 
     // Select the room: its keys; a WebSocket write appears live.
     await page.click('#rooms li[data-room="ops"]');
