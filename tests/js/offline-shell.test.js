@@ -352,7 +352,7 @@ test('offline shell versions: one version per page load, a new version only once
   const site = path.join(dir, 'static');
   fs.cpSync(STATIC, site, { recursive: true, filter: (src) => !src.includes(path.join('demos', 'screenshots')) });
   // An API-like answer on the same origin: the relay serves it like any file, but it is not the shell.
-  fs.mkdirSync(path.join(site, 'api'));
+  fs.mkdirSync(path.join(site, 'api'), { recursive: true });
   fs.writeFileSync(path.join(site, 'api', 'me.json'), '{"user":"alice"}');
   const files = {
     kanban: path.join(site, 'demos', 'kanban.html'),
