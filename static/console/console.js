@@ -293,7 +293,8 @@
         h('span', { class: 'chip', dataset: { user: u } }, u, h('button', { class: 'danger small', title: 'disconnect ' + u, onclick: () => disconnect(u) }, 'disconnect')),
       ),
     );
-    if (r && r.members) users.append(h('span', { class: 'chip plain', text: `${r.members} online · v1 ${r.v1} · v2 ${r.v2}` }));
+    if (r && r.members) users.prepend(h('span', { class: 'chip plain', text: `${r.members} online · v1 ${r.v1} · v2 ${r.v2}` }));
+    users.hidden = !users.children.length;
   }
 
   function selectRoom(name) {
@@ -326,7 +327,7 @@
     renderKeys(json.keys, true);
     if (view.key !== null) {
       const now = Object.prototype.hasOwnProperty.call(json.keys, view.key) ? JSON.stringify(json.keys[view.key]) : null;
-      if (now !== view.shownValue) loadKey(view.key);
+      if (now !== view.shownValue && !view.loadingKey) loadKey(view.key).catch(onPollError);
     }
   }
 
@@ -368,10 +369,19 @@
       $('history-note').textContent = '';
       return;
     }
-    loadKey(key);
+    loadKey(key).catch(onPollError);
   }
 
   async function loadKey(key) {
+    view.loadingKey = true;
+    try {
+      await readKey(key);
+    } finally {
+      view.loadingKey = false;
+    }
+  }
+
+  async function readKey(key) {
     const room = view.room;
     let current = null;
     try {

@@ -8,6 +8,7 @@
 // AETHER_SCREENSHOTS=1). Needs AETHER_BIN and Chromium; skipped otherwise.
 
 const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -21,6 +22,15 @@ const STATIC = path.join(__dirname, '..', '..', 'static');
 const SHOTS = screenshotDir(STATIC, 'console');
 const KEY = 'console-test-key-0123456789';
 const XSS = '<img src=x onerror=window.__xss=1>';
+const SECRET = 'console-test-secret-' + crypto.randomBytes(8).toString('hex');
+const USER = 'alice<b onmouseover=window.__xss=2>';
+
+/** An HS256 JWT over `claims` (the relay's `[auth] jwt_secret`). */
+function jwt(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = b64({ alg: 'HS256', typ: 'JWT' }) + '.' + b64(claims);
+  return head + '.' + crypto.createHmac('sha256', SECRET).update(head).digest('base64url');
+}
 
 class ConsolePage extends PageHandle {
   async goto(url) {
@@ -61,6 +71,7 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
   let relay = null;
   let chromium = null;
   let probe = null;
+  let alice = null;
   try {
     chromium = await launchChromium(dir);
     const { cdp } = chromium;
@@ -75,9 +86,9 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
     assert.deepEqual(off.errors, []);
     await stopRelay(relay);
 
-    relay = await startRelay(dir, 0, path.join(dir, 'ledger.jsonl'), STATIC, `[api]\nkey = "${KEY}"\n`);
+    relay = await startRelay(dir, 0, path.join(dir, 'ledger.jsonl'), STATIC, `[api]\nkey = "${KEY}"\n[auth]\njwt_secret = ${JSON.stringify(SECRET)}\n`);
     const base = `http://127.0.0.1:${relay.port}`;
-    probe = new Aether(`ws://127.0.0.1:${relay.port}/ws`, { room: 'ops', WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
+    probe = new Aether(`ws://127.0.0.1:${relay.port}/ws`, { room: 'ops', token: jwt({ sub: 'probe', exp: Math.floor(Date.now() / 1000) + 600, rooms: { ops: 'write' } }), WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
     await until(() => probe.connected, 10000, 'probe connected');
     await probe.set('temp', 21).durable;
     await sleep(20); // two writes some milliseconds apart, so the slider can stand between them
@@ -102,7 +113,7 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
     await page.wait(`document.querySelector('#rooms li[data-room="ops"] .meta').textContent === '2 keys · 1 online'`, 10000, 'ops: 2 keys, 1 member');
     // Connected clients (GET /api/v1/clients): the probe, with its address, protocol and room.
     await page.wait(`document.querySelector('#clients tbody tr[data-room="ops"]') !== null`, 5000, 'clients row');
-    assert.deepEqual(await page.eval(`Array.from(document.querySelectorAll('#clients tbody tr[data-room="ops"] td')).map((td) => td.textContent)`), ['127.0.0.1', 'v2', '—', 'ops']);
+    assert.deepEqual(await page.eval(`Array.from(document.querySelectorAll('#clients tbody tr[data-room="ops"] td')).map((td) => td.textContent)`), ['127.0.0.1', 'v2', 'probe', 'ops']);
     assert.equal(await page.eval(`document.getElementById('clients-count').textContent`), '1');
 
     // Select the room: its keys; a WebSocket write appears live.
@@ -161,6 +172,17 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
     await until(() => !probe.has('temp'), 10000, 'the probe sees temp deleted');
     await page.wait(`!Array.from(document.querySelectorAll('#keys tbody tr')).some((r) => r.dataset.key === 'temp')`, 10000, 'temp gone from the table');
 
+    // Disconnect one user (a JWT client whose sub holds markup: shown as text).
+    alice = new Aether(`ws://127.0.0.1:${relay.port}/ws`, { room: 'ops', token: jwt({ sub: USER, exp: Math.floor(Date.now() / 1000) + 600, rooms: { ops: 'write' } }), WebSocket: WS, storage: new MemoryStorage(), BroadcastChannel: null });
+    await until(() => alice.connected, 10000, 'alice connected');
+    await page.wait(`Array.from(document.querySelectorAll('#room-users .chip')).some((c) => c.dataset.user === ${JSON.stringify(USER)})`, 10000, 'alice in the room header');
+    assert.deepEqual(await page.eval(`Array.from(document.querySelectorAll('#clients tbody tr[data-room="ops"]')).map((tr) => tr.children[2].textContent).sort()`), ['probe', USER].sort());
+    await page.confirm(`#room-users .chip[data-user="${USER.replace(/"/g, '\\"')}"] button`);
+    await page.waitLog(/disconnected 1 connection \(user "alice<b onmouseover=window.__xss=2>" in room ops\)/, 'user disconnect result');
+    alice.close();
+    await page.wait(`document.querySelectorAll('#clients tbody tr[data-room="ops"]').length === 1`, 10000, 'only the probe left');
+    assert.equal(await page.eval(`document.querySelectorAll('#room-users b, #clients b').length`), 0);
+
     // Disconnect everyone in the room: the probe's connection is closed.
     await page.wait(`!document.getElementById('disconnect-all').disabled`, 10000, 'disconnect enabled');
     await page.confirm('#disconnect-all');
@@ -187,6 +209,7 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
     assert.equal(await page.eval(`document.getElementById('signin').hidden`), false);
   } finally {
     if (probe) probe.close();
+    if (alice) alice.close();
     if (chromium) {
       chromium.cdp.close();
       killChromium(chromium.proc);
