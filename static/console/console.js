@@ -215,6 +215,8 @@
   }
   function stopPolling() {
     while (timers.length) timers.pop()();
+    stopFeed();
+    view.room = null;
   }
   function onPollError(err) {
     if (err instanceof ApiError && err.status === 401) {
@@ -309,12 +311,128 @@
     $('keys').tBodies[0].replaceChildren();
     setLive();
     renderRoomHead();
+    follow(name);
     refreshRoom().catch(onPollError);
+  }
+
+  // ------------------------------------------------------------------ the change feed
+  // GET /api/v1/rooms/{room}/changes (Server-Sent Events), read with fetch so the key goes in the
+  // Authorization header, not in the URL. It keeps the room's keys live; when the stream ends it
+  // resumes with ?since=<last id> (a delta, nothing missed). A relay without the feed answers 404:
+  // then the room is polled every second.
+  let feed = null;
+  const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  function follow(room) {
+    stopFeed();
+    const f = { room, ctl: new AbortController(), lastId: null, live: false, keys: new Map() };
+    feed = f;
+    runFeed(f);
+  }
+  function stopFeed() {
+    if (feed) feed.ctl.abort();
+    feed = null;
+    setFeedMode(null);
+  }
+  function setFeedMode(f) {
+    const tag = $('room-live');
+    tag.hidden = !view.room;
+    tag.dataset.mode = f && f.live ? 'feed' : 'poll';
+    tag.textContent = f && f.live ? 'live · change feed' : 'live · polled every 1 s';
+    tag.title = f && f.live ? 'following GET /api/v1/rooms/{room}/changes' : 'GET /api/v1/rooms/{room} every second';
+  }
+
+  async function runFeed(f) {
+    let backoff = 500;
+    while (feed === f) {
+      try {
+        const url = `/api/v1/rooms/${seg(f.room)}/changes` + (f.lastId ? '?since=' + encodeURIComponent(f.lastId) : '');
+        const res = await fetch(url, { headers: { Authorization: 'Bearer ' + apiKey, Accept: 'text/event-stream' }, signal: f.ctl.signal, cache: 'no-store' });
+        if (res.status === 404 || res.status === 405) {
+          await res.body?.cancel();
+          setFeedMode(null); // no change feed on this relay: polling
+          return;
+        }
+        if (!res.ok || !res.body) {
+          let body = null;
+          try {
+            body = await res.json();
+          } catch {
+            body = null;
+          }
+          throw new ApiError(res.status, body);
+        }
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done || feed !== f) break;
+          buf += value.replace(/\r\n?/g, '\n');
+          let end;
+          while ((end = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, end);
+            buf = buf.slice(end + 2);
+            if (onFeedEvent(f, block)) backoff = 500;
+          }
+        }
+      } catch (err) {
+        if (feed !== f) return;
+        if (err instanceof ApiError && (err.status === 401 || err.status === 403)) return onPollError(err);
+      }
+      if (feed !== f) return;
+      f.live = false;
+      setFeedMode(f);
+      await pause(backoff);
+      backoff = Math.min(backoff * 2, 5000);
+    }
+  }
+
+  /** One SSE event block; true when it was a state event. */
+  function onFeedEvent(f, block) {
+    let event = 'message';
+    let id = null;
+    const data = [];
+    for (const line of block.split('\n')) {
+      if (!line || line.startsWith(':')) continue;
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+      if (field === 'event') event = value;
+      else if (field === 'id') id = value;
+      else if (field === 'data') data.push(value);
+    }
+    if (!data.length) return false;
+    let msg;
+    try {
+      msg = JSON.parse(data.join('\n'));
+    } catch {
+      return false;
+    }
+    if (id) f.lastId = id;
+    if (event === 'snapshot') f.keys = new Map(Object.entries(msg.keys || {}));
+    else if (event === 'delta') {
+      for (const [k, v] of Object.entries(msg.keys || {})) f.keys.set(k, v);
+      for (const k of msg.deleted || []) f.keys.delete(k);
+    } else if (event === 'set') f.keys.set(msg.key, msg.value);
+    else if (event === 'delete') f.keys.delete(msg.key);
+    else if (event === 'resync') {
+      log('ok', `change feed: full resync (${msg.reason})`);
+      return false;
+    } else {
+      if (event === 'error') log('err', `change feed ended: ${msg.reason}; resuming`);
+      return false;
+    }
+    if (!f.live) {
+      f.live = true;
+      setFeedMode(f);
+    }
+    if (view.room === f.room && view.at === null) showLive(Object.fromEntries(f.keys));
+    return true;
   }
 
   // ------------------------------------------------------------------ a room's keys, live
   async function refreshRoom() {
-    if (!view.room || view.at !== null) return;
+    if (!view.room || view.at !== null || (feed && feed.live && feed.room === view.room)) return;
     const room = view.room;
     let json;
     try {
@@ -324,6 +442,12 @@
       else throw err;
     }
     if (room !== view.room || view.at !== null) return;
+    showLive(json.keys);
+  }
+
+  /** Shows `keys` as the selected room's live state; reloads the selected key if its value changed. */
+  function showLive(keys) {
+    const json = { keys };
     renderKeys(json.keys, true);
     if (view.key !== null) {
       const now = Object.prototype.hasOwnProperty.call(json.keys, view.key) ? JSON.stringify(json.keys[view.key]) : null;
@@ -497,20 +621,20 @@
     if (!view.room) return;
     clearTimeout(sliderTimer);
     if (Number(slider.value) >= Number(slider.max)) {
-      setLive();
-      view.keys = new Map();
-      refreshRoom().catch(onPollError);
+      backToLive();
       return;
     }
     const ns = String(sliderStart + BigInt(slider.value) * 1000000n + 999999n);
     view.at = ns;
     sliderTimer = setTimeout(() => showAt(ns), 120);
   });
-  $('live').addEventListener('click', () => {
+  function backToLive() {
     setLive();
     view.keys = new Map();
-    refreshRoom().catch(onPollError);
-  });
+    if (feed && feed.live && feed.room === view.room) showLive(Object.fromEntries(feed.keys));
+    else refreshRoom().catch(onPollError);
+  }
+  $('live').addEventListener('click', backToLive);
 
   // ------------------------------------------------------------------ actions
   $('delete-key').addEventListener('click', async () => {
