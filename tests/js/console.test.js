@@ -120,8 +120,11 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
     await page.click('#rooms li[data-room="ops"]');
     await page.waitValue('temp', '21', 'temp = 21');
     // Live by the change feed where the relay has one, else by polling; the header says which.
-    const mode = await page.eval(`document.getElementById('room-live').dataset.mode`);
-    assert.ok(['feed', 'poll'].includes(mode), mode);
+    const ctl = new AbortController();
+    const feedStatus = (await fetch(`${base}/api/v1/rooms/ops/changes`, { headers: { Authorization: 'Bearer ' + KEY }, signal: ctl.signal })).status;
+    ctl.abort();
+    const mode = feedStatus === 200 ? 'feed' : 'poll';
+    await page.wait(`document.getElementById('room-live').dataset.mode === ${JSON.stringify(mode)}`, 10000, 'live by ' + mode);
     assert.equal(await page.value('fan'), '{"on":true,"rpm":1200}');
     await probe.set('temp', 22).durable;
     await page.waitValue('temp', '22', 'the WebSocket write, live');
