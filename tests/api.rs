@@ -663,24 +663,12 @@ fn a_write_the_ledger_refuses_is_503_ledger_failed() {
     drop(s);
 }
 
-/// The Python of `target/closes-venv` (current `websockets`), or `AETHER_CLOSES_PYTHON`.
-fn closes_python() -> Option<std::path::PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/closes-venv/bin/python");
-    std::env::var_os("AETHER_CLOSES_PYTHON")
-        .map(Into::into)
-        .into_iter()
-        .chain([venv])
-        .find(|p| Command::new(p).args(["-c", "import websockets"]).output().is_ok_and(|o| o.status.success()))
-}
-
 /// A client that is not ours (Python `websockets`, v1 and v2) sees an API write, then the close
 /// of `disconnect` with its documented code and reason.
 #[test]
 fn python_websockets_sees_api_writes_and_the_disconnect_close() {
     use std::io::BufRead;
-    let Some(python) = closes_python() else {
-        panic!("no Python with websockets: run tests/run.sh once (it makes target/closes-venv)");
-    };
+    let python = common::websockets_python();
     let s = server();
     let writer = token("py-user", json!({"py": "write"}), 600);
     let script = r#"
