@@ -527,3 +527,67 @@ while seen < 2:
     assert!(set.starts_with(r#"set {"key":"b","value":2,"stamp":""#), "{set}");
     assert!(child.wait().unwrap().success());
 }
+
+/// Not a test but a measurement (run with `--ignored --nocapture`): 100 readers follow one room
+/// while a WebSocket client writes 1,000 ops/s for 5 s; delivery time from the write being sent
+/// to each reader parsing its event, percentiles over every (reader, event).
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn feed_delivery_with_100_readers_at_1000_writes_per_second() {
+    const READERS: usize = 100;
+    const RATE: u64 = 1000;
+    const SECS: u64 = 5;
+    let s = server_with("[limits]\nmessages_per_second = 100000.0\nmessages_burst = 100000\n");
+    let now_ns = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let total = (RATE * SECS) as usize;
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let mut feed = follow(&s, "bench", &[]);
+            feed.expect("snapshot");
+            std::thread::spawn(move || {
+                let mut delays = Vec::with_capacity(total);
+                // Light on the measuring side: the value is found, not the event parsed.
+                while delays.len() < total {
+                    let Some(at) = feed.text.find("\n\n") else {
+                        if !feed.fill() {
+                            break;
+                        }
+                        continue;
+                    };
+                    let block: String = feed.text.drain(..at + 2).collect();
+                    if let Some((_, rest)) = block.split_once(r#""value":"#) {
+                        let sent: u64 = rest.split(',').next().unwrap().parse().unwrap();
+                        delays.push(now_ns().saturating_sub(sent));
+                    }
+                }
+                delays
+            })
+        })
+        .collect();
+    let writer = token("bench", json!({"bench": "write"}));
+    let mut client = Client::connect(&format!("{}?v=2&room=bench&auth_token={writer}", s.url()));
+    let started = Instant::now();
+    for i in 0..total as u64 {
+        let due = started + Duration::from_nanos(i * 1_000_000_000 / RATE);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        client.set(&format!("k{}", i % 100), json!(now_ns()));
+    }
+    let mut all: Vec<u64> = Vec::new();
+    for reader in readers {
+        let delays = reader.join().unwrap();
+        assert_eq!(delays.len(), total, "a reader missed events");
+        all.extend(delays);
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1e6;
+    eprintln!(
+        "{READERS} readers, {RATE} writes/s for {SECS} s ({} deliveries): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        all.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
+    );
+}

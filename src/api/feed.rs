@@ -207,6 +207,22 @@ impl Pump {
 
     /// Appends the events of one v2 frame to `out` (presence and `hello` give none).
     fn convert(&mut self, frame: &ByteString, out: &mut Vec<u8>) {
+        if let Some(prefix) = &self.prefix
+            && let Some((kind, data, seq)) = op_event(frame)
+        {
+            // The frames of ops, by far the most, are rewritten without parsing them: every
+            // reader of the room gets the same frame.
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(kind.as_bytes());
+            out.extend_from_slice(b"\nid: ");
+            out.extend_from_slice(prefix.as_bytes());
+            out.push(b'.');
+            out.extend_from_slice(seq.as_bytes());
+            out.extend_from_slice(b"\ndata: {");
+            out.extend_from_slice(data.as_bytes());
+            out.extend_from_slice(b"\n\n");
+            return;
+        }
         let Ok(Value::Object(mut frame)) = serde_json::from_str::<Value>(frame) else { return };
         let Some(Value::String(kind)) = frame.shift_remove("type") else { return };
         match kind.as_str() {
@@ -233,6 +249,19 @@ impl Pump {
             _ => {}
         }
     }
+}
+
+/// A v2 `set`/`delete` frame as made by `protocol::op_frame_v2` (`{"type":"set",` … `,"seq":N}`):
+/// its kind, the rest of the object after `"type"` (with its closing brace) and `N`. `None` for
+/// any other frame.
+fn op_event(frame: &str) -> Option<(&'static str, &str, &str)> {
+    let (kind, rest) = if let Some(rest) = frame.strip_prefix(r#"{"type":"set","#) {
+        ("set", rest)
+    } else {
+        ("delete", frame.strip_prefix(r#"{"type":"delete","#)?)
+    };
+    let (_, seq) = rest.strip_suffix('}')?.rsplit_once(r#","seq":"#)?;
+    (!seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit())).then_some((kind, rest, seq))
 }
 
 /// Resolves when the state actor kicks the feed; never once it dropped the sender unused.
@@ -284,6 +313,22 @@ mod tests {
     fn events_are_one_data_line_each() {
         let e = event("set", Some("ab.3"), &json!({"key": "a\nb", "value": "x\ny"}));
         assert_eq!(&e[..], b"event: set\nid: ab.3\ndata: {\"key\":\"a\\nb\",\"value\":\"x\\ny\"}\n\n");
+    }
+
+    #[test]
+    fn op_frames_are_rewritten_without_parsing() {
+        let set = r#"{"type":"set","key":"k","value":{"seq":1},"stamp":"s","origin":null,"seq":12}"#;
+        assert_eq!(
+            op_event(set),
+            Some(("set", r#""key":"k","value":{"seq":1},"stamp":"s","origin":null,"seq":12}"#, "12"))
+        );
+        let del = r#"{"type":"delete","key":"k","stamp":"s","origin":"o","seq":3}"#;
+        assert_eq!(op_event(del).map(|(k, _, n)| (k, n)), Some(("delete", "3")));
+        for other in
+            [r#"{"type":"presence","id":"x"}"#, r#"{"type":"set","key":"k","value":1}"#, r#"{"type":"set","seq":}"#]
+        {
+            assert_eq!(op_event(other), None, "{other}");
+        }
     }
 
     #[test]
