@@ -27,8 +27,12 @@ fn server_with(extra: &str) -> Server {
 }
 
 fn token(sub: &str, rooms: Value) -> String {
+    token_for(sub, rooms, 600)
+}
+
+fn token_for(sub: &str, rooms: Value, ttl: u64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let claims = json!({"sub": sub, "exp": now + 600, "iat": now, "rooms": rooms});
+    let claims = json!({"sub": sub, "exp": now + ttl, "iat": now, "rooms": rooms});
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap())
         .unwrap()
 }
@@ -459,6 +463,24 @@ fn auth_refusals_and_the_access_token_parameter() {
     let mut feed = Feed::open(s.addr, &format!("{path}?access_token={KEY}"), &[]);
     feed.expect("snapshot");
     assert_eq!(Feed::open(s.addr, &format!("/api/v1/rooms/board-1?access_token={KEY}"), &[]).status, 401);
+}
+
+/// A feed opened with a JWT ends at the token's `exp` (as a WebSocket is closed then), after
+/// `event: error` `{"reason": "token expired"}`; the key's feed goes on.
+#[test]
+fn a_jwt_feed_ends_when_its_token_expires() {
+    let s = server_with("");
+    let short = token_for("brief", json!({"e": "read"}), 2);
+    let mut feed = Feed::open(s.addr, &format!("/api/v1/rooms/e/changes?access_token={short}"), &[]);
+    feed.expect("snapshot");
+    let mut by_key = follow(&s, "e", &[]);
+    by_key.expect("snapshot");
+    let started = Instant::now();
+    assert_eq!(feed.expect("error").data, json!({"reason": "token expired"}));
+    assert!(feed.next().is_none());
+    assert!(started.elapsed() < Duration::from_secs(4));
+    put(&s, "e", "k", "1");
+    assert_eq!(by_key.expect("set").data["key"], "k");
 }
 
 /// curl (`-N`) follows the feed: the snapshot, then a write's event, until `--max-time`.

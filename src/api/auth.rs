@@ -59,6 +59,14 @@ impl Caller {
         }
     }
 
+    /// When the caller's JWT expires (`None` for the API key).
+    pub(super) fn expires(&self) -> Option<SystemTime> {
+        match self {
+            Caller::Jwt(identity) => identity.expires(),
+            Caller::Key => None,
+        }
+    }
+
     /// The writer recorded in the ledger: the JWT `sub`, or [`API_KEY_WRITER`].
     pub(super) fn by(&self) -> Arc<str> {
         match self {

@@ -13,7 +13,8 @@
 //!   what changed since the presented token; `resync`: `{"reason": …}` before a `snapshot` when a
 //!   presented token cannot be resumed from.
 //! - `set` / `delete`: `{"key", "value" (set only), "stamp", "seq", "origin"}`.
-//! - `error`: `{"reason": …}`, the last event before the relay ends the stream.
+//! - `error`: `{"reason": …}`, the last event before the relay ends the stream (`too slow`,
+//!   `disconnected by the operator`, `server shutting down`, `token expired`).
 //!
 //! Each `snapshot`, `delta`, `set` and `delete` carries `id: <resume token>` (the v2 token after
 //! it, `<run>[-<room tag>].<seq>`), which is what `Last-Event-ID` resumes from.
@@ -48,6 +49,9 @@ const BODY_CHUNKS: usize = 8;
 /// Who follows the feed: the `sub` of a JWT, if one was presented.
 pub(super) struct Reader {
     pub(super) user: Option<std::sync::Arc<str>>,
+    /// When its JWT expires: the stream ends then (`error` `token expired`), as a WebSocket
+    /// closes at its token's `exp`.
+    pub(super) expires: Option<std::time::SystemTime>,
 }
 
 /// Opens the feed of `room` for `reader`, resuming from `resume` if given.
@@ -99,7 +103,12 @@ pub(super) async fn open(relay: &Relay, live: &Live, req: &HttpRequest, room: Ro
         }
     }
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_CHUNKS);
-    let pump = Pump { id, resume, prefix: None, rx, body: body_tx, write_timeout: live.limits.write_timeout() };
+    let expires = reader.expires.map(|at| {
+        let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        tokio::time::Instant::now() + left
+    });
+    let pump =
+        Pump { id, resume, prefix: None, rx, body: body_tx, write_timeout: live.limits.write_timeout(), expires };
     actix_web::rt::spawn(pump.run(kicked, state, slot, relay.deps.metrics.clone()));
     let body = futures_util::stream::unfold(body_rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), rx))
@@ -121,6 +130,8 @@ struct Pump {
     rx: OutboxReceiver,
     body: mpsc::Sender<Bytes>,
     write_timeout: Duration,
+    /// When the reader's JWT expires.
+    expires: Option<tokio::time::Instant>,
 }
 
 /// Why the stream ends.
@@ -164,6 +175,7 @@ impl Pump {
                 biased;
                 reason = kicked_by(kicked) => return End::Told(reason),
                 () = self.body.closed() => return End::Gone,
+                () = until(self.expires) => return End::Told("token expired"),
                 item = self.rx.recv() => item,
                 () = tokio::time::sleep(KEEPALIVE) => {
                     if let Some(end) = self.send(Bytes::from_static(b": ping\n\n"), kicked).await {
@@ -264,6 +276,14 @@ fn op_event(frame: &str) -> Option<(&'static str, &str, &str)> {
     (!seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit())).then_some((kind, rest, seq))
 }
 
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the state actor kicks the feed; never once it dropped the sender unused.
 async fn kicked_by(kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>) -> &'static str {
     if let Some(rx) = kick.as_mut() {
@@ -343,8 +363,15 @@ mod tests {
     fn frames_convert_to_events_with_resume_ids() {
         let (_tx, rx) = outbox(1000);
         let (body, _body_rx) = mpsc::channel(1);
-        let mut pump =
-            Pump { id: Uuid::nil(), resume: Some("ff.3".into()), prefix: None, rx, body, write_timeout: KEEPALIVE };
+        let mut pump = Pump {
+            id: Uuid::nil(),
+            resume: Some("ff.3".into()),
+            prefix: None,
+            rx,
+            body,
+            write_timeout: KEEPALIVE,
+            expires: None,
+        };
         let mut out = Vec::new();
         for frame in [
             r#"{"type":"hello","id":"x","v":2}"#,

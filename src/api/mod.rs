@@ -230,7 +230,8 @@ async fn answer(req: HttpRequest, body: web::Payload, relay: &Relay) -> HttpResp
             }
             Endpoint::Changes(room) => {
                 caller.may(&room, crate::access::Level::Read)?;
-                feed::open(relay, &live, &req, room, feed::Reader { user: caller.user() }).await
+                feed::open(relay, &live, &req, room, feed::Reader { user: caller.user(), expires: caller.expires() })
+                    .await
             }
             Endpoint::History(room, key) => {
                 caller.may(&room, crate::access::Level::Read)?;
