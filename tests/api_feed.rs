@@ -552,33 +552,66 @@ while seen < 2:
 
 /// Not a test but a measurement (run with `--ignored --nocapture`): 100 readers follow one room
 /// while a WebSocket client writes 1,000 ops/s for 5 s; delivery time from the write being sent
-/// to each reader parsing its event, percentiles over every (reader, event).
+/// to each reader finding its event, percentiles over every (reader, event).
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 fn feed_delivery_with_100_readers_at_1000_writes_per_second() {
+    delivery(false);
+}
+
+/// The same with 100 v2 WebSocket readers instead, for comparison.
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn websocket_delivery_with_100_readers_at_1000_writes_per_second() {
+    delivery(true);
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// The send time a `set` carries as its value (found, not parsed: light on the measuring side).
+fn sent_at(text: &str) -> Option<u64> {
+    let (_, rest) = text.split_once(r#""value":"#)?;
+    rest.split([',', '}']).next()?.parse().ok()
+}
+
+fn delivery(websocket: bool) {
     const READERS: usize = 100;
     const RATE: u64 = 1000;
     const SECS: u64 = 5;
     let s = server_with("[limits]\nmessages_per_second = 100000.0\nmessages_burst = 100000\n");
-    let now_ns = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     let total = (RATE * SECS) as usize;
+    let reader_token = token("reader", json!({"bench": "read"}));
     let readers: Vec<_> = (0..READERS)
         .map(|_| {
-            let mut feed = follow(&s, "bench", &[]);
-            feed.expect("snapshot");
+            let mut feed = (!websocket).then(|| follow(&s, "bench", &[]));
+            let mut ws =
+                websocket.then(|| Client::connect(&format!("{}?v=2&room=bench&auth_token={reader_token}", s.url())));
+            if let Some(feed) = &mut feed {
+                feed.expect("snapshot");
+            }
             std::thread::spawn(move || {
                 let mut delays = Vec::with_capacity(total);
-                // Light on the measuring side: the value is found, not the event parsed.
                 while delays.len() < total {
-                    let Some(at) = feed.text.find("\n\n") else {
-                        if !feed.fill() {
-                            break;
+                    let text = if let Some(feed) = &mut feed {
+                        let Some(at) = feed.text.find("\n\n") else {
+                            if !feed.fill() {
+                                break;
+                            }
+                            continue;
+                        };
+                        feed.text.drain(..at + 2).collect::<String>()
+                    } else {
+                        let ws = &mut ws.as_mut().unwrap().ws;
+                        ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+                        match ws.read() {
+                            Ok(tungstenite::Message::Text(text)) => text.to_string(),
+                            Ok(_) => continue,
+                            Err(_) => break,
                         }
-                        continue;
                     };
-                    let block: String = feed.text.drain(..at + 2).collect();
-                    if let Some((_, rest)) = block.split_once(r#""value":"#) {
-                        let sent: u64 = rest.split(',').next().unwrap().parse().unwrap();
+                    if let Some(sent) = sent_at(&text) {
                         delays.push(now_ns().saturating_sub(sent));
                     }
                 }
@@ -605,11 +638,27 @@ fn feed_delivery_with_100_readers_at_1000_writes_per_second() {
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1e6;
     eprintln!(
-        "{READERS} readers, {RATE} writes/s for {SECS} s ({} deliveries): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        "{READERS} {} readers, {RATE} writes/s for {SECS} s ({} deliveries): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        if websocket { "WebSocket" } else { "SSE" },
         all.len(),
         pct(0.5),
         pct(0.99),
         pct(0.999),
         pct(1.0)
     );
+}
+
+/// A graceful shutdown (SIGTERM) ends every feed with `event: error` `{"reason": "server
+/// shutting down"}` and the relay exits without waiting for the readers.
+#[test]
+fn shutdown_ends_feeds_with_an_error_event() {
+    let s = server_with("");
+    let mut feed = follow(&s, "bye", &[]);
+    feed.expect("snapshot");
+    let started = Instant::now();
+    let (status, _) = s.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the open feed held the shutdown back");
+    assert_eq!(feed.expect("error").data, json!({"reason": "server shutting down"}));
+    assert!(feed.next().is_none());
 }
