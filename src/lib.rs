@@ -50,7 +50,8 @@
 //! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`, the API).
 //! - [`api`]: the HTTP API under `/api/v1/` for backends and operators (`api::auth`: the API key
 //!   or a JWT; `api::rooms`: state, keys, durable writes through `state::ApiWrite`, disconnect,
-//!   compact; `api::history`: a key's history and a room's past state from the ledger files).
+//!   compact; `api::history`: a key's history and a room's past state from the ledger files;
+//!   `api::feed`: a room's change feed as Server-Sent Events, a v2 member of the room).
 //! - [`relay`]: boot (replay, start singletons), serve, graceful shutdown.
 //! - [`commands`]: the offline subcommands (`compact`, `ledger state`, `ledger log`, `ledger rooms`).
 

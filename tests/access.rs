@@ -8,7 +8,6 @@
 mod common;
 
 use std::{
-    path::Path,
     process::Command,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -234,9 +233,7 @@ fn the_shared_secret_still_opens_every_room_beside_jwts() {
 /// `websockets` (asyncio) connects with them, in the URL and as the first frame.
 #[test]
 fn tokens_minted_by_python_and_presented_by_python_websockets() {
-    let Some(python) = closes_python() else {
-        panic!("no Python with websockets: run tests/run.sh once (it makes target/closes-venv)");
-    };
+    let python = common::websockets_python();
     let server = server();
     let script = r#"
 import asyncio, base64, hashlib, hmac, json, sys, time, websockets
@@ -276,15 +273,6 @@ asyncio.run(main())
     }
     assert_eq!(out["forbidden"], json!({"code": 4403, "reason": "forbidden"}));
     assert_eq!(out["expired"], json!({"code": 1008, "reason": "token expired"}));
-}
-
-fn closes_python() -> Option<std::path::PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/closes-venv/bin/python");
-    std::env::var_os("AETHER_CLOSES_PYTHON")
-        .map(Into::into)
-        .into_iter()
-        .chain([venv])
-        .find(|p| Command::new(p).args(["-c", "import websockets"]).output().is_ok_and(|o| o.status.success()))
 }
 
 /// A backend that mints with a private key and gives the relay only the public one: ES256 and

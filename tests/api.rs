@@ -590,6 +590,27 @@ fn required_fields(doc: &Value, schema: &Value) -> Vec<String> {
     schema["required"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(str::to_owned)).collect()
 }
 
+/// The status and headers of a GET that answers a stream (the change feed), which is not read.
+fn stream_head(addr: SocketAddr, path: &str, auth: &str) -> Answer {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT * 3)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {auth}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("a head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Answer { status, headers, body: String::new() }
+}
+
 /// Every path and method of static/api/openapi.json, called with the key (its example values and
 /// body) and without a credential, answers a status the description lists, with the fields its
 /// schema requires.
@@ -622,8 +643,16 @@ fn openapi_description_matches_the_running_server() {
             let responses = operation["responses"].as_object().unwrap();
             let body = operation["requestBody"]["content"]["application/json"]["example"].to_string();
             let body = if operation.get("requestBody").is_some() { body.into_bytes() } else { Vec::new() };
+            let streams = responses.get("200").is_some_and(|r| r["content"].get("text/event-stream").is_some());
             for auth in [Some(KEY), None] {
-                let answer = http(s.addr, &method.to_uppercase(), &format!("{base}{path}"), auth, &[], &body);
+                let answer = if streams && auth.is_some() {
+                    stream_head(s.addr, &format!("{base}{path}"), KEY)
+                } else {
+                    http(s.addr, &method.to_uppercase(), &format!("{base}{path}"), auth, &[], &body)
+                };
+                if streams && answer.status == 200 {
+                    assert_eq!(answer.headers["content-type"], "text/event-stream", "{template}");
+                }
                 let status = answer.status.to_string();
                 assert!(
                     responses.contains_key(&status),
@@ -641,7 +670,7 @@ fn openapi_description_matches_the_running_server() {
             }
         }
     }
-    assert_eq!(checked, 2 * 9, "every documented operation was called");
+    assert_eq!(checked, 2 * 10, "every documented operation was called");
     assert!(seen.contains("200") && seen.contains("401"));
 }
 
@@ -695,24 +724,12 @@ fn a_write_the_ledger_refuses_is_503_ledger_failed() {
     drop(s);
 }
 
-/// The Python of `target/closes-venv` (current `websockets`), or `AETHER_CLOSES_PYTHON`.
-fn closes_python() -> Option<std::path::PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/closes-venv/bin/python");
-    std::env::var_os("AETHER_CLOSES_PYTHON")
-        .map(Into::into)
-        .into_iter()
-        .chain([venv])
-        .find(|p| Command::new(p).args(["-c", "import websockets"]).output().is_ok_and(|o| o.status.success()))
-}
-
 /// A client that is not ours (Python `websockets`, v1 and v2) sees an API write, then the close
 /// of `disconnect` with its documented code and reason.
 #[test]
 fn python_websockets_sees_api_writes_and_the_disconnect_close() {
     use std::io::BufRead;
-    let Some(python) = closes_python() else {
-        panic!("no Python with websockets: run tests/run.sh once (it makes target/closes-venv)");
-    };
+    let python = common::websockets_python();
     let s = server();
     let writer = token("py-user", json!({"py": "write"}), 600);
     let script = r#"

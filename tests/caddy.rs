@@ -22,7 +22,7 @@ use std::{
 
 use common::{
     Closed, Server, free_port, make_certificate,
-    proxy::{Wss, closed, connect_from, next_text, stays_up_while_idle},
+    proxy::{Wss, closed, connect_from, feed_streams_through, next_text, stays_up_while_idle},
 };
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -173,4 +173,18 @@ fn without_pings_caddy_cuts_an_idle_websocket() {
     assert_eq!(closed(&mut ws), Closed::Eof);
     let after = started.elapsed();
     assert!(after >= Duration::from_secs(2) && after < Duration::from_secs(8), "cut after {after:?}");
+}
+
+/// The change feed (Server-Sent Events) through the shipped Caddyfile: each event reaches the
+/// reader as it happens (`flush_interval -1`).
+#[test]
+fn the_change_feed_streams_through_caddy() {
+    if !caddy_available() {
+        return;
+    }
+    let key = "an-api-key-for-the-proxy-tests";
+    let relay = Server::start(&format!("[api]\nkey = \"{key}\"\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let caddy = start_caddy(dir.path(), relay.addr);
+    feed_streams_through(caddy.addr, &dir.path().join("cert.pem"), relay.addr, key);
 }

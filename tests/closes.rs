@@ -12,8 +12,8 @@ mod common;
 use std::{
     io::Read,
     net::TcpStream,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::Path,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -27,23 +27,6 @@ const CLOSE_WITHIN: Duration = Duration::from_millis(50);
 
 /// Limits that let the tests fill the state quickly.
 const CONFIG: &str = "[limits]\nmessages_burst = 10000\nmessages_per_second = 10000.0\n";
-
-/// A Python with `websockets` importable as `module`, from `env` or the venv under target/.
-fn python(env: &str, venv: &str, module: &str) -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(venv).join("bin/python");
-    let mut candidates = std::env::var_os(env).map(PathBuf::from).into_iter().chain([venv]);
-    let imports = |python: &PathBuf| {
-        Command::new(python)
-            .args(["-c", &format!("import {module}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    candidates.find(imports).unwrap_or_else(|| {
-        panic!("no Python that imports {module}: set {env}, or run tests/run.sh once to create the venv under target/")
-    })
-}
 
 /// Runs tests/closes.py: how long `close()` took and the code the relay answered with.
 fn python_close(python: &Path, url: &str, client: &str, read: &str) -> (Duration, u16) {
@@ -85,8 +68,8 @@ fn until_eof(tcp: &mut TcpStream) -> Duration {
 #[test]
 fn python_clients_close_at_once_drained_or_with_megabytes_queued_and_when_the_relay_closes() {
     let server = Server::start(CONFIG);
-    let current = python("AETHER_CLOSES_PYTHON", "closes-venv", "websockets.sync.client");
-    let legacy = python("AETHER_UPSTREAM_PYTHON", "upstream-venv", "websockets.legacy.client");
+    let current = common::python_with("AETHER_CLOSES_PYTHON", "closes-venv", "websockets.sync.client");
+    let legacy = common::python_with("AETHER_UPSTREAM_PYTHON", "upstream-venv", "websockets.legacy.client");
     let url = server.url();
     let mut runs = vec![];
     let mut check = |python: &Path, client: &str, read: &str| {

@@ -8,9 +8,11 @@ use std::{
     fs::{self, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    sync::{Arc, OnceLock},
+    process::{Command, Output},
+    sync::Arc,
 };
+
+mod common;
 
 use aether_actix::{
     hlc::Stamp,
@@ -107,30 +109,6 @@ fn state(config: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(config, &[&["ledger", "state"], args].concat())).unwrap()
 }
 
-/// The upstream venv's Python: `AETHER_UPSTREAM_PYTHON`, else `target/upstream-venv/bin/python`;
-/// whichever can import `aether_core`.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/upstream-venv/bin/python");
-        let mut candidates = std::env::var_os("AETHER_UPSTREAM_PYTHON").map(PathBuf::from).into_iter().chain([venv]);
-        let imports = |python: &PathBuf| {
-            Command::new(python)
-                .args(["-c", "import aether_core"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        candidates.find(imports).unwrap_or_else(|| {
-            panic!(
-                "no Python with upstream aether_core (aether-zta==0.4.0): set AETHER_UPSTREAM_PYTHON, \
-                 or run tests/run.sh once to create target/upstream-venv"
-            )
-        })
-    })
-}
-
 /// Boots upstream's own `ChronoLedger` on `ledger` (its snapshot included; it never writes unless
 /// the tail is torn); returns its state and how many snapshot entries it loaded.
 fn upstream_boot(ledger: &Path) -> (Value, u64) {
@@ -144,7 +122,7 @@ async def main():
     await ledger.close()
 asyncio.run(main())
 ";
-    let out = Command::new(python()).args(["-c", BOOT]).arg(ledger).output().unwrap();
+    let out = Command::new(common::upstream_python()).args(["-c", BOOT]).arg(ledger).output().unwrap();
     assert!(out.status.success(), "upstream boot: {}", String::from_utf8_lossy(&out.stderr));
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     (reply["state"].clone(), reply["snapshot_entries"].as_u64().unwrap())

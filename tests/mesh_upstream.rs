@@ -13,9 +13,9 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
-    sync::{Arc, Mutex, OnceLock, mpsc},
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::Duration,
 };
@@ -35,30 +35,6 @@ const THEIRS: &str = "py";
 /// handshake timeout).
 const REPLY_WAIT: Duration = Duration::from_secs(30);
 
-/// The upstream venv's Python: `AETHER_UPSTREAM_PYTHON`, else `target/upstream-venv/bin/python`;
-/// whichever can import `aether_core`.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/upstream-venv/bin/python");
-        let mut candidates = std::env::var_os("AETHER_UPSTREAM_PYTHON").map(PathBuf::from).into_iter().chain([venv]);
-        let imports = |python: &PathBuf| {
-            Command::new(python)
-                .args(["-c", "import aether_core"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        candidates.find(imports).unwrap_or_else(|| {
-            panic!(
-                "no Python with upstream aether_core (aether-zta==0.4.0): set AETHER_UPSTREAM_PYTHON, \
-                 or run tests/run.sh once to create target/upstream-venv"
-            )
-        })
-    })
-}
-
 /// One upstream `MeshNode` in a `mesh_peer.py` process, killed on drop.
 struct Upstream {
     child: Child,
@@ -72,7 +48,7 @@ impl Upstream {
     /// Starts node [`THEIRS`], requiring `token` from its peers (and presenting it) when given.
     fn start(token: Option<&str>) -> Upstream {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream/mesh_peer.py");
-        let mut command = Command::new(python());
+        let mut command = Command::new(common::upstream_python());
         command.arg(&script).args(["--node-id", THEIRS]);
         if let Some(token) = token {
             command.args(["--token", token]);
@@ -82,7 +58,7 @@ impl Upstream {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}; run tests/run.sh", python().display()));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}; run tests/run.sh", common::upstream_python().display()));
         let stdin = child.stdin.take().expect("stdin");
         let (tx, replies) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");

@@ -18,7 +18,7 @@ use std::{
 
 use common::{
     Closed, Server, free_port, make_certificate,
-    proxy::{closed, connect_from, next_text, stays_up_while_idle},
+    proxy::{closed, connect_from, feed_streams_through, next_text, stays_up_while_idle},
 };
 use serde_json::json;
 use tungstenite::Message;
@@ -128,4 +128,18 @@ fn sync_per_source_caps_and_idle_connections_through_nginx() {
 
     // Idle for twice nginx's 3 s read timeout: the relay's pings keep the connection alive.
     stays_up_while_idle(&mut b, Duration::from_secs(7));
+}
+
+/// The change feed (Server-Sent Events) through the shipped configuration: each event reaches the
+/// reader as it happens (`proxy_buffering off`; the relay also sends `X-Accel-Buffering: no`).
+#[test]
+fn the_change_feed_streams_through_nginx() {
+    if !nginx_available() {
+        return;
+    }
+    let key = "an-api-key-for-the-proxy-tests";
+    let relay = Server::start(&format!("[api]\nkey = \"{key}\"\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = start_nginx(dir.path(), relay.addr, "3s");
+    feed_streams_through(nginx.addr, &dir.path().join("cert.pem"), relay.addr, key);
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use common::{Client, Closed, Server};
 use serde_json::{Value, json};
@@ -221,9 +221,7 @@ fn rooms_created_too_fast_are_refused_and_empty_rooms_are_forgotten() {
 /// the close code and reason of a bad room name and of a room cap.
 #[test]
 fn rooms_refusals_seen_by_python() {
-    let Some(python) = closes_python() else {
-        panic!("no Python with websockets: run tests/run.sh once (it makes target/closes-venv)");
-    };
+    let python = common::websockets_python();
     let server = Server::start("[rooms]\nmax_rooms = 1\n");
     let _held = Client::connect(&url(&server, "room=held"));
     let script = r#"
@@ -254,16 +252,6 @@ asyncio.run(main())
     assert_eq!(out["cap_v1"], json!({"code": 1013, "reason": "too many rooms", "frames": 0}));
     assert_eq!(out["cap_v2"], json!({"code": 4503, "reason": "too many rooms", "frames": 0}));
     assert_eq!(out["held"], json!({"frames": ["hello", "snapshot"]}));
-}
-
-/// The Python of `target/closes-venv` (current `websockets`), or `AETHER_CLOSES_PYTHON`.
-fn closes_python() -> Option<std::path::PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/closes-venv/bin/python");
-    std::env::var_os("AETHER_CLOSES_PYTHON")
-        .map(Into::into)
-        .into_iter()
-        .chain([venv])
-        .find(|p| Command::new(p).args(["-c", "import websockets"]).output().is_ok_and(|o| o.status.success()))
 }
 
 /// Online compaction folds every room into the snapshot: after it, and after a restart, each room

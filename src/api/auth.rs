@@ -51,6 +51,22 @@ impl Caller {
         Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
     }
 
+    /// The JWT `sub`, if the caller presented a JWT.
+    pub(super) fn user(&self) -> Option<Arc<str>> {
+        match self {
+            Caller::Jwt(identity) => identity.user().cloned(),
+            Caller::Key => None,
+        }
+    }
+
+    /// When the caller's JWT expires (`None` for the API key).
+    pub(super) fn expires(&self) -> Option<SystemTime> {
+        match self {
+            Caller::Jwt(identity) => identity.expires(),
+            Caller::Key => None,
+        }
+    }
+
     /// The writer recorded in the ledger: the JWT `sub`, or [`API_KEY_WRITER`].
     pub(super) fn by(&self) -> Arc<str> {
         match self {
@@ -60,12 +76,13 @@ impl Caller {
     }
 }
 
-/// The caller of `req` under `live`.
+/// The caller of `req` under `live`; `from_query` is a credential the URL carried
+/// (`?access_token=`, the change feed only), used when there is no `Authorization` header.
 ///
 /// # Errors
 /// `401 unauthorized` with no `Authorization: Bearer`, a wrong key, a JWT that does not verify or
 /// has expired, or the browsers' shared token.
-pub(super) fn authenticate(req: &HttpRequest, live: &Live) -> Result<Caller, ApiError> {
+pub(super) fn authenticate(req: &HttpRequest, live: &Live, from_query: Option<&str>) -> Result<Caller, ApiError> {
     let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
     let presented = req
         .headers()
@@ -74,7 +91,8 @@ pub(super) fn authenticate(req: &HttpRequest, live: &Live) -> Result<Caller, Api
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, credential)| credential.trim())
-        .filter(|credential| !credential.is_empty());
+        .filter(|credential| !credential.is_empty())
+        .or_else(|| from_query.map(str::trim).filter(|c| !c.is_empty()));
     let Some(credential) = presented else {
         return Err(unauthorized("send Authorization: Bearer <API key or JWT>"));
     };

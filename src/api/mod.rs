@@ -9,9 +9,10 @@
 //! raw (still percent-encoded) path, so a key may hold `/` (as `/` or `%2F`) and every unknown
 //! path or method gets a JSON answer (404, 405). Submodules: `auth` (who calls: the API key or a
 //! JWT), `rooms` (state, keys, writes, admin), `history` (from the ledger files, off the async
-//! workers).
+//! workers), `feed` (the change feed, Server-Sent Events).
 
 mod auth;
+mod feed;
 mod history;
 mod rooms;
 
@@ -103,13 +104,17 @@ enum Endpoint {
     Key(Room, String),
     /// `/rooms/{room}/keys/{key}/history`
     History(Room, String),
+    /// `/rooms/{room}/changes`
+    Changes(Room),
 }
 
 impl Endpoint {
     /// The methods it answers.
     fn methods(&self) -> &'static [Method] {
         match self {
-            Endpoint::Rooms | Endpoint::Clients | Endpoint::Room(_) | Endpoint::History(..) => &[Method::GET],
+            Endpoint::Rooms | Endpoint::Clients | Endpoint::Room(_) | Endpoint::History(..) | Endpoint::Changes(_) => {
+                &[Method::GET]
+            }
             Endpoint::Compact | Endpoint::Disconnect(_) => &[Method::POST],
             Endpoint::Key(..) => &[Method::GET, Method::PUT, Method::DELETE],
         }
@@ -150,6 +155,9 @@ fn route(path: &str) -> Result<Option<Endpoint>, ApiError> {
     }
     if tail == "disconnect" {
         return Ok(Some(Endpoint::Disconnect(room()?)));
+    }
+    if tail == "changes" {
+        return Ok(Some(Endpoint::Changes(room()?)));
     }
     let Some(key) = tail.strip_prefix("keys/") else { return Ok(None) };
     let (key, history) = match key.strip_suffix("/history") {
@@ -203,7 +211,10 @@ async fn answer(req: HttpRequest, body: web::Payload, relay: &Relay) -> HttpResp
         return response;
     }
     let answer = async {
-        let caller = auth::authenticate(&req, &live)?;
+        // Browsers' EventSource cannot send headers: the feed also takes `?access_token=`.
+        let from_query =
+            if matches!(endpoint, Endpoint::Changes(_)) { query_param(&req, "access_token") } else { None };
+        let caller = auth::authenticate(&req, &live, from_query.as_deref())?;
         match endpoint {
             Endpoint::Rooms => {
                 caller.admin()?;
@@ -227,6 +238,11 @@ async fn answer(req: HttpRequest, body: web::Payload, relay: &Relay) -> HttpResp
                     Some(at) => history::state_at(relay, room, at).await,
                     None => rooms::state(relay, room).await,
                 }
+            }
+            Endpoint::Changes(room) => {
+                caller.may(&room, crate::access::Level::Read)?;
+                feed::open(relay, &live, &req, room, feed::Reader { user: caller.user(), expires: caller.expires() })
+                    .await
             }
             Endpoint::History(room, key) => {
                 caller.may(&room, crate::access::Level::Read)?;
@@ -277,6 +293,7 @@ mod tests {
             Some(Endpoint::Disconnect(Room::parse("board-1").unwrap()))
         );
         assert_eq!(route("/rooms/_/keys/a/b%20c").unwrap(), Some(key("_", "a/b c")));
+        assert_eq!(route("/rooms/b-1/changes").unwrap(), Some(Endpoint::Changes(Room::parse("b-1").unwrap())));
         assert_eq!(route("/rooms/_/keys/a%2Fhistory").unwrap(), Some(key("_", "a/history")));
         assert_eq!(route("/rooms/_/keys/caf%C3%A9+1").unwrap(), Some(key("_", "café+1")));
         assert_eq!(

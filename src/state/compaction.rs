@@ -87,19 +87,14 @@ impl StateActor {
         }
         online.running = true;
         online.forced = false;
-        let mut rooms: Vec<_> = self
-            .rooms
-            .iter()
-            .filter(|(_, r)| !r.map.is_empty())
-            .map(|(room, r)| (room.clone(), r.map.clone()))
-            .collect();
-        rooms.sort_by(|a, b| a.0.cmp(&b.0));
+        let path = online.settings.ledger_path.clone();
+        let rooms = self.maps();
         let registers: usize = rooms.iter().map(|(_, map)| map.len()).sum();
         log::info!(
             "compaction started: a snapshot of {registers} registers in {} rooms, covering {covered} ledger bytes",
             rooms.len()
         );
-        let (path, me) = (online.settings.ledger_path.clone(), ctx.address());
+        let me = ctx.address();
         let spawned = std::thread::Builder::new().name("aether-snapshot".into()).spawn(move || {
             let snapshot = snapshot::encode(&rooms, &path);
             drop(rooms);

@@ -115,7 +115,7 @@ impl StateActor {
     }
 
     /// An O(1) copy of every room's map (persistent maps), default room first.
-    fn maps(&self) -> Vec<(Room, LwwMap)> {
+    pub(super) fn maps(&self) -> Vec<(Room, LwwMap)> {
         let mut maps: Vec<(Room, LwwMap)> = self
             .rooms
             .iter()

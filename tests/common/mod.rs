@@ -553,3 +553,33 @@ pub fn readme_protocol_block(readme: &str, name: &str) -> (Vec<Documented>, Vec<
     }
     (inbound, outbound)
 }
+
+/// A Python that imports `module`: `$env` if set, else `target/<venv>/bin/python` (tests/run.sh
+/// makes `closes-venv`, a current `websockets`, and `upstream-venv`, upstream's `aether-zta==0.4.0`
+/// with its `websockets`); panics saying how to get one.
+pub fn python_with(env: &str, venv: &str, module: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(venv).join("bin/python");
+    let mut candidates = std::env::var_os(env).map(PathBuf::from).into_iter().chain([venv]);
+    let imports = |python: &PathBuf| {
+        Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    candidates.find(imports).unwrap_or_else(|| {
+        panic!("no Python that imports {module}: set {env}, or run tests/run.sh once to create the venv under target/")
+    })
+}
+
+/// A Python with a current `websockets` (sync and asyncio clients): a client that is not ours.
+pub fn websockets_python() -> PathBuf {
+    python_with("AETHER_CLOSES_PYTHON", "closes-venv", "websockets")
+}
+
+/// The Python of upstream's venv, which imports `aether_core` (Aether-Core 0.4.0).
+pub fn upstream_python() -> &'static Path {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| python_with("AETHER_UPSTREAM_PYTHON", "upstream-venv", "aether_core"))
+}

@@ -83,3 +83,47 @@ pub fn stays_up_while_idle(ws: &mut Wss, idle: Duration) {
     };
     assert_eq!(echo, json!({"type": "set", "key": "after", "value": "idle"}));
 }
+
+/// The change feed through the proxy at `proxy` (TLS, trusting `ca`), followed by curl `-N`: the
+/// snapshot, then a write made at the relay (`relay`, with the API key `key`) arrives as its event
+/// at once, not when a proxy buffer fills or the stream ends.
+pub fn feed_streams_through(proxy: SocketAddr, ca: &Path, relay: SocketAddr, key: &str) {
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        process::{Command, Stdio},
+    };
+    let mut curl = Command::new("curl")
+        .args(["-sN", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {key}")])
+        .arg(format!("https://localhost:{}/api/v1/rooms/proxied/changes", proxy.port()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().and_then(Result::ok).expect("the stream ended");
+    while next() != r#"data: {"keys":{}}"# {}
+    let written = Instant::now();
+    let mut put = TcpStream::connect(relay).unwrap();
+    put.set_read_timeout(Some(WAIT)).unwrap();
+    let body = r#""through the proxy""#;
+    write!(
+        put,
+        "PUT /api/v1/rooms/proxied/keys/via HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    put.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    loop {
+        let line = next();
+        if line.starts_with("data: ") {
+            assert!(line.contains(r#""key":"via","value":"through the proxy""#), "{line}");
+            break;
+        }
+    }
+    assert!(written.elapsed() < Duration::from_secs(3), "the event waited {:?} in the proxy", written.elapsed());
+    let _ = curl.kill();
+    let _ = curl.wait();
+}
