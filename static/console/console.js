@@ -585,6 +585,7 @@
     $('room-mode').hidden = true;
     $('live').hidden = true;
     $('slider-label').textContent = 'live';
+    setFeedMode(feed);
     updateSliderRange();
     for (const li of $('history').children) li.classList.remove('sel');
   }
@@ -605,6 +606,7 @@
       $('room-mode').hidden = false;
       $('room-mode').className = 'tag past';
       $('room-mode').textContent = 'as it was';
+      $('room-live').hidden = true;
       $('live').hidden = false;
       $('slider-label').textContent = json.at;
       $('slider-label').dataset.at = json.at;

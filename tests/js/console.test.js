@@ -155,6 +155,7 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
     await page.waitValue('temp', '21', 'the room at the first write');
     assert.equal(await page.value('fan'), null, 'fan was written after');
     assert.equal(await page.eval(`document.getElementById('room-mode').hidden`), false);
+    assert.equal(await page.eval(`document.getElementById('room-live').hidden`), true, 'the past is not live');
     assert.match(await page.eval(`document.getElementById('slider-label').textContent`), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$/);
     await sleep(300);
     await page.screenshot(path.join(SHOTS, 'console-history.png'));
