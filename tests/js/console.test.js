@@ -234,3 +234,38 @@ test('console: sign-in, live rooms and keys, history and the time slider, action
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('console: mesh peers with their link and lag', { skip, timeout: 60000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-console-mesh-'));
+  let relayA = null;
+  let relayB = null;
+  let chromium = null;
+  try {
+    for (const d of ['a', 'b']) fs.mkdirSync(path.join(dir, d));
+    const api = `[api]\nkey = "${KEY}"\n`;
+    relayA = await startRelay(path.join(dir, 'a'), 0, path.join(dir, 'a', 'l.jsonl'), STATIC, `${api}[mesh]\nnode_id = "node-a"\nbind = "127.0.0.1:0"\n`);
+    relayB = await startRelay(
+      path.join(dir, 'b'), 0, path.join(dir, 'b', 'l.jsonl'), STATIC,
+      `${api}[mesh]\nnode_id = "node-b"\nbind = "127.0.0.1:0"\npeers = [${JSON.stringify('ws://' + relayA.mesh)}]\nredial_min_s = 0.05\nredial_max_s = 0.5\n`,
+    );
+    chromium = await launchChromium(dir);
+    const page = await ConsolePage.open(chromium.cdp, `http://127.0.0.1:${relayA.port}/console/`, 'console (mesh)');
+    await page.signIn(KEY);
+    await page.wait(`!document.getElementById('mesh-panel').hidden`, 10000, 'mesh panel shown');
+    assert.equal(await page.eval(`document.getElementById('mesh-node').textContent`), 'this node node-a');
+    await page.wait(`(() => { const tr = document.querySelector('#mesh tbody tr[data-peer="node-b"]'); return !!tr && tr.children[1].textContent === 'up'; })()`, 15000, 'node-b up');
+    // A write on B reaches A: the peer's lag and ops in show.
+    const put = await fetch(`http://127.0.0.1:${relayB.port}/api/v1/rooms/_/keys/from-b`, { method: 'PUT', headers: { Authorization: 'Bearer ' + KEY }, body: '"hello"' });
+    assert.equal(put.status, 200);
+    await page.wait(`(() => { const tr = document.querySelector('#mesh tbody tr[data-peer="node-b"]'); return !!tr && /^\\d+\\.\\d ms$/.test(tr.children[2].textContent) && /^[1-9]\\d* \\/ \\d+$/.test(tr.children[3].textContent); })()`, 15000, 'lag and ops in from node-b');
+    assert.deepEqual(page.errors, []);
+  } finally {
+    if (chromium) {
+      chromium.cdp.close();
+      killChromium(chromium.proc);
+    }
+    await stopRelay(relayB);
+    await stopRelay(relayA);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
