@@ -31,7 +31,7 @@ mod remote;
 mod room;
 
 pub use join::{Join, JoinRefused, Seat};
-pub use presence::{Presence, RemoteLeave, RemotePresence};
+pub use presence::{Presence, RemoteLeave, RemotePresence, TabLeave};
 pub use remote::{AttachMesh, Barrier, DigestRequest, MapView, Registers, RegistersIn, RemoteOps, StateEvent};
 
 use std::{
@@ -356,6 +356,7 @@ impl StateActor {
             }
         }
         self.member_rooms.clear();
+        self.cursors.clear_tabs();
         for waiter in waiters {
             let _ = waiter.send(());
         }
