@@ -251,12 +251,6 @@ fn a_repeated_write_with_a_client_id_is_answered_not_applied_again() {
     assert_eq!(old.recv_set("v1"), json!({"type": "set", "key": "v1", "value": 1}));
 }
 
-/// Upstream's colour formula, here for a tab's full cursor id.
-fn color_of(id: &str) -> String {
-    let d = openssl::sha::sha1(id.as_bytes());
-    format!("hsl({}, 78%, 62%)", (u32::from(d[0]) << 16 | u32::from(d[1]) << 8 | u32::from(d[2])) % 360)
-}
-
 /// Frames up to the `pong` answering a `ping` sent now: what the relay had queued for `client`.
 fn until_pong(client: &mut Client) -> Vec<Value> {
     client.send(json!({"type": "ping"}));
@@ -289,12 +283,13 @@ fn tab_cursors_are_cursors_of_their_own_and_leave_each_once() {
     let tab = |t: &str| format!("{id}:{t}");
 
     leader.send(json!({"type": "presence", "x": 1, "y": 2, "tab": "t-1"}));
-    let expected = json!({"type": "presence", "id": tab("t-1"), "color": color_of(&tab("t-1")), "x": 1, "y": 2});
+    // In the connection's colour: the browser's tabs show each other's cursors alike.
+    let own_color = leader.hello["color"].as_str().unwrap().to_owned();
+    let expected = json!({"type": "presence", "id": tab("t-1"), "color": own_color, "x": 1, "y": 2});
     assert_eq!(watcher.recv_until(|f| f["type"] == "presence"), expected);
     assert_eq!(old.recv_until(|f| f["type"] == "presence"), expected, "v1 members see it as any cursor");
     leader.send(json!({"type": "presence", "x": 3, "y": 4, "tab": "t-2"}));
     leader.send(json!({"type": "presence", "x": 5, "y": 6}));
-    let own_color = leader.hello["color"].as_str().unwrap().to_owned();
     for member in [&mut watcher, &mut old] {
         // Coalesced in one tick: in either order.
         let mut colors = std::collections::BTreeMap::new();
@@ -302,7 +297,7 @@ fn tab_cursors_are_cursors_of_their_own_and_leave_each_once() {
             let seen = member.recv_until(|f| f["type"] == "presence");
             colors.insert(seen["id"].as_str().unwrap().to_owned(), seen["color"].as_str().unwrap().to_owned());
         }
-        assert_eq!(colors, [(tab("t-2"), color_of(&tab("t-2"))), (id.clone(), own_color.clone())].into());
+        assert_eq!(colors, [(tab("t-2"), own_color.clone()), (id.clone(), own_color.clone())].into());
     }
     assert!(until_pong(&mut leader).iter().all(|f| f["type"] != "presence"), "its own cursors are not sent back");
     // (`old` has not moved yet: every presence the leader could get would be its own.)

@@ -10,8 +10,9 @@
 //! client that left, so no cursor can follow its own `presence-leave`.
 //!
 //! A v2 connection may carry the cursors of several browser tabs (the leader tab holds the one
-//! socket of its browser): each is shown as its own cursor `<connection id>:<tab>`, coloured by
-//! [`protocol::color_for`] of that full id, and leaves on its own (`presence-leave` with the tab)
+//! socket of its browser): each is shown as its own cursor `<connection id>:<tab>`, in the
+//! connection's colour (the browser's tabs can show each other's cursors alike without asking the
+//! relay), and leaves on its own (`presence-leave` with the tab)
 //! or with its connection, which then announces a leave for its own id and each tab it showed.
 
 use std::{
@@ -186,15 +187,14 @@ impl Handler<Presence> for StateActor {
     fn handle(&mut self, msg: Presence, ctx: &mut Context<Self>) {
         let Some(room) = self.member_rooms.get(&msg.id) else { return };
         let Some(member) = self.rooms.get(room).and_then(|r| r.members.get(&msg.id)) else { return };
-        let (id, color) = match &msg.tab {
-            None => (msg.id.to_string(), member.color.clone()),
+        let id = match &msg.tab {
+            None => msg.id.to_string(),
             Some(tab) => {
                 self.cursors.tabs.entry(msg.id).or_default().insert(Arc::clone(tab));
-                let id = format!("{}:{tab}", msg.id);
-                let color = protocol::color_for(&id);
-                (id, color)
+                format!("{}:{tab}", msg.id)
             }
         };
+        let color = member.color.clone();
         let (v1, v2) = protocol::presence_frames(&id, &color, member.user.as_deref(), msg.x, msg.y);
         if self.mesh.is_some() {
             let cursor =
