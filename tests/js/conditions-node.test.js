@@ -180,6 +180,30 @@ test('tabs sharing one socket send their cursors with their tab id; a closing ta
   tabs[1].close();
 });
 
+test('a tab that vanishes without a word (its lock found free) has its cursor taken away by a sibling (item 8)', async () => {
+  const locks = fakeLocks();
+  const relay = new FakeRelay();
+  const storage = new MemoryStorage();
+  const bus = new ChannelBus();
+  const tabs = [0, 1, 2].map(() => browser({ relay, storage, bus }).open('ws://relay.test/ws', { locks }));
+  await until(() => tabs.every((t) => t.connected), 5000, 'all connected');
+  const shown = new Map();
+  tabs[0].onPresence((id, x, y) => shown.set(id, x + ',' + y));
+  tabs[0].onPresenceLeave((id) => shown.delete(id));
+  tabs[2].sendPresence(3, 4);
+  const crashed = tabs[2].cursorId;
+  assert.equal(crashed, tabs[0].clientId + ':' + tabs[2]._tabId);
+  await until(() => shown.get(crashed) === '3,4', 2000, 'shown');
+  // The tab dies: no pagehide, no presence-leave; only its locks go (as the browser frees them).
+  tabs[2]._closed = true;
+  tabs[2]._tabs._hooks = { message() {}, locked() {}, gone() {}, leading() {}, deposed() {}, leaderSeen() {}, open: () => false };
+  tabs[2]._tabs.close();
+  await until(() => relay.inbound.some((m) => m.msg.type === 'presence-leave' && m.msg.tab === tabs[2]._tabId), 2000, 'the leave, sent by a sibling');
+  await until(() => !shown.has(crashed), 2000, 'gone here too');
+  tabs[0].close();
+  tabs[1].close();
+});
+
 test('a leader that stops answering loses the lock to a follower and follows it; its write is sent once (item 8)', async () => {
   const locks = fakeLocks();
   const relay = new FakeRelay();
