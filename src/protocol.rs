@@ -35,12 +35,21 @@ pub enum ClientFrame {
         /// v2: the client's reference for this write.
         reference: Option<Value>,
     },
-    /// `{"type":"presence","x":X,"y":Y}`, coordinates coerced as upstream's `int()` does.
+    /// `{"type":"presence","x":X,"y":Y}`, coordinates coerced as upstream's `int()` does; v2 may
+    /// add `"tab":ID`, the browser tab the cursor belongs to (v1 ignores it).
     Presence {
         /// Horizontal position.
         x: i64,
         /// Vertical position.
         y: i64,
+        /// The `tab` field, if there is one.
+        tab: Tab,
+    },
+    /// v2 `{"type":"presence-leave","tab":ID}`: the tab `ID` of this connection closed. In v1 it
+    /// is dropped as upstream drops it (a message without a key).
+    PresenceLeave {
+        /// The `tab` field.
+        tab: Tab,
     },
     /// `{"type":"auth","token":T}`.
     Auth {
@@ -51,6 +60,37 @@ pub enum ClientFrame {
     /// WebSocket pings) can tell a live connection from a dead one. In v1 it is dropped as upstream
     /// drops it (a message without a key).
     Ping,
+}
+
+/// The `tab` field of a v2 presence frame: one connection (a browser's leader tab) can carry the
+/// cursors of several tabs, each shown as its own cursor `<connection id>:<tab>`.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum Tab {
+    /// No `tab` field: the connection's own cursor.
+    None,
+    /// A valid tab id: 1 to [`MAX_TAB_BYTES`] bytes of `[A-Za-z0-9._:-]`.
+    Valid(String),
+    /// A `tab` field that is not a valid tab id (v2 drops the frame as `bad_presence`).
+    Invalid,
+}
+
+/// Longest tab id.
+pub const MAX_TAB_BYTES: usize = 64;
+
+impl Tab {
+    fn parse(value: Option<&Value>) -> Tab {
+        match value {
+            None => Tab::None,
+            Some(Value::String(tab)) if valid_tab(tab) => Tab::Valid(tab.clone()),
+            Some(_) => Tab::Invalid,
+        }
+    }
+}
+
+/// A tab id: 1 to [`MAX_TAB_BYTES`] bytes of `[A-Za-z0-9._:-]`.
+pub fn valid_tab(tab: &str) -> bool {
+    (1..=MAX_TAB_BYTES).contains(&tab.len())
+        && tab.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Why an inbound message was dropped (the connection stays open).
@@ -66,7 +106,8 @@ pub enum Dropped {
     BadKey,
     /// Value larger than `max_value_bytes` or nested deeper than [`MAX_VALUE_DEPTH`].
     BadValue,
-    /// Presence coordinates that are not integers.
+    /// Presence coordinates that are not integers; in v2 also a bad or missing `tab`, or one tab
+    /// more than a connection may show at once.
     BadPresence,
     /// A `type` this server does not know.
     UnknownType,
@@ -108,8 +149,9 @@ pub fn parse(text: &str, limits: &Limits) -> Result<ClientFrame, Dropped> {
         Some("presence") => {
             let x = coerce_int(msg.get("x")).ok_or(Dropped::BadPresence)?;
             let y = coerce_int(msg.get("y")).ok_or(Dropped::BadPresence)?;
-            return Ok(ClientFrame::Presence { x, y });
+            return Ok(ClientFrame::Presence { x, y, tab: Tab::parse(msg.get("tab")) });
         }
+        Some("presence-leave") => return Ok(ClientFrame::PresenceLeave { tab: Tab::parse(msg.get("tab")) }),
         Some("auth") => {
             let token = msg.remove("token").and_then(|t| if let Value::String(t) = t { Some(t) } else { None });
             return Ok(ClientFrame::Auth { token });
@@ -476,9 +518,30 @@ mod tests {
             Ok(ClientFrame::Set { key: "k".into(), value: Value::Null, reference: None })
         );
         assert_eq!(p(r#"{"type":"delete","key":"k"}"#), Ok(ClientFrame::Delete { key: "k".into(), reference: None }));
-        assert_eq!(p(r#"{"type":"presence","x":1.9,"y":"7"}"#), Ok(ClientFrame::Presence { x: 1, y: 7 }));
-        assert_eq!(p(r#"{"type":"presence","x":true}"#), Ok(ClientFrame::Presence { x: 1, y: 0 }));
+        assert_eq!(
+            p(r#"{"type":"presence","x":1.9,"y":"7"}"#),
+            Ok(ClientFrame::Presence { x: 1, y: 7, tab: Tab::None })
+        );
+        assert_eq!(p(r#"{"type":"presence","x":true}"#), Ok(ClientFrame::Presence { x: 1, y: 0, tab: Tab::None }));
         assert_eq!(p(r#"{"type":"auth","token":"t"}"#), Ok(ClientFrame::Auth { token: Some("t".into()) }));
+    }
+
+    #[test]
+    fn parses_tab_ids_and_tells_bad_ones() {
+        let presence = |tab| Ok(ClientFrame::Presence { x: 1, y: 2, tab });
+        assert_eq!(p(r#"{"type":"presence","x":1,"y":2,"tab":"t-1.a_b:c"}"#), presence(Tab::Valid("t-1.a_b:c".into())));
+        let longest = "a".repeat(MAX_TAB_BYTES);
+        let frame = format!(r#"{{"type":"presence","x":1,"y":2,"tab":"{longest}"}}"#);
+        assert_eq!(p(&frame), presence(Tab::Valid(longest.clone())));
+        for bad in [r#""""#, r#""a b""#, r#""é""#, "1", "null", r#"["a"]"#, &format!(r#""{longest}a""#)] {
+            let frame = format!(r#"{{"type":"presence","x":1,"y":2,"tab":{bad}}}"#);
+            assert_eq!(p(&frame), presence(Tab::Invalid), "{frame}");
+        }
+        assert_eq!(
+            p(r#"{"type":"presence-leave","tab":"t"}"#),
+            Ok(ClientFrame::PresenceLeave { tab: Tab::Valid("t".into()) })
+        );
+        assert_eq!(p(r#"{"type":"presence-leave"}"#), Ok(ClientFrame::PresenceLeave { tab: Tab::None }));
     }
 
     #[test]
@@ -597,7 +660,7 @@ mod tests {
                     prop_assert!(json_len(&value) <= 64 && depth(&value) <= MAX_VALUE_DEPTH);
                 }
                 Ok(ClientFrame::Delete { key, .. }) => prop_assert!(!key.is_empty() && key.len() <= 8),
-                Ok(ClientFrame::Presence { .. } | ClientFrame::Auth { .. } | ClientFrame::Ping) | Err(_) => {}
+                Ok(ClientFrame::Presence { .. } | ClientFrame::PresenceLeave { .. } | ClientFrame::Auth { .. } | ClientFrame::Ping) | Err(_) => {}
             }
         }
 

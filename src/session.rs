@@ -6,6 +6,7 @@
 //! stops reading fills only its own queue and is then closed (see [`crate::state`]).
 
 use std::{
+    collections::HashSet,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -23,9 +24,9 @@ use crate::{
     limits::{ConnectionSlot, TokenBucket},
     metrics::{Inbound, Metrics},
     outbox::{Outbound, OutboxReceiver, outbox},
-    protocol::{self, ClientFrame, Version, close},
+    protocol::{self, ClientFrame, Tab, Version, close},
     room::Room,
-    state::{Join, Leave, Presence, Seat, StateActor, Write},
+    state::{Join, Leave, Presence, Seat, StateActor, TabLeave, Write},
 };
 
 /// What every session shares.
@@ -174,6 +175,7 @@ pub async fn run(
         pending: None,
         last_heard: Instant::now(),
         stalled: false,
+        tabs: HashSet::new(),
     };
     let end = conn.pump(&mut session, &mut stream, rx, kick_rx).await;
     conn.deps.state.do_send(Leave { id });
@@ -402,7 +404,13 @@ struct Connection {
     last_heard: Instant,
     /// A write found the socket taking nothing for `write_timeout_s` (what ended the connection).
     stalled: bool,
+    /// v2: the tab ids whose cursors this connection shows (at most [`MAX_TABS`]).
+    tabs: HashSet<String>,
 }
+
+/// Most tab cursors one v2 connection may show at once (a browser's leader tab carries its
+/// siblings' cursors); a cursor for one more tab is dropped as `bad_presence` until one leaves.
+pub const MAX_TABS: usize = 32;
 
 enum Event {
     Expired,
@@ -624,10 +632,36 @@ impl Connection {
                 metrics.inbound(Inbound::Delete);
                 self.write(key, None, reference);
             }
-            Ok(ClientFrame::Presence { x, y }) => {
+            Ok(ClientFrame::Presence { x, y, tab }) => {
+                // v1 ignores `tab` (upstream does not know it); v2 shows a tab's cursor as its own.
+                let tab = match tab {
+                    Tab::Valid(tab) if self.version == Version::V2 => {
+                        if !self.tabs.contains(&tab) && self.tabs.len() >= MAX_TABS {
+                            metrics.dropped(protocol::Dropped::BadPresence);
+                            return None;
+                        }
+                        self.tabs.insert(tab.clone());
+                        Some(Arc::from(tab))
+                    }
+                    Tab::Invalid if self.version == Version::V2 => {
+                        metrics.dropped(protocol::Dropped::BadPresence);
+                        return None;
+                    }
+                    _ => None,
+                };
                 metrics.inbound(Inbound::Presence);
                 // A full mailbox drops the cursor: the next one replaces it anyway.
-                let _ = self.deps.state.try_send(Presence { id: self.id, x, y });
+                let _ = self.deps.state.try_send(Presence { id: self.id, tab, x, y });
+            }
+            Ok(ClientFrame::PresenceLeave { tab: Tab::Valid(tab) }) if self.version == Version::V2 => {
+                metrics.inbound(Inbound::Presence);
+                // Only a tab this connection showed has a cursor to take away.
+                if self.tabs.remove(&tab) {
+                    self.deps.state.do_send(TabLeave { id: self.id, tab: Arc::from(tab) });
+                }
+            }
+            Ok(ClientFrame::PresenceLeave { .. }) if self.version == Version::V2 => {
+                metrics.dropped(protocol::Dropped::BadPresence);
             }
             Ok(ClientFrame::Auth { token }) => {
                 metrics.inbound(Inbound::Auth);
@@ -651,7 +685,7 @@ impl Connection {
                 }
             }
             // v1: a message without a key, dropped silently as upstream does.
-            Ok(ClientFrame::Ping) => metrics.dropped(protocol::Dropped::BadKey),
+            Ok(ClientFrame::Ping | ClientFrame::PresenceLeave { .. }) => metrics.dropped(protocol::Dropped::BadKey),
             Err(reason) => {
                 metrics.dropped(reason);
                 log::debug!("client {}: dropped message ({})", self.id, reason.as_str());

@@ -54,7 +54,12 @@ declare class Aether {
    * (4400 bad room, or a relay without rooms); rate-limit and oversize closes; full storage.
    */
   onError(cb: Aether.ErrorWatcher): Aether.Unsubscribe;
+  /**
+   * Other tabs' cursors in the room, this browser's sibling tabs included. When the tabs of a
+   * browser share one socket, a tab's cursor id is `<connection id>:<tab id>`.
+   */
   onPresence(cb: Aether.PresenceWatcher): Aether.Unsubscribe;
+  /** A cursor left (its tab closed, or the shared connection carrying it ended). */
   onPresenceLeave(cb: Aether.LeaveWatcher): Aether.Unsubscribe;
 
   /** Resolves once there is a state to show: the cache, the relay's snapshot, or a sibling tab's. */
@@ -67,6 +72,11 @@ declare class Aether {
   readonly clientId: string | null;
   /** This connection's colour from `hello`, e.g. `hsl(8, 78%, 62%)` (null while disconnected). */
   readonly clientColor: string | null;
+  /**
+   * The id other tabs see this tab's cursor under in `onPresence`: `clientId`, or, when the
+   * browser's tabs share one socket, `<clientId>:<tab id>` (null while disconnected).
+   */
+  readonly cursorId: string | null;
   /** 2 with aether-actix, 1 with an upstream server, null before the first `hello`. */
   readonly protocol: 1 | 2 | null;
   /** v2: the relay's node id. */
@@ -79,7 +89,10 @@ declare class Aether {
   readonly access: 'read' | 'write' | null;
   readonly status: Aether.Status;
 
-  /** Sends an ephemeral cursor position (int32), never queued; dropped while writes wait to be sent. */
+  /**
+   * Sends an ephemeral cursor position (int32), never queued; dropped while writes wait to be sent.
+   * With a shared socket it carries this tab's id, and is sent again on every new connection.
+   */
   sendPresence(x: number, y: number): void;
   /** Forgets the cached state (not pending writes). */
   clearCache(): void;
@@ -156,7 +169,10 @@ declare namespace Aether {
     pingIntervalMs?: number;
     /** No frame this long after a ping: reconnect at once (default 5000). */
     pingTimeoutMs?: number;
-    /** Web Locks (default `navigator.locks`; null: the BroadcastChannel probe instead). */
+    /**
+     * Web Locks (default `navigator.locks`): outbox ownership, and the leader tab that owns the
+     * scope's one socket; null: every tab its own socket, the BroadcastChannel probe for outboxes.
+     */
     locks?: LockManagerLike | null;
     /** WebSocket constructor (default: the global one; null: never connect). */
     WebSocket?: WebSocketConstructorLike | null;
@@ -244,7 +260,7 @@ declare namespace Aether {
   /** The part of the Web Locks API the client uses (`navigator.locks`). */
   interface LockManagerLike {
     request(name: string, callback: (lock: unknown) => unknown): Promise<unknown>;
-    request(name: string, options: { signal?: AbortSignal; ifAvailable?: boolean }, callback: (lock: unknown) => unknown): Promise<unknown>;
+    request(name: string, options: { signal?: AbortSignal; ifAvailable?: boolean; steal?: boolean }, callback: (lock: unknown) => unknown): Promise<unknown>;
   }
 
   interface WebSocketLike {

@@ -16,6 +16,8 @@
  * Parts, each a small class with narrow hooks into the client:
  *   Outbox      pending writes in send order, with the ids that make retries exactly-once
  *   Tabs        the tabs of one scope: BroadcastChannel, each tab's Web Lock, the leader lock
+ *               (the leader owns the scope's one socket), heartbeats; TabLink, a follower's
+ *               stand-in socket through the leader (each tab's cursor still its own: v2 `tab`)
  *   LocalStore  localStorage that never throws: state cache (+ version), outboxes, client id
  *   Backoff     reconnect delays, reset only by a connection that lasted
  *   Connection  one socket in one explicit state ('idle', 'connecting', 'open', 'closed'), one
@@ -62,6 +64,13 @@
   var REFRESH_AHEAD_MS = 30000;
   /** ...or, when its remaining life is short, after this share of it. */
   var REFRESH_AT_SHARE = 0.8;
+  /** The leader tab says it is alive this often; followers check it as often. */
+  var LEADER_BEAT_MS = 1000;
+  /** A leader not heard for this long (plus up to LEADER_JITTER_MS) is gone: a follower takes over. */
+  var LEADER_TIMEOUT_MS = 3000;
+  var LEADER_JITTER_MS = 1000;
+  /** A follower whose link request no leader tab answers within this long tries again later. */
+  var LINK_TIMEOUT_MS = 2000;
 
   var DEFAULTS = {
     autoReconnect: true,
@@ -469,12 +478,23 @@
    * The same-origin tabs of one scope: the BroadcastChannel `'aether::' + scopeKey`, and with Web
    * Locks this tab's own lock (held while it lives: the browser grants it to a waiting sibling
    * only once this tab is gone, and to one only), waits on siblings' locks, and the scope's leader
-   * lock. What a message or a sibling's departure means is the client's business; hooks:
+   * lock. With both Web Locks and a channel the scope is `shared`: the leader (holder of the
+   * leader lock) alone owns a socket to the relay, and the others follow it through a `TabLink`.
+   * The leader says `beat` every second with its `term` (one more than the last it saw); a follower
+   * that hears no beat for LEADER_TIMEOUT_MS (its own timers on time: it was not frozen itself)
+   * steals the lock (`steal: true`). A leader that hears a newer term, or loses its lock, steps
+   * down: a leader frozen in a long task learns it lost the lead when it runs again. What a
+   * message or a sibling's departure means is the client's business; hooks:
    *   message(msg)      a sibling's message
    *   locked()          this tab now holds its own lock (its stored outbox names it)
    *   gone(tab)         a sibling's lock was granted to us: that tab is gone
    *   leading()         this tab became the scope's leader
-   * Without Web Locks every tab leads, and `gone` never fires (the client falls back to probes).
+   *   deposed()         this tab no longer leads (another took the lock, or a newer term)
+   *   leaderSeen(open)  a leader beat: `open` when its socket is open (a follower may link now)
+   *   open()            whether this tab's own socket is open (told in beats)
+   * Without Web Locks every tab leads (own socket), and `gone` never fires (the client falls back
+   * to probes); without a channel every tab keeps its own socket and the lock only picks the
+   * cache writer.
    */
   class Tabs {
     constructor(tabId, scopeKey, BC, locks, hooks) {
@@ -485,10 +505,21 @@
       this.channel = null;
       this.ownLock = null;
       this.leader = !locks;
+      /** Highest leader term seen (ours included). */
+      this.term = 0;
+      /** The tab that leads, as far as we know (null: unknown), and when we last heard it. */
+      this.leaderTab = null;
+      this.leaderAt = now();
+      /** A follower's link to the leader, while one is open or opening. */
+      this.link = null;
       this._open = true;
       this._releasers = [];
       this._watching = new Set();
       this._abort = typeof AbortController === 'function' ? new AbortController() : null;
+      this._lead = null;
+      this._tick = null;
+      this._tickAt = now();
+      this._stealAfter = LEADER_TIMEOUT_MS + Math.random() * LEADER_JITTER_MS;
       if (typeof BC === 'function') {
         try {
           var self = this;
@@ -497,18 +528,34 @@
             var msg = ev && ev.data;
             if (!self._open || !msg || typeof msg !== 'object' || msg.from === tabId) return;
             if (msg.type === 'hi') self._onHi(msg);
-            else self._hooks.message(msg);
+            else if (msg.type === 'beat') self._onBeat(msg);
+            else if (msg.type === 'welcome' || msg.type === 'down' || msg.type === 'drop') {
+              if (self.link) self.link._receive(msg);
+            } else self._hooks.message(msg);
           };
           this.channel = bc;
         } catch (_) {
           this.channel = null;
         }
       }
+      /** One socket for the scope, owned by the leader. */
+      this.shared = !!(locks && this.channel);
       if (locks) this._hold();
+      if (this.shared) this._schedule();
     }
 
     get hasLocks() {
       return !!this._locks;
+    }
+
+    /** This tab follows the leader (no socket of its own). */
+    get follower() {
+      return this.shared && !this.leader;
+    }
+
+    /** A follower that knows no leader yet (its lock request is pending, or the leader went). */
+    get undecided() {
+      return this.follower && (this.leaderTab === null || this.leaderTab === this.tabId);
     }
 
     post(msg) {
@@ -525,34 +572,127 @@
       return 'aether:' + this._scopeKey + ':tab:' + tab;
     }
 
+    /** Runs a hook after a lock grant, never inside it (a grant may come synchronously). */
+    _later(fn) {
+      var self = this;
+      Promise.resolve().then(function () {
+        if (self._open) fn();
+      });
+    }
+
     _hold() {
       var self = this;
-      var hold = function () {
-        return new Promise(function (resolve) { self._releasers.push(resolve); });
-      };
       var name = this.lockName(this.tabId);
-      // Hooks run after the grant, never inside it (a grant may come synchronously).
-      var later = function (fn) {
-        Promise.resolve().then(function () {
-          if (self._open) fn();
-        });
-      };
       this._locks.request(name, function () {
         if (!self._open) return undefined;
         self.ownLock = name;
-        later(function () {
+        self._later(function () {
           self._hooks.locked();
           self.post({ type: 'hi' }); // siblings wait on our lock from now on
         });
-        return hold();
+        return new Promise(function (resolve) { self._releasers.push(resolve); });
       }).catch(noop);
-      var opts = this._abort ? { signal: this._abort.signal } : {};
-      this._locks.request('aether:' + this._scopeKey + ':leader', opts, function () {
-        if (!self._open) return undefined;
-        self.leader = true;
-        later(function () { self._hooks.leading(); });
-        return hold();
-      }).catch(noop);
+      this._requestLead(false);
+    }
+
+    /**
+     * Asks for the leader lock: queued behind the holder, or (`steal`) taken from a holder that
+     * stopped answering. Whenever our hold ends (released, stolen, aborted) we ask again.
+     */
+    _requestLead(steal) {
+      if (!this._open) return;
+      var self = this;
+      var req = { release: null, abort: null };
+      this._lead = req;
+      var opts = {};
+      if (steal) opts.steal = true; // (a signal cannot go with steal)
+      else if (typeof AbortController === 'function') {
+        req.abort = new AbortController();
+        opts.signal = req.abort.signal;
+      }
+      var ended = function () {
+        if (self._lead !== req) return; // replaced (by a steal) or closed
+        var was = self.leader;
+        self.leader = false;
+        if (self.leaderTab === self.tabId) self.leaderTab = null;
+        if (!self._open) return;
+        self.leaderAt = now();
+        self._requestLead(false);
+        if (was) self._hooks.deposed();
+      };
+      var p;
+      try {
+        p = this._locks.request('aether:' + this._scopeKey + ':leader', opts, function () {
+          if (!self._open || self._lead !== req) return undefined;
+          return new Promise(function (release) {
+            req.release = release;
+            self.leader = true;
+            self.term += 1;
+            self.leaderTab = self.tabId;
+            self._later(function () {
+              if (self._lead !== req || !self.leader) return;
+              self._hooks.leading();
+              self.beat();
+            });
+          });
+        });
+      } catch (_) {
+        p = Promise.reject(new Error('locks'));
+      }
+      Promise.resolve(p).then(ended, ended);
+    }
+
+    /** Gives up the lead (a newer leader exists): the lock goes, we queue for it again. */
+    _stepDown() {
+      var req = this._lead;
+      if (req && req.release) req.release();
+    }
+
+    /** The leader went quiet: take the lock from it. */
+    _steal() {
+      var old = this._lead;
+      this._lead = null;
+      if (old && old.abort) old.abort.abort();
+      this.leaderAt = now();
+      this._stealAfter = LEADER_TIMEOUT_MS + Math.random() * LEADER_JITTER_MS;
+      this._requestLead(true);
+    }
+
+    /** The leader tells the followers it is alive (and whether its socket is open). */
+    beat() {
+      if (!this.shared || !this.leader || !this._open) return;
+      this.post({ type: 'beat', term: this.term, open: !!this._hooks.open() });
+    }
+
+    _schedule() {
+      var self = this;
+      this._tick = timer(function () {
+        self._tick = null;
+        if (!self._open) return;
+        var t = now();
+        var late = t - self._tickAt > LEADER_BEAT_MS * 2.5;
+        self._tickAt = t;
+        if (self.leader) self.beat();
+        else if (late) self.leaderAt = t; // we were frozen ourselves: give the leader a fresh chance
+        else if (t - self.leaderAt > self._stealAfter) self._steal();
+        self._schedule();
+      }, LEADER_BEAT_MS, true);
+    }
+
+    _onBeat(msg) {
+      if (!this.shared || typeof msg.term !== 'number' || typeof msg.from !== 'string') return;
+      if (msg.term < this.term) return; // a deposed leader that has not noticed yet
+      if (this.leader) {
+        // Two leaders: the newer term wins (a tie: the greater tab id); the other steps down.
+        if (msg.term === this.term && msg.from < this.tabId) return;
+        this.term = msg.term;
+        this._stepDown();
+      }
+      this.term = msg.term;
+      this.leaderTab = msg.from;
+      this.leaderAt = now();
+      if (this.link && this.link.leader !== null && this.link.leader !== msg.from) this.link._fail(1001, 'the leader tab changed');
+      this._hooks.leaderSeen(!!msg.open);
     }
 
     /** A sibling holds its own lock: wait on it, and answer so that it waits on ours. */
@@ -577,6 +717,9 @@
     /** Closes the channel, releases this tab's locks and stops waiting on siblings'. */
     close() {
       this._open = false;
+      clearTimeout(this._tick);
+      this._tick = null;
+      if (this.link) this.link.close();
       if (this.channel) {
         try {
           this.channel.close();
@@ -587,11 +730,80 @@
       }
       this.ownLock = null;
       this.leader = false;
+      var lead = this._lead;
+      this._lead = null;
+      if (lead && lead.release) lead.release();
+      if (lead && lead.abort) lead.abort.abort();
       var releasers = this._releasers;
       this._releasers = [];
       releasers.forEach(function (r) { r(); });
       if (this._abort) this._abort.abort();
       this._watching.clear();
+    }
+  }
+
+  /**
+   * A follower's stand-in for a WebSocket: the scope's leader tab carries its frames. It asks the
+   * leader to `link`; the leader answers `welcome` with its `hello` and a snapshot of the relay's
+   * state (then the follower is open), re-posts every relay frame (`down`), sends what the
+   * follower sends (`up`) on its socket, and says `drop` when its socket ends. The Connection
+   * treats it as a socket: `send`, `close`, `onmessage`, `onclose`.
+   */
+  class TabLink {
+    constructor(tabs) {
+      this._tabs = tabs;
+      this.leader = tabs.leaderTab;
+      this.open = false;
+      this.onopen = this.onmessage = this.onerror = this.onclose = null;
+      if (tabs.link) tabs.link._fail(1001, 'replaced');
+      tabs.link = this;
+      var self = this;
+      this._timer = timer(function () {
+        self._fail(1006, 'no leader tab answered');
+      }, LINK_TIMEOUT_MS, true);
+      tabs.post({ type: 'link', to: this.leader });
+    }
+
+    _receive(msg) {
+      var tabs = this._tabs;
+      if (msg.type === 'welcome') {
+        if (msg.to !== tabs.tabId || this.open || !Array.isArray(msg.frames)) return;
+        this.leader = msg.from;
+        this.open = true;
+        clearTimeout(this._timer);
+        for (var i = 0; i < msg.frames.length && tabs.link === this; i++) {
+          if (this.onmessage) this.onmessage({ data: msg.frames[i] });
+        }
+      } else if (msg.type === 'down') {
+        if (this.open && msg.from === this.leader && typeof msg.text === 'string' && this.onmessage) this.onmessage({ data: msg.text });
+      } else if (msg.type === 'drop') {
+        if (this.open ? msg.from === this.leader : msg.to === tabs.tabId) {
+          this._fail(typeof msg.code === 'number' ? msg.code : 1006, typeof msg.reason === 'string' ? msg.reason : 'the leader tab disconnected');
+        }
+      }
+    }
+
+    send(text) {
+      if (!this.open) throw new Error('not linked');
+      this._tabs.post({ type: 'up', to: this.leader, text: text });
+    }
+
+    _detach() {
+      clearTimeout(this._timer);
+      if (this._tabs.link === this) this._tabs.link = null;
+      var was = this.open;
+      this.open = false;
+      return was;
+    }
+
+    close() {
+      if (this._detach()) this._tabs.post({ type: 'unlink', to: this.leader });
+    }
+
+    _fail(code, reason) {
+      if (this._tabs.link !== this) return;
+      this._detach();
+      if (this.onclose) this.onclose({ code: code, reason: reason });
     }
   }
 
@@ -763,6 +975,7 @@
    * end, whoever causes it, goes through `end`. It checks liveness while open and knows nothing
    * else of the protocol; the client plugs in through hooks:
    *   url()                          the URL of the next attempt
+   *   socket(url)                    a new WebSocket (or a follower's TabLink); null: none
    *   opened()                       the socket opened (before `hello`)
    *   frame(data)                    a frame arrived
    *   check()                        each second while open: 'ok', 'ping' or 'dead'
@@ -770,8 +983,7 @@
    *   retry()                        a scheduled retry is due
    */
   class Connection {
-    constructor(WS, opts, hooks) {
-      this._WS = WS;
+    constructor(opts, hooks) {
       this._opts = opts;
       this._hooks = hooks;
       this.state = 'idle';
@@ -791,18 +1003,24 @@
       return this._retry !== null;
     }
 
+    /** The "socket" is a link through the leader tab, not a WebSocket of our own. */
+    get linked() {
+      return this.ws instanceof TabLink;
+    }
+
     /** Opens a socket if there is none; returns its URL, or null. */
     connect() {
       this._cancelRetry();
-      if (this.state !== 'idle' || this.ws || typeof this._WS !== 'function') return null;
+      if (this.state !== 'idle' || this.ws) return null;
       var url = this._hooks.url();
       var ws;
       try {
-        ws = new this._WS(url);
+        ws = this._hooks.socket(url);
       } catch (err) {
         this.end(1006, String((err && err.message) || err), 'retry');
         return null;
       }
+      if (!ws) return null;
       this.ws = ws;
       this.state = 'connecting';
       var self = this;
@@ -1017,8 +1235,10 @@
 
       // Connection (its state, socket, backoff and watchdog: see Connection).
       var self = this;
-      this._connection = new Connection('WebSocket' in opts ? opts.WebSocket : g.WebSocket, o, {
+      this._WS = 'WebSocket' in opts ? opts.WebSocket : g.WebSocket;
+      this._connection = new Connection(o, {
         url: function () { return self._wsUrl(); },
+        socket: function (wsUrl) { return self._socket(wsUrl); },
         opened: function () { self._onOpen(); },
         frame: function (data) { self._onFrame(data); },
         check: function () { return self._checkAlive(); },
@@ -1064,6 +1284,18 @@
       this._peerTimer = null;
       /** Writes a closing sibling handed over in its `bye` (storage was full), by tab. */
       this._handed = new Map();
+      // Cursors in a shared scope: this tab's last one (sent again on every new connection) and
+      // the siblings' shown here from the channel (tab -> the cursor id shown), which the relay
+      // never sends back to the browser whose socket carried them.
+      this._cursor = null;
+      this._siblingCursors = new Map();
+      // The leader of a shared scope: the follower tabs linked to it, the relay's hello for them,
+      // and the followers' writes in flight on our socket (ref -> key; key -> how many), whose
+      // echoes (our connection id as origin) must not settle our own writes to the same key.
+      this._followers = new Set();
+      this._helloFrame = null;
+      this._fwdRefs = new Map();
+      this._fwdKeys = new Map();
 
       this._loadCache();
       this._enterScope();
@@ -1084,8 +1316,17 @@
         locked: function () {
           if (self._outbox.size) self._saveOutbox(false); // it names the lock now
         },
-        gone: function (tab) { self._onSiblingGone(tab); },
-        leading: function () { self._scheduleSave(); },
+        gone: function (tab) {
+          self._onSiblingGone(tab);
+          self._siblingCursorGone(tab, true);
+        },
+        leading: function () {
+          self._scheduleSave();
+          self._takeSocket();
+        },
+        deposed: function () { self._giveUpSocket(); },
+        leaderSeen: function (open) { if (open) self._followNow(); },
+        open: function () { return self._connection.isOpen && !self._connection.linked; },
       });
       this._tabs = tabs;
     }
@@ -1104,6 +1345,37 @@
     /** This tab leads its scope (re-posts relay frames, writes the cache). */
     get _leader() {
       return !!this._tabs && this._tabs.leader;
+    }
+
+    /** What the next connection attempt uses: a follower links to the leader tab, others a socket. */
+    _socket(url) {
+      if (typeof this._WS !== 'function') return null;
+      if (this._tabs && this._tabs.follower) return new TabLink(this._tabs);
+      return new this._WS(url);
+    }
+
+    /** This tab now leads a shared scope: the scope's socket is ours to open. */
+    _takeSocket() {
+      if (this._closed || !this._tabs || !this._tabs.shared) return;
+      var c = this._connection;
+      if (c.linked) c.end(1001, 'this tab leads now', 'quiet');
+      if (c.state === 'idle') this._connect();
+    }
+
+    /** Another tab leads now: close our socket (a frozen leader that woke up) and follow it. */
+    _giveUpSocket() {
+      if (this._closed || !this._tabs || !this._tabs.shared) return;
+      var c = this._connection;
+      if (c.ws && !c.linked) {
+        c.end(1001, 'another tab leads', 'quiet');
+        this._connect();
+      }
+    }
+
+    /** The leader's socket is open: a follower waiting to retry links at once. */
+    _followNow() {
+      var c = this._connection;
+      if (!this._closed && !this._fatal && c.state === 'idle' && (this._awaitLeader || (this._opts.autoReconnect && c.retryPending))) this._connect();
     }
 
     /** A sibling's lock was granted to us: it is gone; take over its pending writes. */
@@ -1244,6 +1516,15 @@
       return this._myColor;
     }
 
+    /**
+     * The id this tab's cursor has in other tabs' `onPresence`: the connection id, or, when the
+     * browser's tabs share one socket, `<connection id>:<tab id>` (null while disconnected).
+     */
+    get cursorId() {
+      if (!this._myId) return null;
+      return this._tabCursors ? this._myId + ':' + this._tabId : this._myId;
+    }
+
     /** 2 with aether-actix, 1 with an upstream server, null before the first hello. */
     get protocol() {
       return this._proto;
@@ -1286,12 +1567,58 @@
     sendPresence(x, y) {
       x = x | 0;
       y = y | 0;
-      if (this._connected && !this._outbox.hasQueued() && this._takeToken()) {
-        this._sendText('{"type":"presence","x":' + x + ',"y":' + y + '}');
-      }
+      var tabbed = this._tabCursors;
+      if (tabbed) this._cursor = { x: x, y: y };
+      if (this._connected && !this._outbox.hasQueued() && this._takeToken()) this._sendText(this._presenceText(x, y));
       if (this._myId) {
-        this._post({ type: 'presence', id: this._myId, color: this._myColor, x: x, y: y, user: this._user });
+        var msg = { type: 'presence', id: this._myId, color: this._myColor, x: x, y: y, user: this._user };
+        if (tabbed) {
+          msg.id = this._myId + ':' + this._tabId;
+          msg.tab = this._tabId;
+        }
+        this._post(msg);
       }
+    }
+
+    /**
+     * In a shared scope (one socket for the browser's tabs) each tab's cursor carries its tab id:
+     * the relay shows it as the cursor `<connection id>:<tab id>`, to everyone but this browser,
+     * whose tabs show each other's from the channel.
+     */
+    get _tabCursors() {
+      return !!this._tabs && this._tabs.shared;
+    }
+
+    _presenceText(x, y) {
+      var tab = this._tabCursors ? ',"tab":' + JSON.stringify(this._tabId) : '';
+      return '{"type":"presence","x":' + x + ',"y":' + y + tab + '}';
+    }
+
+    /** This tab goes away: its cursor leaves, at the relay (through the leader) and in its siblings. */
+    _cursorGone() {
+      if (!this._cursor) return;
+      this._cursor = null;
+      if (this._connected) {
+        try {
+          this._sendText('{"type":"presence-leave","tab":' + JSON.stringify(this._tabId) + '}');
+        } catch (_) {
+          /* the socket is going anyway, and its end takes every cursor it carried */
+        }
+      }
+      if (this._myId) this._post({ type: 'presence-leave', id: this._myId + ':' + this._tabId, tab: this._tabId });
+    }
+
+    /**
+     * A sibling's cursor leaves here; with `relay` (the sibling is gone: its lock was free, so it
+     * may have crashed without a word) also at the relay, through the shared connection that
+     * carried it (the relay ignores a tab it does not show).
+     */
+    _siblingCursorGone(tab, relay) {
+      if (relay && this._connected && this._tabCursors) this._sendText('{"type":"presence-leave","tab":' + JSON.stringify(tab) + '}');
+      var id = this._siblingCursors.get(tab);
+      if (id === undefined) return;
+      this._siblingCursors.delete(tab);
+      this._leaveWatchers.forEach(function (cb) { callSafely(cb, [id]); });
     }
 
     /** Forgets the cached state (not the outbox of pending writes). */
@@ -1311,6 +1638,7 @@
       clearTimeout(this._peerTimer);
       this._probes.forEach(function (t) { clearTimeout(t); });
       this._probes.clear();
+      this._cursorGone();
       this._connection.end(1000, '', 'stop');
       if (this._saveTimer) {
         clearTimeout(this._saveTimer);
@@ -1426,6 +1754,7 @@
       this._refreshTimer = null;
       this._exp = typeof exp === 'number' && isFinite(exp) ? exp : null;
       if (!this._tokenFn || this._exp === null || this._proto !== 2) return;
+      if (this._connection.linked) return; // the leader refreshes the token of its connection
       var self = this;
       var ws = this._connection.ws;
       this._refreshTimer = timer(function () {
@@ -1843,7 +2172,10 @@
       var mine = origin !== null && this._myIds.has(origin);
       if (v2) {
         if (origin !== null && origin === this._myId) {
-          var own = this._outbox.oldestSent(key, null);
+          // Our connection's echo settles our oldest sent write to the key, unless the socket
+          // is shared: a follower waits for its acks, a leader does while followers' writes to
+          // the key are in flight (the echo may be theirs).
+          var own = this._connection.linked || this._fwdKeys.has(key) ? null : this._outbox.oldestSent(key, null);
           if (own) this._confirm(own, stamp, seq);
         } else if (!mine) {
           var t = this._ackedTracked(key);
@@ -1864,13 +2196,69 @@
     }
 
     _onAck(msg) {
+      this._fwdDone(msg.ref);
       var e = this._outbox.sentWithId(msg.ref);
       if (e) this._confirm(e, typeof msg.stamp === 'string' ? msg.stamp : null, typeof msg.seq === 'number' ? msg.seq : null);
     }
 
     _onNack(msg) {
+      this._fwdDone(msg.ref);
       var e = this._outbox.sentWithId(msg.ref);
       if (e) this._refuse(e, typeof msg.reason === 'string' ? msg.reason : 'refused');
+    }
+
+    /** A follower's write we sent was acknowledged or refused. */
+    _fwdDone(ref) {
+      var key = this._fwdRefs.get(ref);
+      if (key === undefined) return;
+      this._fwdRefs.delete(ref);
+      var n = (this._fwdKeys.get(key) || 1) - 1;
+      if (n > 0) this._fwdKeys.set(key, n);
+      else this._fwdKeys.delete(key);
+    }
+
+    /** This tab leads a shared scope and its socket is open: it carries the followers' frames. */
+    get _carrier() {
+      var c = this._connection;
+      return !!this._tabs && this._tabs.shared && this._tabs.leader && c.isOpen && !c.linked;
+    }
+
+    /** A follower asks to link: welcome it with our hello and the relay's state, or refuse. */
+    _onLinkRequest(msg) {
+      if (!this._tabs || !this._tabs.shared || !this._tabs.leader) return;
+      if (msg.to !== this._tabId && msg.to != null) return;
+      if (!this._carrier || !this._helloFrame) {
+        this._post({ type: 'drop', to: msg.from, code: 1006, reason: 'the leader tab is not connected' });
+        return;
+      }
+      var snap = { type: 'snapshot', data: {} };
+      this._base.forEach(function (v, k) { snap.data[k] = v; });
+      if (this._proto === 2 && this._run !== null) snap.resume = this._run + '.' + this._seq;
+      this._followers.add(msg.from);
+      this._post({ type: 'welcome', to: msg.from, frames: [JSON.stringify(this._helloFrame), JSON.stringify(snap)] });
+    }
+
+    /** A follower's frame for the relay: sent on our socket as it is. */
+    _onUp(msg) {
+      if (msg.to !== this._tabId || typeof msg.text !== 'string') return;
+      if (!this._carrier || !this._followers.has(msg.from)) {
+        this._post({ type: 'drop', to: msg.from, code: 1006, reason: 'the leader tab is not connected' });
+        return;
+      }
+      var m = null;
+      try {
+        m = JSON.parse(msg.text);
+      } catch (_) {
+        return;
+      }
+      // Cursors share our socket's rate budget with ours (the relay counts the socket's messages);
+      // a cursor over budget is dropped (the next replaces it anyway).
+      if (m && m.type === 'presence' && !this._takeToken()) return;
+      if (m && (m.type === 'set' || m.type === 'delete') && typeof m.ref === 'string' && typeof m.key === 'string' && !this._fwdRefs.has(m.ref)) {
+        this._fwdRefs.set(m.ref, m.key);
+        this._fwdKeys.set(m.key, (this._fwdKeys.get(m.key) || 0) + 1);
+      }
+      this._sendText(msg.text);
     }
 
     _keySeqOf(key) {
@@ -1896,8 +2284,14 @@
 
     _connect() {
       if (this._closed || this._fatal) return;
-      if (this._tokenFn && !this._freshToken) {
-        // Every connect presents a token the function gave for it.
+      // A tab that does not know yet whether it leads waits: it connects when it takes the lead
+      // (`leading`) or links when it hears the leader's socket is open (`leaderSeen`), and asks a
+      // token function for nothing meanwhile.
+      this._awaitLeader = !!this._tabs && this._tabs.undecided;
+      if (this._awaitLeader) return;
+      if (this._tokenFn && !this._freshToken && !(this._tabs && this._tabs.follower)) {
+        // Every connect presents a token the function gave for it (a follower's link none: it
+        // rides on the leader's connection, admitted with the leader's token).
         if (this._connection.state === 'idle' && !this._connection.ws) this._fetchToken(null);
         return;
       }
@@ -1920,6 +2314,18 @@
       this._refreshTimer = null;
       this._myId = this._myColor = null;
       this._outbox.requeue();
+      // A leader's socket ended: its followers' links end too (they send their writes again).
+      if (this._followers.size) {
+        this._post(how === 'retry' ? { type: 'drop', code: code, reason: reason } : { type: 'drop', code: 1001, reason: 'the leader tab closed its socket' });
+        this._followers.clear();
+      }
+      this._fwdRefs.clear();
+      this._fwdKeys.clear();
+      this._helloFrame = null;
+      // The siblings' cursors were shown under this connection's id: they leave, and come back
+      // under the next one's (each tab sends its cursor again on its next hello).
+      var self = this;
+      Array.from(this._siblingCursors.keys()).forEach(function (tab) { self._siblingCursorGone(tab, false); });
       if (how === 'stop') {
         if (wasOpen) this._notifyStatus();
       } else if (how === 'quiet') {
@@ -1974,6 +2380,8 @@
         return;
       }
       if (!msg || typeof msg !== 'object' || Array.isArray(msg)) return;
+      // The leader re-posts every relay frame to its followers, once (one message, N-1 readers).
+      if (this._followers.size && msg.type !== 'hello') this._post({ type: 'down', text: data });
       switch (msg.type) {
         case 'hello':
           return this._onHello(msg);
@@ -2021,6 +2429,7 @@
       this._authRetried = false;
       this._user = typeof msg.user === 'string' ? msg.user : null;
       this._access = msg.access === 'read' ? 'read' : 'write';
+      this._helloFrame = msg;
       this._myId = typeof msg.id === 'string' ? msg.id : null;
       this._myColor = typeof msg.color === 'string' ? msg.color : null;
       this._proto = msg.v === 2 ? 2 : 1;
@@ -2045,7 +2454,14 @@
       this._status = { connected: true, protocol: this._proto, code: null, reason: null, retryInMs: null, fatal: false };
       this._scheduleRefresh(msg.exp);
       this._notifyStatus();
+      if (this._tabs && !this._connection.linked) this._tabs.beat(); // followers may link now
       this._pump();
+      // A new connection (a new leader, or a reconnect): our cursor appears again, under its id.
+      var cursor = this._cursor;
+      if (cursor && this._tabCursors) {
+        if (this._takeToken()) this._sendText(this._presenceText(cursor.x, cursor.y));
+        this._post({ type: 'presence', id: this._myId + ':' + this._tabId, tab: this._tabId, color: this._myColor, x: cursor.x, y: cursor.y, user: this._user });
+      }
       // Upstream closes a connection whose first message does not come within 5 s; one ignored
       // frame keeps an idle tab connected there (our relay needs nothing: browsers answer pings).
       if (this._proto === 1 && !this._sentSomething) {
@@ -2109,9 +2525,12 @@
 
     // ----- same-origin tabs (BroadcastChannel 'aether::' + cacheKey, see Tabs) --------------
 
-    /** Re-posts a relay frame for siblings without a connection: the leader tab alone does. */
+    /**
+     * Re-posts a relay frame for siblings without a connection: the leader tab alone does. In a
+     * shared scope the followers have the leader's frames themselves (`down`), so nothing is.
+     */
     _repost(msg) {
-      if (this._leader) this._post(msg);
+      if (this._leader && !this._tabs.shared) this._post(msg);
     }
 
     _post(msg) {
@@ -2129,12 +2548,28 @@
           return;
         case 'settled':
           return this._onPeerSettled(msg);
+        case 'link':
+          return this._onLinkRequest(msg);
+        case 'up':
+          return this._onUp(msg);
+        case 'unlink':
+          this._followers.delete(msg.from);
+          return;
         case 'presence':
-          if (this._connected || typeof msg.id !== 'string') return; // the relay tells us itself
+          if (typeof msg.id !== 'string') return;
+          if (typeof msg.tab === 'string') {
+            // A sibling tab's cursor: its socket is ours too, so the relay never sends it here.
+            var shown = this._siblingCursors.get(msg.tab);
+            if (shown !== undefined && shown !== msg.id) this._siblingCursorGone(msg.tab, false);
+            this._siblingCursors.set(msg.tab, msg.id);
+          } else if (this._connected) {
+            return; // the relay tells us itself
+          }
           var user = typeof msg.user === 'string' ? msg.user : null;
           this._presenceWatchers.forEach(function (cb) { callSafely(cb, [msg.id, msg.x, msg.y, msg.color, user]); });
           return;
         case 'presence-leave':
+          if (typeof msg.tab === 'string') return this._siblingCursorGone(msg.tab, false);
           if (this._connected || typeof msg.id !== 'string') return;
           this._leaveWatchers.forEach(function (cb) { callSafely(cb, [msg.id]); });
           return;
@@ -2168,6 +2603,7 @@
           this._saveTimer = null;
           return;
         case 'bye':
+          this._followers.delete(msg.from);
           if (Array.isArray(msg.entries)) this._handed.set(msg.from, msg.entries);
           this._onPeerGone(msg.from, !!msg.pending);
           return;
@@ -2519,6 +2955,7 @@
           self._saveCache();
         }
         self._hidden = true; // a write from now on is saved and handed over at once
+        self._cursorGone();
         self._handOver();
       };
       var show = function () {

@@ -24,7 +24,7 @@
  */
 'use strict';
 
-const VERSION = '66be7a6cf8c52349';
+const VERSION = '8b9e46490f6d5d27';
 const PREFIX = 'aether-shell-';
 const CACHE = PREFIX + VERSION;
 

@@ -222,6 +222,37 @@ fn cursors_cross_nodes_and_leave_with_their_node() {
     assert!(started.elapsed() < Duration::from_secs(5), "left after {:?}", started.elapsed());
 }
 
+/// v2 tab cursors travel the mesh as cursors of their own (`<id>:<tab>`), and their leaves too:
+/// a tab's `presence-leave`, and its connection's end (each tab once, besides the connection's own).
+#[test]
+fn tab_cursors_cross_nodes_and_leave_there_too() {
+    let (a, _b, c) = line_of_three();
+    let mut leader = Client::connect(&format!("{}?v=2", a.url()));
+    let mut on_c = c.client();
+    let id = leader.id();
+    for t in ["one", "two", "three"] {
+        leader.send(json!({"type": "presence", "x": 1, "y": 2, "tab": t}));
+    }
+    let mut shown = std::collections::BTreeSet::new();
+    while shown.len() < 3 {
+        let seen = on_c.recv_until(|f| f["type"] == "presence");
+        shown.insert(seen["id"].as_str().unwrap().to_owned());
+    }
+    let tab = |t: &str| format!("{id}:{t}");
+    assert_eq!(shown, [tab("one"), tab("two"), tab("three")].into());
+    leader.send(json!({"type": "presence-leave", "tab": "two"}));
+    assert_eq!(on_c.recv_until(|f| f["type"] == "presence-leave"), json!({"type": "presence-leave", "id": tab("two")}));
+    leader.send(json!({"type": "presence", "x": 3, "y": 3}));
+    on_c.recv_until(|f| f["type"] == "presence" && f["id"] == id);
+    drop(leader);
+    let mut left = std::collections::BTreeSet::new();
+    while left.len() < 3 {
+        let leave = on_c.recv_until(|f| f["type"] == "presence-leave");
+        assert!(left.insert(leave["id"].as_str().unwrap().to_owned()), "twice: {leave}");
+    }
+    assert_eq!(left, [id.clone(), tab("one"), tab("three")].into());
+}
+
 /// Opens a raw peer connection to `server`'s mesh listener and sends `hello`.
 fn fake_peer(server: &Server, hello: Value) -> tungstenite::WebSocket<TcpStream> {
     let mut ws = Client::raw(&server.mesh_url());

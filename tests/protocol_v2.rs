@@ -137,7 +137,7 @@ fn readme_protocol_v2_block_matches_the_running_server() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let (inbound, outbound) = common::readme_protocol_block(&readme, "protocol-v2");
     let types = |frames: &[common::Documented]| frames.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
-    assert_eq!(types(&inbound), ["set", "delete", "presence", "auth", "ping"]);
+    assert_eq!(types(&inbound), ["set", "delete", "presence", "presence-leave", "auth", "ping"]);
     let server = Server::start("");
     let mut writer = server.client();
     writer.set("gone", json!(0));
@@ -159,6 +159,14 @@ fn readme_protocol_v2_block_matches_the_running_server() {
     a.send(json!({"type": "presence", "x": 1, "y": 2}));
     seen.push(b.recv_until(|f| f["type"] == "presence"));
     let a_id = a.id();
+    // A tab's cursor and its leave (the documented inbound `tab` and `presence-leave`).
+    a.send(json!({"type": "presence", "x": 1, "y": 2, "tab": "t"}));
+    let tab_cursor = b.recv_until(|f| f["type"] == "presence");
+    assert_eq!(keys(&tab_cursor), keys(&seen[seen.len() - 1]));
+    assert_eq!(tab_cursor["id"], format!("{a_id}:t"));
+    a.send(json!({"type": "presence-leave", "tab": "t"}));
+    let tab_leave = b.recv_until(|f| f["type"] == "presence-leave");
+    assert_eq!(tab_leave["id"], format!("{a_id}:t"));
     drop(a);
     seen.push(b.recv_until(|f| f["type"] == "presence-leave" && f["id"] == a_id));
     b.send(json!({"type": "ping"}));
@@ -241,4 +249,167 @@ fn a_repeated_write_with_a_client_id_is_answered_not_applied_again() {
     old.send(json!({"type": "set", "key": "v1", "value": 1, "ref": "w-1"}));
     assert_eq!(old.recv_set("v1"), json!({"type": "set", "key": "v1", "value": 1}));
     assert_eq!(old.recv_set("v1"), json!({"type": "set", "key": "v1", "value": 1}));
+}
+
+/// Frames up to the `pong` answering a `ping` sent now: what the relay had queued for `client`.
+fn until_pong(client: &mut Client) -> Vec<Value> {
+    client.send(json!({"type": "ping"}));
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        let frame = client.recv();
+        if frame["type"] == "pong" {
+            return seen;
+        }
+        seen.push(frame);
+    }
+    panic!("no pong: {seen:?}")
+}
+
+fn dropped_presence(server: &Server) -> f64 {
+    common::metric(server, "aether_messages_dropped_total{reason=\"bad_presence\"}")
+}
+
+/// v2 tab cursors (`"tab"` on `presence`): one connection (a browser's leader tab) shows each of
+/// its tabs as its own cursor `<id>:<tab>` to v1 and v2 members alike (never back to itself);
+/// `presence-leave` with a tab takes one away; the connection's end takes away its own and every
+/// tab's, each once. Bad tab ids and one tab too many are dropped as `bad_presence`; v1 ignores
+/// `tab` and drops `presence-leave` as upstream does.
+#[test]
+fn tab_cursors_are_cursors_of_their_own_and_leave_each_once() {
+    let server = Server::start("");
+    let mut leader = v2(&server, "");
+    let (mut watcher, mut old) = (v2(&server, ""), server.client());
+    let id = leader.id();
+    let tab = |t: &str| format!("{id}:{t}");
+
+    leader.send(json!({"type": "presence", "x": 1, "y": 2, "tab": "t-1"}));
+    // In the connection's colour: the browser's tabs show each other's cursors alike.
+    let own_color = leader.hello["color"].as_str().unwrap().to_owned();
+    let expected = json!({"type": "presence", "id": tab("t-1"), "color": own_color, "x": 1, "y": 2});
+    assert_eq!(watcher.recv_until(|f| f["type"] == "presence"), expected);
+    assert_eq!(old.recv_until(|f| f["type"] == "presence"), expected, "v1 members see it as any cursor");
+    leader.send(json!({"type": "presence", "x": 3, "y": 4, "tab": "t-2"}));
+    leader.send(json!({"type": "presence", "x": 5, "y": 6}));
+    for member in [&mut watcher, &mut old] {
+        // Coalesced in one tick: in either order.
+        let mut colors = std::collections::BTreeMap::new();
+        while colors.len() < 2 {
+            let seen = member.recv_until(|f| f["type"] == "presence");
+            colors.insert(seen["id"].as_str().unwrap().to_owned(), seen["color"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(colors, [(tab("t-2"), own_color.clone()), (id.clone(), own_color.clone())].into());
+    }
+    assert!(until_pong(&mut leader).iter().all(|f| f["type"] != "presence"), "its own cursors are not sent back");
+    // (`old` has not moved yet: every presence the leader could get would be its own.)
+
+    // Bad tab ids: dropped, counted, nothing shown.
+    let before = dropped_presence(&server);
+    let long = "a".repeat(65);
+    for bad in [json!(""), json!("a b"), json!(long), json!(7), json!(null)] {
+        leader.send(json!({"type": "presence", "x": 9, "y": 9, "tab": bad}));
+    }
+    leader.send(json!({"type": "presence-leave"}));
+    leader.send(json!({"type": "presence-leave", "tab": "no such tab"}));
+    common::wait_until("bad tabs counted", || dropped_presence(&server) == before + 7.0);
+    leader.send(json!({"type": "presence-leave", "tab": "never-shown"}));
+    leader.send(json!({"type": "presence", "x": 7, "y": 7, "tab": "t-1"}));
+    let next = watcher.recv_until(|f| f["type"].as_str().unwrap().starts_with("presence"));
+    assert_eq!((next["id"].as_str(), next["x"].as_i64()), (Some(tab("t-1").as_str()), Some(7)), "{next}");
+
+    // A v1 client's `tab` is ignored (its own cursor), its `presence-leave` dropped.
+    old.send(json!({"type": "presence", "x": 1, "y": 1, "tab": "a b"}));
+    old.send(json!({"type": "presence-leave", "tab": "t"}));
+    let seen = watcher.recv_until(|f| f["type"] == "presence" && f["id"] == old.id());
+    assert_eq!(seen["color"], old.hello["color"]);
+    assert!(until_pong(&mut watcher).is_empty());
+
+    // One tab leaves: everyone else is told, once; the leader is not.
+    leader.send(json!({"type": "presence-leave", "tab": "t-1"}));
+    leader.send(json!({"type": "presence-leave", "tab": "t-1"}));
+    let leave = json!({"type": "presence-leave", "id": tab("t-1")});
+    assert_eq!(watcher.recv_until(|f| f["type"] == "presence-leave"), leave);
+    assert_eq!(old.recv_until(|f| f["type"] == "presence-leave"), leave);
+    let own = |f: &Value| f["id"].as_str().is_some_and(|i| i.starts_with(id.as_str()));
+    assert!(!until_pong(&mut leader).iter().any(own), "not told of its own tab's leave");
+
+    // At most 32 tabs at once: the 33rd is dropped until one leaves.
+    for i in 0..31 {
+        leader.send(json!({"type": "presence", "x": i, "y": 0, "tab": format!("many-{i}")}));
+    }
+    common::wait_until("31 more tabs shown", || {
+        watcher.next_within(std::time::Duration::from_millis(50)).is_some_and(|f| f["id"] == tab("many-30"))
+    });
+    let before = dropped_presence(&server);
+    leader.send(json!({"type": "presence", "x": 0, "y": 0, "tab": "one-too-many"}));
+    common::wait_until("the 33rd tab dropped", || dropped_presence(&server) == before + 1.0);
+    leader.send(json!({"type": "presence-leave", "tab": "many-0"}));
+    for member in [&mut watcher, &mut old] {
+        member.recv_until(|f| f["type"] == "presence-leave" && f["id"] == tab("many-0"));
+    }
+    leader.send(json!({"type": "presence", "x": 0, "y": 0, "tab": "one-too-many"}));
+    watcher.recv_until(|f| f["type"] == "presence" && f["id"] == tab("one-too-many"));
+
+    // The connection ends: its own cursor and each tab it still shows leave, each exactly once.
+    let mut expected: BTreeSet<String> = (1..31).map(|i| tab(&format!("many-{i}"))).collect();
+    expected.extend([id.clone(), tab("t-2"), tab("one-too-many")]);
+    drop(leader);
+    for member in [&mut watcher, &mut old] {
+        let mut left = BTreeSet::new();
+        while left.len() < expected.len() {
+            let frame = member.recv_until(|f| f["type"] == "presence-leave");
+            assert!(left.insert(frame["id"].as_str().unwrap().to_owned()), "twice: {frame}");
+        }
+        assert_eq!(left, expected);
+    }
+    let rest = until_pong(&mut watcher);
+    assert!(rest.iter().all(|f| f["type"] != "presence-leave"), "{rest:?}");
+}
+
+/// Tab cursors as a client that is not ours sends and sees them: Python `websockets`, a v2
+/// connection carrying two tabs and a v1 connection watching.
+#[test]
+fn tab_cursors_with_python_websockets() {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/closes-venv/bin/python");
+    let python = std::env::var_os("AETHER_CLOSES_PYTHON")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain([venv])
+        .find(|p| {
+            std::process::Command::new(p).args(["-c", "import websockets"]).output().is_ok_and(|o| o.status.success())
+        })
+        .expect("no Python with websockets: run tests/run.sh once (it makes target/closes-venv)");
+    let server = Server::start("");
+    let script = r#"
+import asyncio, json, sys, websockets
+async def until(ws, pred):
+    while True:
+        f = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if pred(f):
+            return f
+async def main():
+    url = sys.argv[1]
+    async with websockets.connect(url) as watcher:
+        await until(watcher, lambda f: f["type"] == "snapshot")
+        leader = await websockets.connect(url + "?v=2")
+        me = (await until(leader, lambda f: f["type"] == "hello"))["id"]
+        for tab in ["py-1", "py-2"]:
+            await leader.send(json.dumps({"type": "presence", "x": 4, "y": 2, "tab": tab}))
+        shown = set()
+        while len(shown) < 2:
+            shown.add((await until(watcher, lambda f: f["type"] == "presence"))["id"])
+        await leader.send(json.dumps({"type": "presence-leave", "tab": "py-1"}))
+        left = [(await until(watcher, lambda f: f["type"] == "presence-leave"))["id"]]
+        await leader.close()
+        while len(left) < 3:
+            left.append((await until(watcher, lambda f: f["type"] == "presence-leave"))["id"])
+        print(json.dumps({"me": me, "shown": sorted(shown), "left": left}))
+asyncio.run(main())
+"#;
+    let output = std::process::Command::new(python).arg("-c").arg(script).arg(server.url()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let me = out["me"].as_str().unwrap();
+    assert_eq!(out["shown"], json!([format!("{me}:py-1"), format!("{me}:py-2")]));
+    // Its end: a leave for its own id (as for every connection) and for the tab still shown.
+    assert_eq!(out["left"], json!([format!("{me}:py-1"), me, format!("{me}:py-2")]));
 }

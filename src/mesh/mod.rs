@@ -350,7 +350,7 @@ impl Handler<StateEvent> for MeshActor {
                 self.to_ours(&frame, None);
             }
             StateEvent::Leave { id, .. } => {
-                if let Some(frame) = self.presence.left(id) {
+                if let Some(frame) = self.presence.left(&id) {
                     self.to_ours(&frame, None);
                 }
             }

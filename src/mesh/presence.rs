@@ -19,7 +19,6 @@ use std::{
 
 use actix::Addr;
 use bytestring::ByteString;
-use uuid::Uuid;
 
 use super::wire::{self, RemoteCursor};
 use crate::{
@@ -40,13 +39,22 @@ impl Hub {
         Self { cursors: Cursors::new(node), state }
     }
 
-    /// A local client of `room` moved: the frame to send to every relay.
-    pub fn moved(&mut self, id: Uuid, room: Room, color: String, user: Option<Arc<str>>, x: i64, y: i64) -> ByteString {
+    /// A local cursor `id` (a client, or `<client>:<tab>`) of `room` moved: the frame to send to
+    /// every relay.
+    pub fn moved(
+        &mut self,
+        id: String,
+        room: Room,
+        color: String,
+        user: Option<Arc<str>>,
+        x: i64,
+        y: i64,
+    ) -> ByteString {
         wire::presence(&self.cursors.moved(id, Local { room, color, user, x, y }))
     }
 
-    /// A local client left: the frame to send, if its cursor had gone out.
-    pub fn left(&mut self, id: Uuid) -> Option<ByteString> {
+    /// A local cursor left: the frame to send, if it had gone out.
+    pub fn left(&mut self, id: &str) -> Option<ByteString> {
         let leave = self.cursors.left(id)?;
         Some(wire::presence_leave(&leave.origin, leave.seq, &leave.id, &leave.room))
     }
@@ -144,7 +152,8 @@ struct Shown {
 struct Cursors {
     node: String,
     seq: u64,
-    local: HashMap<Uuid, Local>,
+    /// Local cursors by id (a client's, or `<client>:<tab>`).
+    local: HashMap<String, Local>,
     origin_seq: HashMap<String, u64>,
     shown: HashMap<String, Shown>,
 }
@@ -160,11 +169,11 @@ impl Cursors {
         self.seq
     }
 
-    fn cursor(&mut self, id: Uuid, c: Local) -> RemoteCursor {
+    fn cursor(&mut self, id: String, c: Local) -> RemoteCursor {
         RemoteCursor {
             origin: self.node.clone(),
             seq: self.next_seq(),
-            id: id.to_string(),
+            id,
             color: c.color,
             x: c.x,
             y: c.y,
@@ -174,20 +183,20 @@ impl Cursors {
     }
 
     /// A local client moved: the message to send.
-    pub fn moved(&mut self, id: Uuid, cursor: Local) -> RemoteCursor {
-        self.local.insert(id, cursor.clone());
+    pub fn moved(&mut self, id: String, cursor: Local) -> RemoteCursor {
+        self.local.insert(id.clone(), cursor.clone());
         self.cursor(id, cursor)
     }
 
     /// A local client left: the leave to send, if it had a cursor.
-    pub fn left(&mut self, id: Uuid) -> Option<Leave> {
-        let cursor = self.local.remove(&id)?;
-        Some(Leave { origin: self.node.clone(), seq: self.next_seq(), id: id.to_string(), room: cursor.room })
+    pub fn left(&mut self, id: &str) -> Option<Leave> {
+        let cursor = self.local.remove(id)?;
+        Some(Leave { origin: self.node.clone(), seq: self.next_seq(), id: id.to_owned(), room: cursor.room })
     }
 
     /// Every local cursor again, with fresh sequence numbers.
     pub fn refresh(&mut self) -> Vec<RemoteCursor> {
-        let local: Vec<_> = self.local.iter().map(|(id, c)| (*id, c.clone())).collect();
+        let local: Vec<_> = self.local.iter().map(|(id, c)| (id.clone(), c.clone())).collect();
         local.into_iter().map(|(id, c)| self.cursor(id, c)).collect()
     }
 
@@ -250,6 +259,8 @@ impl Cursors {
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
     use super::*;
 
     fn at(room: &Room, x: i64, y: i64) -> Local {
@@ -260,8 +271,8 @@ mod tests {
     fn copies_and_own_messages_are_dropped_and_gone_origins_leave() {
         let mut a = Cursors::new("a");
         let mut b = Cursors::new("b");
-        let id = Uuid::new_v4();
-        let cursor = a.moved(id, at(&Room::DEFAULT, 1, 2));
+        let id = Uuid::new_v4().to_string();
+        let cursor = a.moved(id.clone(), at(&Room::DEFAULT, 1, 2));
         assert!(b.remote(&cursor, "x"), "first copy, by way of x");
         assert!(!b.remote(&cursor, "y"), "second copy");
         assert!(!a.remote(&cursor, "x"), "our own, come back");
@@ -271,14 +282,14 @@ mod tests {
         assert!(b.gone("a").is_empty(), "it did not come by a's own link");
         let gone = b.gone("x");
         assert_eq!(gone.len(), 1);
-        assert_eq!((gone[0].origin.as_str(), gone[0].id.as_str()), ("a", id.to_string().as_str()));
+        assert_eq!((gone[0].origin.as_str(), gone[0].id.as_str()), ("a", id.as_str()));
         assert!(b.gone("x").is_empty());
         // The origin's next real message is newer than the forged leave.
-        let again = a.moved(id, at(&Room::DEFAULT, 3, 4));
+        let again = a.moved(id.clone(), at(&Room::DEFAULT, 3, 4));
         assert!(again.seq > gone[0].seq && b.remote(&again, "y"));
-        let leave = a.left(id).unwrap();
+        let leave = a.left(&id).unwrap();
         assert_eq!(b.remote_left(&leave.origin, leave.seq, &leave.id), Some(Some(Room::DEFAULT)));
-        assert!(a.left(id).is_none());
+        assert!(a.left(&id).is_none());
     }
 
     #[test]
@@ -286,43 +297,43 @@ mod tests {
         let board = Room::parse("board").unwrap();
         let mut a = Cursors::new("a");
         let mut b = Cursors::new("b");
-        let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
+        let (one, two) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
         let mut user = at(&board, 1, 2);
         user.user = Some(Arc::from("alice"));
-        let cursor = a.moved(one, user);
+        let cursor = a.moved(one.clone(), user);
         assert_eq!((&cursor.room, cursor.user.as_deref()), (&board, Some("alice")));
         assert!(b.remote(&cursor, "x"));
-        let cursor = a.moved(two, at(&Room::DEFAULT, 5, 6));
+        let cursor = a.moved(two.clone(), at(&Room::DEFAULT, 5, 6));
         assert!(b.remote(&cursor, "x"));
         let mut rooms: Vec<Room> = a.refresh().into_iter().map(|c| c.room).collect();
         rooms.sort();
         assert_eq!(rooms, [Room::DEFAULT, board.clone()]);
         // A leave names the room its cursor was in.
-        let leave = a.left(one).unwrap();
+        let leave = a.left(&one).unwrap();
         assert_eq!(leave.room, board);
         assert_eq!(b.remote_left(&leave.origin, leave.seq, &leave.id), Some(Some(board.clone())));
         // A leave of a cursor never shown: new, but no room known here.
         assert_eq!(b.remote_left("a", leave.seq + 1, "unknown"), Some(None));
         let gone = b.gone("x");
         assert_eq!(gone.len(), 1);
-        assert_eq!((gone[0].id.as_str(), &gone[0].room), (two.to_string().as_str(), &Room::DEFAULT));
+        assert_eq!((gone[0].id.as_str(), &gone[0].room), (two.as_str(), &Room::DEFAULT));
     }
 
     #[test]
     fn the_frames_carry_room_and_user_only_when_there_is_one() {
         let board = Room::parse("board").unwrap();
         let mut a = Cursors::new("a");
-        let id = Uuid::new_v4();
+        let id = Uuid::new_v4().to_string();
         let plain: serde_json::Value =
-            serde_json::from_str(&wire::presence(&a.moved(id, at(&Room::DEFAULT, 1, 2)))).unwrap();
+            serde_json::from_str(&wire::presence(&a.moved(id.clone(), at(&Room::DEFAULT, 1, 2)))).unwrap();
         let keys: Vec<&str> = plain.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys, ["type", "origin", "seq", "id", "color", "x", "y"], "as before rooms");
         let mut user = at(&board, 1, 2);
         user.user = Some(Arc::from("alice"));
-        let frame = wire::presence(&a.moved(id, user));
+        let frame = wire::presence(&a.moved(id.clone(), user));
         let Some(wire::PeerFrame::Presence(back)) = wire::parse(&frame) else { panic!("{frame}") };
         assert_eq!((back.room, back.user.as_deref()), (board.clone(), Some("alice")));
-        let leave = a.left(id).unwrap();
+        let leave = a.left(&id).unwrap();
         let frame = wire::presence_leave(&leave.origin, leave.seq, &leave.id, &leave.room);
         let Some(wire::PeerFrame::PresenceLeave { room, .. }) = wire::parse(&frame) else { panic!("{frame}") };
         assert_eq!(room, board);

@@ -170,13 +170,18 @@ impl StateActor {
     }
 
     /// A local member of `room` left: tell the others there, and the mesh.
+    /// Its tabs' cursors (v2) leave with it, each once.
     pub(super) fn announce_leave(&mut self, room: &Room, id: Uuid) {
         self.member_rooms.remove(&id);
-        self.cursors.forget_local(&id);
+        let plain = id.to_string();
+        self.cursors.forget_local(&plain);
         if let Some(mesh) = &self.mesh {
-            mesh.do_send(StateEvent::Leave { id, room: room.clone() });
+            mesh.do_send(StateEvent::Leave { id: plain.clone(), room: room.clone() });
         }
-        self.broadcast_leave(room, &id.to_string(), Some(id));
+        self.broadcast_leave(room, &plain, Some(id));
+        for tab in self.cursors.take_tabs(&id) {
+            self.tab_left(room, id, &tab);
+        }
         self.drop_if_idle(room);
     }
 

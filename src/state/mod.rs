@@ -36,7 +36,7 @@ pub use api::{
     Precondition, RoomSummary, RoomView, ViewRoom,
 };
 pub use join::{Join, JoinRefused, Seat};
-pub use presence::{Presence, RemoteLeave, RemotePresence};
+pub use presence::{Presence, RemoteLeave, RemotePresence, TabLeave};
 pub use remote::{AttachMesh, Barrier, DigestRequest, MapView, Registers, RegistersIn, RemoteOps, StateEvent};
 
 use std::{
@@ -386,6 +386,7 @@ impl StateActor {
             }
         }
         self.member_rooms.clear();
+        self.cursors.clear_tabs();
         for waiter in waiters {
             let _ = waiter.send(());
         }

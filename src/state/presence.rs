@@ -8,6 +8,12 @@
 //! tick, whatever the clients send. An idle room sends the first cursor at once (leading edge).
 //! Local cursors go to the mesh coalesced the same way. A leave drops the waiting cursor of the
 //! client that left, so no cursor can follow its own `presence-leave`.
+//!
+//! A v2 connection may carry the cursors of several browser tabs (the leader tab holds the one
+//! socket of its browser): each is shown as its own cursor `<connection id>:<tab>`, in the
+//! connection's colour (the browser's tabs can show each other's cursors alike without asking the
+//! relay), and leaves on its own (`presence-leave` with the tab)
+//! or with its connection, which then announces a leave for its own id and each tab it showed.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -42,6 +48,8 @@ struct Waiting {
 
 /// A local cursor for the mesh.
 struct ToMesh {
+    /// Its cursor id: the connection's, or `<connection>:<tab>`.
+    id: String,
     room: Room,
     color: String,
     user: Option<Arc<str>>,
@@ -54,8 +62,10 @@ struct ToMesh {
 pub(super) struct Cursors {
     /// By client id, local and remote.
     waiting: HashMap<String, Waiting>,
-    /// Local cursors for the mesh.
-    to_mesh: HashMap<Uuid, ToMesh>,
+    /// Local cursors for the mesh, by cursor id.
+    to_mesh: HashMap<String, ToMesh>,
+    /// The tabs each local connection showed a cursor for (each leaves with its connection).
+    tabs: HashMap<Uuid, HashSet<Arc<str>>>,
     /// A tick is scheduled.
     scheduled: bool,
 }
@@ -66,9 +76,29 @@ impl Cursors {
         self.waiting.remove(id);
     }
 
-    /// Drops the waiting mesh cursor of the local client `id` (it left).
-    pub(super) fn forget_local(&mut self, id: &Uuid) {
+    /// Drops the waiting mesh cursor `id` (a local client or tab that left).
+    pub(super) fn forget_local(&mut self, id: &str) {
         self.to_mesh.remove(id);
+    }
+
+    /// The local connection `id` ended: the tabs it showed cursors for.
+    pub(super) fn take_tabs(&mut self, id: &Uuid) -> HashSet<Arc<str>> {
+        self.tabs.remove(id).unwrap_or_default()
+    }
+
+    /// The tab `tab` of the local connection `id` left: true if it had shown a cursor.
+    fn forget_tab(&mut self, id: &Uuid, tab: &str) -> bool {
+        let Some(tabs) = self.tabs.get_mut(id) else { return false };
+        let had = tabs.remove(tab);
+        if tabs.is_empty() {
+            self.tabs.remove(id);
+        }
+        had
+    }
+
+    /// Forgets every connection's tabs (the relay is stopping).
+    pub(super) fn clear_tabs(&mut self) {
+        self.tabs.clear();
     }
 }
 
@@ -94,8 +124,15 @@ impl StateActor {
     fn send_cursors(&mut self) {
         let started = std::time::Instant::now();
         if let Some(mesh) = &self.mesh {
-            for (id, c) in self.cursors.to_mesh.drain() {
-                mesh.do_send(StateEvent::Presence { id, room: c.room, color: c.color, user: c.user, x: c.x, y: c.y });
+            for (_, c) in self.cursors.to_mesh.drain() {
+                mesh.do_send(StateEvent::Presence {
+                    id: c.id,
+                    room: c.room,
+                    color: c.color,
+                    user: c.user,
+                    x: c.x,
+                    y: c.y,
+                });
             }
         }
         if self.cursors.waiting.is_empty() || self.stopping.is_some() {
@@ -130,12 +167,14 @@ impl StateActor {
     }
 }
 
-/// A local client moved its cursor.
+/// A local client moved its cursor (or the cursor of one of its tabs).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Presence {
     /// The client.
     pub id: Uuid,
+    /// v2: the tab the cursor belongs to (a valid tab id); `None` for the connection's own.
+    pub tab: Option<Arc<str>>,
     /// Horizontal position.
     pub x: i64,
     /// Vertical position.
@@ -148,20 +187,57 @@ impl Handler<Presence> for StateActor {
     fn handle(&mut self, msg: Presence, ctx: &mut Context<Self>) {
         let Some(room) = self.member_rooms.get(&msg.id) else { return };
         let Some(member) = self.rooms.get(room).and_then(|r| r.members.get(&msg.id)) else { return };
-        let id = msg.id.to_string();
-        let (v1, v2) = protocol::presence_frames(&id, &member.color, member.user.as_deref(), msg.x, msg.y);
+        let id = match &msg.tab {
+            None => msg.id.to_string(),
+            Some(tab) => {
+                self.cursors.tabs.entry(msg.id).or_default().insert(Arc::clone(tab));
+                format!("{}:{tab}", msg.id)
+            }
+        };
+        let color = member.color.clone();
+        let (v1, v2) = protocol::presence_frames(&id, &color, member.user.as_deref(), msg.x, msg.y);
         if self.mesh.is_some() {
-            let cursor = ToMesh {
-                room: room.clone(),
-                color: member.color.clone(),
-                user: member.user.clone(),
-                x: msg.x,
-                y: msg.y,
-            };
-            self.cursors.to_mesh.insert(msg.id, cursor);
+            let cursor =
+                ToMesh { id: id.clone(), room: room.clone(), color, user: member.user.clone(), x: msg.x, y: msg.y };
+            self.cursors.to_mesh.insert(id.clone(), cursor);
         }
         self.cursors.waiting.insert(id, Waiting { room: room.clone(), v1, v2, from: Some(msg.id) });
         self.cursor_waiting(ctx);
+    }
+}
+
+/// v2: the tab `tab` of the local client `id` closed: its cursor leaves (everywhere but on
+/// that client's own connection).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TabLeave {
+    /// The client.
+    pub id: Uuid,
+    /// The tab.
+    pub tab: Arc<str>,
+}
+
+impl Handler<TabLeave> for StateActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TabLeave, _: &mut Context<Self>) {
+        let Some(room) = self.member_rooms.get(&msg.id).cloned() else { return };
+        if !self.cursors.forget_tab(&msg.id, &msg.tab) {
+            return; // never shown (or already gone): nothing to take away
+        }
+        self.tab_left(&room, msg.id, &msg.tab);
+    }
+}
+
+impl StateActor {
+    /// The cursor of tab `tab` of the local client `id` leaves `room`, here and on the mesh.
+    pub(super) fn tab_left(&mut self, room: &Room, id: Uuid, tab: &str) {
+        let cursor = format!("{id}:{tab}");
+        self.cursors.forget_local(&cursor);
+        if let Some(mesh) = &self.mesh {
+            mesh.do_send(StateEvent::Leave { id: cursor.clone(), room: room.clone() });
+        }
+        self.broadcast_leave(room, &cursor, Some(id));
     }
 }
 

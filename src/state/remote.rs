@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::OwnedSemaphorePermit;
-use uuid::Uuid;
 
 use super::{NodeId, Source, StateActor, WriteMeta};
 use crate::{
@@ -28,8 +27,8 @@ pub enum StateEvent {
     },
     /// A local client moved its cursor.
     Presence {
-        /// The client.
-        id: Uuid,
+        /// The cursor: the client's id, or `<client id>:<tab>` for one of its tabs (v2).
+        id: String,
         /// Its room.
         room: Room,
         /// Its colour.
@@ -41,10 +40,10 @@ pub enum StateEvent {
         /// Vertical position.
         y: i64,
     },
-    /// A local client left.
+    /// A local client (or one of its tabs) left.
     Leave {
-        /// The client.
-        id: Uuid,
+        /// The cursor: the client's id, or `<client id>:<tab>`.
+        id: String,
         /// Its room.
         room: Room,
     },

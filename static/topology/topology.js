@@ -605,7 +605,7 @@
     return typeof c === 'string' && /^(#[0-9a-f]{3,8}|(hsl|rgb)a?\([0-9.,%\s]+\))$/i.test(c) ? c : '#8b98a8';
   }
   aether.onPresence((id, x, y, color) => {
-    if (id === aether.clientId) return;
+    if (id === aether.cursorId) return;
     cursorUpdates.set(id, { x, y, color });
     if (!cursorFrame) cursorFrame = requestAnimationFrame(applyCursors);
   });

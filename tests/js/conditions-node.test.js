@@ -1,6 +1,7 @@
 'use strict';
 // Issue 17 conditions that need no browser: backoff on connections that close right after hello,
-// the cache never overwritten by a staler tab, bounded per-key bookkeeping, one tab re-posting.
+// the cache never overwritten by a staler tab, bounded per-key bookkeeping, one socket per scope
+// (the leader tab's) and a follower taking over from a leader that stopped answering.
 // The browser-level proofs are in conditions.test.js.
 
 const assert = require('node:assert/strict');
@@ -62,50 +63,178 @@ test('per-key bookkeeping stays bounded while keys come and go (item 8)', async 
   b.closeAll();
 });
 
-test('with a leader, only the leader re-posts relay frames to the other tabs (item 8)', async () => {
-  // A minimal Web Locks: exclusive, FIFO, released when the callback's promise settles.
+/**
+ * A minimal Web Locks: exclusive, FIFO, released when the callback's promise settles; `signal`
+ * aborts a waiting request; `steal` takes a held lock at once (the holder's request rejects).
+ */
+function fakeLocks() {
   const held = new Map();
-  const locks = {
+  return {
     request(name, opts, cb) {
       if (typeof opts === 'function') [cb, opts] = [opts, {}];
       return new Promise((resolve, reject) => {
-        const q = held.get(name) || { busy: false, waiters: [] };
+        const q = held.get(name) || { holder: null, waiters: [] };
         held.set(name, q);
         const run = () => {
-          q.busy = true;
+          const grant = { reject };
+          q.holder = grant;
           Promise.resolve(cb({ name })).then(resolve, reject).finally(() => {
-            q.busy = false;
+            if (q.holder !== grant) return; // stolen: released already
+            q.holder = null;
             const next = q.waiters.shift();
             if (next) next();
           });
         };
+        if (opts.steal) {
+          if (q.holder) q.holder.reject(new Error('AbortError: stolen'));
+          run();
+          return;
+        }
         if (opts.signal) opts.signal.addEventListener('abort', () => {
           const i = q.waiters.indexOf(run);
           if (i >= 0) q.waiters.splice(i, 1);
           reject(new Error('AbortError'));
         });
-        if (!q.busy) run();
+        if (!q.holder) run();
         else if (opts.ifAvailable) Promise.resolve(cb(null)).then(resolve, reject);
         else q.waiters.push(run);
       });
     },
   };
+}
+
+test('three tabs with Web Locks share one socket: the leader carries every tab\'s writes and frames (item 8)', async () => {
+  const locks = fakeLocks();
   const relay = new FakeRelay();
   const storage = new MemoryStorage();
   const bus = new ChannelBus();
   const tabs = [0, 1, 2].map(() => browser({ relay, storage, bus }).open('ws://relay.test/ws', { locks }));
-  await until(() => tabs.every((t) => t.connected));
-  await sleep(20);
+  await until(() => tabs.every((t) => t.connected), 5000, 'all connected');
   assert.deepEqual(tabs.map((t) => t._leader), [true, false, false]);
+  assert.equal(relay.conns.size, 1, 'one socket for three tabs');
+  // Every tab writes; every write is acknowledged and every tab sees all of them.
+  await Promise.all(tabs.map((t, i) => t.set('k' + i, i).durable));
+  await until(() => tabs.every((t) => [0, 1, 2].every((i) => t.get('k' + i) === i)), 5000, 'all writes everywhere');
+  assert.ok(tabs.every((t) => t.pendingWrites() === 0));
+  // A relay frame reaches the followers in one message from the leader.
   bus.log.length = 0;
   relay.write('k', 1);
-  await until(() => tabs.every((t) => t.get('k') === 1));
+  await until(() => tabs.every((t) => t.get('k') === 1), 5000, 'relay write everywhere');
   await sleep(20);
-  const reposts = bus.log.filter((m) => m.data.type === 'set' && !m.data.local);
-  assert.deepEqual(reposts.map((m) => m.data.from), [tabs[0]._tabId], 'one re-post, not one per tab');
-  // The leader goes: the next tab leads.
+  const downs = bus.log.filter((m) => m.data.type === 'down');
+  assert.deepEqual(downs.map((m) => m.data.from), [tabs[0]._tabId], 'one re-post, not one per tab');
+  // Writes a follower makes while the leader goes are sent again through the next leader.
+  relay.holdEchoes = true;
+  const pending = tabs[2].set('during', 'handover');
+  await sleep(20);
   tabs[0].close();
-  await until(() => tabs[1]._leader, 1000, 'new leader');
+  relay.holdEchoes = false;
+  relay.heldOps.length = 0; // the relay never answered them on the old socket
+  await until(() => tabs[1]._leader && tabs[1].connected && tabs[2].connected, 5000, 'new leader');
+  await pending.durable;
+  assert.equal(relay.conns.size, 1, 'still one socket');
+  await until(() => tabs[1].get('during') === 'handover', 5000, 'the new leader has it');
   tabs[1].close();
   tabs[2].close();
+});
+
+test('tabs sharing one socket send their cursors with their tab id; a closing tab\'s cursor leaves at the relay and in its siblings (item 8)', async () => {
+  const locks = fakeLocks();
+  const relay = new FakeRelay();
+  const storage = new MemoryStorage();
+  const bus = new ChannelBus();
+  const tabs = [0, 1, 2].map(() => browser({ relay, storage, bus }).open('ws://relay.test/ws', { locks }));
+  await until(() => tabs.every((t) => t.connected), 5000, 'all connected');
+  const shown = tabs.map(() => new Map());
+  const left = tabs.map(() => []);
+  tabs.forEach((t, i) => {
+    t.onPresence((id, x, y) => shown[i].set(id, x + ',' + y));
+    t.onPresenceLeave((id) => {
+      shown[i].delete(id);
+      left[i].push(id);
+    });
+  });
+  tabs.forEach((t, i) => t.sendPresence(i, 1));
+  const cursors = () => relay.inbound.filter((m) => m.msg.type === 'presence');
+  await until(() => cursors().length === 3, 2000, 'three cursors at the relay');
+  assert.equal(new Set(cursors().map((m) => m.conn)).size, 1, 'on one socket');
+  assert.deepEqual(cursors().map((m) => m.msg.tab).sort(), tabs.map((t) => t._tabId).sort(), 'each with its tab id');
+  const conn = tabs[0].clientId;
+  const id = (t) => conn + ':' + t._tabId;
+  // Each tab shows its siblings' cursors (the relay never sends them back to this socket).
+  await until(() => tabs.every((t, i) => shown[i].size === 2 && !shown[i].has(id(t))), 2000, 'siblings shown');
+  assert.equal(shown[0].get(id(tabs[2])), '2,1');
+  // A follower closes: a presence-leave with its tab goes up through the leader; siblings drop it.
+  tabs[2].close();
+  await until(() => relay.inbound.some((m) => m.msg.type === 'presence-leave' && m.msg.tab === tabs[2]._tabId), 2000, 'leave at the relay');
+  await until(() => shown[0].size === 1 && shown[1].size === 1, 2000, 'gone in the siblings');
+  assert.deepEqual(left[0], [id(tabs[2])]);
+  // The leader closes: the follower leads, and its cursor goes out again on the new socket.
+  const before = cursors().length;
+  tabs[0].close();
+  await until(() => tabs[1]._leader && tabs[1].connected && !tabs[1]._connection.linked, 5000, 'new leader');
+  await until(() => cursors().length === before + 1, 2000, 'its cursor again');
+  const again = cursors()[before];
+  assert.deepEqual([again.msg.tab, again.msg.x, again.conn.id], [tabs[1]._tabId, 1, tabs[1].clientId]);
+  assert.equal(shown[1].size, 0, 'no sibling left to show');
+  tabs[1].close();
+});
+
+test('a tab that vanishes without a word (its lock found free) has its cursor taken away by a sibling (item 8)', async () => {
+  const locks = fakeLocks();
+  const relay = new FakeRelay();
+  const storage = new MemoryStorage();
+  const bus = new ChannelBus();
+  const tabs = [0, 1, 2].map(() => browser({ relay, storage, bus }).open('ws://relay.test/ws', { locks }));
+  await until(() => tabs.every((t) => t.connected), 5000, 'all connected');
+  const shown = new Map();
+  tabs[0].onPresence((id, x, y) => shown.set(id, x + ',' + y));
+  tabs[0].onPresenceLeave((id) => shown.delete(id));
+  tabs[2].sendPresence(3, 4);
+  const crashed = tabs[2].cursorId;
+  assert.equal(crashed, tabs[0].clientId + ':' + tabs[2]._tabId);
+  await until(() => shown.get(crashed) === '3,4', 2000, 'shown');
+  // The tab dies: no pagehide, no presence-leave; only its locks go (as the browser frees them).
+  tabs[2]._closed = true;
+  tabs[2]._tabs._hooks = { message() {}, locked() {}, gone() {}, leading() {}, deposed() {}, leaderSeen() {}, open: () => false };
+  tabs[2]._tabs.close();
+  await until(() => relay.inbound.some((m) => m.msg.type === 'presence-leave' && m.msg.tab === tabs[2]._tabId), 2000, 'the leave, sent by a sibling');
+  await until(() => !shown.has(crashed), 2000, 'gone here too');
+  tabs[0].close();
+  tabs[1].close();
+});
+
+test('a leader that stops answering loses the lock to a follower and follows it; its write is sent once (item 8)', async () => {
+  const locks = fakeLocks();
+  const relay = new FakeRelay();
+  const storage = new MemoryStorage();
+  const bus = new ChannelBus();
+  const tabs = [0, 1].map(() => browser({ relay, storage, bus }).open('ws://relay.test/ws', { locks }));
+  await until(() => tabs.every((t) => t.connected), 5000, 'connected');
+  const [a, b] = tabs;
+  assert.deepEqual([a._leader, b._leader], [true, false]);
+  // A's write reaches the relay, which never answers it on A's socket.
+  relay.holdEchoes = true;
+  a.set('k', 'from-a');
+  await until(() => relay.heldOps.length === 1, 2000, 'held');
+  relay.heldOps.length = 0;
+  relay.holdEchoes = false;
+  // B stops hearing A (as when A is frozen) and takes the lock.
+  b._tabs._steal();
+  await until(() => b._leader && b.connected && !b._connection.linked, 5000, 'b leads with its own socket');
+  // A learns it lost the lead, closes its socket, links to B and sends its write again.
+  await until(() => !a._leader && a.connected && a._connection.linked && a.pendingWrites() === 0, 5000, 'a follows');
+  await until(() => relay.conns.size === 1, 2000, 'one socket');
+  assert.equal(relay.state.get('k'), 'from-a');
+  assert.equal(b.get('k'), 'from-a');
+  // A stale beat (an older term) is ignored; a newer term makes a leader step down.
+  const term = b._tabs.term;
+  b._tabs._onBeat({ type: 'beat', term: term - 1, from: 'ghost', open: true });
+  assert.equal(b._leader, true);
+  b._tabs._onBeat({ type: 'beat', term: term + 1, from: a._tabId, open: false });
+  await until(() => !b._leader && b._tabs.term === term + 1, 2000, 'b stepped down');
+  await until(() => tabs.filter((t) => t._leader).length === 1 && tabs.every((t) => t.connected), 5000, 'one leader again');
+  await until(() => relay.conns.size === 1, 2000, 'one socket');
+  a.close();
+  b.close();
 });

@@ -309,40 +309,232 @@ test('another user\'s pending writes are never sent with your token; another rel
   assert.deepEqual(ledgerRecords(ledger2, 'pending'), []);
 });
 
-test('three tabs of one browser: one re-posts relay frames and one writes the cache (item 8)', { skip, timeout: 90000 }, async (t) => {
+/** The relay's connected clients, from /healthz. */
+async function relayClients(w) {
+  const res = await fetch(`http://127.0.0.1:${w.port}/healthz`);
+  return (await res.json()).clients;
+}
+
+/** Waits until the relay counts `n` clients (bounded). */
+async function untilClients(w, n, ms, what) {
+  const deadline = Date.now() + ms;
+  let got;
+  while ((got = await relayClients(w)) !== n) {
+    if (Date.now() > deadline) assert.fail(`${what}: the relay has ${got} clients, not ${n}`);
+    await sleep(100);
+  }
+}
+
+/** Every page shows exactly the relay's state (read by a page of its own), within a bound. */
+async function untilEqual(pages, truthPage, ms) {
+  const canon = 'JSON.stringify(Object.entries(aether.snapshot()).sort((x, y) => (x[0] < y[0] ? -1 : 1)))';
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const truth = await truthPage.eval(canon);
+    const seen = [];
+    for (const p of pages) seen.push(await p.eval(`aether.connected && aether.pendingWrites() === 0 ? ${canon} : null`));
+    if (seen.every((x) => x === truth)) return truth;
+    if (Date.now() > deadline) assert.fail('pages did not converge on the relay: ' + JSON.stringify({ truth, seen }));
+    await sleep(200);
+  }
+}
+
+test('three tabs of one browser share one socket: the leader carries every write, cursor and ack (item 8)', { skip, timeout: 90000 }, async (t) => {
   const w = await world(t);
   const a = await w.open('a');
   const b = await sibling(a, w.url(), 'b');
   const c = await sibling(a, w.url(), 'c');
+  const other = await w.open('other'); // another browser: its own socket
   const tabs = [a, b, c];
-  for (const p of tabs) await p.wait('aether.connected', 10000, 'connected');
+  for (const p of tabs.concat(other)) await p.wait('aether.connected', 10000, 'connected');
+  await untilClients(w, 2, 5000, 'one socket for the three tabs, one for the other browser');
+  const open = [];
+  for (const p of tabs) open.push(await p.eval('socketStates().filter((s) => s === "1").length'));
+  assert.deepEqual(open.slice().sort(), [0, 0, 1], 'one tab holds the only open WebSocket: ' + open);
+  const leaders = [];
+  for (const p of tabs) leaders.push(await p.eval('aether._leader'));
+  assert.deepEqual(leaders.map((x) => (x ? 1 : 0)).sort(), [0, 0, 1]);
+  const leader = tabs[leaders.indexOf(true)];
+  for (const p of tabs) await p.eval('window.cursors = {}; aether.onPresence((id, x, y) => (cursors[id] = x + "," + y)); posted.length = 0; storageWrites = {}; true');
+  await other.eval('window.cursors = {}; aether.onPresence((id, x, y) => (cursors[id] = x + "," + y)); true');
+  // Every tab writes, durably (its acks come through the leader); every tab sees every write.
+  await Promise.all(tabs.map((p, i) => p.eval(`Promise.all(Array.from({length: 10}, (_, j) => aether.set("t${i}-" + j, j).durable)).then(() => true)`)));
+  await other.eval('aether.set("from-other", 1).durable.then(() => true)');
+  for (const p of tabs) await p.wait('aether.get("from-other") === 1 && aether.get("t0-9") === 9 && aether.get("t1-9") === 9 && aether.get("t2-9") === 9', 5000, 'every write');
+  // Cursors: the other browser's reaches every tab; a follower's reaches the other browser.
+  await other.eval('aether.sendPresence(5, 7); true');
+  for (const p of tabs) await p.wait('Object.values(cursors).includes("5,7")', 5000, 'the other browser\'s cursor');
+  const follower = tabs.find((p) => p !== leader);
+  await follower.eval('aether.sendPresence(9, 11); true');
+  await other.wait('Object.values(cursors).includes("9,11")', 5000, 'a follower\'s cursor');
   await sleep(300);
-  for (const p of tabs) await p.eval('posted.length = 0; storageWrites = {}; true');
-  await a.eval('Promise.all(Array.from({length: 20}, (_, i) => aether.set("n" + i, i).durable)).then(() => true)');
-  for (const p of tabs) await p.wait('aether.get("n19") === 19', 5000, 'all tabs have the writes');
-  await sleep(300);
-  const reposts = [];
+  // One message per relay frame on the channel (the leader's), one tab writing the cache.
+  const downs = [];
   const cacheWriters = [];
   for (const p of tabs) {
-    const posted = await p.eval('posted');
-    reposts.push(posted.filter((x) => x === 'set').length);
-    const writes = await p.eval('Object.entries(storageWrites).filter(([k]) => /::state::[^:]*:\\/\\/[^:]*:\\d+\\/ws$/.test(k)).length');
-    cacheWriters.push(writes);
+    downs.push((await p.eval('posted')).filter((x) => x === 'down').length);
+    cacheWriters.push(await p.eval('Object.entries(storageWrites).filter(([k]) => /::state::[^:]*:\\/\\/[^:]*:\\d+\\/ws$/.test(k)).length'));
   }
-  assert.deepEqual(reposts.slice().sort(), [0, 0, 20], 'one tab re-posts each relay frame once: ' + reposts);
+  assert.equal(downs.filter((n) => n > 0).length, 1, 'only the leader re-posts: ' + downs);
+  assert.ok(downs[tabs.indexOf(leader)] >= 31, 'the leader re-posted every frame: ' + downs);
   assert.deepEqual(cacheWriters.slice().sort(), [0, 0, 1], 'one tab writes the cache: ' + cacheWriters);
-  // The leader closes: another tab takes over both jobs.
-  const leader = tabs[reposts.indexOf(20)];
+  await untilEqual(tabs, other, 10000);
+
+  // The leader closes with a write of its own in flight; a follower writes during the hand-over.
   const rest = tabs.filter((p) => p !== leader);
+  await leader.eval('aether.set("leader-last", "sent"); true');
+  const closedAt = Date.now();
   await closeTab(leader);
-  await sleep(300);
-  for (const p of rest) await p.eval('posted.length = 0; true');
-  await rest[0].eval('aether.set("after", 1).durable.then(() => true)');
-  await rest[1].wait('aether.get("after") === 1', 5000, 'synced');
-  await sleep(300);
-  const after = [];
-  for (const p of rest) after.push((await p.eval('posted')).filter((x) => x === 'set').length);
-  assert.deepEqual(after.slice().sort(), [0, 1], 'the new leader re-posts: ' + after);
+  await rest[0].eval('aether.set("during", "hand-over"); true');
+  // A follower leads, with a socket of its own, within the bound.
+  const deadline = Date.now() + 8000;
+  for (;;) {
+    let owns = 0;
+    for (const p of rest) if (await p.eval('aether._leader && aether.connected && !aether._connection.linked')) owns++;
+    if (owns === 1) break;
+    if (Date.now() > deadline) assert.fail('no follower took the socket');
+    await sleep(20);
+  }
+  const movedIn = Date.now() - closedAt;
+  await untilAsyncBoth(rest, 'aether.connected', 8000, 'both connected');
+  await untilClients(w, 2, 8000, 'again one socket for the tabs');
+  await rest[1].eval('aether.set("after", 1).durable.then(() => true)');
+  for (const p of rest) await p.wait('aether.get("after") === 1 && aether.get("during") === "hand-over" && aether.get("leader-last") === "sent"', 10000, 'synced');
+  await untilEqual(rest, other, 10000);
+  assert.deepEqual(ledgerRecords(w.ledger, 'leader-last').map((r) => r.value), ['sent'], 'the closed leader\'s write, once');
+  assert.deepEqual(ledgerRecords(w.ledger, 'during').map((r) => r.value), ['hand-over'], 'the follower\'s write, once');
+  assert.ok(movedIn < 8000, 'moved in ' + movedIn + ' ms');
+  t.diagnostic(`socket moved to a follower ${movedIn} ms after the leader closed`);
+  assert.deepEqual(rest.flatMap((p) => p.errors).concat(other.errors), []);
+});
+
+/** Waits until `expression` holds in every page. */
+async function untilAsyncBoth(pages, expression, ms, what) {
+  for (const p of pages) await p.wait(expression, ms, what);
+}
+
+/** Records the cursors a page shows (id -> "x,y"), leaves included. */
+const WATCH_CURSORS = 'window.cursors = {}; aether.onPresence((id, x, y) => (cursors[id] = x + "," + y)); aether.onPresenceLeave((id) => delete cursors[id]); true';
+
+/** Waits until `page` shows exactly `expected` (id -> "x,y"). */
+async function untilCursors(page, expected, ms, what) {
+  const want = JSON.stringify(Object.entries(expected).sort());
+  const deadline = Date.now() + ms;
+  let got;
+  while ((got = JSON.stringify(Object.entries(await page.eval('cursors')).sort())) !== want) {
+    if (Date.now() > deadline) assert.fail(`${what} (${page.name}): shows ${got}, not ${want}`);
+    await sleep(50);
+  }
+}
+
+test('tabs sharing one socket are cursors of their own: to each other, and to another browser, each leaving when its tab closes (item 8)', { skip, timeout: 90000 }, async (t) => {
+  const w = await world(t);
+  const a = await w.open('a');
+  const tabs = [a];
+  for (const name of ['b', 'c', 'd']) tabs.push(await sibling(a, w.url(), name));
+  const other = await w.open('other'); // another browser
+  for (const p of tabs.concat(other)) await p.wait('aether.connected', 10000, 'connected');
+  await untilClients(w, 2, 5000, 'one socket for the four tabs, one for the other browser');
+  for (const p of tabs.concat(other)) await p.eval(WATCH_CURSORS);
+  const tabIds = [];
+  for (const p of tabs) tabIds.push(await p.eval('aether._tabId'));
+  // Every tab moves; each is its own cursor `<connection>:<tab>` everywhere but in itself.
+  let otherSeen = {}; // the other browser's cursor, once it moved
+  const expectAll = async (pages, ids, conn, what) => {
+    const all = {};
+    pages.forEach((p, i) => (all[conn + ':' + ids[i]] = `${10 + tabs.indexOf(p)},20`));
+    await untilCursors(other, all, 5000, what + ': the other browser sees every tab');
+    for (const [i, p] of pages.entries()) {
+      const mine = Object.assign({}, all, otherSeen);
+      delete mine[conn + ':' + ids[i]];
+      await untilCursors(p, mine, 5000, what + ': a tab sees its siblings');
+    }
+  };
+  for (const [i, p] of tabs.entries()) await p.eval(`aether.sendPresence(${10 + i}, 20); true`);
+  let conn = await tabs[0].eval('aether.clientId');
+  for (const p of tabs) assert.equal(await p.eval('aether.clientId'), conn, 'one connection id for the tabs');
+  await expectAll(tabs, tabIds, conn, 'four tabs');
+  // The other browser's cursor reaches every tab.
+  await other.eval('aether.sendPresence(5, 7); true');
+  otherSeen = { [await other.eval('aether.clientId + ":" + aether._tabId')]: '5,7' }; // a tab of its browser too
+  await expectAll(tabs, tabIds, conn, 'the other browser moved');
+
+  // A follower tab closes: its cursor leaves in the other browser and in its siblings.
+  const leaderIndex = (await Promise.all(tabs.map((p) => p.eval('aether._leader')))).indexOf(true);
+  const followerIndex = leaderIndex === 0 ? 1 : 0;
+  await closeTab(tabs[followerIndex]);
+  let rest = tabs.filter((_, i) => i !== followerIndex);
+  let restIds = tabIds.filter((_, i) => i !== followerIndex);
+  await expectAll(rest, restIds, conn, 'a follower closed');
+
+  // The leader closes while the others write: a follower leads with a new socket, every write
+  // reaches the relay once, and the remaining tabs' cursors come back under the new connection.
+  const leader = tabs[leaderIndex];
+  await leader.eval('aether.set("leader-last", "sent"); true');
+  const closedAt = Date.now();
+  await closeTab(leader);
+  const restIdx = rest.indexOf(leader);
+  rest = rest.filter((p) => p !== leader);
+  restIds = restIds.filter((_, i) => i !== restIdx);
+  await Promise.all(rest.map((p, i) => p.eval(`aether.set("during-${i}", ${i}); true`)));
+  // (Until their links drop, the followers are still "connected" through the closed leader.)
+  await untilAsyncBoth(rest, `aether.connected && aether.clientId !== ${JSON.stringify(conn)}`, 10000, 'connected again');
+  await untilClients(w, 2, 8000, 'again one socket for the tabs');
+  conn = await rest[0].eval('aether.clientId');
+  for (const p of rest) assert.equal(await p.eval('aether.clientId'), conn, 'one connection again');
+  await expectAll(rest, restIds, conn, 'the leader closed');
+  t.diagnostic(`the remaining tabs' cursors were back everywhere ${Date.now() - closedAt} ms after the leader closed`);
+  for (const p of rest) await p.wait('aether.pendingWrites() === 0', 10000, 'writes settled');
+  assert.deepEqual(ledgerRecords(w.ledger, 'leader-last').map((r) => r.value), ['sent'], 'the closed leader\'s write, once');
+  for (const i of rest.keys()) assert.deepEqual(ledgerRecords(w.ledger, `during-${i}`).map((r) => r.value), [i], 'a write made during the hand-over, once');
+  await untilEqual(rest, other, 10000);
+  assert.deepEqual(rest.flatMap((p) => p.errors).concat(other.errors), []);
+});
+
+test('two rooms in one browser keep one socket each, their tabs sharing it (item 8)', { skip, timeout: 90000 }, async (t) => {
+  const w = await world(t);
+  const a = await w.open('a', '&room=one');
+  const b = await sibling(a, w.url('&room=one'), 'b');
+  const c = await sibling(a, w.url('&room=two'), 'c');
+  const d = await sibling(a, w.url('&room=two'), 'd');
+  const pages = [a, b, c, d];
+  for (const p of pages) await p.wait('aether.connected', 10000, 'connected');
+  await untilClients(w, 2, 5000, 'one socket per room');
+  const leads = await Promise.all(pages.map((p) => p.eval('aether._leader')));
+  assert.deepEqual([leads[0] !== leads[1], leads[2] !== leads[3]], [true, true], 'one leader per room: ' + leads);
+  await b.eval('aether.set("k", "one").durable.then(() => true)');
+  await d.eval('aether.set("k", "two").durable.then(() => true)');
+  for (const [p, v] of [[a, 'one'], [b, 'one'], [c, 'two'], [d, 'two']]) await p.wait(`aether.get("k") === "${v}"`, 5000, 'its room\'s value');
+  assert.deepEqual(ledgerRecords(w.ledger, 'k').map((r) => [r.room || null, r.value]).sort(), [['one', 'one'], ['two', 'two']]);
+  assert.deepEqual(pages.flatMap((p) => p.errors), []);
+});
+
+test('a leader blocked in a long task loses the lead; its pending write reaches the relay once (item 8)', { skip, timeout: 90000 }, async (t) => {
+  const w = await world(t);
+  const a = await w.open('a');
+  const b = await sibling(a, w.url(), 'b');
+  for (const p of [a, b]) await p.wait('aether.connected', 10000, 'connected');
+  await untilClients(w, 1, 5000, 'one socket');
+  const leader = (await a.eval('aether._leader')) ? a : b;
+  const follower = leader === a ? b : a;
+  // The leader's socket goes deaf (the relay applies its write; the ack never arrives), then its
+  // page is stuck in a long task for 8 s.
+  await leader.eval('deafen(); aether.set("blocked", "from-the-leader"); setTimeout(() => { const end = Date.now() + 8000; while (Date.now() < end); }, 50); true');
+  const blockedAt = Date.now();
+  await sleep(200);
+  // The follower keeps running and takes over within the bound; the tabs now have two sockets.
+  await follower.wait('aether._leader && aether.connected && !aether._connection.linked', 7500, 'the follower leads');
+  const tookOver = Date.now() - blockedAt;
+  assert.ok(tookOver < 7800, 'took over while the leader was still blocked: ' + tookOver + ' ms');
+  await follower.eval('aether.set("meanwhile", 1).durable.then(() => true)');
+  // The old leader runs again: it notices it lost the lead, closes its socket and follows.
+  await leader.wait('!aether._leader && aether.connected && aether._connection.linked && aether.pendingWrites() === 0', 15000, 'the old leader follows');
+  await untilClients(w, 1, 8000, 'one socket again');
+  await follower.wait('aether.get("blocked") === "from-the-leader"', 5000, 'the write arrived');
+  await leader.wait('aether.get("meanwhile") === 1', 5000, 'the old leader sees the new leader\'s write');
+  assert.deepEqual(ledgerRecords(w.ledger, 'blocked').map((r) => r.value), ['from-the-leader'], 'applied exactly once');
+  t.diagnostic(`a follower took the lead ${tookOver} ms after the leader blocked`);
+  assert.deepEqual(a.errors.concat(b.errors), []);
 });
 
 test('soak: three tabs (two sharing a browser) write through dropped, deaf and restarted connections, and all end equal to the relay', { skip, timeout: 120000 }, async (t) => {

@@ -348,7 +348,7 @@ test('topology demo: two real tabs, offline edit, presence, inert XSS, screensho
     });
 
     await t.test('the cursor of one tab shows in the other, labelled', async () => {
-      const aid = await a.eval(`aether.clientId`);
+      const aid = await a.eval(`aether.cursorId`);
       for (let i = 0; i < 6; i++) {
         await a.mouse('mouseMoved', 560 + i * 8, 420 + i * 4);
         await sleep(40);
@@ -399,7 +399,7 @@ test('topology demo: two real tabs, offline edit, presence, inert XSS, screensho
     });
 
     await t.test('the cursor leaves when its tab closes', async () => {
-      const aid = await a.eval(`aether.clientId`);
+      const aid = await a.eval(`aether.cursorId`);
       await b.until(`!!document.querySelector('[data-cursor="${aid}"]')`, 5000, 'cursor present');
       a.kill();
       a = null;

@@ -266,7 +266,8 @@ withChromium('the demos honour ?room=: two teams each on their own board and doc
   for (const p of [ma, mb]) await p.wait(`document.querySelectorAll('#lines .row').length === 18`, 10000, 'seed document');
   assert.equal(await ma.eval('aether.room'), 'team-a');
   assert.equal(await mb.eval('document.getElementById("room").textContent'), 'room markdown');
-  assert.equal(teamA.keys().filter((k) => k.startsWith('line:')).length, 18, 'the markdown seed went to team-a beside its board');
+  // (The page shows its seed at once; the relay has it once sent: wait for it, bounded.)
+  await until(() => teamA.keys().filter((k) => k.startsWith('line:')).length === 18, 5000, 'the markdown seed went to team-a beside its board');
   const md = await nodeClient(port, { room: 'markdown' });
   assert.equal(md.keys().filter((k) => k.startsWith('line:')).length, 18);
   assert.equal(md.keys().filter((k) => k.startsWith('col:')).length, 0);

@@ -251,7 +251,7 @@ impl Handler<StateEvent> for NatsActor {
                 self.send_presence(frame);
             }
             StateEvent::Leave { id, .. } => {
-                if let Some(frame) = self.presence.left(id) {
+                if let Some(frame) = self.presence.left(&id) {
                     self.send_presence(frame);
                 }
             }

@@ -57,8 +57,9 @@ async function main(): Promise<void> {
   const n: number = aether.pendingWrites();
   const id: string | null = aether.clientId;
   const color: string | null = aether.clientColor;
+  const cursor: string | null = aether.cursorId;
   const proto: 1 | 2 | null = aether.protocol;
-  console.log(n, id, color, proto, aether.connected, aether.isReady, aether.node, Aether.version);
+  console.log(n, id, color, cursor, proto, aether.connected, aether.isReady, aether.node, Aether.version);
   aether.clearCache();
   aether.close();
 }
