@@ -35,7 +35,7 @@ class Page extends PageHandle {
   }
   /** Moves the mouse over the canvas until `other` shows this page's cursor (the relays carry it). */
   async showCursorIn(other, ms = 5000) {
-    const id = await this.eval('aether.clientId');
+    const id = await this.eval('aether.cursorId');
     assert.ok(id, this.name + ' has a client id');
     let i = 0;
     await untilAsync(async () => {
