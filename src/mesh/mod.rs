@@ -345,8 +345,8 @@ impl Handler<StateEvent> for MeshActor {
     fn handle(&mut self, msg: StateEvent, _: &mut Context<Self>) {
         match msg {
             StateEvent::Durable { ops, sources } => self.forward(&ops, &sources),
-            StateEvent::Presence { id, room, color, user, x, y } => {
-                let frame = self.presence.moved(id, room, color, user, x, y);
+            StateEvent::Presence { id, cursor } => {
+                let frame = self.presence.moved(id, cursor);
                 self.to_ours(&frame, None);
             }
             StateEvent::Leave { id, .. } => {

@@ -3,7 +3,7 @@
 //! Presence is ephemeral: never stored, never in the ledger. Each relay numbers the cursor
 //! messages it originates (a wall-clock-based sequence, so it keeps growing across restarts), and a
 //! relay accepts a message only if its sequence is newer than the last it saw from that origin: a
-//! message flooding a ring or arriving twice is dropped at its second copy. Local cursors are
+//! message flooding a ring or arriving twice is dropped at its second copy. LocalCursor cursors are
 //! announced again every [`REFRESH`], and a remote cursor that is not refreshed for [`TTL`]
 //! leaves, which bounds how long a cursor outlives a relay that vanished without a word.
 //!
@@ -24,7 +24,7 @@ use super::wire::{self, RemoteCursor};
 use crate::{
     hlc::wall_clock_ns,
     room::Room,
-    state::{RemoteLeave, RemotePresence, StateActor},
+    state::{LocalCursor, RemoteLeave, RemotePresence, StateActor},
 };
 
 /// Presence across relays for one transport: what to send, and what the state shows.
@@ -41,16 +41,8 @@ impl Hub {
 
     /// A local cursor `id` (a client, or `<client>:<tab>`) of `room` moved: the frame to send to
     /// every relay.
-    pub fn moved(
-        &mut self,
-        id: String,
-        room: Room,
-        color: String,
-        user: Option<Arc<str>>,
-        x: i64,
-        y: i64,
-    ) -> ByteString {
-        wire::presence(&self.cursors.moved(id, Local { room, color, user, x, y }))
+    pub fn moved(&mut self, id: String, cursor: LocalCursor) -> ByteString {
+        wire::presence(&self.cursors.moved(id, cursor))
     }
 
     /// A local cursor left: the frame to send, if it had gone out.
@@ -105,25 +97,10 @@ impl Hub {
     }
 }
 
-/// Local cursors are announced again this often.
+/// LocalCursor cursors are announced again this often.
 pub const REFRESH: Duration = Duration::from_secs(10);
 /// A remote cursor not refreshed for this long leaves.
 pub const TTL: Duration = Duration::from_secs(30);
-
-/// A cursor of one of our clients, as it last moved.
-#[derive(Clone)]
-pub struct Local {
-    /// Its room: only that room's members, on every relay, see it.
-    pub room: Room,
-    /// Its colour.
-    pub color: String,
-    /// The `sub` of its token, if any.
-    pub user: Option<Arc<str>>,
-    /// Horizontal position.
-    pub x: i64,
-    /// Vertical position.
-    pub y: i64,
-}
 
 /// A leave to send: `id` of `room`, from `origin`, numbered `seq`.
 #[derive(Debug, PartialEq)]
@@ -152,8 +129,8 @@ struct Shown {
 struct Cursors {
     node: String,
     seq: u64,
-    /// Local cursors by id (a client's, or `<client>:<tab>`).
-    local: HashMap<String, Local>,
+    /// LocalCursor cursors by id (a client's, or `<client>:<tab>`).
+    local: HashMap<String, LocalCursor>,
     origin_seq: HashMap<String, u64>,
     shown: HashMap<String, Shown>,
 }
@@ -169,7 +146,7 @@ impl Cursors {
         self.seq
     }
 
-    fn cursor(&mut self, id: String, c: Local) -> RemoteCursor {
+    fn cursor(&mut self, id: String, c: LocalCursor) -> RemoteCursor {
         RemoteCursor {
             origin: self.node.clone(),
             seq: self.next_seq(),
@@ -183,7 +160,7 @@ impl Cursors {
     }
 
     /// A local client moved: the message to send.
-    pub fn moved(&mut self, id: String, cursor: Local) -> RemoteCursor {
+    pub fn moved(&mut self, id: String, cursor: LocalCursor) -> RemoteCursor {
         self.local.insert(id.clone(), cursor.clone());
         self.cursor(id, cursor)
     }
@@ -263,8 +240,8 @@ mod tests {
 
     use super::*;
 
-    fn at(room: &Room, x: i64, y: i64) -> Local {
-        Local { room: room.clone(), color: "red".into(), user: None, x, y }
+    fn at(room: &Room, x: i64, y: i64) -> LocalCursor {
+        LocalCursor { room: room.clone(), color: "red".into(), user: None, x, y }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use api::{
     Precondition, RoomSummary, RoomView, ViewRoom,
 };
 pub use join::{Join, JoinRefused, Seat};
-pub use presence::{Presence, RemoteLeave, RemotePresence, TabLeave};
+pub use presence::{LocalCursor, Presence, RemoteLeave, RemotePresence, TabLeave};
 pub use remote::{AttachMesh, Barrier, DigestRequest, MapView, Registers, RegistersIn, RemoteOps, StateEvent};
 
 use std::{

@@ -46,15 +46,20 @@ struct Waiting {
     from: Option<Uuid>,
 }
 
-/// A local cursor for the mesh.
-struct ToMesh {
-    /// Its cursor id: the connection's, or `<connection>:<tab>`.
-    id: String,
-    room: Room,
-    color: String,
-    user: Option<Arc<str>>,
-    x: i64,
-    y: i64,
+/// A cursor of one of this relay's clients (or of one of its tabs), as it last moved: what the
+/// state tells the mesh, and what the mesh keeps to announce again.
+#[derive(Clone, Debug)]
+pub struct LocalCursor {
+    /// Its room: only that room's members, on every relay, see it.
+    pub room: Room,
+    /// Its colour.
+    pub color: String,
+    /// The `sub` of its token, if any.
+    pub user: Option<Arc<str>>,
+    /// Horizontal position.
+    pub x: i64,
+    /// Vertical position.
+    pub y: i64,
 }
 
 /// Cursors waiting for the next tick: the latest per client.
@@ -63,7 +68,7 @@ pub(super) struct Cursors {
     /// By client id, local and remote.
     waiting: HashMap<String, Waiting>,
     /// Local cursors for the mesh, by cursor id.
-    to_mesh: HashMap<String, ToMesh>,
+    to_mesh: HashMap<String, LocalCursor>,
     /// The tabs each local connection showed a cursor for (each leaves with its connection).
     tabs: HashMap<Uuid, HashSet<Arc<str>>>,
     /// A tick is scheduled.
@@ -124,15 +129,8 @@ impl StateActor {
     fn send_cursors(&mut self) {
         let started = std::time::Instant::now();
         if let Some(mesh) = &self.mesh {
-            for (_, c) in self.cursors.to_mesh.drain() {
-                mesh.do_send(StateEvent::Presence {
-                    id: c.id,
-                    room: c.room,
-                    color: c.color,
-                    user: c.user,
-                    x: c.x,
-                    y: c.y,
-                });
+            for (id, cursor) in self.cursors.to_mesh.drain() {
+                mesh.do_send(StateEvent::Presence { id, cursor });
             }
         }
         if self.cursors.waiting.is_empty() || self.stopping.is_some() {
@@ -197,8 +195,7 @@ impl Handler<Presence> for StateActor {
         let color = member.color.clone();
         let (v1, v2) = protocol::presence_frames(&id, &color, member.user.as_deref(), msg.x, msg.y);
         if self.mesh.is_some() {
-            let cursor =
-                ToMesh { id: id.clone(), room: room.clone(), color, user: member.user.clone(), x: msg.x, y: msg.y };
+            let cursor = LocalCursor { room: room.clone(), color, user: member.user.clone(), x: msg.x, y: msg.y };
             self.cursors.to_mesh.insert(id.clone(), cursor);
         }
         self.cursors.waiting.insert(id, Waiting { room: room.clone(), v1, v2, from: Some(msg.id) });

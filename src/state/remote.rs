@@ -29,16 +29,8 @@ pub enum StateEvent {
     Presence {
         /// The cursor: the client's id, or `<client id>:<tab>` for one of its tabs (v2).
         id: String,
-        /// Its room.
-        room: Room,
-        /// Its colour.
-        color: String,
-        /// The `sub` of its token, if it has one.
-        user: Option<Arc<str>>,
-        /// Horizontal position.
-        x: i64,
-        /// Vertical position.
-        y: i64,
+        /// Where it is, and whose.
+        cursor: super::LocalCursor,
     },
     /// A local client (or one of its tabs) left.
     Leave {

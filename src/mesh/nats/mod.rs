@@ -246,8 +246,8 @@ impl Handler<StateEvent> for NatsActor {
                     let _ = tx.send(ours);
                 }
             }
-            StateEvent::Presence { id, room, color, user, x, y } => {
-                let frame = self.presence.moved(id, room, color, user, x, y);
+            StateEvent::Presence { id, cursor } => {
+                let frame = self.presence.moved(id, cursor);
                 self.send_presence(frame);
             }
             StateEvent::Leave { id, .. } => {
