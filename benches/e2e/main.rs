@@ -17,6 +17,7 @@ mod access;
 mod api;
 mod client;
 mod fanout;
+mod feed;
 mod idle;
 mod ledger;
 mod mesh;
@@ -73,12 +74,16 @@ struct Settings {
     /// `access`: connects measured per case, after warm-up ones.
     access_conns: usize,
     access_warmup: usize,
+    /// `feed`: readers, and seconds of writing.
+    feed_readers: usize,
+    feed_secs: u64,
 }
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "roundtrip",
     "throughput",
     "api",
+    "feed",
     "fanout",
     "idle",
     "ledger",
@@ -171,6 +176,8 @@ impl Settings {
                 window: window as u64,
                 wait,
             },
+            feed_readers: env_or("AETHER_BENCH_FEED_READERS", pick(quick, 100, 20)),
+            feed_secs: env_or("AETHER_BENCH_FEED_SECS", pick(quick, 5, 1)),
             access_conns: env_or("AETHER_BENCH_ACCESS_CONNS", pick(quick, 4000, 300)),
             access_warmup: env_or("AETHER_BENCH_ACCESS_WARMUP", pick(quick, 300, 30)),
             rooms: rooms::Settings {
@@ -303,6 +310,15 @@ fn main() {
         let before = out.notes.len();
         rooms_scenario(&s, max, &mut out);
         // Every relay of this scenario warns that its connection cap equals the open-file limit.
+        let mut i = 0;
+        out.notes.retain(|n| {
+            i += 1;
+            i <= before || !n.contains("but the open-file limit is")
+        });
+    }
+    if s.runs("feed") {
+        let before = out.notes.len();
+        feed_scenario(&s, &mut out);
         let mut i = 0;
         out.notes.retain(|n| {
             i += 1;
@@ -1188,5 +1204,36 @@ fn access_scenario(s: &Settings, out: &mut Out) {
                 None => row,
             });
         }
+    }
+}
+
+/// `feed`: 100 readers of one room's change feed at 1,000 writes/s, beside 100 v2 WebSocket
+/// readers (see `feed.rs`).
+fn feed_scenario(s: &Settings, out: &mut Out) {
+    let (readers, rate, secs) = (s.feed_readers, 1000, s.feed_secs);
+    println!("\n== Change feed (ours only): {readers} readers of one room, {rate} writes/s for {secs} s ==");
+    println!(
+        "{:<26} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "readers", "deliveries", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    out.rows.push(Row::new(format!("**Change feed (ours only): {readers} readers, {rate} writes/s**"), None, None, 0));
+    for (what, websocket) in [("SSE (/changes)", false), ("v2 WebSocket", true)] {
+        let Some(d) = feed::run(&s.launch, readers, rate, secs, websocket, &mut out.notes) else {
+            out.notes.push(format!("feed: the {what} run did not start"));
+            continue;
+        };
+        if d.delays.len() != d.expected {
+            out.notes.push(format!("feed: {what}: {} of {} deliveries arrived", d.delays.len(), d.expected));
+        }
+        let p = |q: f64| ms(percentile(&d.delays, q));
+        println!(
+            "{what:<26} {:>12} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            d.delays.len(),
+            p(0.5),
+            p(0.99),
+            p(0.999),
+            ms(d.delays.last().copied().unwrap_or_default())
+        );
+        out.rows.push(Row::new(format!("delivery p99, ms: {what}"), (!d.delays.is_empty()).then(|| p(0.99)), None, 2));
     }
 }
