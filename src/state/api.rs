@@ -128,7 +128,7 @@ impl StateActor {
             return;
         }
         let stamp = self.clock.tick();
-        let bytes = value.as_ref().map_or(0, |v| room::size_of(&key, v));
+        let bytes = value.as_ref().map_or(0, |v| room::size_of(&room, &key, v));
         let op = match value {
             Some(value) => Op::set(key, value, stamp),
             None => Op::del(key, stamp),

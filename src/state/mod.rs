@@ -475,7 +475,7 @@ impl Handler<Write> for StateActor {
             return;
         }
         let stamp = self.clock.tick();
-        let bytes = msg.value.as_ref().map_or(0, |v| room::size_of(&msg.key, v));
+        let bytes = msg.value.as_ref().map_or(0, |v| room::size_of(&msg.room, &msg.key, v));
         let op = match msg.value {
             Some(value) => Op::set(msg.key, value, stamp),
             None => Op::del(msg.key, stamp),

@@ -42,7 +42,8 @@ pub(super) struct RoomState {
     pub(super) overlay: HashMap<String, Register>,
     /// XOR of every register's hash: the room's fingerprint ([`digest::room_fingerprint`]).
     pub(super) hashes: u64,
-    /// Bytes of keys and values (as JSON) of the room's live registers: what `max_room_bytes` caps.
+    /// Bytes of keys and values (as JSON) of the room's live registers: what `[rooms] max_bytes`
+    /// caps. Not counted (always 0) in the default room, which has no such cap.
     pub(super) bytes: usize,
     /// Client writes queued or being made durable, and their bytes: counted against the caps
     /// before they apply, so a burst cannot overshoot them.
@@ -50,9 +51,11 @@ pub(super) struct RoomState {
     pub(super) queued_bytes: usize,
 }
 
-/// The size a register counts for against `max_room_bytes`: its key and its value as JSON.
-pub(super) fn size_of(key: &str, value: &serde_json::Value) -> usize {
-    key.len() + protocol::json_len(value)
+/// The size a register of `room` counts for against `[rooms] max_bytes`: its key and its value
+/// as JSON. Nothing in the default room, which has no byte cap, so its writes and its replay at
+/// boot never pay for the count.
+pub(super) fn size_of(room: &Room, key: &str, value: &serde_json::Value) -> usize {
+    if room.is_default() { 0 } else { key.len() + protocol::json_len(value) }
 }
 
 /// What the room's caps say about one more client write.
@@ -65,7 +68,7 @@ impl RoomState {
     /// A room over a replayed map.
     pub(super) fn with_map(room: &Room, map: LwwMap, digest: &mut digest::Digest) -> Self {
         let hashes = digest.add(room, &map);
-        let bytes = map.live().map(|(k, v)| size_of(k, v)).sum();
+        let bytes = if room.is_default() { 0 } else { map.live().map(|(k, v)| size_of(room, k, v)).sum() };
         RoomState { map, hashes, bytes, ..RoomState::default() }
     }
 
@@ -84,8 +87,8 @@ impl RoomState {
         if new_key && self.map.len() + self.queued >= caps.max_keys {
             return false;
         }
-        let old = current.filter(|r| !r.tombstone).map_or(0, |r| size_of(key, &r.value));
-        let new = size_of(key, value);
+        let old = current.filter(|r| !r.tombstone).map_or(0, |r| size_of(room, key, &r.value));
+        let new = size_of(room, key, value);
         new <= old || self.bytes + self.queued_bytes + (new - old) <= caps.max_bytes
     }
 
@@ -94,9 +97,9 @@ impl RoomState {
     pub(super) fn apply(&mut self, room: &Room, op: Op, digest: &mut digest::Digest) -> bool {
         let old = self.map.register(&op.key);
         let old_hash = old.map(|r| digest::hash_of(room, &op.key, r));
-        let old_size = old.filter(|r| !r.tombstone).map_or(0, |r| size_of(&op.key, &r.value));
+        let old_size = old.filter(|r| !r.tombstone).map_or(0, |r| size_of(room, &op.key, &r.value));
         let new_hash = digest::op_hash(&op);
-        let new_size = if op.kind == OpKind::Del { 0 } else { size_of(&op.key, &op.value) };
+        let new_size = if op.kind == OpKind::Del { 0 } else { size_of(room, &op.key, &op.value) };
         if self.overlay.get(&op.key).is_some_and(|r| r.stamp == op.stamp) {
             self.overlay.remove(&op.key);
         }
