@@ -28,8 +28,6 @@ use crate::{access::Access, proxy::TrustedProxies};
 pub struct Live {
     /// The configuration it was prepared from (secrets resolved), to compare the next one with.
     pub config: Config,
-    /// The shared secret, when auth is on.
-    pub token: Option<Arc<str>>,
     /// Token verification and room grants (`[auth]`: the shared secret and the JWT key), built
     /// afresh, key files re-read, by each prepare.
     pub access: Arc<Access>,
@@ -68,7 +66,6 @@ impl Live {
         let proxies = TrustedProxies::parse(&config.server.trusted_proxies)
             .map_err(|e| format!("[server] trusted_proxies: {e}"))?;
         Ok(Live {
-            token: (!config.auth.token.is_empty()).then(|| Arc::from(config.auth.token.as_str())),
             access,
             limits: Arc::new(config.limits.clone()),
             proxies,
@@ -274,11 +271,12 @@ mod tests {
         let live = Live::prepare(parse("[server]\nallowed_origins = [\"https://A.example\"]\n")).unwrap();
         assert!(live.origin_allowed(Some("https://a.example")) && live.origin_allowed(None));
         assert!(!live.origin_allowed(Some("https://b.example")));
-        assert!(live.token.is_none() && live.tls.is_none() && live.tls_fingerprint().is_none());
+        assert!(!live.access.required() && live.tls.is_none() && live.tls_fingerprint().is_none());
         let handle = LiveConfig::new(live);
         let old = handle.replace(Live::prepare(parse("[auth]\ntoken = \"t\"\n")).unwrap());
-        assert!(old.token.is_none());
-        assert_eq!(handle.current().token.as_deref(), Some("t"));
+        assert!(!old.access.required());
+        let now = std::time::SystemTime::now();
+        assert!(handle.current().access.verify("t", now).is_ok() && handle.current().access.verify("u", now).is_err());
         assert!(handle.current().origin_allowed(Some("https://b.example")));
     }
 
@@ -290,7 +288,10 @@ mod tests {
         std::fs::write(&file, "first-secret-of-at-least-32-bytes\n").unwrap();
         let handle = LiveConfig::new(Live::prepare_with(parse(&text), None).unwrap());
         let first = handle.current();
-        assert!(first.access.required() && first.token.is_none());
+        assert!(
+            first.access.required()
+                && first.access.verify("first-secret-of-at-least-32-bytes", std::time::SystemTime::now()).is_err()
+        );
         std::fs::write(&file, "second-secret-of-at-least-32-bytes\n").unwrap();
         handle.replace(Live::prepare_with(parse(&text), None).unwrap());
         assert!(!handle.current().access.same_jwt_key(&first.access), "the file is read again");
