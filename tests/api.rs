@@ -82,13 +82,19 @@ fn http(
     stream.read_to_end(&mut response).expect("read response");
     let response = String::from_utf8(response).expect("UTF-8 response");
     let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    let (status, headers) = parse_head(head);
+    Answer { status, headers, body: body.to_owned() }
+}
+
+/// The status and headers (names lowercased) of a response head.
+fn parse_head(head: &str) -> (u16, BTreeMap<String, String>) {
     let mut lines = head.lines();
     let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status");
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Answer { status, headers, body: body.to_owned() }
+    (status, headers)
 }
 
 fn get(s: &Server, path: &str, auth: Option<&str>) -> Answer {
@@ -602,12 +608,7 @@ fn stream_head(addr: SocketAddr, path: &str, auth: &str) -> Answer {
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap();
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let (status, headers) = parse_head(&head);
     Answer { status, headers, body: String::new() }
 }
 

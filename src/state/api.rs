@@ -210,40 +210,26 @@ impl Handler<ListRooms> for StateActor {
     type Result = MessageResult<ListRooms>;
 
     fn handle(&mut self, _: ListRooms, _: &mut Context<Self>) -> Self::Result {
-        let mut rooms: Vec<(&Room, RoomSummary)> = self
-            .rooms
-            .iter()
-            .map(|(name, r)| {
-                let mut users: Vec<String> =
-                    r.members.values().filter_map(|m| m.user.as_deref().map(str::to_owned)).collect();
-                users.sort();
-                users.dedup();
-                let v1 = r.members.values().filter(|m| m.version == Version::V1).count();
-                (
-                    name,
-                    RoomSummary {
-                        room: name.written().to_owned(),
-                        keys: r.map.live_len(),
-                        registers: r.map.len(),
-                        members: r.members.len(),
-                        v1,
-                        v2: r.members.len() - v1,
-                        users,
-                    },
-                )
-            })
-            .collect();
+        let summary = |name: &Room, r: &room::RoomState| {
+            let mut users: Vec<String> =
+                r.members.values().filter_map(|m| m.user.as_deref().map(str::to_owned)).collect();
+            users.sort();
+            users.dedup();
+            let v1 = r.members.values().filter(|m| m.version == Version::V1).count();
+            RoomSummary {
+                room: name.written().to_owned(),
+                keys: r.map.live_len(),
+                registers: r.map.len(),
+                members: r.members.len(),
+                v1,
+                v2: r.members.len() - v1,
+                users,
+            }
+        };
+        let mut rooms: Vec<(&Room, RoomSummary)> =
+            self.rooms.iter().map(|(name, r)| (name, summary(name, r))).collect();
         if !self.rooms.contains_key(&Room::DEFAULT) {
-            let empty = RoomSummary {
-                room: Room::DEFAULT.written().to_owned(),
-                keys: 0,
-                registers: 0,
-                members: 0,
-                v1: 0,
-                v2: 0,
-                users: Vec::new(),
-            };
-            rooms.push((&Room::DEFAULT, empty));
+            rooms.push((&Room::DEFAULT, summary(&Room::DEFAULT, &room::RoomState::default())));
         }
         rooms.sort_by(|a, b| a.0.cmp(b.0));
         MessageResult(rooms.into_iter().map(|(_, summary)| summary).collect())
