@@ -236,6 +236,18 @@ struct Out {
 }
 
 impl Out {
+    /// Drops, from the notes after the first `before`, the warning every relay of the rooms, feed
+    /// and access scenarios logs: their connection cap equals the open-file limit on purpose.
+    fn drop_open_file_warnings(&mut self, before: usize) {
+        let mut i = 0;
+        self.notes.retain(|n| {
+            i += 1;
+            i <= before || !n.contains("but the open-file limit is")
+        });
+    }
+}
+
+impl Out {
     fn section(&mut self, title: &str) {
         self.rows.push(Row::new(format!("## {title}"), None, None, 0));
     }
@@ -309,31 +321,17 @@ fn main() {
         let max = usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(512);
         let before = out.notes.len();
         rooms_scenario(&s, max, &mut out);
-        // Every relay of this scenario warns that its connection cap equals the open-file limit.
-        let mut i = 0;
-        out.notes.retain(|n| {
-            i += 1;
-            i <= before || !n.contains("but the open-file limit is")
-        });
+        out.drop_open_file_warnings(before);
     }
     if s.runs("feed") {
         let before = out.notes.len();
         feed_scenario(&s, &mut out);
-        let mut i = 0;
-        out.notes.retain(|n| {
-            i += 1;
-            i <= before || !n.contains("but the open-file limit is")
-        });
+        out.drop_open_file_warnings(before);
     }
     if s.runs("access") {
         let before = out.notes.len();
         access_scenario(&s, &mut out);
-        // Every relay of this scenario warns that its connection cap equals the open-file limit.
-        let mut i = 0;
-        out.notes.retain(|n| {
-            i += 1;
-            i <= before || !n.contains("but the open-file limit is")
-        });
+        out.drop_open_file_warnings(before);
     }
 
     println!("\n== Notes ==");
