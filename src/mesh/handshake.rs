@@ -152,18 +152,24 @@ impl Shared {
             }
             return Ok(Peer { node, instance: None, ours: false });
         };
-        if let Some(token) = &self.token {
-            let t = Transcript {
-                dialler_nonce: &nonce,
-                listener_nonce: &theirs.nonce,
-                dialler: &self.node_id,
-                listener: &hello.node_id,
-            };
-            if !theirs.proof.as_deref().is_some_and(|p| auth::verify(token, Role::Listener, &t, p)) {
-                return Err(fail(AUTH_FAILED, format!("{node} did not prove it holds the mesh token")));
+        let Some(token) = &self.token else {
+            // A listener that proves a token also waits for ours; without one we would count a
+            // link that it is about to refuse.
+            if theirs.proof.is_some() {
+                return Err(fail(AUTH_FAILED, format!("{node} requires the mesh token and this relay has none")));
             }
-            send(writer, wire::auth(&auth::proof(token, Role::Dialler, &t)), self.handshake_timeout).await?;
+            return Ok(Peer { node, instance: Some(theirs.instance), ours: true });
+        };
+        let t = Transcript {
+            dialler_nonce: &nonce,
+            listener_nonce: &theirs.nonce,
+            dialler: &self.node_id,
+            listener: &hello.node_id,
+        };
+        if !theirs.proof.as_deref().is_some_and(|p| auth::verify(token, Role::Listener, &t, p)) {
+            return Err(fail(AUTH_FAILED, format!("{node} did not prove it holds the mesh token")));
         }
+        send(writer, wire::auth(&auth::proof(token, Role::Dialler, &t)), self.handshake_timeout).await?;
         Ok(Peer { node, instance: Some(theirs.instance), ours: true })
     }
 }
