@@ -3,7 +3,8 @@
 //!
 //! `cargo bench` (or `cargo bench --bench e2e` for this part alone). Upstream runs only when
 //! `AETHER_BENCH_UPSTREAM=/path/to/python` names an interpreter with `aether-zta==0.4.0`. Scenarios
-//! (`AETHER_BENCH_ONLY` selects, comma-separated): `roundtrip`, `throughput`, `api` (ours only:
+//! (`AETHER_BENCH_ONLY` selects, comma-separated): `roundtrip`, `throughput`, `load` (ours only:
+//! echo latency of 64 writers paced at shares of their maximum), `api` (ours only:
 //! durable `PUT`s through the HTTP API beside the same writes over WebSocket), `fanout`, `idle`,
 //! `ledger`, `replay`, `pauses`, `mesh`, `nats` (ours only: federation through a `nats-server`
 //! against the WebSocket mesh), `rooms` (ours only: memory per room, writes spread over rooms).
@@ -48,6 +49,10 @@ struct Settings {
     only: Vec<String>,
     samples: usize,
     warmup: usize,
+    /// `roundtrip`: runs of each case (median and spread reported).
+    rt_runs: usize,
+    /// `load`: the paced rates, % of the measured maximum.
+    load_shares: Vec<f64>,
     secs: f64,
     conns: Vec<usize>,
     window: usize,
@@ -79,9 +84,10 @@ struct Settings {
     feed_secs: u64,
 }
 
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "roundtrip",
     "throughput",
+    "load",
     "api",
     "feed",
     "fanout",
@@ -145,6 +151,13 @@ impl Settings {
             only,
             samples: env_or("AETHER_BENCH_SAMPLES", pick(quick, 2000, 300)),
             warmup: env_or("AETHER_BENCH_WARMUP", pick(quick, 200, 50)),
+            rt_runs: env_or("AETHER_BENCH_RT_RUNS", pick(quick, 3, 1)),
+            load_shares: env_list("AETHER_BENCH_LOAD_SHARES", "25,50,75,100")
+                .iter()
+                .map(|v| {
+                    v.parse().ok().filter(|&p: &f64| p > 0.0).unwrap_or_else(|| panic!("AETHER_BENCH_LOAD_SHARES: {v}"))
+                })
+                .collect(),
             secs: env_or("AETHER_BENCH_SECS", pick(quick, 5.0, 1.0)),
             conns,
             window,
@@ -287,6 +300,9 @@ fn main() {
     if s.runs("throughput") {
         throughput(&s, &mut out);
     }
+    if s.runs("load") {
+        load(&s, &mut out);
+    }
     if s.runs("api") {
         api_writes(&s, &mut out);
     }
@@ -359,74 +375,118 @@ fn main() {
 }
 
 fn round_trip(s: &Settings, out: &mut Out) {
-    println!("\n== Round trip: client A sets, client B receives; one write at a time ==");
-    let mut results = Vec::new();
-    let mut none = None;
+    println!(
+        "\n== Round trip: client A sets, client B receives; one write at a time; {} run(s) per relay; after each \
+         sample one small append + fdatasync beside the ledger (the disk's cost, same run) ==",
+        s.rt_runs
+    );
+    let mut results: Vec<(Kind, Vec<roundtrip::Latency>)> = Vec::new();
+    let mut none: Vec<roundtrip::Latency> = Vec::new();
     let cases: Vec<(Kind, &'static str)> = s
         .kinds()
         .into_iter()
         .flat_map(|k| if k == Kind::Ours { vec![(k, "always"), (k, "none")] } else { vec![(k, "")] })
         .collect();
     println!(
-        "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
-        "relay", "samples", "p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms", "samples/s"
+        "{:<32} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "relay", "samples", "p50 ms", "p95 ms", "p99 ms", "max ms", "fsync p50", "fsync p99", "p50-fsync", "samples/s"
     );
-    for (kind, sync) in cases {
-        let label =
-            if sync.is_empty() { format!("{kind} (no fsync on the path)") } else { format!("{kind} sync={sync}") };
-        let attempt = || {
-            let mut relay = Relay::start(kind, &s.launch, &OursConfig { sync, ..OursConfig::default() })?;
-            let (t0, busy, relay_cpu, bench_cpu) =
-                (Instant::now(), util::machine_busy_secs(), relay.cpu_secs(), util::cpu_secs("self"));
-            let result = roundtrip::run(&relay, s.warmup, s.samples);
-            let other = (util::machine_busy_secs()
-                - busy
-                - (relay.cpu_secs() - relay_cpu)
-                - (util::cpu_secs("self") - bench_cpu))
-                / t0.elapsed().as_secs_f64();
-            let expected = (s.warmup + s.samples) as u64;
-            let notes = stop_and_check(&mut relay, "round trip", result.is_ok().then_some((expected, true)));
-            Some((result, notes, other))
-        };
-        let Some((result, notes)) = quiet(s, &label, attempt) else { continue };
-        out.notes.extend(notes);
-        match result {
-            Ok(l) => {
-                let n = l.sorted.len();
-                let mean = l.sorted.iter().sum::<Duration>() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-                println!(
-                    "{:<32} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>10.0}",
-                    label,
-                    n,
-                    ms(percentile(&l.sorted, 0.50)),
-                    ms(percentile(&l.sorted, 0.95)),
-                    ms(percentile(&l.sorted, 0.99)),
-                    ms(l.sorted.last().copied().unwrap_or_default()),
-                    ms(mean),
-                    n as f64 / l.wall.as_secs_f64(),
-                );
-                if sync == "none" {
-                    none = Some(l);
-                } else {
-                    results.push((kind, l));
+    for run in 0..s.rt_runs {
+        for &(kind, sync) in &cases {
+            let label =
+                if sync.is_empty() { format!("{kind} (no fsync on the path)") } else { format!("{kind} sync={sync}") };
+            let attempt = || {
+                let mut relay = Relay::start(kind, &s.launch, &OursConfig { sync, ..OursConfig::default() })?;
+                let (t0, busy, relay_cpu, bench_cpu) =
+                    (Instant::now(), util::machine_busy_secs(), relay.cpu_secs(), util::cpu_secs("self"));
+                let result = roundtrip::run(&relay, s.warmup, s.samples, true);
+                let other = (util::machine_busy_secs()
+                    - busy
+                    - (relay.cpu_secs() - relay_cpu)
+                    - (util::cpu_secs("self") - bench_cpu))
+                    / t0.elapsed().as_secs_f64();
+                let expected = (s.warmup + s.samples) as u64;
+                let notes = stop_and_check(&mut relay, "round trip", result.is_ok().then_some((expected, true)));
+                Some((result, notes, other))
+            };
+            let Some((result, notes)) = quiet(s, &label, attempt) else { continue };
+            out.notes.extend(notes);
+            match result {
+                Ok(l) => {
+                    let n = l.sorted.len();
+                    let (p50, f50) = (ms(percentile(&l.sorted, 0.50)), ms(percentile(&l.fdatasync, 0.50)));
+                    println!(
+                        "{:<32} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>9.3} {:>9.3} {:>9.0}",
+                        format!("{label} #{}", run + 1),
+                        n,
+                        p50,
+                        ms(percentile(&l.sorted, 0.95)),
+                        ms(percentile(&l.sorted, 0.99)),
+                        ms(l.sorted.last().copied().unwrap_or_default()),
+                        f50,
+                        ms(percentile(&l.fdatasync, 0.99)),
+                        p50 - f50,
+                        n as f64 / l.wall.as_secs_f64(),
+                    );
+                    if sync == "none" {
+                        none.push(l);
+                    } else if let Some((_, runs)) = results.iter_mut().find(|(k, _)| *k == kind) {
+                        runs.push(l);
+                    } else {
+                        results.push((kind, vec![l]));
+                    }
                 }
+                Err(e) => out.notes.push(format!("{label} round trip failed: {e}")),
             }
-            Err(e) => out.notes.push(format!("{label} round trip failed: {e}")),
+        }
+    }
+    // Each figure: the median over the runs, and the spread (lowest-highest) printed beside it.
+    let figure = |runs: &[roundtrip::Latency], f: &dyn Fn(&roundtrip::Latency) -> f64| -> Option<f64> {
+        (!runs.is_empty()).then(|| util::median(runs.iter().map(f).collect()))
+    };
+    let spread = |runs: &[roundtrip::Latency], f: &dyn Fn(&roundtrip::Latency) -> f64| -> String {
+        let v: Vec<f64> = runs.iter().map(f).collect();
+        let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        format!("{lo:.3}-{hi:.3}")
+    };
+    let p = |q: f64| move |l: &roundtrip::Latency| ms(percentile(&l.sorted, q));
+    let f = |q: f64| move |l: &roundtrip::Latency| ms(percentile(&l.fdatasync, q));
+    let excess = |l: &roundtrip::Latency| ms(percentile(&l.sorted, 0.5)) - ms(percentile(&l.fdatasync, 0.5));
+    if let Some((_, ours)) = results.iter().find(|(k, _)| *k == Kind::Ours) {
+        println!("over {} run(s), lowest-highest:", ours.len());
+        println!("  ours sync=always  p50 {} ms, p99 {} ms", spread(ours, &p(0.5)), spread(ours, &p(0.99)));
+        println!("  fdatasync         p50 {} ms, p99 {} ms", spread(ours, &f(0.5)), spread(ours, &f(0.99)));
+        println!("  p50 - fdatasync p50: {} ms", spread(ours, &excess));
+        if !none.is_empty() {
+            println!("  ours sync=none    p50 {} ms, p99 {} ms", spread(&none, &p(0.5)), spread(&none, &p(0.99)));
         }
     }
     out.section("Round trip, one writer and one reader (ours: fdatasync on the path)");
-    for (p, name) in [(0.50, "p50"), (0.99, "p99")] {
-        let (o, u) = pair(&results, |l| Some(ms(percentile(&l.sorted, p))));
-        out.rows.push(Row::new(format!("round trip {name}, ms †"), o, u, 3).goal(Goal::RatioAtMost(0.3)));
+    let runs_of = |k: Kind| results.iter().find(|(kind, _)| *kind == k).map_or(&[][..], |(_, r)| &r[..]);
+    let (ours, upstream) = (runs_of(Kind::Ours), runs_of(Kind::Upstream));
+    for (q, name) in [(0.50, "p50"), (0.99, "p99")] {
+        out.rows.push(
+            Row::new(format!("round trip {name}, ms †"), figure(ours, &p(q)), figure(upstream, &p(q)), 3)
+                .goal(Goal::RatioAtMost(0.3)),
+        );
     }
-    if let Some(l) = none {
-        let (_, u) = pair(&results, |l| Some(ms(percentile(&l.sorted, 0.5))));
-        out.rows.push(Row::new(
-            "round trip p50, ms, ours with sync = \"none\"",
-            Some(ms(percentile(&l.sorted, 0.5))),
-            u,
-            3,
-        ));
+    out.rows.push(Row::new("fdatasync of a small append beside the ledger p50, ms", figure(ours, &f(0.5)), None, 3));
+    out.rows.push(Row::new("fdatasync of a small append beside the ledger p99, ms", figure(ours, &f(0.99)), None, 3));
+    let excess_us = |l: &roundtrip::Latency| 1e3 * excess(l);
+    out.rows.push(
+        Row::new("round trip p50 minus fdatasync p50 (same run), µs", figure(ours, &excess_us), None, 0)
+            .goal(Goal::AtMost(150.0)),
+    );
+    if !none.is_empty() {
+        out.rows.push(
+            Row::new(
+                "round trip p50, ms, ours with sync = \"none\"",
+                figure(&none, &p(0.5)),
+                figure(upstream, &p(0.5)),
+                3,
+            )
+            .goal(Goal::RatioAtMost(0.35)),
+        );
     }
 }
 
@@ -559,6 +619,104 @@ fn throughput(s: &Settings, out: &mut Out) {
             out.rows.push(Row::new(format!("{conns} writer connections, echo p99, ms †"), o, u, 1));
         }
     }
+}
+
+/// Latency under load: the maximum acked writes/s of 64 writer connections (as `throughput`
+/// measures it, `AETHER_BENCH_WINDOW` in flight each), then the same 64 connections paced at
+/// 25/50/75/100% of it, each run on a fresh relay; the echo latency at each rate.
+fn load(s: &Settings, out: &mut Out) {
+    const CONNS: usize = 64;
+    println!(
+        "\n== Latency under load: {CONNS} writers; first the maximum ({CONNS}x{} closed loop), then paced at \
+         25/50/75/100% of it; {} s per run ==",
+        s.window, s.secs
+    );
+    let attempt = || {
+        let mut relay = Relay::start(Kind::Ours, &s.launch, &OursConfig::default())?;
+        let result = throughput::run(&relay, CONNS, s.window, s.secs);
+        let acked = result.as_ref().ok().map(|t| (t.acked, t.errors.is_empty()));
+        let notes = stop_and_check(&mut relay, "load maximum", acked);
+        let other = result.as_ref().map_or(0.0, |t| t.other_cpu / t.secs);
+        Some((result, notes, other))
+    };
+    let Some((max, notes)) = quiet(s, "load maximum", attempt) else { return };
+    out.notes.extend(notes);
+    let max = match max {
+        Ok(t) if t.errors.is_empty() => t,
+        Ok(t) => return out.notes.push(format!("load: the maximum's writers failed: {:?}", t.errors)),
+        Err(e) => return out.notes.push(format!("load: the maximum failed: {e}")),
+    };
+    let rate = max.rate();
+    println!(
+        "maximum: {rate:.0} acked writes/s; echo p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; relay threads, % of a core: {}",
+        ms(percentile(&max.ack_latency, 0.5)),
+        ms(percentile(&max.ack_latency, 0.99)),
+        ms(max.ack_latency.last().copied().unwrap_or_default()),
+        max.threads
+    );
+    println!(
+        "{:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>6} {:>6} {:>6}  relay threads",
+        "load",
+        "asked/s",
+        "acked/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "due p99 ms",
+        "due max ms",
+        "relay",
+        "bench",
+        "rest"
+    );
+    out.section(&format!("Latency under load, {CONNS} writers paced at a share of the maximum acked writes/s"));
+    out.rows.push(Row::new(format!("maximum, {CONNS}x{} closed loop, acked writes/s", s.window), Some(rate), None, 0));
+    for share in s.load_shares.iter().map(|&pct| pct / 100.0) {
+        let attempt = || {
+            let mut relay = Relay::start(Kind::Ours, &s.launch, &OursConfig::default())?;
+            let result = throughput::run_paced(&relay, CONNS, share * rate, s.secs);
+            let acked = result.as_ref().ok().map(|p| ((p.acked_rate * s.secs) as u64, false));
+            let notes = stop_and_check(&mut relay, "load", acked);
+            let other = result.as_ref().map_or(0.0, |p| p.other_cpu / s.secs);
+            Some((result, notes, other))
+        };
+        let label = format!("load {:.0}%", share * 100.0);
+        let Some((result, notes)) = quiet(s, &label, attempt) else { continue };
+        out.notes.extend(notes);
+        let p = match result {
+            Ok(p) => p,
+            Err(e) => {
+                out.notes.push(format!("{label} failed: {e}"));
+                continue;
+            }
+        };
+        for (n, e) in util::grouped(p.errors.iter().cloned()) {
+            out.notes.push(format!("{label}: {n} of {CONNS} writers failed: {e}"));
+        }
+        let (p50, p99) = (ms(percentile(&p.latency, 0.5)), ms(percentile(&p.latency, 0.99)));
+        println!(
+            "{:>5.0}% {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.1} {:>11.2} {:>11.1} {:>5.0}% {:>5.0}% {:>5.0}%  {}",
+            share * 100.0,
+            p.target,
+            p.acked_rate,
+            p50,
+            p99,
+            ms(p.latency.last().copied().unwrap_or_default()),
+            ms(percentile(&p.from_due, 0.99)),
+            ms(p.from_due.last().copied().unwrap_or_default()),
+            100.0 * p.relay_cpu / s.secs,
+            100.0 * p.bench_cpu / s.secs,
+            100.0 * p.other_cpu / s.secs,
+            p.threads,
+        );
+        let pct = share * 100.0;
+        out.rows.push(Row::new(format!("echo p50 at {pct:.0}% of the maximum, ms"), Some(p50), None, 2));
+        let row = Row::new(format!("echo p99 at {pct:.0}% of the maximum, ms"), Some(p99), None, 2);
+        out.rows.push(if share == 0.5 { row.goal(Goal::AtMost(10.0)) } else { row });
+    }
+    println!(
+        "(p50/p99/max: send to own echo; due: from the instant the write was due, which also counts any delay of \
+         the harness in sending it; relay/bench/rest: CPU in the window, % of one core)"
+    );
 }
 
 /// Durable writes/s through `PUT /api/v1/…` with 16 HTTP clients (one request in flight each),

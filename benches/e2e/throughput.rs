@@ -188,3 +188,168 @@ pub fn run_at(relay: &Relay, urls: &[String], window: usize, secs: f64) -> Resul
     t.ack_latency.sort();
     Ok(t)
 }
+
+/// The outcome of one paced run ([`run_paced`]).
+pub struct Paced {
+    /// The rate asked for, writes/s over all writers.
+    pub target: f64,
+    /// Own echoes read inside the window, per second.
+    pub acked_rate: f64,
+    /// Send-to-own-echo times of the writes sent in the window, sorted.
+    pub latency: Vec<Duration>,
+    /// The same from the instant each write was due (so a harness that fell behind its schedule
+    /// shows that delay too, instead of hiding it), sorted.
+    pub from_due: Vec<Duration>,
+    /// Writers that failed, and why.
+    pub errors: Vec<String>,
+    /// CPU of the relay, of this process, and of the rest of the machine in the window, seconds.
+    pub relay_cpu: f64,
+    pub bench_cpu: f64,
+    pub other_cpu: f64,
+    /// The relay's busiest threads in the window, % of one core each.
+    pub threads: String,
+}
+
+#[derive(Default)]
+struct PacedWriter {
+    acked: u64,
+    latency: Vec<Duration>,
+    from_due: Vec<Duration>,
+    error: Option<String>,
+}
+
+/// One paced writer: a write every `interval` (its first after `offset`) until the deadline,
+/// whatever came back, then it collects its outstanding echoes. Reads wait at most until the next
+/// write is due.
+fn paced_loop(
+    mut client: Client,
+    id: usize,
+    interval: Duration,
+    offset: Duration,
+    start: &Barrier,
+    done: &Barrier,
+    secs: f64,
+) -> PacedWriter {
+    let mut w = PacedWriter::default();
+    let key_prefix = format!("p{id:03}:");
+    let mut in_flight: VecDeque<(Instant, Instant)> = VecDeque::new();
+    let mut sent = 0u64;
+    start.wait();
+    let begun = Instant::now();
+    let deadline = begun + Duration::from_secs_f64(secs);
+    let mut due = begun + offset;
+    let mut timeout = None;
+    let result = (|| -> Result<(), String> {
+        loop {
+            let now = Instant::now();
+            if due < deadline && now >= due {
+                // Every write that is due goes now (a late harness catches up, it never skips).
+                while due <= now && due < deadline {
+                    client
+                        .ws
+                        .write(set_frame(&format!("{key_prefix}{sent}"), sent))
+                        .map_err(|e| format!("write: {e}"))?;
+                    in_flight.push_back((due, Instant::now()));
+                    sent += 1;
+                    due += interval;
+                }
+                client.ws.flush().map_err(|e| format!("flush: {e}"))?;
+                continue;
+            }
+            if due >= deadline && in_flight.is_empty() {
+                return Ok(());
+            }
+            if now > deadline + DRAIN_LIMIT {
+                return Err(format!("{} echoes still missing {DRAIN_LIMIT:?} after the window", in_flight.len()));
+            }
+            // A read waits at most until the next write is due, within 50 µs..1 ms: the timeout
+            // is set (a system call) only when that changes it, not once per frame read.
+            let wait = due.saturating_duration_since(now).clamp(Duration::from_micros(50), Duration::from_millis(1));
+            if timeout != Some(wait) {
+                client.ws.get_ref().set_read_timeout(Some(wait)).map_err(|e| format!("read timeout: {e}"))?;
+                timeout = Some(wait);
+            }
+            let frame = match client.ws.read() {
+                Ok(tungstenite::Message::Text(text)) => text,
+                Ok(tungstenite::Message::Close(frame)) => return Err(crate::client::closed(frame.as_ref())),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(format!("read: {e}")),
+            };
+            let at = Instant::now();
+            let Some(key) = set_key(&frame) else { continue };
+            if !key.starts_with(&key_prefix) {
+                continue;
+            }
+            let Some((due_at, sent_at)) = in_flight.pop_front() else {
+                return Err(format!("echo of {key} that was never sent"));
+            };
+            if sent_at < deadline {
+                w.acked += u64::from(at <= deadline);
+                w.latency.push(at - sent_at);
+                w.from_due.push(at - due_at);
+            }
+        }
+    })();
+    w.error = result.err();
+    done.wait();
+    thread::sleep(Duration::from_millis(300));
+    client.close();
+    w
+}
+
+/// `conns` writers that together send `rate` writes/s, evenly paced and spread over the
+/// interval (not in step), for `secs`; every connection also reads every other writer's echoes.
+pub fn run_paced(relay: &Relay, conns: usize, rate: f64, secs: f64) -> Result<Paced, String> {
+    let clients = (0..conns).map(|_| Client::connect(relay.addr, &relay.url())).collect::<Result<Vec<_>, String>>()?;
+    let interval = Duration::from_secs_f64(conns as f64 / rate);
+    let start = Arc::new(Barrier::new(conns + 1));
+    let done = Arc::new(Barrier::new(conns));
+    let handles: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(id, client)| {
+            let (start, done) = (Arc::clone(&start), Arc::clone(&done));
+            let offset = interval.mul_f64(id as f64 / conns as f64);
+            thread::Builder::new()
+                .name(format!("paced-{id}"))
+                .stack_size(256 << 10)
+                .spawn(move || paced_loop(client, id, interval, offset, &start, &done, secs))
+                .expect("spawn writer thread")
+        })
+        .collect();
+    let (relay_before, bench_before, threads_before) = (relay.cpu_secs(), cpu_secs("self"), relay.threads());
+    let busy_before = machine_busy_secs();
+    start.wait();
+    thread::sleep(Duration::from_secs_f64(secs));
+    let (relay_cpu, bench_cpu) = (relay.cpu_secs() - relay_before, cpu_secs("self") - bench_before);
+    let other_cpu = machine_busy_secs() - busy_before - relay_cpu - bench_cpu;
+    let threads = thread_cpu_summary(&threads_before, &relay.threads(), secs);
+    let mut p = Paced {
+        target: rate,
+        acked_rate: 0.0,
+        latency: Vec::new(),
+        from_due: Vec::new(),
+        errors: Vec::new(),
+        relay_cpu,
+        bench_cpu,
+        other_cpu,
+        threads,
+    };
+    let mut acked = 0;
+    for (id, handle) in handles.into_iter().enumerate() {
+        let w = handle.join().map_err(|_| format!("writer {id} panicked"))?;
+        acked += w.acked;
+        p.latency.extend(w.latency);
+        p.from_due.extend(w.from_due);
+        p.errors.extend(w.error);
+    }
+    p.acked_rate = acked as f64 / secs;
+    p.latency.sort();
+    p.from_due.sort();
+    Ok(p)
+}
