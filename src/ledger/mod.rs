@@ -10,7 +10,7 @@ pub mod record;
 pub mod retention;
 pub mod snapshot;
 
-pub use actor::{Append, Appended, Compact, LedgerActor};
+pub use actor::{Append, Appended, Compact, LedgerActor, LedgerHandle};
 pub use file::{
     CompactStep, Compacted, Ledger, LedgerError, ReplayStats, SyncMode, archive_prefix, lock_path, snapshot_path,
     stage_snapshot,

@@ -2,7 +2,7 @@
 //!
 //! Every write takes this path: a session sends [`Write`] for its room; the actor checks the room's
 //! caps, stamps it with the HLC and queues it; while no append is in flight the queue goes to the
-//! [`LedgerActor`] as one batch, whatever rooms it touches (group commit across rooms); when the
+//! ledger thread ([`crate::ledger::LedgerActor`]) as one batch, whatever rooms it touches (group commit across rooms); when the
 //! batch is durable the actor merges each op into its room's map and sends its frames, in order, to
 //! the bounded outbound queue of every member of that room (`room`: what one room holds). So
 //! nothing is observable before it is on disk, every connection sees its room's ops in apply order,
@@ -57,7 +57,7 @@ use crate::{
     config::RoomsConfig,
     digest::{self, Digest},
     hlc::Clock,
-    ledger::{Append, Appended, LedgerActor},
+    ledger::{Append, Appended, LedgerHandle},
     limits::TokenBucket,
     lww::{LwwMap, Op, Register},
     metrics::Metrics,
@@ -157,7 +157,7 @@ struct Settlement {
 /// Relay-wide here; everything that belongs to one room is in its [`RoomState`] (`state::room`).
 pub struct StateActor {
     clock: Clock,
-    ledger: Addr<LedgerActor>,
+    ledger: LedgerHandle,
     queue: Vec<Pending>,
     /// Writers of the batch the ledger is writing; `Some` while an append is in flight.
     in_flight: Option<Vec<WriteMeta>>,
@@ -203,7 +203,7 @@ impl StateActor {
     pub fn new(
         clock: Clock,
         rooms: HashMap<Room, LwwMap>,
-        ledger: Addr<LedgerActor>,
+        ledger: LedgerHandle,
         metrics: Arc<Metrics>,
         compaction: Compaction,
     ) -> Self {
