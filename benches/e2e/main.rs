@@ -655,15 +655,19 @@ fn load(s: &Settings, out: &mut Out) {
         max.threads
     );
     println!(
-        "{:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>6} {:>6} {:>6}  relay threads",
+        "{:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>6} {:>8} {:>6} {:>6} {:>6}  relay threads",
         "load",
         "asked/s",
         "acked/s",
         "p50 ms",
         "p99 ms",
         "max ms",
-        "due p99 ms",
-        "due max ms",
+        "due p99",
+        "due max",
+        "fsync p50",
+        "fsync p99",
+        "batch",
+        "append",
         "relay",
         "bench",
         "rest"
@@ -674,15 +678,17 @@ fn load(s: &Settings, out: &mut Out) {
         let attempt = || {
             let mut relay = Relay::start(Kind::Ours, &s.launch, &OursConfig::default())?;
             let result = throughput::run_paced(&relay, CONNS, share * rate, s.secs);
-            let acked = result.as_ref().ok().map(|p| ((p.acked_rate * s.secs) as u64, false));
+            let metrics = relay.metrics();
+            let result = result.map(|p| (p, metrics));
+            let acked = result.as_ref().ok().map(|(p, _)| ((p.acked_rate * s.secs) as u64, false));
             let notes = stop_and_check(&mut relay, "load", acked);
-            let other = result.as_ref().map_or(0.0, |p| p.other_cpu / s.secs);
+            let other = result.as_ref().map_or(0.0, |(p, _)| p.other_cpu / s.secs);
             Some((result, notes, other))
         };
         let label = format!("load {:.0}%", share * 100.0);
         let Some((result, notes)) = quiet(s, &label, attempt) else { continue };
         out.notes.extend(notes);
-        let p = match result {
+        let (p, metrics) = match result {
             Ok(p) => p,
             Err(e) => {
                 out.notes.push(format!("{label} failed: {e}"));
@@ -694,7 +700,7 @@ fn load(s: &Settings, out: &mut Out) {
         }
         let (p50, p99) = (ms(percentile(&p.latency, 0.5)), ms(percentile(&p.latency, 0.99)));
         println!(
-            "{:>5.0}% {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.1} {:>11.2} {:>11.1} {:>5.0}% {:>5.0}% {:>5.0}%  {}",
+            "{:>5.0}% {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.1} {:>10.2} {:>10.1} {:>9.3} {:>9.3} {:>6} {:>8} {:>5.0}% {:>5.0}% {:>5.0}%  {}",
             share * 100.0,
             p.target,
             p.acked_rate,
@@ -703,6 +709,10 @@ fn load(s: &Settings, out: &mut Out) {
             ms(p.latency.last().copied().unwrap_or_default()),
             ms(percentile(&p.from_due, 0.99)),
             ms(p.from_due.last().copied().unwrap_or_default()),
+            ms(percentile(&p.fdatasync, 0.5)),
+            ms(percentile(&p.fdatasync, 0.99)),
+            mean_of(&metrics, "aether_ledger_batch_ops").map_or("-".to_owned(), |b| format!("{b:.1}")),
+            mean_of(&metrics, "aether_ledger_append_seconds").map_or("-".to_owned(), |a| format!("{:.3}ms", a * 1e3)),
             100.0 * p.relay_cpu / s.secs,
             100.0 * p.bench_cpu / s.secs,
             100.0 * p.other_cpu / s.secs,
@@ -712,10 +722,18 @@ fn load(s: &Settings, out: &mut Out) {
         out.rows.push(Row::new(format!("echo p50 at {pct:.0}% of the maximum, ms"), Some(p50), None, 2));
         let row = Row::new(format!("echo p99 at {pct:.0}% of the maximum, ms"), Some(p99), None, 2);
         out.rows.push(if share == 0.5 { row.goal(Goal::AtMost(10.0)) } else { row });
+        out.rows.push(Row::new(
+            format!("fdatasync beside the ledger meanwhile ({pct:.0}%) p99, ms"),
+            Some(ms(percentile(&p.fdatasync, 0.99))),
+            None,
+            2,
+        ));
     }
     println!(
         "(p50/p99/max: send to own echo; due: from the instant the write was due, which also counts any delay of \
-         the harness in sending it; relay/bench/rest: CPU in the window, % of one core)"
+         the harness in sending it; fsync: a small append + fdatasync beside the ledger every 5 ms meanwhile, ms; \
+         batch, append: mean writes per ledger append and mean write + fdatasync, from our /metrics; \
+         relay/bench/rest: CPU in the window, % of one core)"
     );
 }
 

@@ -32,13 +32,14 @@ pub struct Latency {
 }
 
 /// A file beside the ledger that takes small appends, each `fdatasync`ed, as the ledger does.
-struct Probe {
+pub struct Probe {
     file: File,
     line: Vec<u8>,
 }
 
 impl Probe {
-    fn open(dir: &Path) -> Result<Probe, String> {
+    /// A probe file in `dir` (the ledger's directory).
+    pub fn open(dir: &Path) -> Result<Probe, String> {
         let path = dir.join("fdatasync-probe.jsonl");
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("probe: {e}"))?;
         // A record the size of the relay's for these writes.
@@ -46,7 +47,8 @@ impl Probe {
         Ok(Probe { file, line: [&line[..], b"\n"].concat() })
     }
 
-    fn time(&mut self) -> Result<Duration, String> {
+    /// One append + `fdatasync`, timed.
+    pub fn time(&mut self) -> Result<Duration, String> {
         let t0 = Instant::now();
         self.file.write_all(&self.line).map_err(|e| format!("probe write: {e}"))?;
         self.file.sync_data().map_err(|e| format!("probe fdatasync: {e}"))?;

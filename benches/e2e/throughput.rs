@@ -208,6 +208,9 @@ pub struct Paced {
     pub other_cpu: f64,
     /// The relay's busiest threads in the window, % of one core each.
     pub threads: String,
+    /// Small appends + `fdatasync` beside the ledger, one every 5 ms through the window, sorted:
+    /// what the disk cost meanwhile.
+    pub fdatasync: Vec<Duration>,
 }
 
 #[derive(Default)]
@@ -322,14 +325,27 @@ pub fn run_paced(relay: &Relay, conns: usize, rate: f64, secs: f64) -> Result<Pa
                 .expect("spawn writer thread")
         })
         .collect();
+    let mut probe = match relay.ledger.parent() {
+        Some(dir) => Some(crate::roundtrip::Probe::open(dir)?),
+        None => None,
+    };
     let (relay_before, bench_before, threads_before) = (relay.cpu_secs(), cpu_secs("self"), relay.threads());
     let busy_before = machine_busy_secs();
     start.wait();
-    thread::sleep(Duration::from_secs_f64(secs));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut fdatasync = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(probe) = &mut probe {
+            fdatasync.push(probe.time()?);
+        }
+        thread::sleep(Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now())));
+    }
+    fdatasync.sort();
     let (relay_cpu, bench_cpu) = (relay.cpu_secs() - relay_before, cpu_secs("self") - bench_before);
     let other_cpu = machine_busy_secs() - busy_before - relay_cpu - bench_cpu;
     let threads = thread_cpu_summary(&threads_before, &relay.threads(), secs);
     let mut p = Paced {
+        fdatasync,
         target: rate,
         acked_rate: 0.0,
         latency: Vec::new(),
