@@ -677,7 +677,7 @@ fn load(s: &Settings, out: &mut Out) {
     for share in s.load_shares.iter().map(|&pct| pct / 100.0) {
         let attempt = || {
             let mut relay = Relay::start(Kind::Ours, &s.launch, &OursConfig::default())?;
-            let result = throughput::run_paced(&relay, CONNS, share * rate, s.secs);
+            let result = throughput::run_paced(&relay, CONNS, s.pollers, share * rate, s.secs);
             let metrics = relay.metrics();
             let result = result.map(|p| (p, metrics));
             let acked = result.as_ref().ok().map(|(p, _)| ((p.acked_rate * s.secs) as u64, false));

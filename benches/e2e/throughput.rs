@@ -8,10 +8,15 @@
 
 use std::{
     collections::VecDeque,
+    net::TcpStream,
+    os::fd::AsRawFd,
     sync::{Arc, Barrier},
     thread,
     time::{Duration, Instant},
 };
+
+use mio::{Events, Interest, Poll, Token, unix::SourceFd};
+use tungstenite::WebSocket;
 
 use crate::{
     client::{Client, set_frame, set_key},
@@ -214,115 +219,178 @@ pub struct Paced {
 }
 
 #[derive(Default)]
-struct PacedWriter {
+struct PacedResult {
     acked: u64,
     latency: Vec<Duration>,
     from_due: Vec<Duration>,
-    error: Option<String>,
+    errors: Vec<String>,
 }
 
-/// One paced writer: a write every `interval` (its first after `offset`) until the deadline,
-/// whatever came back, then it collects its outstanding echoes. Reads wait at most until the next
-/// write is due.
-fn paced_loop(
-    mut client: Client,
-    id: usize,
-    interval: Duration,
-    offset: Duration,
-    start: &Barrier,
-    done: &Barrier,
-    secs: f64,
-) -> PacedWriter {
-    let mut w = PacedWriter::default();
-    let key_prefix = format!("p{id:03}:");
-    let mut in_flight: VecDeque<(Instant, Instant)> = VecDeque::new();
-    let mut sent = 0u64;
-    start.wait();
-    let begun = Instant::now();
-    let deadline = begun + Duration::from_secs_f64(secs);
-    let mut due = begun + offset;
-    let mut timeout = None;
-    let result = (|| -> Result<(), String> {
-        loop {
-            let now = Instant::now();
-            if due < deadline && now >= due {
-                // Every write that is due goes now (a late harness catches up, it never skips).
-                while due <= now && due < deadline {
-                    client
-                        .ws
-                        .write(set_frame(&format!("{key_prefix}{sent}"), sent))
-                        .map_err(|e| format!("write: {e}"))?;
-                    in_flight.push_back((due, Instant::now()));
-                    sent += 1;
-                    due += interval;
+/// One paced writer connection, driven by a poller thread.
+struct PacedConn {
+    ws: WebSocket<TcpStream>,
+    key_prefix: String,
+    due: Instant,
+    sent: u64,
+    /// (due, sent) of each write not yet echoed, in send order.
+    in_flight: VecDeque<(Instant, Instant)>,
+    dead: bool,
+}
+
+/// Is this the error of a non-blocking socket that has nothing more now?
+fn would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// One poller thread: its connections each send a write every `interval` (each from its own
+/// first instant) until the deadline, whatever came back, and read (epoll, edge-triggered)
+/// everything that arrives; then they collect their outstanding echoes. A few such threads
+/// drive all the writers, so the harness spends its CPU on frames, not on switching between
+/// dozens of blocking threads (each woken for every batch the relay fans out).
+fn paced_poller(mut conns: Vec<PacedConn>, interval: Duration, deadline: Instant) -> PacedResult {
+    let mut r = PacedResult::default();
+    let poll = Poll::new().and_then(|poll| {
+        for (i, c) in conns.iter().enumerate() {
+            poll.registry().register(&mut SourceFd(&c.ws.get_ref().as_raw_fd()), Token(i), Interest::READABLE)?;
+        }
+        Ok(poll)
+    });
+    let mut poll = match poll {
+        Ok(poll) => poll,
+        Err(e) => {
+            r.errors.push(format!("poll: {e}"));
+            return r;
+        }
+    };
+    let mut events = Events::with_capacity(256);
+    loop {
+        let now = Instant::now();
+        for c in conns.iter_mut().filter(|c| !c.dead) {
+            while c.due <= now && c.due < deadline {
+                // A write that would block is queued by tungstenite and goes with a later flush.
+                match c.ws.write(set_frame(&format!("{}{}", c.key_prefix, c.sent), c.sent)) {
+                    Ok(()) => {}
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => {
+                        r.errors.push(format!("write: {e}"));
+                        c.dead = true;
+                        break;
+                    }
                 }
-                client.ws.flush().map_err(|e| format!("flush: {e}"))?;
-                continue;
+                c.in_flight.push_back((c.due, Instant::now()));
+                c.sent += 1;
+                c.due += interval;
             }
-            if due >= deadline && in_flight.is_empty() {
-                return Ok(());
-            }
-            if now > deadline + DRAIN_LIMIT {
-                return Err(format!("{} echoes still missing {DRAIN_LIMIT:?} after the window", in_flight.len()));
-            }
-            // A read waits at most until the next write is due, within 50 µs..1 ms: the timeout
-            // is set (a system call) only when that changes it, not once per frame read.
-            let wait = due.saturating_duration_since(now).clamp(Duration::from_micros(50), Duration::from_millis(1));
-            if timeout != Some(wait) {
-                client.ws.get_ref().set_read_timeout(Some(wait)).map_err(|e| format!("read timeout: {e}"))?;
-                timeout = Some(wait);
-            }
-            let frame = match client.ws.read() {
-                Ok(tungstenite::Message::Text(text)) => text,
-                Ok(tungstenite::Message::Close(frame)) => return Err(crate::client::closed(frame.as_ref())),
-                Ok(_) => continue,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-                {
-                    continue;
+            // Also sends what an earlier flush left (and pongs); nothing to send costs no system call.
+            if !c.dead {
+                match c.ws.flush() {
+                    Ok(()) => {}
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => {
+                        r.errors.push(format!("flush: {e}"));
+                        c.dead = true;
+                    }
                 }
-                Err(e) => return Err(format!("read: {e}")),
-            };
-            let at = Instant::now();
-            let Some(key) = set_key(&frame) else { continue };
-            if !key.starts_with(&key_prefix) {
-                continue;
-            }
-            let Some((due_at, sent_at)) = in_flight.pop_front() else {
-                return Err(format!("echo of {key} that was never sent"));
-            };
-            if sent_at < deadline {
-                w.acked += u64::from(at <= deadline);
-                w.latency.push(at - sent_at);
-                w.from_due.push(at - due_at);
             }
         }
-    })();
-    w.error = result.err();
-    done.wait();
+        let live = || conns.iter().filter(|c| !c.dead);
+        if now >= deadline && live().all(|c| c.in_flight.is_empty()) {
+            break;
+        }
+        if now > deadline + DRAIN_LIMIT {
+            let missing: usize = live().map(|c| c.in_flight.len()).sum();
+            r.errors.push(format!("{missing} echoes still missing {DRAIN_LIMIT:?} after the window"));
+            break;
+        }
+        let next_due = live().map(|c| c.due).filter(|d| *d < deadline).min();
+        let wait = next_due.map_or(Duration::from_millis(1), |d| d.saturating_duration_since(now));
+        if let Err(e) = poll.poll(&mut events, Some(wait.min(Duration::from_millis(1)))) {
+            r.errors.push(format!("poll: {e}"));
+            break;
+        }
+        for event in &events {
+            let Some(c) = conns.get_mut(event.token().0).filter(|c| !c.dead) else { continue };
+            loop {
+                let frame = match c.ws.read() {
+                    Ok(tungstenite::Message::Text(text)) => text,
+                    Ok(tungstenite::Message::Close(frame)) => {
+                        r.errors.push(crate::client::closed(frame.as_ref()));
+                        c.dead = true;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) if would_block(&e) => break,
+                    Err(e) => {
+                        r.errors.push(format!("read: {e}"));
+                        c.dead = true;
+                        break;
+                    }
+                };
+                let at = Instant::now();
+                let Some(key) = set_key(&frame) else { continue };
+                if !key.starts_with(&c.key_prefix) {
+                    continue;
+                }
+                let Some((due_at, sent_at)) = c.in_flight.pop_front() else {
+                    r.errors.push(format!("echo of {key} that was never sent"));
+                    c.dead = true;
+                    break;
+                };
+                if sent_at < deadline {
+                    r.acked += u64::from(at <= deadline);
+                    r.latency.push(at - sent_at);
+                    r.from_due.push(at - due_at);
+                }
+            }
+        }
+    }
+    // Let the relay finish sending the last broadcasts before the connections go.
     thread::sleep(Duration::from_millis(300));
-    client.close();
-    w
+    for mut c in conns {
+        let _ = c.ws.close(None);
+        let _ = c.ws.flush();
+    }
+    r
 }
 
 /// `conns` writers that together send `rate` writes/s, evenly paced and spread over the
-/// interval (not in step), for `secs`; every connection also reads every other writer's echoes.
-pub fn run_paced(relay: &Relay, conns: usize, rate: f64, secs: f64) -> Result<Paced, String> {
-    let clients = (0..conns).map(|_| Client::connect(relay.addr, &relay.url())).collect::<Result<Vec<_>, String>>()?;
+/// interval (not in step), for `secs`, driven by `pollers` threads; every connection also reads
+/// every other writer's echoes.
+pub fn run_paced(relay: &Relay, conns: usize, pollers: usize, rate: f64, secs: f64) -> Result<Paced, String> {
+    let pollers = pollers.clamp(1, conns.max(1));
+    let mut groups: Vec<Vec<(usize, WebSocket<TcpStream>)>> = (0..pollers).map(|_| Vec::new()).collect();
+    for id in 0..conns {
+        let ws =
+            Client::connect(relay.addr, &relay.url())?.into_nonblocking().map_err(|e| format!("nonblocking: {e}"))?;
+        groups[id % pollers].push((id, ws));
+    }
     let interval = Duration::from_secs_f64(conns as f64 / rate);
-    let start = Arc::new(Barrier::new(conns + 1));
-    let done = Arc::new(Barrier::new(conns));
-    let handles: Vec<_> = clients
+    let start = Arc::new(Barrier::new(pollers + 1));
+    let window = Duration::from_secs_f64(secs);
+    let handles: Vec<_> = groups
         .into_iter()
         .enumerate()
-        .map(|(id, client)| {
-            let (start, done) = (Arc::clone(&start), Arc::clone(&done));
-            let offset = interval.mul_f64(id as f64 / conns as f64);
+        .map(|(t, group)| {
+            let start = Arc::clone(&start);
             thread::Builder::new()
-                .name(format!("paced-{id}"))
-                .stack_size(256 << 10)
-                .spawn(move || paced_loop(client, id, interval, offset, &start, &done, secs))
-                .expect("spawn writer thread")
+                .name(format!("paced-{t}"))
+                .spawn(move || {
+                    start.wait();
+                    let begun = Instant::now();
+                    let conns = group
+                        .into_iter()
+                        .map(|(id, ws)| PacedConn {
+                            ws,
+                            key_prefix: format!("p{id:03}:"),
+                            due: begun + interval.mul_f64(id as f64 / conns as f64),
+                            sent: 0,
+                            in_flight: VecDeque::new(),
+                            dead: false,
+                        })
+                        .collect();
+                    paced_poller(conns, interval, begun + window)
+                })
+                .expect("spawn poller thread")
         })
         .collect();
     let mut probe = match relay.ledger.parent() {
@@ -357,12 +425,12 @@ pub fn run_paced(relay: &Relay, conns: usize, rate: f64, secs: f64) -> Result<Pa
         threads,
     };
     let mut acked = 0;
-    for (id, handle) in handles.into_iter().enumerate() {
-        let w = handle.join().map_err(|_| format!("writer {id} panicked"))?;
+    for (t, handle) in handles.into_iter().enumerate() {
+        let w = handle.join().map_err(|_| format!("poller {t} panicked"))?;
         acked += w.acked;
         p.latency.extend(w.latency);
         p.from_due.extend(w.from_due);
-        p.errors.extend(w.error);
+        p.errors.extend(w.errors);
     }
     p.acked_rate = acked as f64 / secs;
     p.latency.sort();
