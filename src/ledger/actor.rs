@@ -245,3 +245,53 @@ impl LedgerActor {
         Appended { ops: msg.ops, result, bytes, elapsed, position, compacted }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{hlc::Stamp, ledger::SyncMode};
+
+    fn op(n: u64) -> Op {
+        Op::set(format!("k{n}"), serde_json::json!(n), Stamp::new(n + 1, 0, "a"))
+    }
+
+    /// Batches handed over without waiting are appended in the order they were sent, each reply
+    /// says where the file ends after it, and what was answered is in the file.
+    #[tokio::test]
+    async fn batches_are_appended_in_send_order_and_answered_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let (ledger, _) = Ledger::open(&path, SyncMode::Always, |_| {}).unwrap();
+        let handle = LedgerActor::start(ledger);
+        let replies: Vec<_> =
+            (0..20u64).map(|i| handle.send(Append { ops: vec![op(2 * i), op(2 * i + 1)], compact: None })).collect();
+        let mut last = 0;
+        for (i, reply) in replies.into_iter().enumerate() {
+            let appended = reply.await.unwrap();
+            appended.result.unwrap();
+            assert_eq!(appended.ops.len(), 2);
+            assert_eq!(appended.ops[0].key, format!("k{}", 2 * i));
+            assert!(appended.position.1 > last, "each batch ends the file further on");
+            last = appended.position.1;
+            // Answered once written: the file already holds the batch.
+            assert!(std::fs::metadata(&path).unwrap().len() >= last);
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let keys: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["key"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(keys, (0..40).map(|n| format!("k{n}")).collect::<Vec<_>>());
+        assert_eq!(text.len() as u64, last);
+    }
+
+    /// The thread ends once the last handle is gone; a handle whose thread is gone refuses.
+    #[tokio::test]
+    async fn a_handle_without_its_thread_refuses() {
+        let (tx, rx) = mpsc::channel();
+        drop(rx);
+        let handle = LedgerHandle { tx };
+        let refused = handle.send(Append { ops: vec![op(1)], compact: None }).await;
+        assert!(matches!(refused, Err(MailboxError::Closed)));
+    }
+}
