@@ -471,7 +471,7 @@ pub fn scenario(s: &Settings, conns: usize, out: &mut Out) {
     out.rows.push(Row::new("connects/s, all of them", o, u, 0).goal(Goal::AtLeast(10_000.0)));
     let (o, u) = pair(&results, |r| ok(r).then(|| r.quarters[3]));
     out.rows.push(Row::new("connects/s, last quarter", o, u, 0));
-    let (o, u) = pair(&results, |r| ok(r).then(|| r.overflows.0 as f64));
+    let (o, u) = pair(&results, |r| ok(r).then_some(r.overflows.0 as f64));
     out.rows.push(Row::new("listen-queue overflows", o, u, 0));
     let (o, u) = pair(&results, |r| {
         let all = r.all_have_it_ms();
