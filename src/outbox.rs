@@ -9,13 +9,18 @@
 //! [`Outbox::push_within`] instead: it waits until the writer has made room, and takes only part of
 //! the queue, so pushes that cannot wait (live gossip, broadcasts) keep theirs.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Poll, Waker},
 };
 
 use bytestring::ByteString;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// What a session's task sends to its socket.
 #[derive(Debug, Clone)]
@@ -48,34 +53,122 @@ pub enum PushError {
     Closed,
 }
 
+/// The queue itself, shared by the senders and the receiver.
+///
+/// One allocation per connection (plus the deque's buffer, sized by what is queued), not a
+/// tokio channel: an unbounded tokio channel allocates its shared part (about 400 bytes, padded
+/// to cache lines) and a first block of 32 slots (about 800 bytes) for every connection, which
+/// was about a twentieth of an idle connection's memory (benches/README.md, "Dense
+/// connections"). The lock is held only to push or pop an item; the one receiver is woken only
+/// when it waits.
+#[derive(Debug, Default)]
+struct Chan {
+    inner: Mutex<Inner>,
+    /// Woken whenever the writer frees bytes, and when the receiver goes.
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    items: VecDeque<Outbound>,
+    /// The receiver, when it waits for an item.
+    waker: Option<Waker>,
+    /// Live senders: at zero, the receiver gets `None` once the queue is empty.
+    senders: usize,
+    /// The receiver was dropped: pushes fail.
+    closed: bool,
+}
+
+impl Inner {
+    /// The next item; a queue that grew under a burst gives its memory back once it is empty
+    /// (an idle connection keeps a few slots, not the high-water mark).
+    fn pop(&mut self) -> Option<Outbound> {
+        let item = self.items.pop_front()?;
+        if self.items.is_empty() && self.items.capacity() > 64 {
+            self.items = VecDeque::new();
+        }
+        Some(item)
+    }
+}
+
+impl Chan {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `item` and wakes the receiver if it waits; `Err` when it is gone.
+    fn send(&self, item: Outbound) -> Result<(), PushError> {
+        let waker = {
+            let mut inner = self.lock();
+            if inner.closed {
+                return Err(PushError::Closed);
+            }
+            inner.items.push_back(item);
+            inner.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+}
+
 /// The sending side, held by the state actor (clones push into the same queue).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Outbound>,
+    chan: Arc<Chan>,
     queued: Arc<AtomicUsize>,
-    /// Woken whenever the writer frees bytes.
-    room: Arc<Notify>,
     max_bytes: usize,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.chan.lock().senders += 1;
+        Outbox { chan: Arc::clone(&self.chan), queued: Arc::clone(&self.queued), max_bytes: self.max_bytes }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let waker = {
+            let mut inner = self.chan.lock();
+            inner.senders -= 1;
+            if inner.senders > 0 { None } else { inner.waker.take() }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 /// The receiving side, held by the session's task.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<Outbound>,
+    chan: Arc<Chan>,
     queued: Arc<AtomicUsize>,
-    room: Arc<Notify>,
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let items = {
+            let mut inner = self.chan.lock();
+            inner.closed = true;
+            inner.waker = None;
+            std::mem::take(&mut inner.items)
+        };
+        // Frames are freed outside the lock; a patient sender learns the reader is gone.
+        drop(items);
+        self.chan.room.notify_waiters();
+    }
 }
 
 /// A queue that holds at most `max_bytes` of frames (a single larger batch is let through when
 /// the queue is empty, so one big snapshot can always be sent).
 pub fn outbox(max_bytes: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let chan = Arc::new(Chan::default());
+    chan.lock().senders = 1;
     let queued = Arc::new(AtomicUsize::new(0));
-    let room = Arc::new(Notify::new());
-    (
-        Outbox { tx, queued: Arc::clone(&queued), room: Arc::clone(&room), max_bytes },
-        OutboxReceiver { rx, queued, room },
-    )
+    (Outbox { chan: Arc::clone(&chan), queued: Arc::clone(&queued), max_bytes }, OutboxReceiver { chan, queued })
 }
 
 impl Outbox {
@@ -91,7 +184,7 @@ impl Outbox {
                 return Err(PushError::Full);
             }
         }
-        self.tx.send(item).map_err(|_| PushError::Closed)
+        self.chan.send(item)
     }
 
     /// Queues `item` once the queue holds no more than `limit` bytes with it (or nothing at all,
@@ -105,16 +198,16 @@ impl Outbox {
         let Outbound::Frames { bytes, .. } = &item else { return self.push(item) };
         let bytes = *bytes;
         loop {
-            let freed = self.room.notified();
+            let freed = self.chan.room.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if self.tx.is_closed() {
+            if self.chan.lock().closed {
                 return Err(PushError::Closed);
             }
             let queued = self.queued.load(Ordering::Acquire);
             if queued == 0 || queued + bytes <= limit {
                 if self.queued.compare_exchange(queued, queued + bytes, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    return self.tx.send(item).map_err(|_| PushError::Closed);
+                    return self.chan.send(item);
                 }
                 continue; // another push came in between: look again
             }
@@ -134,20 +227,34 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    /// The next item; `None` once the state actor dropped the sender.
+    /// The next item; `None` once every sender is gone and the queue is empty. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        self.rx.recv().await
+        poll_fn(|cx| {
+            let mut inner = self.chan.lock();
+            if let Some(item) = inner.pop() {
+                return Poll::Ready(Some(item));
+            }
+            if inner.senders == 0 {
+                return Poll::Ready(None);
+            }
+            match &mut inner.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The next item if one is queued already (for writing several in one go).
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.rx.try_recv().ok()
+        self.chan.lock().pop()
     }
 
     /// A batch of `bytes` has been handed to the socket: they no longer count.
     pub fn written(&self, bytes: usize) {
         self.queued.fetch_sub(bytes, Ordering::AcqRel);
-        self.room.notify_waiters();
+        self.chan.room.notify_waiters();
     }
 }
 
@@ -203,6 +310,48 @@ mod tests {
         tx.push_within(batch(80), 50).await.unwrap();
         drop(rx);
         assert_eq!(tx.push_within(batch(1), 50).await, Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_receiver_is_woken_by_a_push_and_ends_when_the_last_sender_goes() {
+        let (tx, mut rx) = outbox(100);
+        let other = tx.clone();
+        let reader = tokio::spawn(async move { (rx.recv().await.is_some(), rx.recv().await.is_none()) });
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished(), "nothing queued yet");
+        other.push(batch(1)).unwrap();
+        drop(other);
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished(), "one sender is left");
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), (true, true));
+    }
+
+    #[tokio::test]
+    async fn a_patient_push_learns_that_the_reader_went() {
+        let (tx, rx) = outbox(100);
+        tx.push(batch(100)).unwrap();
+        let waiting = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.push_within(batch(10), 50).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(rx);
+        assert_eq!(waiting.await.unwrap(), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_back_what_a_burst_grew() {
+        let (tx, mut rx) = outbox(1 << 20);
+        for _ in 0..1000 {
+            tx.push(batch(1)).unwrap();
+        }
+        for _ in 0..1000 {
+            assert!(rx.try_recv().is_some());
+        }
+        assert!(rx.try_recv().is_none());
+        assert!(rx.chan.lock().items.capacity() <= 64);
     }
 
     #[tokio::test]

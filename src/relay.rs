@@ -364,6 +364,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, listener: TcpList
     if let Err(err) = rustix::net::sockopt::set_tcp_user_timeout(&listener, millis) {
         log::warn!("cannot set TCP_USER_TIMEOUT ({err}): a client that stops reading is dropped by its session only");
     }
+    set_backlog(&listener, config.server.listen_backlog);
     let app_relay = relay.clone();
     let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
         .disable_signals()
@@ -375,6 +376,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, listener: TcpList
         // clients that wait for it (Python `websockets`, Chromium) would wait that second in every
         // close, and SIGTERM with them (tests/closes.rs).
         .client_disconnect_timeout(Duration::ZERO)
+        // actix stops accepting on a worker that holds 25,600 connections (its default), and
+        // the listen queue then overflows: no worker should pause below what the process can
+        // hold. Our own caps ([limits], live) refuse past them with 1013, and every connection
+        // is a file descriptor, so the open-file limit bounds them all.
+        .max_connections(open_file_limit().unwrap_or(0).max(25_600))
         .shutdown_timeout(5);
     let server = match tls {
         Some(acceptor) => {
@@ -439,16 +445,32 @@ async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, relay: Relay
     }
 }
 
+/// Asks the kernel for a listen queue of `backlog` on `listener` (listening again only resizes
+/// the queue). The standard library listens with 128: a burst of connects beyond what the
+/// accept loop drains in time overflows it, the kernel drops those SYNs, and each such client
+/// waits a second for its retry (benches/README.md, "Dense connections"). The kernel caps the
+/// queue at `net.core.somaxconn`; the start log says what is in force.
+fn set_backlog(listener: &TcpListener, backlog: u32) {
+    let wanted = i32::try_from(backlog).unwrap_or(i32::MAX);
+    if let Err(err) = rustix::net::listen(listener, wanted) {
+        log::warn!("cannot resize the listen queue to {backlog} ({err}): it stays at 128");
+        return;
+    }
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse::<u32>().ok());
+    match cap {
+        Some(cap) if cap < backlog && cap < 4096 => log::warn!(
+            "listen queue: {cap} (net.core.somaxconn caps [server] listen_backlog = {backlog}): a burst of more \
+             connects than that waits a second for its retry; raise net.core.somaxconn"
+        ),
+        Some(cap) => log::info!("listen queue: {}", cap.min(backlog)),
+        None => log::info!("listen queue: {backlog} asked (net.core.somaxconn unknown; it caps this)"),
+    }
+}
+
 /// Warns when the connection cap is above what the open-file limit lets the process hold (every
 /// connection is a file descriptor; the ledger, listeners and peers need some too).
 fn warn_if_caps_exceed_open_files(limits: &crate::config::Limits) {
-    let Ok(text) = std::fs::read_to_string("/proc/self/limits") else { return };
-    let soft = text
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse::<usize>().ok());
-    if let Some(soft) = soft
+    if let Some(soft) = open_file_limit()
         && limits.max_connections_total + 64 > soft
     {
         log::warn!(
@@ -457,6 +479,12 @@ fn warn_if_caps_exceed_open_files(limits: &crate::config::Limits) {
             soft.saturating_sub(64)
         );
     }
+}
+
+/// The process's open-file soft limit (`/proc/self/limits`), if it can be read.
+fn open_file_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    text.lines().find(|l| l.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// SIGINT and SIGTERM (stop) and SIGHUP (reload), caught from the moment they are installed.

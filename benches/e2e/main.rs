@@ -61,7 +61,6 @@ struct Settings {
     fan_window: usize,
     fan_warmup: f64,
     idle: usize,
-    connect_rate: f64,
     pollers: usize,
     records: usize,
     keys: usize,
@@ -165,8 +164,7 @@ impl Settings {
             readers: env_or("AETHER_BENCH_READERS", pick(quick, 1000, 100)),
             fan_window: env_or("AETHER_BENCH_FANOUT_WINDOW", 32),
             fan_warmup: env_or("AETHER_BENCH_FANOUT_WARMUP", pick(quick, 1.0, 0.3)),
-            idle: env_or("AETHER_BENCH_IDLE", pick(quick, 10_000, 1000)),
-            connect_rate: env_or("AETHER_BENCH_CONNECT_RATE", 1000.0),
+            idle: env_or("AETHER_BENCH_IDLE", pick(quick, 19_000, 1000)),
             pollers: env_or("AETHER_BENCH_POLLERS", 2),
             records: env_or("AETHER_BENCH_RECORDS", pick(quick, 1_000_000, 100_000)),
             keys: env_or("AETHER_BENCH_KEYS", pick(quick, 200_000, 20_000)),
@@ -316,7 +314,7 @@ fn main() {
                 "\n(idle: only {max} connections: the open-file limit is {nofile}; raise its hard limit for more)"
             );
         }
-        idle(&s, s.idle.min(max), &mut out);
+        idle::scenario(&s, s.idle.min(max), &mut out);
     }
     if s.runs("ledger") {
         ledger(&s, &mut out);
@@ -859,30 +857,6 @@ fn fan_out(s: &Settings, out: &mut Out) {
         let (o, u) = pair(&results, |f| ok(f).then(|| f64::from(percentile(&f.latency_us, p)) / 1e3));
         out.rows.push(Row::new(format!("delivery latency {name}, ms †"), o, u, 2));
     }
-}
-
-fn idle(s: &Settings, conns: usize, out: &mut Out) {
-    println!("\n== Idle connections: relay RSS with {conns} idle clients, opened at up to {}/s ==", s.connect_rate);
-    println!("{:<16} {:>12} {:>12} {:>14} {:>10}", "relay", "RSS before", "RSS after", "KiB per conn", "connect");
-    let mut results = Vec::new();
-    for kind in s.kinds() {
-        let Some(mut relay) = Relay::start(kind, &s.launch, &OursConfig::default()) else { continue };
-        let r = idle::run(&mut relay, conns, s.connect_rate, s.pollers, Duration::from_secs(2));
-        println!(
-            "{:<16} {:>9} KiB {:>9} KiB {:>14.1} {:>9.1}s",
-            kind.to_string(),
-            r.rss_kib.0,
-            r.rss_kib.1,
-            r.per_conn_kib(),
-            r.connect.as_secs_f64()
-        );
-        out.notes.extend(r.errors.iter().map(|e| format!("{kind} idle: {e}")));
-        out.notes.extend(r.notes.iter().cloned());
-        results.push((kind, r));
-    }
-    out.section(&format!("Memory, {conns} idle connections held"));
-    let (o, u) = pair(&results, |r| r.errors.is_empty().then(|| r.per_conn_kib()));
-    out.rows.push(Row::new("resident KiB per idle connection", o, u, 1).goal(Goal::AtMost(20.0)));
 }
 
 fn ledger(s: &Settings, out: &mut Out) {

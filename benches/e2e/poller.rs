@@ -5,7 +5,7 @@
 
 use std::{
     io,
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -19,7 +19,7 @@ use std::{
 use mio::{Events, Interest, Poll, Token, Waker, unix::SourceFd};
 use tungstenite::{Message, WebSocket};
 
-use crate::client::{Client, closed};
+use crate::client::closed;
 
 const WAKE: Token = Token(usize::MAX);
 
@@ -79,21 +79,6 @@ impl<S: Sink> Pollers<S> {
         if t.tx.send(ws).is_ok() {
             let _ = t.waker.wake();
         }
-    }
-
-    /// Connects `n` clients (each reads `hello` and `snapshot` and sends its first frame) at no
-    /// more than `rate` a second, and hands each to a thread; returns how long that took.
-    pub fn connect(&mut self, addr: SocketAddr, url: &str, n: usize, rate: f64) -> Result<Duration, String> {
-        let started = Instant::now();
-        for i in 0..n {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
-            }
-            let client = Client::connect(addr, url).map_err(|e| format!("client {i} of {n}: {e}"))?;
-            self.add(client.into_nonblocking().map_err(|e| format!("client {i}: nonblocking: {e}"))?);
-        }
-        Ok(started.elapsed())
     }
 
     /// Stops the threads, closes every connection (by dropping it), returns each thread's sink.

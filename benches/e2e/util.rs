@@ -164,3 +164,26 @@ pub fn machine_busy_secs() -> f64 {
     let busy = [0, 1, 2, 5, 6, 7].iter().map(|&i| f.get(i).copied().unwrap_or(0.0)).sum::<f64>();
     busy / clock_ticks()
 }
+
+/// A `TcpExt` counter of the kernel (`/proc/net/netstat`), e.g. `ListenOverflows`: SYNs or
+/// handshakes dropped because a listen queue was full. Machine-wide; 0 if it cannot be read.
+pub fn tcp_ext(name: &str) -> u64 {
+    let Ok(text) = fs::read_to_string("/proc/net/netstat") else { return 0 };
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A `/proc/meminfo` field in KiB (`"Slab"`, `"MemAvailable"`); 0 if it cannot be read.
+pub fn meminfo_kib(name: &str) -> u64 {
+    let Ok(text) = fs::read_to_string("/proc/meminfo") else { return 0 };
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

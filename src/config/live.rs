@@ -182,6 +182,7 @@ pub fn fixed_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("[server] bind", a.server.bind != b.server.bind),
         ("[server] static_dir", a.server.static_dir != b.server.static_dir),
+        ("[server] listen_backlog", a.server.listen_backlog != b.server.listen_backlog),
         ("[ledger] path", a.ledger.path != b.ledger.path),
         ("[ledger] sync", a.ledger.sync != b.ledger.sync),
         ("[ledger] compact_after_bytes", a.ledger.compact_after_bytes != b.ledger.compact_after_bytes),

@@ -118,6 +118,11 @@ pub struct ServerConfig {
     /// Seconds between pings to each client. A client that sends nothing at all (pongs included)
     /// for twice this plus `handshake_timeout_s` is closed with 1011. Default 20.
     pub ping_interval_s: f64,
+    /// Connections the kernel may hold accepted but not yet taken by the relay (the `listen(2)`
+    /// backlog); the kernel caps it at `net.core.somaxconn`. A burst of connects larger than the
+    /// queue has SYNs dropped, and those clients retry only after a second. Default 65,535 (as
+    /// much as the kernel allows; Rust's own default is 128). Needs a restart.
+    pub listen_backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +133,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             ping_interval_s: 20.0,
+            listen_backlog: 65_535,
         }
     }
 }
@@ -417,6 +423,10 @@ impl Config {
         if !(ping.is_finite() && (0.05..=3600.0).contains(&ping)) {
             return Err(format!("[server] ping_interval_s must be between 0.05 and 3600, got {ping}"));
         }
+        let backlog = self.server.listen_backlog;
+        if backlog == 0 || i32::try_from(backlog).is_err() {
+            return Err(format!("[server] listen_backlog must be between 1 and {}, got {backlog}", i32::MAX));
+        }
         if let Err(err) = TrustedProxies::parse(&self.server.trusted_proxies) {
             return Err(format!("[server] trusted_proxies: {err}"));
         }
@@ -549,6 +559,7 @@ mod tests {
             ("[server]\ntrusted_proxies = [\"10.0.0.0/40\"]\n", "trusted_proxies"),
             ("[server]\nallowed_origins = [\"example.com\"]\n", "allowed_origins"),
             ("[server]\nping_interval_s = 0.0\n", "ping_interval_s"),
+            ("[server]\nlisten_backlog = 0\n", "listen_backlog"),
             ("[auth]\ntoken = \"a\"\ntoken_file = \"/x\"\n", "not both"),
             ("[tls]\ncert = \"/c.pem\"\n", "go together"),
             (
