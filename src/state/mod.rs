@@ -2,12 +2,12 @@
 //!
 //! Every write takes this path: a session sends [`Write`] for its room; the actor checks the room's
 //! caps, stamps it with the HLC and queues it; while no append is in flight the queue goes to the
-//! ledger thread ([`crate::ledger::LedgerActor`]) as one batch, whatever rooms it touches (group commit across rooms); when the
-//! batch is durable the actor merges each op into its room's map and sends its frames, in order, to
-//! the bounded outbound queue of every member of that room (`room`: what one room holds). So
-//! nothing is observable before it is on disk, every connection sees its room's ops in apply order,
-//! and `hello` + `snapshot` (pushed into a fresh queue while joining) are always a connection's
-//! first two frames.
+//! ledger thread ([`crate::ledger::LedgerActor`]) as one batch, whatever rooms it touches (group
+//! commit across rooms); when the batch is durable the actor merges each op into its room's map
+//! and sends its frames, in order, to the bounded outbound queue of every member of that room
+//! (`room`: what one room holds). So nothing is observable before it is on disk, every connection
+//! sees its room's ops in apply order, and `hello` + `snapshot` (pushed into a fresh queue while
+//! joining) are always a connection's first two frames.
 //!
 //! A member whose outbound queue is full is too slow: it is dropped from fan-out and told to close,
 //! and nobody else waits for it.
