@@ -625,7 +625,16 @@ fn replay_in(
         file.sync_all().map_err(io("cannot fsync"))?;
         stats.truncated_bytes = pass.torn;
     }
-    Ok((pass.good, pass.part.finish()))
+    let started = std::time::Instant::now();
+    let replayed = pass.part.finish();
+    log::debug!(
+        "ledger {}: snapshot read in {} ms, ledger in {} ms, maps built in {} ms",
+        path.display(),
+        pass.timings.0.as_millis(),
+        pass.timings.1.as_millis(),
+        started.elapsed().as_millis()
+    );
+    Ok((pass.good, replayed))
 }
 
 /// One read of the snapshot and the ledger into tables.
@@ -643,14 +652,18 @@ struct Pass {
     /// Length of the whole lines; bytes of a torn last line past it.
     good: u64,
     torn: u64,
+    /// Time reading the snapshot, then the ledger.
+    timings: (std::time::Duration, std::time::Duration),
 }
 
 /// Reads the snapshot and every whole line of `file`, `window` bytes at a time, splitting
 /// windows of at least `min_split` bytes over `cores` parts, merged at the end.
 fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: usize) -> Result<Pass, LedgerError> {
     let io = |what: &'static str| move |source: std::io::Error| LedgerError::Io { what, path: path.to_owned(), source };
+    let started = std::time::Instant::now();
     let mut parts: Vec<Part> = (0..cores.max(1)).map(|_| Part::default()).collect();
     let snapshot_entries = load_snapshot(&super::snapshot_path(path), &mut parts[0])?;
+    let snapshot_read = started.elapsed();
     let mut pass = Pass {
         part: Part::default(),
         split: false,
@@ -661,12 +674,16 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
         lines: 0,
         good: 0,
         torn: 0,
+        timings: (snapshot_read, std::time::Duration::ZERO),
     };
+    let size = file.metadata().map_err(io("cannot stat ledger"))?.len();
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        // Fill the window (more if one line is longer than it).
+        // Fill the window (more if one line is longer than it), no larger than what is left
+        // (plus one byte, to see the end): a short ledger does not pay for a whole window.
         let filled = buf.len();
-        let want = filled + window.max(1);
+        let left = usize::try_from(size.saturating_sub(pass.good + filled as u64)).unwrap_or(usize::MAX);
+        let want = filled + window.max(1).min(left.saturating_add(1));
         buf.resize(want, 0);
         let mut len = filled;
         while len < want {
@@ -710,6 +727,7 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
         }
     }
     pass.torn = buf.len() as u64;
+    pass.timings.1 = started.elapsed() - snapshot_read;
     let mut parts = parts.into_iter();
     pass.part = parts.next().unwrap_or_default();
     for part in parts {
