@@ -204,6 +204,13 @@ impl LwwMap {
         Self::default()
     }
 
+    /// The map of `entries`, sorted by key, each key once (a boot's replay builds it so).
+    pub fn from_sorted(entries: Vec<(String, Register)>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "sorted, each key once");
+        let live = entries.iter().filter(|(_, r)| !r.tombstone).count();
+        LwwMap { entries: entries.into_iter().collect(), live }
+    }
+
     /// The register for `key`, tombstones included.
     pub fn register(&self, key: &str) -> Option<&Register> {
         self.entries.get(key)

@@ -21,7 +21,7 @@ use crate::{
     http,
     ledger::{self, Ledger, LedgerActor, LedgerError, LedgerHealth},
     limits::ConnectionCounter,
-    lww::{self, LwwMap},
+    lww::LwwMap,
     mesh::{self, MeshActor, MeshSettings, nats, shared::Shared},
     metrics::Metrics,
     session::{self, Deps},
@@ -99,12 +99,11 @@ impl Relay {
             .transpose()
             .map_err(|err| Error::Tls(format!("[mesh.tls] ca: {err}")))?;
         let mut clock = Clock::new(config.mesh.node_id.clone());
-        let mut rooms = lww::RoomsReplay::default();
-        let (ledger, stats) = Ledger::open(&config.ledger.path, config.ledger.sync, |op| {
-            clock.witness(&op.stamp);
-            rooms.apply(op);
-        })?;
-        let rooms = rooms.finish();
+        let (ledger, stats, replayed) = Ledger::open_replayed(&config.ledger.path, config.ledger.sync)?;
+        if let Some(newest) = &replayed.newest {
+            clock.witness(newest);
+        }
+        let rooms = replayed.rooms;
         log::info!(
             "ledger {} replayed in {} ms: {} records, {} snapshot entries, {} corrupt lines skipped, {} torn bytes cut; {} live keys in {} rooms",
             config.ledger.path.display(),

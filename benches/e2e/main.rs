@@ -65,6 +65,7 @@ struct Settings {
     records: usize,
     keys: usize,
     runs: usize,
+    boot: replay::Boot,
     appenders: usize,
     writes: u64,
     append_secs: f64,
@@ -169,6 +170,11 @@ impl Settings {
             records: env_or("AETHER_BENCH_RECORDS", pick(quick, 1_000_000, 100_000)),
             keys: env_or("AETHER_BENCH_KEYS", pick(quick, 200_000, 20_000)),
             runs: env_or("AETHER_BENCH_RUNS", pick(quick, 3, 1)),
+            boot: replay::Boot {
+                records: env_or("AETHER_BENCH_BOOT_RECORDS", pick(quick, 300_000, 30_000)),
+                keys: env_or("AETHER_BENCH_BOOT_KEYS", pick(quick, 60_000, 6_000)),
+                snapshot_keys: env_or("AETHER_BENCH_SNAPSHOT_KEYS", pick(quick, 1_000_000, 100_000)),
+            },
             appenders: env_or("AETHER_BENCH_APPENDERS", 64),
             writes: env_or("AETHER_BENCH_WRITES", pick(quick, 5000, 1000)),
             append_secs: env_or("AETHER_BENCH_APPEND_SECS", pick(quick, 2.0, 0.5)),
@@ -890,7 +896,13 @@ fn ledger(s: &Settings, out: &mut Out) {
 
 fn replay(s: &Settings, out: &mut Out) {
     println!("\n== Replay and boot: {} records over {} keys, median of {} ==", s.records, s.keys, s.runs);
-    let r = replay::run(&s.launch, s.records, s.keys, s.runs);
+    let mut r = replay::run(&s.launch, s.records, s.keys, s.runs);
+    let boot = s.boot;
+    println!(
+        "\n== Boot to first hello: {} records over {} keys; a snapshot of {} keys; median of {} ==",
+        boot.records, boot.keys, boot.snapshot_keys, s.runs
+    );
+    replay::run_boot(&s.launch, boot, s.runs, &mut r);
     let rate = |t: &replay::Timed| t.median().map(|m| r.records as f64 / m);
     println!(
         "replay: aether-actix {} records/s, upstream {} records/s; snapshot {} / {} bytes",
@@ -912,6 +924,33 @@ fn replay(s: &Settings, out: &mut Out) {
         r.boot.1.median(),
         3,
     ));
+    out.rows.push(
+        Row::new("replay (in-process boot), records/s, absolute", rate(&r.replay.0), None, 0)
+            .goal(Goal::AtLeast(2_000_000.0)),
+    );
+    out.rows.push(Row::new("replay op by op (the boot before #14), records/s", rate(&r.op_by_op), None, 0));
+    out.section(&format!(
+        "Boot to the first hello (#14): {} records over {} keys; a snapshot of {} keys",
+        boot.records, boot.keys, boot.snapshot_keys
+    ));
+    out.rows.push(
+        Row::new(
+            format!("{} records: process start to first hello, s", boot.records),
+            r.hello.0.median(),
+            r.hello.1.median(),
+            3,
+        )
+        .goal(Goal::RatioAtMost(1.0 / 20.0)),
+    );
+    out.rows.push(
+        Row::new(
+            format!("snapshot of {} keys: process start to first hello, s", boot.snapshot_keys),
+            r.snapshot_hello.0.median(),
+            r.snapshot_hello.1.median(),
+            3,
+        )
+        .goal(Goal::AtMost(1.0)),
+    );
 }
 
 fn pauses(s: &Settings, out: &mut Out) {

@@ -13,6 +13,7 @@
 use std::{
     fs::{self, File},
     io::{BufWriter, Write},
+    net::TcpStream,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -56,21 +57,92 @@ pub fn generate(path: &Path, records: usize, keys: usize) -> u64 {
     bytes
 }
 
-/// One in-process replay, as the relay boots; returns (time, records, live keys).
+/// One in-process replay, as the relay boots (`Ledger::open_replayed`: every room's persistent
+/// map, and the clock witnessing the newest stamp); returns (time, records, live keys).
 pub fn replay_once(path: &Path) -> (Duration, u64, usize) {
+    let mut clock = Clock::new("bench");
+    let started = Instant::now();
+    let (ledger, stats, replayed) = Ledger::open_replayed(path, SyncMode::Always).expect("open ledger");
+    if let Some(newest) = &replayed.newest {
+        clock.witness(newest);
+    }
+    let elapsed = started.elapsed();
+    assert_eq!((stats.corrupt, stats.truncated_bytes), (0, 0), "clean file");
+    drop(ledger); // releases the lock for the next run
+    let live = replayed.rooms.values().map(lww::LwwMap::live_len).sum();
+    (elapsed, stats.records, live)
+}
+
+/// The same replay op by op (`Ledger::open` into an `lww::Replay`), as the relay booted before
+/// #14 and as the offline commands still read: the reference the table shows it beside.
+pub fn replay_op_by_op(path: &Path) -> Duration {
     let mut clock = Clock::new("bench");
     let mut map = lww::Replay::default();
     let started = Instant::now();
-    let (ledger, stats) = Ledger::open(path, SyncMode::Always, |op| {
+    let (ledger, _) = Ledger::open(path, SyncMode::Always, |op| {
         clock.witness(&op.stamp);
         map.apply(op);
     })
     .expect("open ledger");
-    let map = map.finish(); // the persistent map the relay serves from: part of the boot
+    let map = map.finish();
     let elapsed = started.elapsed();
-    assert_eq!((stats.corrupt, stats.truncated_bytes), (0, 0), "clean file");
-    drop(ledger); // releases the lock for the next run
-    (elapsed, stats.records, map.live_len())
+    drop((ledger, map));
+    elapsed
+}
+
+/// Reads the first frame a WebSocket client gets from `relay`; it must be `hello`.
+fn first_hello(relay: &Relay) -> Result<(), String> {
+    let stream =
+        TcpStream::connect_timeout(&relay.addr, Duration::from_secs(60)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| format!("timeout: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let (mut ws, _) = tungstenite::client(relay.url(), stream).map_err(|e| format!("handshake: {e}"))?;
+    loop {
+        match ws.read().map_err(|e| format!("read: {e}"))? {
+            tungstenite::Message::Text(text) => {
+                let v: serde_json::Value = serde_json::from_str(text.as_str()).map_err(|e| format!("{e}"))?;
+                return if v["type"] == "hello" { Ok(()) } else { Err(format!("first frame {text:.80}")) };
+            }
+            tungstenite::Message::Close(_) => return Err("closed before hello".into()),
+            _ => {}
+        }
+    }
+}
+
+/// Process start to the first `hello` on a fresh relay, `runs` times: ours on `config` (whose
+/// ledger is `ledger`), or upstream's on `ledger` when `config` is `None`. Every run is stopped
+/// gracefully and checked.
+fn boot_to_hello(
+    launch: &Launch,
+    config: Option<&Path>,
+    ledger: &Path,
+    runs: usize,
+    what: &str,
+    out: &mut Replay,
+) -> Timed {
+    let mut timed = Timed::default();
+    for run in 1..=runs {
+        let started = Instant::now();
+        let relay = match config {
+            Some(config) => Some(Relay::ours_with(launch, config, ledger.to_owned())),
+            None => Relay::upstream_with(launch, ledger.to_owned()),
+        };
+        let Some(mut relay) = relay else { break };
+        match first_hello(&relay) {
+            Ok(()) => {
+                let s = started.elapsed().as_secs_f64();
+                println!(
+                    "  {what}, {} #{run}: {s:.3} s to hello (listening at {:.3} s)",
+                    relay.kind,
+                    relay.boot.as_secs_f64()
+                );
+                timed.runs.push(s);
+            }
+            Err(e) => out.notes.push(format!("{what}, {}: {e}", relay.kind)),
+        }
+        out.notes.extend(stop_and_check(&mut relay, what, None));
+    }
+    timed
 }
 
 /// Medians and runs, for the report.
@@ -102,8 +174,85 @@ pub struct Replay {
     pub snapshot_bytes: (u64, u64),
     /// Process start to listening with the snapshot, ours and upstream's.
     pub boot: (Timed, Timed),
+    /// In-process replay op by op (the boot before #14), ours.
+    pub op_by_op: Timed,
+    /// Process start to the first `hello` on the boot ledger, ours and upstream's.
+    pub hello: (Timed, Timed),
+    /// Process start to the first `hello` with a snapshot of `snapshot_keys` keys and an
+    /// empty ledger, ours and upstream's (on the same snapshot file).
+    pub snapshot_hello: (Timed, Timed),
     /// Anything that went wrong.
     pub notes: Vec<String>,
+}
+
+/// Sizes of the boot measures (#14).
+#[derive(Clone, Copy, Debug)]
+pub struct Boot {
+    /// Records of the boot ledger.
+    pub records: usize,
+    /// Its keys.
+    pub keys: usize,
+    /// Keys of the snapshot-only boot.
+    pub snapshot_keys: usize,
+}
+
+/// Boot to the first `hello` (#14): a `boot.records`-record ledger over `boot.keys` keys, both
+/// relays; then a snapshot of `boot.snapshot_keys` keys beside an empty ledger (written by our
+/// offline compaction, upstream's format), both relays on the same file.
+pub fn run_boot(launch: &Launch, boot: Boot, runs: usize, out: &mut Replay) {
+    let dir = crate::util::temp_dir();
+    let path = dir.path().join("ledger.jsonl");
+    let bytes = generate(&path, boot.records, boot.keys);
+    println!(
+        "  boot ledger: {} records over {} keys, {:.1} MiB",
+        boot.records,
+        boot.keys,
+        bytes as f64 / (1 << 20) as f64
+    );
+    let config = write_ours_config(dir.path(), &path, &OursConfig::default());
+    out.hello.0 = boot_to_hello(launch, Some(&config), &path, runs, "boot to hello", out);
+    if launch.python.is_some() {
+        let up_dir = dir.path().join("upstream");
+        fs::create_dir_all(&up_dir).expect("mkdir");
+        let up_ledger = up_dir.join("ledger.jsonl");
+        fs::copy(&path, &up_ledger).expect("copy ledger");
+        out.hello.1 = boot_to_hello(launch, None, &up_ledger, runs, "boot to hello", out);
+    }
+    drop(dir);
+
+    // The snapshot-only boot: every key once, compacted offline into a snapshot, empty ledger.
+    let dir = crate::util::temp_dir();
+    let path = dir.path().join("ledger.jsonl");
+    generate(&path, boot.snapshot_keys, boot.snapshot_keys);
+    let config = write_ours_config(dir.path(), &path, &OursConfig::default());
+    let compact = Command::new(&launch.bin).arg("compact").arg("--config").arg(&config).output();
+    match compact {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            out.notes.push(format!("snapshot boot: compact failed: {}", String::from_utf8_lossy(&o.stderr).trim()));
+            return;
+        }
+        Err(e) => {
+            out.notes.push(format!("snapshot boot: compact: {e}"));
+            return;
+        }
+    }
+    let snapshot = snapshot_of(&path);
+    println!(
+        "  snapshot of {} keys: {:.1} MiB, ledger {} bytes",
+        boot.snapshot_keys,
+        fs::metadata(&snapshot).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64,
+        fs::metadata(&path).map_or(0, |m| m.len())
+    );
+    out.snapshot_hello.0 = boot_to_hello(launch, Some(&config), &path, runs, "snapshot boot to hello", out);
+    if launch.python.is_some() {
+        let up_dir = dir.path().join("upstream");
+        fs::create_dir_all(&up_dir).expect("mkdir");
+        let up_ledger = up_dir.join("ledger.jsonl");
+        fs::write(&up_ledger, b"").expect("empty ledger");
+        fs::copy(&snapshot, snapshot_of(&up_ledger)).expect("copy snapshot");
+        out.snapshot_hello.1 = boot_to_hello(launch, None, &up_ledger, runs, "snapshot boot to hello", out);
+    }
 }
 
 /// Runs the whole scenario; upstream's parts when `launch.python` is set.
@@ -124,6 +273,11 @@ pub fn run(launch: &Launch, records: usize, keys: usize, runs: usize) -> Replay 
         assert_eq!((n, live), (records as u64, keys), "every record replayed, one live entry per key");
         println!("  replay, aether-actix #{run}: {:.3} s", elapsed.as_secs_f64());
         out.replay.0.runs.push(elapsed.as_secs_f64());
+    }
+    for run in 1..=runs {
+        let elapsed = replay_op_by_op(&path);
+        println!("  replay op by op (before #14), aether-actix #{run}: {:.3} s", elapsed.as_secs_f64());
+        out.op_by_op.runs.push(elapsed.as_secs_f64());
     }
     if let Some(python) = &launch.python {
         for run in 1..=runs {

@@ -12,7 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{record, snapshot};
+use super::{Replayed, record, snapshot};
 use crate::lww::Op;
 
 /// When an appended batch counts as durable.
@@ -146,39 +146,32 @@ impl Ledger {
     /// file is unreadable.
     pub fn open(path: &Path, sync: SyncMode, mut apply: impl FnMut(Op)) -> Result<(Ledger, ReplayStats), LedgerError> {
         let started = Instant::now();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(io_err("cannot create directory for", path))?;
-        }
-        let lock_file = lock_path(path);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_file)
-            .map_err(io_err("cannot open lock file", &lock_file))?;
-        lock.try_lock().map_err(|_| LedgerError::Locked(path.to_owned()))?;
-
-        // Leftovers of a compaction that stopped half way: never authoritative (see `compact`).
-        for stale in [snapshot_tmp_path(path), next_path(path)] {
-            match fs::remove_file(&stale) {
-                Ok(()) => log::warn!("removed {} left by an interrupted compaction", stale.display()),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(LedgerError::Io { what: "cannot remove", path: stale, source }),
-            }
-        }
+        let lock = lock_and_clean(path)?;
         let mut stats = ReplayStats {
             snapshot_entries: snapshot::load(&snapshot_path(path), &mut apply)?,
             ..ReplayStats::default()
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(io_err("cannot open ledger", path))?;
+        let file = open_file(path)?;
         let len = replay(path, &file, &mut stats, &mut apply)?;
         stats.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok((Ledger { path: path.to_owned(), file, len, sync, poisoned: None, generation: 0, _lock: lock }, stats))
+    }
+
+    /// [`Ledger::open`] for a boot: the snapshot file and the ledger read into every room's map
+    /// at once, on every core, as strictly as `open` reads them (see [`super::replay`]), instead
+    /// of op by op in file order.
+    ///
+    /// # Errors
+    /// As [`Ledger::open`].
+    pub fn open_replayed(path: &Path, sync: SyncMode) -> Result<(Ledger, ReplayStats, Replayed), LedgerError> {
+        let started = Instant::now();
+        let lock = lock_and_clean(path)?;
+        let file = open_file(path)?;
+        let mut stats = ReplayStats::default();
+        let (len, replayed) = super::replay::replay(path, &file, &mut stats)?;
+        stats.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ledger = Ledger { path: path.to_owned(), file, len, sync, poisoned: None, generation: 0, _lock: lock };
+        Ok((ledger, stats, replayed))
     }
 
     /// Appends `bytes` (whole records) and, in [`SyncMode::Always`], makes them durable.
@@ -484,6 +477,35 @@ fn link_archive_at(ledger: &Path, secs: u64) -> Result<PathBuf, LedgerError> {
         }
     }
     unreachable!("u64 archive numbers exhausted")
+}
+
+/// Creates the ledger's directory, takes its lock and removes what an interrupted compaction
+/// left; returns the held lock file.
+fn lock_and_clean(path: &Path) -> Result<File, LedgerError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err("cannot create directory for", path))?;
+    }
+    let lock_file = lock_path(path);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_file)
+        .map_err(io_err("cannot open lock file", &lock_file))?;
+    lock.try_lock().map_err(|_| LedgerError::Locked(path.to_owned()))?;
+    // Leftovers of a compaction that stopped half way: never authoritative (see `compact`).
+    for stale in [snapshot_tmp_path(path), next_path(path)] {
+        match fs::remove_file(&stale) {
+            Ok(()) => log::warn!("removed {} left by an interrupted compaction", stale.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LedgerError::Io { what: "cannot remove", path: stale, source }),
+        }
+    }
+    Ok(lock)
+}
+
+fn open_file(path: &Path) -> Result<File, LedgerError> {
+    OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io_err("cannot open ledger", path))
 }
 
 /// Reads every line of `file`; returns the length of the good prefix (after any repair).

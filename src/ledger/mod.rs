@@ -7,6 +7,7 @@ mod file;
 pub mod health;
 pub mod history;
 pub mod record;
+mod replay;
 pub mod retention;
 pub mod snapshot;
 
@@ -16,4 +17,5 @@ pub use file::{
     stage_snapshot,
 };
 pub use health::LedgerHealth;
+pub use replay::Replayed;
 pub use retention::Retention;

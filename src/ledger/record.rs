@@ -152,7 +152,7 @@ impl From<RawStamp> for Stamp {
     }
 }
 
-fn lenient_u64<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+pub(super) fn lenient_u64<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
     struct V;
     impl Visitor<'_> for V {
         type Value = u64;

@@ -1,0 +1,1195 @@
+//! Boot's replay: the snapshot file and the ledger read into every room's map, on every core, and
+//! exactly as strictly as [`Ledger::open`](super::Ledger::open) reads them record by record.
+//!
+//! What makes it fast, and why each step reads the same:
+//! - A line is decoded with borrowed fields: key, room and node id point into the read buffer,
+//!   and the value stays its raw JSON text (`serde_json`'s `RawValue`, which checks its syntax).
+//!   The text is kept per key (overwritten in place, no allocation once a key has a winner) and
+//!   parsed into a `Value` once, for the winner only, at the end.
+//! - A raw value is only trusted where its syntax check and a `Value` parse agree by
+//!   construction: no `\u` escape (lone surrogates), no exponent and no number over 64 characters
+//!   (a number out of `f64`'s range), nesting at most 64 deep (`serde_json`'s recursion limit).
+//!   Any other value makes the line go through [`record::decode`], the record-by-record path, so
+//!   a line is corrupt here exactly when it is there.
+//! - The winners per key sit in a hash table during replay; the sorted persistent map is built
+//!   once, from the winners.
+//! - The ledger is read in windows of [`WINDOW`] bytes cut at newlines; each window is split at
+//!   newlines over the cores, each core merging into its own tables, and the tables are merged
+//!   at the end. Merging is a join on a total order (stamp, then tombstone first, then the value's
+//!   JSON text: [`lww::beats`](crate::lww::beats)), so the split cannot change the result.
+//!   Corrupt lines are counted per part and named with their line number in the whole file; the
+//!   torn last line is found before the split and cut as before.
+//!
+//! Plain Rust and blocking I/O, run before anything is served.
+
+use std::{
+    borrow::Cow,
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+    fs::File,
+    os::unix::fs::FileExt,
+    path::Path,
+    sync::Arc,
+};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
+use serde_json::{Value, value::RawValue};
+
+use super::{
+    file::{LedgerError, ReplayStats},
+    record::{self, RecordError, lenient_u64},
+};
+use crate::{
+    hlc::Stamp,
+    lww::{LwwMap, Register},
+    room::Room,
+};
+
+/// Bytes of ledger read (and split over the cores) at a time.
+const WINDOW: usize = 32 << 20;
+/// A window smaller than this is not split: threads would cost more than they save.
+const MIN_SPLIT: usize = 1 << 20;
+/// Deepest nesting of a raw value trusted without a `Value` parse (`serde_json` stops at 128,
+/// the record's own object included).
+const MAX_DEPTH: u32 = 64;
+/// Longest number trusted without a `Value` parse (a longer one may overflow `f64`).
+const MAX_NUMBER: usize = 64;
+/// Registers of one room below which its values are parsed on one core.
+const PARALLEL_BUILD: usize = 1 << 14;
+/// Corrupt lines named in the log (as record-by-record replay does).
+const LOGGED_CORRUPT: usize = 10;
+
+/// Every room's map after a boot's replay, and the greatest stamp seen.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Every room that has registers.
+    pub rooms: HashMap<Room, LwwMap>,
+    /// The greatest stamp of any record or snapshot entry (the clock witnesses it).
+    pub newest: Option<Stamp>,
+}
+
+/// A value as replay keeps it.
+#[derive(Debug)]
+enum Val {
+    /// JSON text that parses into a `Value` (see the module's notes).
+    Raw(String),
+    /// Parsed already (a value outside the raw subset, or a snapshot's).
+    Parsed(Value),
+}
+
+/// A value as one line or one winner offers it.
+#[derive(Clone, Copy)]
+enum ValRef<'a> {
+    Raw(&'a str),
+    Parsed(&'a Value),
+}
+
+impl ValRef<'_> {
+    fn to_value(self) -> Value {
+        match self {
+            ValRef::Raw(text) => parse_raw(text),
+            ValRef::Parsed(value) => value.clone(),
+        }
+    }
+}
+
+impl Val {
+    fn as_ref(&self) -> ValRef<'_> {
+        match self {
+            Val::Raw(text) => ValRef::Raw(text),
+            Val::Parsed(value) => ValRef::Parsed(value),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Val::Raw(text) => parse_raw(&text),
+            Val::Parsed(value) => value,
+        }
+    }
+
+    /// Makes this `value`, reusing the text's buffer.
+    fn set(&mut self, value: ValRef<'_>) {
+        match (self, value) {
+            (Val::Raw(buf), ValRef::Raw(text)) => {
+                buf.clear();
+                buf.push_str(text);
+            }
+            (this, ValRef::Raw(text)) => *this = Val::Raw(text.to_owned()),
+            (this, ValRef::Parsed(value)) => *this = Val::Parsed(value.clone()),
+        }
+    }
+}
+
+/// Parses text that [`is_plain`] accepted inside a record `RawValue` checked.
+fn parse_raw(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|err| {
+        // Unreachable: the text passed both checks (see the module's notes).
+        log::error!("replay: a value that passed its checks does not parse ({err}); kept as null: {text}");
+        Value::Null
+    })
+}
+
+/// Does `raw` (JSON whose syntax `RawValue` checked) surely parse into a `Value`, as it would
+/// inside its record? True when it has no `\u` escape, no exponent, no number longer than
+/// [`MAX_NUMBER`] and nests at most [`MAX_DEPTH`] deep.
+fn is_plain(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let (mut i, mut depth, mut number) = (0, 0u32, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                number = 0;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        if bytes.get(i + 1) == Some(&b'u') {
+                            return false;
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                number = 0;
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => {
+                number = 0;
+                depth = depth.saturating_sub(1);
+            }
+            b'e' | b'E' if number > 0 => return false,
+            b'0'..=b'9' | b'-' | b'+' | b'.' => {
+                number += 1;
+                if number > MAX_NUMBER {
+                    return false;
+                }
+            }
+            _ => number = 0,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The register one key holds during replay.
+#[derive(Debug)]
+struct Winner {
+    p: u64,
+    l: u64,
+    n: Arc<str>,
+    tombstone: bool,
+    value: Val,
+    by: Option<Arc<str>>,
+}
+
+/// What a line or a snapshot entry offers a key.
+struct Offer<'a> {
+    p: u64,
+    l: u64,
+    n: &'a str,
+    tombstone: bool,
+    value: ValRef<'a>,
+    by: Option<&'a str>,
+}
+
+impl Winner {
+    fn offer(&self) -> Offer<'_> {
+        Offer {
+            p: self.p,
+            l: self.l,
+            n: &self.n,
+            tombstone: self.tombstone,
+            value: self.value.as_ref(),
+            by: self.by.as_deref(),
+        }
+    }
+
+    fn register(self) -> Register {
+        let value = if self.tombstone { Value::Null } else { self.value.into_value() };
+        Register {
+            value,
+            stamp: Stamp { p: self.p, l: self.l, n: String::from(&*self.n) },
+            tombstone: self.tombstone,
+            by: self.by,
+        }
+    }
+}
+
+/// Does `offer` beat `current`? The same order as [`crate::lww::beats`]: stamp, then tombstone
+/// first, then (equal stamps, both live, different values) the greater JSON text.
+///
+/// Sets `ambiguous` when neither beats the other yet they differ (equal stamps and equal values
+/// with different authors, or values equal as JSON but written with their keys in another
+/// order): then which one stays depends on the order of the lines, and only a replay in file
+/// order gives what record-by-record replay gives.
+fn beats(offer: &Offer<'_>, current: &Winner, ambiguous: &mut bool) -> bool {
+    match (offer.p, offer.l, offer.n).cmp(&(current.p, current.l, &*current.n)) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => match offer.tombstone.cmp(&current.tombstone) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal if offer.tombstone => {
+                *ambiguous |= offer.by != current.by.as_deref();
+                false
+            }
+            Ordering::Equal => {
+                let (ours, theirs) = (offer.value.to_value(), current.value.as_ref().to_value());
+                let (ours_text, theirs_text) = (ours.to_string(), theirs.to_string());
+                if ours == theirs {
+                    *ambiguous |= offer.by != current.by.as_deref() || ours_text != theirs_text;
+                    false
+                } else {
+                    ours_text > theirs_text
+                }
+            }
+        },
+    }
+}
+
+/// Shares one `Arc<str>` per distinct node id or author.
+#[derive(Debug, Default)]
+struct Interner {
+    last: Option<Arc<str>>,
+    all: HashSet<Arc<str>, Hasher>,
+}
+
+impl Interner {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(last) = self.last.as_ref().filter(|last| &***last == text) {
+            return Arc::clone(last);
+        }
+        let shared = match self.all.get(text) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = Arc::from(text);
+                self.all.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        self.last = Some(Arc::clone(&shared));
+        shared
+    }
+}
+
+/// The hash tables' hasher: seeded per table (keys come from clients), cheap on short keys.
+type Hasher = foldhash::quality::RandomState;
+
+/// One room's winners: keys in first-seen order, indexed by a hash table.
+#[derive(Debug, Default)]
+struct Table {
+    index: HashMap<String, usize, Hasher>,
+    winners: Vec<Winner>,
+}
+
+/// Every room's table.
+#[derive(Debug, Default)]
+struct Tables {
+    default: Table,
+    named: HashMap<String, (Room, Table), Hasher>,
+}
+
+impl Tables {
+    /// The table of the room named `name` (the default room for `None`), or why it is not a room.
+    fn get(&mut self, name: Option<&str>) -> Result<&mut Table, RecordError> {
+        let Some(name) = name else { return Ok(&mut self.default) };
+        if !self.named.contains_key(name) {
+            let room = Room::parse(name).map_err(|_| RecordError::Room)?;
+            self.named.insert(name.to_owned(), (room, Table::default()));
+        }
+        // Just made sure it is there.
+        self.named.get_mut(name).map(|(_, table)| table).ok_or(RecordError::Room)
+    }
+}
+
+/// The tables of one part of the replay (one core's), every room's.
+#[derive(Debug, Default)]
+struct Part {
+    tables: Tables,
+    nodes: Interner,
+    users: Interner,
+    /// Two lines met whose order decides (see [`beats`]).
+    ambiguous: bool,
+}
+
+impl Part {
+    /// Merges `offer` at `key` of the room named `room`.
+    fn merge(&mut self, room: Option<&str>, key: &str, offer: &Offer<'_>) -> Result<(), RecordError> {
+        let table = self.tables.get(room)?;
+        match table.index.get(key) {
+            Some(&at) => {
+                let current = &mut table.winners[at];
+                if beats(offer, current, &mut self.ambiguous) {
+                    current.p = offer.p;
+                    current.l = offer.l;
+                    if &*current.n != offer.n {
+                        current.n = self.nodes.get(offer.n);
+                    }
+                    current.tombstone = offer.tombstone;
+                    if offer.tombstone {
+                        current.value = Val::Raw(String::new());
+                    } else {
+                        current.value.set(offer.value);
+                    }
+                    current.by = match (offer.by, current.by.as_deref()) {
+                        (None, _) => None,
+                        (Some(new), Some(old)) if new == old => current.by.take(),
+                        (Some(new), _) => Some(self.users.get(new)),
+                    };
+                }
+            }
+            None => {
+                let winner = Winner {
+                    p: offer.p,
+                    l: offer.l,
+                    n: self.nodes.get(offer.n),
+                    tombstone: offer.tombstone,
+                    value: if offer.tombstone {
+                        Val::Raw(String::new())
+                    } else {
+                        match offer.value {
+                            ValRef::Raw(text) => Val::Raw(text.to_owned()),
+                            ValRef::Parsed(value) => Val::Parsed(value.clone()),
+                        }
+                    },
+                    by: offer.by.map(|by| self.users.get(by)),
+                };
+                table.index.insert(key.to_owned(), table.winners.len());
+                table.winners.push(winner);
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges every winner of `other` (another part) into this one.
+    fn absorb(&mut self, other: Part) {
+        let rooms = std::iter::once((None, other.tables.default))
+            .chain(other.tables.named.into_iter().map(|(name, (_, t))| (Some(name), t)));
+        for (name, table) in rooms {
+            for (key, winner) in keys_in_order(table.index).into_iter().zip(table.winners) {
+                // The room was valid in the other part: it is here too.
+                let _ = self.merge(name.as_deref(), &key, &winner.offer());
+            }
+        }
+    }
+
+    /// Merges one ledger line; `Err` when it is not a record (the line is then skipped).
+    fn line(&mut self, line: &[u8]) -> Result<(), RecordError> {
+        let raw: Line<'_> = serde_json::from_slice(line)?;
+        let (kind, room) = match (raw.kind, raw.room, raw.op) {
+            (Some(kind), ..) => (kind, None),
+            (None, Some(room), Some(kind)) => {
+                let _ = self.tables.get(Some(&room))?;
+                (kind, Some(room))
+            }
+            _ => return Err(RecordError::Room),
+        };
+        let tombstone = match &*kind {
+            "set" => false,
+            "del" => true,
+            _ => return Err(RecordError::Kind(kind.into_owned())),
+        };
+        let mut offer = Offer {
+            p: raw.stamp.p,
+            l: raw.stamp.l,
+            n: &raw.stamp.n,
+            tombstone,
+            value: ValRef::Raw("null"),
+            by: raw.by.as_deref().filter(|by| !by.is_empty()),
+        };
+        let parsed;
+        match raw.value {
+            Some(value) if !is_plain(value.get()) => {
+                // Outside the subset read raw: the record-by-record decoder decides.
+                parsed = record::decode(line)?.value;
+                offer.value = ValRef::Parsed(&parsed);
+            }
+            Some(value) => offer.value = ValRef::Raw(value.get()),
+            None => {}
+        }
+        self.merge(room.as_deref(), &raw.key, &offer)
+    }
+
+    /// The maps of every room, each built once from its winners.
+    fn finish(self) -> Replayed {
+        // Each key's winner has the greatest stamp of its key: the greatest of the winners' is
+        // the greatest of every line's.
+        let newest = std::iter::once(&self.tables.default)
+            .chain(self.tables.named.values().map(|(_, table)| table))
+            .flat_map(|table| &table.winners)
+            .max_by(|a, b| (a.p, a.l, &a.n).cmp(&(b.p, b.l, &b.n)))
+            .map(|w| Stamp { p: w.p, l: w.l, n: String::from(&*w.n) });
+        let mut rooms = HashMap::new();
+        let tables = std::iter::once((Room::DEFAULT, self.tables.default)).chain(self.tables.named.into_values());
+        for (room, table) in tables {
+            if !table.winners.is_empty() {
+                rooms.insert(room, build(table));
+            }
+        }
+        Replayed { rooms, newest }
+    }
+}
+
+/// The keys of `index` in the order of their slots.
+fn keys_in_order(index: HashMap<String, usize, Hasher>) -> Vec<String> {
+    let mut keys = vec![String::new(); index.len()];
+    for (key, at) in index {
+        keys[at] = key;
+    }
+    keys
+}
+
+/// The persistent map of one room's winners: values parsed on every core, entries sorted by key.
+fn build(table: Table) -> LwwMap {
+    let keys = keys_in_order(table.index);
+    let mut winners: Vec<Option<Winner>> = table.winners.into_iter().map(Some).collect();
+    let mut registers: Vec<Option<Register>> = Vec::new();
+    registers.resize_with(winners.len(), || None);
+    // Small rooms (there may be thousands) are not worth a thread each.
+    let cores = if winners.len() < PARALLEL_BUILD { 1 } else { cores() };
+    let chunk = winners.len().div_ceil(cores).max(1);
+    let convert = |from: &mut [Option<Winner>], to: &mut [Option<Register>]| {
+        for (winner, register) in from.iter_mut().zip(to.iter_mut()) {
+            *register = winner.take().map(Winner::register);
+        }
+    };
+    if cores == 1 {
+        convert(&mut winners, &mut registers);
+    } else {
+        std::thread::scope(|s| {
+            for (from, to) in winners.chunks_mut(chunk).zip(registers.chunks_mut(chunk)) {
+                s.spawn(move || convert(from, to));
+            }
+        });
+    }
+    let mut entries: Vec<(String, Register)> =
+        keys.into_iter().zip(registers).filter_map(|(key, register)| Some((key, register?))).collect();
+    if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+    LwwMap::from_sorted(entries)
+}
+
+/// Threads replay uses: the cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+}
+
+/// A ledger line, fields borrowed from the buffer where they need no unescaping.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    room: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stamp: LineStamp<'a>,
+    #[serde(default, borrow)]
+    by: Option<Cow<'a, str>>,
+}
+
+/// A stamp as upstream reads it (as [`record`] does), the node id borrowed.
+#[derive(Deserialize)]
+struct LineStamp<'a> {
+    #[serde(deserialize_with = "lenient_u64")]
+    p: u64,
+    #[serde(deserialize_with = "lenient_u64")]
+    l: u64,
+    #[serde(borrow, deserialize_with = "lenient_str")]
+    n: Cow<'a, str>,
+}
+
+fn lenient_str<'de: 'a, 'a, D: Deserializer<'de>>(de: D) -> Result<Cow<'a, str>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a node id")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_string()))
+        }
+    }
+    de.deserialize_any(V)
+}
+
+/// What one part's scan of a slice of lines found.
+#[derive(Default)]
+struct Scan {
+    lines: u64,
+    records: u64,
+    corrupt: u64,
+    /// The first corrupt lines: (line number within the slice, why).
+    named: Vec<(u64, String)>,
+}
+
+fn scan(part: &mut Part, slice: &[u8]) -> Scan {
+    let mut out = Scan::default();
+    let mut rest = slice;
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        out.lines += 1;
+        match part.line(&rest[..end]) {
+            Ok(()) => out.records += 1,
+            Err(err) => {
+                out.corrupt += 1;
+                if out.named.len() < LOGGED_CORRUPT {
+                    out.named.push((out.lines, err.to_string()));
+                }
+            }
+        }
+        rest = &rest[end + 1..];
+    }
+    out
+}
+
+/// Splits `buf` (whole lines) into at most `n` slices of whole lines.
+fn split(buf: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut slices = Vec::with_capacity(n);
+    let mut start = 0;
+    for i in 1..n {
+        let target = buf.len() * i / n;
+        if target < start {
+            continue;
+        }
+        match buf[target..].iter().position(|&b| b == b'\n') {
+            Some(at) if target + at + 1 < buf.len() => {
+                slices.push(&buf[start..=target + at]);
+                start = target + at + 1;
+            }
+            _ => break,
+        }
+    }
+    slices.push(&buf[start..]);
+    slices
+}
+
+/// The boot's replay of the snapshot (if any) and the ledger `file` at `path`: every room's map.
+/// Cuts a torn last line as record-by-record replay does; returns the length of the good prefix.
+pub(super) fn replay(path: &Path, file: &File, stats: &mut ReplayStats) -> Result<(u64, Replayed), LedgerError> {
+    replay_in(path, file, stats, WINDOW, MIN_SPLIT)
+}
+
+/// [`replay`] reading `window` bytes at a time, splitting windows of at least `min_split`.
+fn replay_in(
+    path: &Path,
+    file: &File,
+    stats: &mut ReplayStats,
+    window: usize,
+    min_split: usize,
+) -> Result<(u64, Replayed), LedgerError> {
+    let mut pass = read_all(path, file, window, min_split, cores())?;
+    if pass.split && pass.part.ambiguous {
+        // Lines whose order decides met in different parts: again, in file order.
+        log::info!("ledger {}: equal stamps on differing records; replaying in file order", path.display());
+        pass = read_all(path, file, window, usize::MAX, 1)?;
+    }
+    for (line, why) in &pass.named {
+        log::warn!("ledger {}: line {line} skipped: {why}", path.display());
+    }
+    stats.snapshot_entries = pass.snapshot_entries;
+    stats.records = pass.records;
+    stats.corrupt = pass.corrupt;
+    if pass.torn > 0 {
+        // A torn last write: cut it off and make the cut durable before anyone relies on it.
+        let io =
+            |what: &'static str| move |source: std::io::Error| LedgerError::Io { what, path: path.to_owned(), source };
+        log::warn!("ledger {}: torn last line {} ({} bytes) cut off", path.display(), pass.lines + 1, pass.torn);
+        file.set_len(pass.good).map_err(io("cannot truncate torn tail of"))?;
+        file.sync_all().map_err(io("cannot fsync"))?;
+        stats.truncated_bytes = pass.torn;
+    }
+    let started = std::time::Instant::now();
+    let replayed = pass.part.finish();
+    log::debug!(
+        "ledger {}: snapshot read in {} ms, ledger in {} ms, maps built in {} ms",
+        path.display(),
+        pass.timings.0.as_millis(),
+        pass.timings.1.as_millis(),
+        started.elapsed().as_millis()
+    );
+    Ok((pass.good, replayed))
+}
+
+/// One read of the snapshot and the ledger into tables.
+struct Pass {
+    part: Part,
+    /// Whether any window was split over several parts.
+    split: bool,
+    snapshot_entries: u64,
+    records: u64,
+    corrupt: u64,
+    /// The first corrupt lines: (line number, why).
+    named: Vec<(u64, String)>,
+    /// Whole lines.
+    lines: u64,
+    /// Length of the whole lines; bytes of a torn last line past it.
+    good: u64,
+    torn: u64,
+    /// Time reading the snapshot, then the ledger.
+    timings: (std::time::Duration, std::time::Duration),
+}
+
+/// Reads the snapshot and every whole line of `file`, `window` bytes at a time, splitting
+/// windows of at least `min_split` bytes over `cores` parts, merged at the end.
+fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: usize) -> Result<Pass, LedgerError> {
+    let io = |what: &'static str| move |source: std::io::Error| LedgerError::Io { what, path: path.to_owned(), source };
+    let started = std::time::Instant::now();
+    let mut parts: Vec<Part> = (0..cores.max(1)).map(|_| Part::default()).collect();
+    let snapshot_entries = load_snapshot(&super::snapshot_path(path), &mut parts[0])?;
+    let snapshot_read = started.elapsed();
+    let mut pass = Pass {
+        part: Part::default(),
+        split: false,
+        snapshot_entries,
+        records: 0,
+        corrupt: 0,
+        named: Vec::new(),
+        lines: 0,
+        good: 0,
+        torn: 0,
+        timings: (snapshot_read, std::time::Duration::ZERO),
+    };
+    let size = file.metadata().map_err(io("cannot stat ledger"))?.len();
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Fill the window (more if one line is longer than it), no larger than what is left
+        // (plus one byte, to see the end): a short ledger does not pay for a whole window.
+        let filled = buf.len();
+        let left = usize::try_from(size.saturating_sub(pass.good + filled as u64)).unwrap_or(usize::MAX);
+        let want = filled + window.max(1).min(left.saturating_add(1));
+        buf.resize(want, 0);
+        let mut len = filled;
+        while len < want {
+            let n = file.read_at(&mut buf[len..], pass.good + len as u64).map_err(io("cannot read ledger"))?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        buf.truncate(len);
+        let eof = len < want;
+        let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole == 0 && !eof {
+            continue; // one line longer than the window: read on
+        }
+        let slices = if whole < min_split { vec![&buf[..whole]] } else { split(&buf[..whole], parts.len()) };
+        pass.split |= slices.len() > 1;
+        let scans: Vec<Scan> = std::thread::scope(|s| {
+            let mut work = parts.iter_mut().zip(slices);
+            let first = work.next();
+            let handles: Vec<_> = work.map(|(part, slice)| s.spawn(move || scan(part, slice))).collect();
+            let mut scans = vec![first.map_or_else(Scan::default, |(part, slice)| scan(part, slice))];
+            scans
+                .extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+            scans
+        });
+        for scan in scans {
+            pass.records += scan.records;
+            pass.corrupt += scan.corrupt;
+            for (line, why) in scan.named {
+                if pass.named.len() < LOGGED_CORRUPT {
+                    pass.named.push((pass.lines + line, why));
+                }
+            }
+            pass.lines += scan.lines;
+        }
+        pass.good += whole as u64;
+        buf.drain(..whole);
+        if eof {
+            break;
+        }
+    }
+    pass.torn = buf.len() as u64;
+    pass.timings.1 = started.elapsed() - snapshot_read;
+    let mut parts = parts.into_iter();
+    pass.part = parts.next().unwrap_or_default();
+    for part in parts {
+        pass.part.ambiguous |= part.ambiguous;
+        pass.part.absorb(part);
+    }
+    Ok(pass)
+}
+
+/// Loads the snapshot file at `path` (version 1, ours or upstream's) into `part`, if it exists;
+/// returns how many entries it had. Refuses it exactly when [`super::snapshot::load`] does.
+fn load_snapshot(path: &Path, part: &mut Part) -> Result<u64, LedgerError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(LedgerError::Io { what: "cannot read snapshot", path: path.to_owned(), source }),
+    };
+    let bad = |reason: String| LedgerError::Snapshot { path: path.to_owned(), reason };
+    let mut loaded = Part::default();
+    // About 100 bytes an entry (ours and upstream's): a table sized once, not rehashed as it grows.
+    let estimate = bytes.len() / 128;
+    loaded.tables.default.index.reserve(estimate);
+    loaded.tables.default.winners.reserve(estimate);
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let mut failed = None;
+    let file = SnapshotSeed { part: &mut loaded, failed: &mut failed }.deserialize(&mut de).map_err(|err| {
+        bad(match failed.take() {
+            Some((at, err)) => at_in(&bytes, at.wrapping_sub(bytes.as_ptr() as usize), &err),
+            None => err.to_string(),
+        })
+    })?;
+    de.end().map_err(|err| bad(err.to_string()))?;
+    if file.version != 1 {
+        return Err(bad(format!("unsupported version {}", file.version)));
+    }
+    if let Some(name) = file.bad_room {
+        return Err(bad(format!("bad room name {name:?}")));
+    }
+    *part = loaded;
+    Ok(file.count)
+}
+
+/// `err`, from parsing a value on its own that starts at byte `start` of `bytes`, placed where
+/// it is in `bytes` (as a parse of the whole file reports it).
+fn at_in(bytes: &[u8], start: usize, err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    let (what, _) = message.rsplit_once(" at line ").unwrap_or((&message, ""));
+    let before = &bytes[..start.min(bytes.len())];
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count();
+    let (line, column) =
+        if err.line() <= 1 { (line, column + err.column()) } else { (line + err.line() - 1, err.column()) };
+    format!("{what} at line {line} column {column}")
+}
+
+/// What the snapshot's top level held besides its entries.
+struct SnapshotTop {
+    version: Value,
+    count: u64,
+    /// The first name under `rooms` that is not a room's (the file is then refused).
+    bad_room: Option<String>,
+}
+
+/// Reads the snapshot document straight into a part's tables.
+struct SnapshotSeed<'p> {
+    part: &'p mut Part,
+    failed: &'p mut Failed,
+}
+
+/// A value that failed to parse: where its text starts (an address in the file's bytes) and why.
+type Failed = Option<(usize, serde_json::Error)>;
+
+impl<'de> DeserializeSeed<'de> for SnapshotSeed<'_> {
+    type Value = SnapshotTop;
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<SnapshotTop, D::Error> {
+        de.deserialize_struct("SnapshotFile", &["version", "entries", "rooms"], self)
+    }
+}
+
+impl<'de> Visitor<'de> for SnapshotSeed<'_> {
+    type Value = SnapshotTop;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("struct SnapshotFile")
+    }
+    /// The document as an array of the fields, in order (serde reads any struct so).
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SnapshotTop, A::Error> {
+        let version = seq
+            .next_element::<Value>()?
+            .ok_or_else(|| de::Error::invalid_length(0, &"struct SnapshotFile with 3 elements"))?;
+        let entries = seq.next_element_seed(EntriesSeed { part: self.part, failed: &mut *self.failed, room: None })?;
+        let rooms = seq.next_element_seed(RoomsSeed { part: self.part, failed: &mut *self.failed })?;
+        let (rooms_count, bad_room) = rooms.unwrap_or((0, None));
+        Ok(SnapshotTop { version, count: entries.unwrap_or(0) + rooms_count, bad_room })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SnapshotTop, A::Error> {
+        let (mut version, mut entries, mut rooms) = (None, None, None);
+        while let Some(field) = map.next_key::<Cow<'de, str>>()? {
+            match &*field {
+                "version" => {
+                    if version.is_some() {
+                        return Err(de::Error::duplicate_field("version"));
+                    }
+                    version = Some(map.next_value::<Value>()?);
+                }
+                "entries" => {
+                    if entries.is_some() {
+                        return Err(de::Error::duplicate_field("entries"));
+                    }
+                    entries = Some(map.next_value_seed(EntriesSeed {
+                        part: self.part,
+                        failed: &mut *self.failed,
+                        room: None,
+                    })?);
+                }
+                "rooms" => {
+                    if rooms.is_some() {
+                        return Err(de::Error::duplicate_field("rooms"));
+                    }
+                    rooms = Some(map.next_value_seed(RoomsSeed { part: self.part, failed: &mut *self.failed })?);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let version = version.ok_or_else(|| de::Error::missing_field("version"))?;
+        let (rooms_count, bad_room) = rooms.unwrap_or((0, None));
+        Ok(SnapshotTop { version, count: entries.unwrap_or(0) + rooms_count, bad_room })
+    }
+}
+
+/// `rooms`: each name's entries into its room's table. A name repeated keeps its last entries
+/// only (as a map of names read whole would); a bad name is remembered, its entries dropped.
+struct RoomsSeed<'p> {
+    part: &'p mut Part,
+    failed: &'p mut Failed,
+}
+
+impl<'de> DeserializeSeed<'de> for RoomsSeed<'_> {
+    type Value = (u64, Option<String>);
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RoomsSeed<'_> {
+    type Value = (u64, Option<String>);
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut bad_room = None;
+        while let Some(name) = map.next_key::<String>()? {
+            if Room::parse(&name).is_err() {
+                let mut scratch = Part::default();
+                let n =
+                    map.next_value_seed(EntriesSeed { part: &mut scratch, failed: &mut *self.failed, room: None })?;
+                counts.insert(name.clone(), n);
+                if bad_room.is_none() {
+                    bad_room = Some(name);
+                }
+                continue;
+            }
+            if let Some((_, table)) = self.part.tables.named.get_mut(&name) {
+                *table = Table::default(); // the name again: its last entries replace the first
+            }
+            let n =
+                map.next_value_seed(EntriesSeed { part: self.part, failed: &mut *self.failed, room: Some(&name) })?;
+            counts.insert(name, n);
+        }
+        Ok((counts.values().sum(), bad_room))
+    }
+}
+
+/// One room's entries array into its table; the number of entries.
+struct EntriesSeed<'p, 'n> {
+    part: &'p mut Part,
+    failed: &'p mut Failed,
+    room: Option<&'n str>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntriesSeed<'_, '_> {
+    type Value = u64;
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<u64, D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_, '_> {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut count = 0;
+        while let Some(entry) = seq.next_element::<SnapshotEntry<'de>>()? {
+            count += 1;
+            let parsed;
+            let value = match entry.value {
+                None => ValRef::Raw("null"),
+                Some(raw) if is_plain(raw.get()) => ValRef::Raw(raw.get()),
+                Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(value) => {
+                        parsed = value;
+                        ValRef::Parsed(&parsed)
+                    }
+                    Err(err) => {
+                        *self.failed = Some((raw.get().as_ptr() as usize, err));
+                        return Err(de::Error::custom("a snapshot value does not parse"));
+                    }
+                },
+            };
+            let offer = Offer {
+                p: entry.stamp.p,
+                l: entry.stamp.l,
+                n: &entry.stamp.n,
+                tombstone: entry.tombstone,
+                value,
+                by: entry.by.as_deref().filter(|by| !by.is_empty()),
+            };
+            // A bad room name never gets here (see `RoomsSeed`).
+            self.part.merge(self.room, &entry.key, &offer).map_err(de::Error::custom)?;
+        }
+        Ok(count)
+    }
+}
+
+/// A snapshot entry, fields borrowed where they can be.
+#[derive(Deserialize)]
+struct SnapshotEntry<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(default)]
+    tombstone: bool,
+    #[serde(borrow)]
+    stamp: LineStamp<'a>,
+    #[serde(default, borrow)]
+    by: Option<Cow<'a, str>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        hlc::Clock,
+        ledger::{Ledger, SyncMode, snapshot_path},
+        lww::RoomsReplay,
+    };
+
+    /// Values that read raw, values that do not, and values that are not JSON at all.
+    const VALUES: &[&str] = &[
+        "1",
+        "\"x\"",
+        "{\"a\":[1,2]}",
+        "null",
+        "1.0",
+        "-0",
+        "[]",
+        "{\"b\":1,\"a\":2}",
+        "{\"a\":2,\"b\":1}",
+        "1e5",
+        "1E400",
+        "\"\\u00e9\"",
+        "\"\\ud800\"",
+        "\"\\ud83d\\ude00\"",
+        "\"a\\nb\"",
+        "1.5e-7",
+        "tru",
+        "\"\\x\"",
+        "01",
+        "[1,]",
+        "\"\u{7}\"",
+    ];
+
+    #[allow(clippy::too_many_arguments)] // one per field of the line
+    fn line(kind: u8, room: u8, key: u8, p: u64, l: u64, node: u8, value: Option<usize>, by: u8) -> Vec<u8> {
+        let kind = ["\"set\"", "\"del\"", "\"put\""][usize::from(kind % 3)];
+        let head = match room % 5 {
+            0 | 1 => format!("{{\"kind\":{kind}"),
+            2 => format!("{{\"room\":\"r1\",\"op\":{kind}"),
+            3 => format!("{{\"room\":\"r2\",\"op\":{kind}"),
+            _ => format!("{{\"room\":\"_bad\",\"op\":{kind}"),
+        };
+        let value = value.map_or(String::new(), |v| format!(",\"value\":{}", VALUES[v % VALUES.len()]));
+        let node = ["\"a\"", "\"b\"", "7", "\"\\u0061\""][usize::from(node % 4)];
+        let by = ["", ",\"by\":\"alice\"", ",\"by\":\"\"", ",\"by\":\"bob\""][usize::from(by % 4)];
+        format!("{head},\"key\":\"k{}\"{value},\"stamp\":{{\"p\":{p},\"l\":{l},\"n\":{node}}}{by}}}", key % 4)
+            .into_bytes()
+    }
+
+    fn arb_line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            8 => (any::<u8>(), any::<u8>(), any::<u8>(), 0u64..4, 0u64..2, any::<u8>(), prop::option::of(any::<usize>()), any::<u8>())
+                .prop_map(|(k, r, key, p, l, n, v, by)| line(k, r, key, p, l, n, v, by)),
+            1 => prop_oneof![Just(b"garbage".to_vec()), Just(Vec::new()), Just(b"{\"kind\":\"set\",\"key\":\"k\",\"value\":\"\xff\",\"stamp\":{\"p\":1,\"l\":0,\"n\":\"a\"}}".to_vec())],
+        ]
+    }
+
+    /// Replays `bytes` (and `snapshot`, if any) record by record and with [`replay_in`]
+    /// (`window`, `min_split`); both must give the same rooms, stats, clock and file.
+    fn same_either_way(bytes: &[u8], snapshot: Option<&[u8]>, window: usize, min_split: usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old.jsonl"), dir.path().join("new.jsonl"));
+        for path in [&old, &new] {
+            fs::write(path, bytes).unwrap();
+            if let Some(snapshot) = snapshot {
+                fs::write(snapshot_path(path), snapshot).unwrap();
+            }
+        }
+        let mut rooms = RoomsReplay::default();
+        let mut clock = Clock::new("z");
+        let expected = Ledger::open(&old, SyncMode::Always, |op| {
+            clock.witness(&op.stamp);
+            rooms.apply(op);
+        });
+        let file = fs::OpenOptions::new().read(true).append(true).open(&new).unwrap();
+        let mut stats = ReplayStats::default();
+        let got = replay_in(&new, &file, &mut stats, window, min_split);
+        let ((ledger, expected_stats), (len, replayed)) = match (expected, got) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(a), Err(b)) => return assert_eq!(a.to_string(), b.to_string().replace("new.jsonl", "old.jsonl")),
+            (a, b) => panic!("one way failed: {:?} / {:?}", a.map(|_| ()).err(), b.map(|_| ()).err()),
+        };
+        assert_eq!(len, ledger.len());
+        assert_eq!(
+            (stats.records, stats.corrupt, stats.truncated_bytes, stats.snapshot_entries),
+            (
+                expected_stats.records,
+                expected_stats.corrupt,
+                expected_stats.truncated_bytes,
+                expected_stats.snapshot_entries
+            )
+        );
+        assert_eq!(fs::read(&old).unwrap(), fs::read(&new).unwrap(), "the same torn tail cut");
+        let fingerprints = |rooms: &HashMap<Room, LwwMap>| -> BTreeMap<Room, Vec<u8>> {
+            rooms.iter().filter(|(_, m)| !m.is_empty()).map(|(r, m)| (r.clone(), m.fingerprint())).collect()
+        };
+        let rooms = rooms.finish();
+        assert_eq!(fingerprints(&replayed.rooms), fingerprints(&rooms));
+        for (room, map) in &replayed.rooms {
+            assert_eq!(map.live_len(), rooms[room].live_len());
+            for (key, register) in map.registers() {
+                assert_eq!(register.by, rooms[room].register(key).unwrap().by, "{room} {key}");
+            }
+        }
+        let mut witnessed = Clock::new("z");
+        if let Some(newest) = &replayed.newest {
+            witnessed.witness(newest);
+        }
+        assert_eq!(witnessed.last(), clock.last());
+    }
+
+    fn ledger_of(lines: &[Vec<u8>], torn: bool) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for line in lines {
+            bytes.extend_from_slice(line);
+            bytes.push(b'\n');
+        }
+        if torn {
+            bytes.extend_from_slice(b"{\"kind\":\"set\",\"key\":\"t\",\"va");
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any ledger, corrupt lines, odd values, equal stamps and a torn tail included, replays
+        /// to the same state as record by record, whole or cut into windows over the cores.
+        #[test]
+        fn replays_exactly_as_record_by_record(lines in prop::collection::vec(arb_line(), 0..60), torn in any::<bool>(),
+                                               window in 1usize..400) {
+            let bytes = ledger_of(&lines, torn);
+            same_either_way(&bytes, None, WINDOW, MIN_SPLIT);
+            same_either_way(&bytes, None, window, 0);
+        }
+
+        /// The same beside a snapshot file made of records' registers (ours, rooms included).
+        #[test]
+        fn replays_a_snapshot_and_a_ledger_exactly(before in prop::collection::vec(arb_line(), 0..40),
+                                                  after in prop::collection::vec(arb_line(), 0..20), window in 1usize..400) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("l.jsonl");
+            fs::write(&path, ledger_of(&before, false)).unwrap();
+            let mut rooms = RoomsReplay::default();
+            drop(Ledger::open(&path, SyncMode::Always, |op| { rooms.apply(op); }).unwrap());
+            let rooms: Vec<(Room, LwwMap)> = rooms.finish().into_iter().collect();
+            let snapshot = crate::ledger::snapshot::encode(&rooms, &path);
+            let bytes = ledger_of(&after, false);
+            same_either_way(&bytes, Some(&snapshot), WINDOW, MIN_SPLIT);
+            same_either_way(&bytes, Some(&snapshot), window, 0);
+        }
+    }
+
+    #[test]
+    fn snapshots_load_and_fail_exactly_as_before() {
+        let entry = |key: &str, value: &str| {
+            format!(
+                "{{\"key\":\"{key}\",\"value\":{value},\"tombstone\":false,\"stamp\":{{\"p\":1,\"l\":0,\"n\":\"a\"}}}}"
+            )
+        };
+        let ok = entry("k", "1");
+        for snapshot in [
+            format!("{{\"version\":1,\"entries\":[{ok}]}}"),
+            format!("{{\"entries\":[{ok}],\"version\":1,\"extra\":[1e400]}}"),
+            format!("{{\"version\":1,\"entries\":[{ok}],\"rooms\":{{\"a\":[{ok}],\"a\":[{}]}}}}", entry("j", "2")),
+            format!("{{\"version\":1,\"entries\":[{}]}}", entry("k", "1e400")),
+            format!("{{\"version\":1,\"entries\":[{}]}}", entry("k", "\"\\ud800\"")),
+            format!("{{\"version\":2,\"entries\":[{ok}]}}"),
+            format!("{{\"entries\":[{ok}]}}"),
+            String::from("{\"version\":1,\"version\":1}"),
+            format!("{{\"version\":1,\"rooms\":{{\"_x\":[{ok}]}}}}"),
+            format!("{{\"version\":1,\"rooms\":{{\"_x\":[{ok}]}},\"entries\":[1]}}"),
+            String::from("{\"version\":1,\"entries\":null}"),
+            String::from("{\"version\":1} x"),
+            String::from("[]"),
+            format!("[1,[{ok}],{{\"r\":[{ok}]}}]"),
+            format!("[1,[{ok}]]"),
+            format!("[1,[{ok}],{{}},5]"),
+            String::new(),
+        ] {
+            same_either_way(b"", Some(snapshot.as_bytes()), WINDOW, MIN_SPLIT);
+        }
+    }
+
+    #[test]
+    fn long_lines_and_many_windows_replay_whole() {
+        let long = format!(
+            "{{\"kind\":\"set\",\"key\":\"long\",\"value\":\"{}\",\"stamp\":{{\"p\":9,\"l\":0,\"n\":\"a\"}}}}",
+            "x".repeat(5000)
+        );
+        let lines: Vec<Vec<u8>> = (0..300u64)
+            .map(|i| {
+                if i == 150 {
+                    long.clone().into_bytes()
+                } else {
+                    line(0, (i % 4) as u8, i as u8, i / 3, 0, 0, Some(i as usize), 1)
+                }
+            })
+            .collect();
+        let bytes = ledger_of(&lines, true);
+        for (window, split) in [(WINDOW, MIN_SPLIT), (WINDOW, 0), (64, 0), (1, 0), (4096, 0)] {
+            same_either_way(&bytes, None, window, split);
+        }
+    }
+
+    #[test]
+    fn plain_values_are_the_ones_without_escapes_exponents_or_deep_nesting() {
+        for plain in ["1", "-2.5", "\"a\\\"b\\n\"", "{\"a\":[true,false,null]}", "\"e1\"", "\"1e5\"", "[]"] {
+            assert!(is_plain(plain), "{plain}");
+        }
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let long = "1".repeat(65);
+        for not in ["1e5", "2E-3", "\"\\u00e9\"", deep.as_str(), long.as_str(), "[1.5e300]"] {
+            assert!(!is_plain(not), "{not}");
+        }
+    }
+}
