@@ -269,7 +269,7 @@ withChromium('the demos honour ?room=: two teams each on their own board and doc
   // (The page shows its seed at once; the relay has it once sent: wait for it, bounded.)
   await until(() => teamA.keys().filter((k) => k.startsWith('line:')).length === 18, 5000, 'the markdown seed went to team-a beside its board');
   const md = await nodeClient(port, { room: 'markdown' });
-  assert.equal(md.keys().filter((k) => k.startsWith('line:')).length, 18);
+  await until(() => md.keys().filter((k) => k.startsWith('line:')).length === 18, 5000, 'the plain page seeded room markdown');
   assert.equal(md.keys().filter((k) => k.startsWith('col:')).length, 0);
   // The topology demo stays in the default room unless told.
   const topo = await DemoPage.open(cdp, `${base}/?room=team-a`, 'topology team-a');
