@@ -14,8 +14,9 @@
 //! - [`room`]: room names (the default room is upstream's one map).
 //! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
 //!   durable append, crash-safe compaction of a snapshot staged off-thread), history over archives,
-//!   archive retention, the health the ledger thread publishes for `/healthz`, and `LedgerActor`,
-//!   the single thread that appends (group commit) and folds compactions in.
+//!   archive retention, the health the ledger thread publishes for `/healthz`, `LedgerActor`,
+//!   the single thread that appends (group commit) and folds compactions in, and `replay`, boot's
+//!   parallel read of the snapshot and the ledger into every room's map.
 //! - [`protocol`]: v1 and v2 wire frames, parsed once at the edge and encoded once per broadcast,
 //!   and `protocol::close`, every close code the relay sends (browsers and peers).
 //! - [`limits`]: token bucket and connection counter.
