@@ -47,15 +47,10 @@ struct Reader {
     unparsed: u64,
 }
 
-fn digits(s: &str) -> Option<u64> {
-    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    s[..end].parse().ok()
-}
-
 impl Sink for Reader {
     fn frame(&mut self, text: &str, at: Instant) {
-        let seq = text.split_once(r#""key":"fan:"#).and_then(|(_, rest)| digits(rest));
-        let sent = text.split_once(r#""t":"#).and_then(|(_, rest)| digits(rest));
+        let seq = text.split_once(r#""key":"fan:"#).and_then(|(_, rest)| crate::util::leading_u64(rest));
+        let sent = text.split_once(r#""t":"#).and_then(|(_, rest)| crate::util::leading_u64(rest));
         let (Some(seq), Some(sent)) = (seq, sent) else {
             // The writer's connection ends before the relay is stopped: its `presence-leave`.
             self.unparsed += u64::from(!text.contains(r#""presence-leave""#));

@@ -85,15 +85,10 @@ struct Receiver {
     other: u64,
 }
 
-fn digits(s: &str) -> Option<u64> {
-    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    s[..end].parse().ok()
-}
-
 impl Sink for Receiver {
     fn frame(&mut self, text: &str, at: Instant) {
-        let write = text.split_once(r#""key":"idle:"#).and_then(|(_, rest)| digits(rest));
-        let sent = text.split_once(r#""t":"#).and_then(|(_, rest)| digits(rest));
+        let write = text.split_once(r#""key":"idle:"#).and_then(|(_, rest)| crate::util::leading_u64(rest));
+        let sent = text.split_once(r#""t":"#).and_then(|(_, rest)| crate::util::leading_u64(rest));
         let (Some(write), Some(sent)) = (write, sent) else {
             // The writer leaves before the relay is stopped: its `presence-leave` is expected.
             self.other += u64::from(!text.contains(r#""presence-leave""#));

@@ -45,6 +45,12 @@ pub fn upstream_script(name: &str) -> PathBuf {
 }
 
 /// The `p` quantile (0..=1) of sorted samples, nearest rank; zero for none.
+/// The number `s` starts with (a frame's stamp or sequence, read without parsing the JSON).
+pub fn leading_u64(s: &str) -> Option<u64> {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s[..end].parse().ok()
+}
+
 pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
         return T::default();
