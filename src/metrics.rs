@@ -104,6 +104,7 @@ pub struct Metrics {
     /// Connections whose socket took nothing for `write_timeout_s`: [closed with 1013, dropped].
     write_timeouts: [AtomicU64; 2],
     durable_writes: AtomicU64,
+    inline_appends: AtomicU64,
     ledger_failures: AtomicU64,
     /// Seconds per ledger append (write + fdatasync).
     pub fsync_seconds: Histogram,
@@ -134,6 +135,7 @@ impl Default for Metrics {
             api_responses: Mutex::new(BTreeMap::new()),
             write_timeouts: Default::default(),
             durable_writes: AtomicU64::new(0),
+            inline_appends: AtomicU64::new(0),
             ledger_failures: AtomicU64::new(0),
             fsync_seconds: Histogram::new(SECONDS),
             batch_ops: Histogram::new(BATCH),
@@ -212,9 +214,11 @@ impl Metrics {
         self.rooms_refused[i].fetch_add(1, Relaxed);
     }
 
-    /// A batch of `ops` became durable after `elapsed` in the ledger.
-    pub fn batch(&self, ops: usize, elapsed: Duration) {
+    /// A batch of `ops` became durable after `elapsed` in the ledger; `inline` if the state
+    /// actor appended it itself (a quiet relay's batch, see `state::Inline`).
+    pub fn batch(&self, ops: usize, elapsed: Duration, inline: bool) {
         self.durable_writes.fetch_add(ops as u64, Relaxed);
+        self.inline_appends.fetch_add(u64::from(inline), Relaxed);
         self.fsync_seconds.observe(elapsed.as_secs_f64());
         self.batch_ops.observe(ops as f64);
     }
@@ -326,6 +330,11 @@ impl Metrics {
             reasons.map(|(reason, v)| (format!("{{reason=\"{reason}\"}}"), v.load(Relaxed))).collect();
         counter("aether_rooms_refused_total", "Joins refused by the [rooms] caps, by reason.", &rooms_refused);
         counter("aether_durable_writes_total", "Writes made durable in the ledger.", &plain(&self.durable_writes));
+        counter(
+            "aether_ledger_inline_appends_total",
+            "Ledger appends the state actor made itself, the relay being quiet (the rest: the ledger thread).",
+            &plain(&self.inline_appends),
+        );
         counter("aether_ledger_failures_total", "Ledger appends that failed.", &plain(&self.ledger_failures));
         counter("aether_compactions_total", "Online compactions completed.", &plain(&self.compactions));
         self.fsync_seconds.render(
@@ -361,7 +370,7 @@ mod tests {
         metrics.dropped(Dropped::BadKey);
         metrics.closed(1008);
         metrics.write_timed_out(false);
-        metrics.batch(3, Duration::from_micros(700));
+        metrics.batch(3, Duration::from_micros(700), false);
         let text = metrics.render(Live { connections: 2, ..Live::default() });
         for line in [
             "aether_connections 2",

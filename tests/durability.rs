@@ -239,3 +239,49 @@ fn a_ledger_with_named_rooms_boots_and_the_default_room_sees_only_its_own() {
     let restarted = Server::start_in(dir, "");
     assert_eq!(restarted.client().snapshot["data"], json!({"shared": "new", "mine": 1}));
 }
+
+/// A quiet relay appends a lone write on the state actor's own thread (two thread hand-offs fewer
+/// on its round trip); a burst from many writers still leaves in shared batches (group commit),
+/// and every write is durable before it is shown either way: the ledger holds each echoed write.
+#[test]
+fn a_lone_write_is_appended_inline_and_a_burst_still_shares_fsyncs() {
+    let metric = |text: &str, name: &str| -> u64 {
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(name));
+        line.and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    let server = Server::start(FAST);
+    let mut lone = server.client();
+    lone.set("lone", json!(1));
+    lone.recv_set("lone");
+    let text = server.get("/metrics").1;
+    assert_eq!(metric(&text, "aether_ledger_inline_appends_total"), 1, "{text}");
+    assert_eq!(metric(&text, "aether_ledger_batch_ops_count"), 1);
+
+    let (writers, each) = (8, 50);
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let url = server.url();
+            thread::spawn(move || {
+                let mut client = Client::connect(&url);
+                for i in 0..each {
+                    let text = json!({"type": "set", "key": format!("b{w}:{i}"), "value": i}).to_string();
+                    client.ws.send(Message::text(text)).unwrap();
+                }
+                client.recv_set(&format!("b{w}:{}", each - 1));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let text = server.get("/metrics").1;
+    let batches = metric(&text, "aether_ledger_batch_ops_count") - 1;
+    let writes = (writers * each) as u64;
+    assert_eq!(metric(&text, "aether_durable_writes_total"), writes + 1);
+    assert!(batches < writes, "{batches} batches for {writes} concurrent writes: group commit gathered none");
+    let dir = server.kill9();
+    let ledger = fs::read_to_string(dir.path().join("ledger.jsonl")).unwrap();
+    assert_eq!(ledger.lines().count() as u64, writes + 1, "every echoed write is in the ledger");
+}

@@ -523,6 +523,14 @@ fn mean_of(metrics: &str, name: &str) -> Option<f64> {
     histogram(metrics, name).and_then(|(sum, count)| (count > 0.0).then(|| sum / count))
 }
 
+/// The share of ledger appends the state actor made itself (a quiet relay's batches).
+fn inline_share(metrics: &str) -> Option<f64> {
+    let inline: f64 =
+        metrics.lines().find_map(|l| l.strip_prefix("aether_ledger_inline_appends_total "))?.trim().parse().ok()?;
+    let (_, batches) = histogram(metrics, "aether_ledger_batch_ops")?;
+    (batches > 0.0).then(|| inline / batches)
+}
+
 fn throughput(s: &Settings, out: &mut Out) {
     println!(
         "\n== Durable write throughput: N writer connections x W writes in flight each; a write counts when its \
@@ -659,7 +667,7 @@ fn load(s: &Settings, out: &mut Out) {
         max.threads
     );
     println!(
-        "{:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>6} {:>8} {:>6} {:>6} {:>6}  relay threads",
+        "{:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>6} {:>8} {:>6} {:>6} {:>6} {:>6}  relay threads",
         "load",
         "asked/s",
         "acked/s",
@@ -672,6 +680,7 @@ fn load(s: &Settings, out: &mut Out) {
         "fsync p99",
         "batch",
         "append",
+        "inline",
         "relay",
         "bench",
         "rest"
@@ -704,7 +713,7 @@ fn load(s: &Settings, out: &mut Out) {
         }
         let (p50, p99) = (ms(percentile(&p.latency, 0.5)), ms(percentile(&p.latency, 0.99)));
         println!(
-            "{:>5.0}% {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.1} {:>10.2} {:>10.1} {:>9.3} {:>9.3} {:>6} {:>8} {:>5.0}% {:>5.0}% {:>5.0}%  {}",
+            "{:>5.0}% {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>8.1} {:>10.2} {:>10.1} {:>9.3} {:>9.3} {:>6} {:>8} {:>6} {:>5.0}% {:>5.0}% {:>5.0}%  {}",
             share * 100.0,
             p.target,
             p.acked_rate,
@@ -717,6 +726,7 @@ fn load(s: &Settings, out: &mut Out) {
             ms(percentile(&p.fdatasync, 0.99)),
             mean_of(&metrics, "aether_ledger_batch_ops").map_or("-".to_owned(), |b| format!("{b:.1}")),
             mean_of(&metrics, "aether_ledger_append_seconds").map_or("-".to_owned(), |a| format!("{:.3}ms", a * 1e3)),
+            inline_share(&metrics).map_or("-".to_owned(), |i| format!("{:.0}%", i * 100.0)),
             100.0 * p.relay_cpu / s.secs,
             100.0 * p.bench_cpu / s.secs,
             100.0 * p.other_cpu / s.secs,
@@ -737,7 +747,7 @@ fn load(s: &Settings, out: &mut Out) {
         "(p50/p99/max: send to own echo; due: from the instant the write was due, which also counts any delay of \
          the harness in sending it; fsync: a small append + fdatasync beside the ledger every 5 ms meanwhile, ms; \
          batch, append: mean writes per ledger append and mean write + fdatasync, from our /metrics; \
-         relay/bench/rest: CPU in the window, % of one core)"
+         inline: appends the state actor made itself, the relay being quiet; relay/bench/rest: CPU in the window, % of one core)"
     );
 }
 

@@ -10,6 +10,11 @@
 //! benches/README.md) before its `fdatasync` even began. Here the state actor's thread hands the
 //! batch straight to the ledger thread, and the ledger thread answers on a oneshot channel that
 //! wakes the state actor's arbiter directly.
+//!
+//! A quiet relay may skip both hand-offs: [`LedgerHandle::append_now`] appends on the caller's
+//! thread when the ledger thread is idle (the state actor asks only when nothing is in flight and
+//! the relay was quiet, see `state::Inline`). Appends stay serialized: both paths take the same
+//! lock, and the state actor still has at most one batch outstanding.
 
 use std::{
     path::PathBuf,
@@ -37,6 +42,8 @@ use crate::lww::Op;
 #[derive(Clone)]
 pub struct LedgerHandle {
     tx: mpsc::Sender<(Append, oneshot::Sender<Appended>)>,
+    /// The appender, shared by the thread and [`LedgerHandle::append_now`].
+    actor: Arc<Mutex<LedgerActor>>,
 }
 
 impl LedgerHandle {
@@ -53,11 +60,23 @@ impl LedgerHandle {
             rx.await.map_err(|_| MailboxError::Closed)
         }
     }
+
+    /// Appends `msg` on this thread, now, if the ledger thread is not appending (a batch sent
+    /// earlier is then still in its channel or being written: `msg` is handed back, to be sent
+    /// behind it). Same outcome as [`LedgerHandle::send`], without the two cross-thread wake-ups;
+    /// the caller waits for the `fdatasync`.
+    pub fn append_now(&self, msg: Append) -> Result<Appended, Append> {
+        match self.actor.try_lock() {
+            Ok(mut actor) => Ok(actor.append(msg)),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner().append(msg)),
+            Err(std::sync::TryLockError::WouldBlock) => Err(msg),
+        }
+    }
 }
 
 /// The ledger thread's state.
 pub struct LedgerActor {
-    ledger: Arc<Mutex<Ledger>>,
+    ledger: Ledger,
     buf: Vec<u8>,
     health: Arc<LedgerHealth>,
     retention: Retention,
@@ -76,19 +95,16 @@ impl LedgerActor {
     /// compaction). After each successful compaction, archives are pruned as `retention` says.
     /// If the thread cannot be started, every batch is refused and the health says why.
     pub fn start_with(ledger: Ledger, retention: Retention) -> (LedgerHandle, Arc<LedgerHealth>) {
-        let health = Arc::new(LedgerHealth::new(ledger.len()));
-        let mut actor = LedgerActor {
-            ledger: Arc::new(Mutex::new(ledger)),
-            buf: Vec::new(),
-            health: Arc::clone(&health),
-            retention,
-            pruning: Arc::new(Pruning::default()),
-        };
+        let (actor, health) = Self::new(ledger, retention);
+        let actor = Arc::new(Mutex::new(actor));
         let (tx, rx) = mpsc::channel::<(Append, oneshot::Sender<Appended>)>();
+        let appender = Arc::clone(&actor);
         let spawned = std::thread::Builder::new().name("aether-ledger".into()).spawn(move || {
             while let Ok((msg, reply)) = rx.recv() {
+                // Unlocked before answering: once the caller has the reply, the thread is idle.
+                let appended = appender.lock().unwrap_or_else(PoisonError::into_inner).append(msg);
                 // The caller may have gone (shutdown): the batch is durable all the same.
-                let _ = reply.send(actor.append(msg));
+                let _ = reply.send(appended);
             }
         });
         if let Err(err) = spawned {
@@ -96,7 +112,19 @@ impl LedgerActor {
             log::error!("cannot start the ledger thread: {err}");
             health.append_failed(format!("cannot start the ledger thread: {err}"));
         }
-        (LedgerHandle { tx }, health)
+        (LedgerHandle { tx, actor }, health)
+    }
+
+    fn new(ledger: Ledger, retention: Retention) -> (Self, Arc<LedgerHealth>) {
+        let health = Arc::new(LedgerHealth::new(ledger.len()));
+        let actor = LedgerActor {
+            ledger,
+            buf: Vec::new(),
+            health: Arc::clone(&health),
+            retention,
+            pruning: Arc::new(Pruning::default()),
+        };
+        (actor, health)
     }
 
     /// Prunes archives on a thread of its own (it reads whole archives): appends never wait for it.
@@ -199,7 +227,7 @@ impl LedgerActor {
         for op in &msg.ops {
             record::encode(op, &mut self.buf);
         }
-        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        let ledger = &mut self.ledger;
         let started = Instant::now();
         let result = if msg.ops.is_empty() {
             Ok(())
@@ -233,10 +261,8 @@ impl LedgerActor {
         });
         let position = (ledger.generation(), ledger.len());
         self.health.idle(ledger.len());
-        let path = ledger.path().to_owned();
-        drop(ledger);
         if matches!(compacted, Some(Ok(_))) {
-            self.prune(path);
+            self.prune(self.ledger.path().to_owned());
         }
         let bytes = self.buf.len() as u64;
         if self.buf.capacity() > 8 << 20 {
@@ -288,10 +314,35 @@ mod tests {
     /// The thread ends once the last handle is gone; a handle whose thread is gone refuses.
     #[tokio::test]
     async fn a_handle_without_its_thread_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(&dir.path().join("ledger.jsonl"), SyncMode::Always, |_| {}).unwrap();
         let (tx, rx) = mpsc::channel();
         drop(rx);
-        let handle = LedgerHandle { tx };
+        let handle = LedgerHandle { tx, actor: Arc::new(Mutex::new(LedgerActor::new(ledger, Retention::KEEP_ALL).0)) };
         let refused = handle.send(Append { ops: vec![op(1)], compact: None }).await;
         assert!(matches!(refused, Err(MailboxError::Closed)));
+    }
+
+    /// An append on the caller's thread lands in order after what the thread appended, and is
+    /// in the file when it returns; while the thread holds the appender, the batch is handed back.
+    #[tokio::test]
+    async fn append_now_is_serialized_with_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let (ledger, _) = Ledger::open(&path, SyncMode::Always, |_| {}).unwrap();
+        let handle = LedgerActor::start(ledger);
+        let first = handle.send(Append { ops: vec![op(0)], compact: None }).await.unwrap();
+        first.result.unwrap();
+        let now = handle.append_now(Append { ops: vec![op(1), op(2)], compact: None }).ok().unwrap();
+        now.result.unwrap();
+        assert!(now.position.1 > first.position.1);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), now.position.1, "durable when it returns");
+        let busy = handle.actor.lock().unwrap();
+        let back = handle.append_now(Append { ops: vec![op(3)], compact: None });
+        assert!(matches!(back, Err(Append { ref ops, .. }) if ops.len() == 1), "handed back while the thread appends");
+        drop(busy);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.lines().nth(1).unwrap().contains(r#""key":"k1""#));
     }
 }

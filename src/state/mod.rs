@@ -161,6 +161,10 @@ pub struct StateActor {
     queue: Vec<Pending>,
     /// Writers of the batch the ledger is writing; `Some` while an append is in flight.
     in_flight: Option<Vec<WriteMeta>>,
+    /// A [`Flush`] is on its way: the next batch goes once the mailbox is drained.
+    flush_requested: bool,
+    /// Whether the next batch may be appended on this thread (see [`Inline`]).
+    inline: Inline,
     /// Identifies this run of the relay in resume tokens (sequence numbers restart at boot).
     epoch: String,
     /// Every room with registers or members.
@@ -185,6 +189,58 @@ pub struct StateActor {
     /// Conditional API writes that came while a batch was in flight: checked once it is back,
     /// when every accepted op is in a map or in the queue (see `api`).
     api_waiting: Vec<ApiWrite>,
+}
+
+/// Sends the next batch (see [`StateActor::flush`]). Notified to itself, so it runs after the
+/// messages already in the mailbox: a burst that arrives together leaves in one batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for StateActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.flush_requested = false;
+        self.flush_now(ctx);
+    }
+}
+
+/// When the state actor appends a batch itself instead of handing it to the ledger thread.
+///
+/// A lone write's round trip is mostly thread hand-offs and the disk (benches/README.md, "Speed at
+/// the limit"): handing the batch to the ledger thread and being woken by its answer cost two
+/// cross-thread wake-ups. When the relay is quiet (the last batch came back at least [`Self::QUIET`]
+/// ago: nothing was waiting behind it) and the disk is fast, the state actor writes and
+/// `fdatasync`s the batch itself, then publishes it, exactly as it would on the thread's answer.
+/// Under load, batches come back to back and go to the thread as before, so one `fdatasync` still
+/// runs while the next batch gathers. A compaction always goes to the thread. The cost: while an
+/// inline `fdatasync` runs (at most [`Self::FAST_DISK`], as the last one took), the actor handles
+/// nothing else; what arrives meanwhile waits in its mailbox and leaves in the next batch, which
+/// goes to the thread.
+#[derive(Clone, Copy)]
+struct Inline {
+    /// When the last batch came back (published or dropped).
+    settled_at: Instant,
+    /// How long the last append (write + `fdatasync`) took.
+    last_append: Duration,
+}
+
+impl Inline {
+    /// Quiet: no batch came back for this long.
+    const QUIET: Duration = Duration::from_micros(50);
+    /// A disk whose last append took longer is left to the ledger thread.
+    const FAST_DISK: Duration = Duration::from_millis(2);
+
+    fn allows(&self, append: &Append) -> bool {
+        append.compact.is_none() && self.last_append <= Self::FAST_DISK && self.settled_at.elapsed() >= Self::QUIET
+    }
+}
+
+impl Default for Inline {
+    fn default() -> Self {
+        Inline { settled_at: Instant::now(), last_append: Duration::ZERO }
+    }
 }
 
 /// When and where the state actor compacts the ledger online.
@@ -232,6 +288,8 @@ impl StateActor {
             ledger,
             queue: Vec::new(),
             in_flight: None,
+            flush_requested: false,
+            inline: Inline::default(),
             stopping: None,
             metrics,
         }
@@ -283,21 +341,40 @@ impl StateActor {
         }
     }
 
-    /// Sends the next batch to the ledger if none is in flight.
+    /// Asks for the next batch to go to the ledger once the messages already in the mailbox are
+    /// handled (they join it), unless one is in flight: its return flushes again.
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_requested || self.in_flight.is_some() || (self.queue.is_empty() && !self.compaction.has_ready()) {
+            return;
+        }
+        self.flush_requested = true;
+        ctx.notify(Flush);
+    }
+
+    /// Sends the next batch to the ledger if none is in flight: appended here and now if the
+    /// relay is quiet ([`Inline`]), otherwise handed to the ledger thread.
+    fn flush_now(&mut self, ctx: &mut Context<Self>) {
         if self.in_flight.is_some() || (self.queue.is_empty() && !self.compaction.has_ready()) {
             return;
         }
         let take = self.queue.len().min(MAX_BATCH_OPS);
         let (ops, metas): (Vec<Op>, Vec<WriteMeta>) = self.queue.drain(..take).map(|p| (p.op, p.meta)).unzip();
         self.in_flight = Some(metas);
-        let append = Append { ops, compact: self.compaction.take_ready() };
-        self.ledger.send(append).into_actor(self).map(|reply, act, ctx| act.committed(reply, ctx)).spawn(ctx);
+        let mut append = Append { ops, compact: self.compaction.take_ready() };
+        if self.inline.allows(&append) {
+            let started = Instant::now();
+            match self.ledger.append_now(append) {
+                Ok(appended) => return self.committed(Ok(appended), Some(started), ctx),
+                Err(back) => append = back,
+            }
+        }
+        self.ledger.send(append).into_actor(self).map(|reply, act, ctx| act.committed(reply, None, ctx)).spawn(ctx);
     }
 
-    /// A batch came back from the ledger: publish it if durable, drop it otherwise.
-    fn committed(&mut self, reply: Result<Appended, MailboxError>, ctx: &mut Context<Self>) {
-        let started = Instant::now();
+    /// A batch came back from the ledger: publish it if durable, drop it otherwise. `inline`: when
+    /// this thread began appending it itself.
+    fn committed(&mut self, reply: Result<Appended, MailboxError>, inline: Option<Instant>, ctx: &mut Context<Self>) {
+        let started = inline.unwrap_or_else(Instant::now);
         let mut metas = self.in_flight.take().unwrap_or_default();
         for meta in &metas {
             self.settle(meta);
@@ -308,10 +385,11 @@ impl StateActor {
                 if let Some(outcome) = compacted {
                     self.compaction.finished(outcome, &self.metrics);
                 }
+                self.inline.last_append = elapsed;
                 match result {
                     Ok(()) if ops.is_empty() => {}
                     Ok(()) => {
-                        self.metrics.batch(ops.len(), elapsed);
+                        self.metrics.batch(ops.len(), elapsed, inline.is_some());
                         self.publish(ops, &mut metas);
                     }
                     Err(err) => {
@@ -340,6 +418,7 @@ impl StateActor {
         self.maybe_compact(ctx);
         self.maybe_finish_stopping();
         self.metrics.state_busy(started.elapsed());
+        self.inline.settled_at = Instant::now();
     }
 
     /// A batch the ledger refused: its writers are told (v2 `nack ledger_failed`), transports'
