@@ -16,7 +16,7 @@
 //! timed from its send to its arrival at every one of the N (p50, p99, max over the N).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, TcpStream},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -26,13 +26,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use socket2::{Domain, Socket, Type};
-use tungstenite::{Message, WebSocket, protocol::WebSocketConfig};
+use tungstenite::{Message, WebSocket};
 
 use crate::{
     Out, Settings,
     client::{Client, READ_TIMEOUT},
-    pair,
+    connector, pair,
     poller::{Pollers, Sink},
     procs::{OursConfig, Relay, histogram},
     report::{Goal, Row},
@@ -43,8 +42,10 @@ use crate::{
 pub struct Knobs {
     /// Connections to hold.
     pub conns: usize,
-    /// Connector threads (each keeps one connect in flight).
+    /// Connector threads.
     pub connectors: usize,
+    /// Connects each connector keeps in flight.
+    pub in_flight: usize,
     /// Loopback source addresses, 127.0.0.1 up.
     pub sources: usize,
     /// Connects per second at most; 0: as fast as they go.
@@ -61,7 +62,8 @@ impl Knobs {
     fn from_env(conns: usize, pollers: usize) -> Knobs {
         Knobs {
             conns,
-            connectors: env_or("AETHER_BENCH_IDLE_CONNECTORS", 8),
+            connectors: env_or("AETHER_BENCH_IDLE_CONNECTORS", 2),
+            in_flight: env_or("AETHER_BENCH_IDLE_IN_FLIGHT", 8),
             sources: env_or("AETHER_BENCH_IDLE_SOURCES", 4usize).clamp(1, 250),
             rate: env_or("AETHER_BENCH_IDLE_RATE", 0.0),
             pollers: env_or("AETHER_BENCH_IDLE_POLLERS", pollers),
@@ -166,85 +168,68 @@ impl Idle {
     }
 }
 
-/// Opens a connection from `source` and greets as a tab: upgrade, `hello`, `snapshot`, a first
-/// frame (`auth`, ignored without auth; upstream closes a client that sends nothing).
-fn connect_from(source: IpAddr, addr: SocketAddr, url: &str) -> Result<WebSocket<TcpStream>, String> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| format!("socket: {e}"))?;
-    socket.bind(&SocketAddr::new(source, 0).into()).map_err(|e| format!("bind {source}: {e}"))?;
-    socket.connect_timeout(&addr.into(), READ_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    let stream: TcpStream = socket.into();
-    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-    stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(|e| format!("read timeout: {e}"))?;
-    // Small buffers: the harness holds as many clients as the relay (tungstenite's default
-    // 128 KiB read buffer per client costs this process page faults it does not need).
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (ws, _) =
-        tungstenite::client::client_with_config(url, stream, Some(config)).map_err(|e| format!("handshake: {e}"))?;
-    let mut client = Client { ws };
-    for expected in ["hello", "snapshot"] {
-        let frame = client.next_text()?;
-        if !frame.contains(&format!(r#""type":"{expected}""#)) {
-            return Err(format!("expected {expected} first, got {frame:.120}"));
-        }
-    }
-    client.ws.send(Message::text(r#"{"type":"auth"}"#)).map_err(|e| format!("first frame: {e}"))?;
-    client.into_nonblocking().map_err(|e| format!("nonblocking: {e}"))
-}
-
-/// Opens `k.conns` connections on `k.connectors` threads and hands them to `pool`; fills the
-/// connect figures of `out`.
+/// Opens `k.conns` connections on `k.connectors` threads, `k.in_flight` at a time each (see
+/// `connector`), and hands them to `pool`; fills the connect figures of `out`.
 fn open_all(relay: &Relay, k: &Knobs, pool: &mut Pollers<Receiver>, out: &mut Idle) {
-    let (addr, url) = (relay.addr, relay.url());
+    let path = relay.url().split_once("//").and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()));
+    let plan = Arc::new(connector::Plan {
+        addr: relay.addr,
+        path: path.unwrap_or_else(|| "/".to_owned()),
+        sources: (0..k.sources).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8))).collect(),
+        in_flight: k.in_flight,
+        timeout: READ_TIMEOUT,
+    });
     let next = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel::<(WebSocket<TcpStream>, Duration)>();
+    let (tx, rx) = mpsc::channel::<Vec<(WebSocket<TcpStream>, Duration)>>();
     let overflows_before = (tcp_ext("ListenOverflows"), tcp_ext("ListenDrops"));
     let slab_before = meminfo_kib("Slab");
     let (relay_cpu, bench_cpu, busy) = (relay.cpu_secs(), cpu_secs("self"), machine_busy_secs());
     let started = Instant::now();
     let connectors: Vec<_> = (0..k.connectors.max(1))
-        .map(|i| {
-            let (next, stop, errors, tx, url) = (next.clone(), stop.clone(), errors.clone(), tx.clone(), url.clone());
-            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % k.sources) as u8));
+        .map(|_| {
+            let (plan, next, stop, errors, tx) = (plan.clone(), next.clone(), stop.clone(), errors.clone(), tx.clone());
             let (n, rate) = (k.conns, k.rate);
             thread::spawn(move || {
-                while !stop.load(Ordering::Acquire) {
+                let mut batch = Vec::new();
+                let mut sent_at = Instant::now();
+                let claim = || {
                     let j = next.fetch_add(1, Ordering::AcqRel);
-                    if j >= n {
-                        break;
-                    }
-                    if rate > 0.0 {
-                        thread::sleep(
-                            (started + Duration::from_secs_f64(j as f64 / rate))
-                                .saturating_duration_since(Instant::now()),
-                        );
-                    }
-                    let t = Instant::now();
-                    match connect_from(source, addr, &url) {
-                        Ok(ws) => {
-                            let _ = tx.send((ws, t.elapsed()));
-                        }
+                    (j < n && !stop.load(Ordering::Acquire))
+                        .then(|| if rate > 0.0 { started + Duration::from_secs_f64(j as f64 / rate) } else { started })
+                };
+                connector::run(&plan, claim, |opened| {
+                    match opened {
+                        Ok(o) => batch.push((o.ws, o.took)),
                         Err(e) => {
                             let mut errors = errors.lock().expect("errors lock");
-                            errors.push(format!("client {j} of {n}: {e}"));
+                            errors.push(format!("a client of {n}: {e}"));
                             if errors.len() >= 100 {
                                 stop.store(true, Ordering::Release);
                             }
                         }
                     }
-                }
+                    // Handed over in batches: one wake-up of the main thread per batch.
+                    if batch.len() >= 32 || sent_at.elapsed() > Duration::from_millis(5) {
+                        let _ = tx.send(std::mem::take(&mut batch));
+                        sent_at = Instant::now();
+                    }
+                });
+                let _ = tx.send(batch);
             })
         })
         .collect();
     drop(tx);
     let mut latencies = Vec::with_capacity(k.conns);
     let mut marks = [started; 4];
-    for (ws, took) in rx {
-        pool.add(ws);
-        latencies.push(took);
+    for batch in rx {
+        let before = latencies.len();
+        let (sockets, took): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        pool.add_all(sockets);
+        latencies.extend(took);
         let held = latencies.len();
-        if let Some(q) = (0..4).find(|q| held == (q + 1) * k.conns / 4) {
+        if let Some(q) = (0..4).find(|q| before < (q + 1) * k.conns / 4 && held >= (q + 1) * k.conns / 4) {
             marks[q] = Instant::now();
             out.rss_quarters[q] = relay.rss_kib();
         }

@@ -17,6 +17,7 @@
 mod access;
 mod api;
 mod client;
+mod connector;
 mod fanout;
 mod feed;
 mod idle;

@@ -81,6 +81,20 @@ impl<S: Sink> Pollers<S> {
         }
     }
 
+    /// Hands out several connections (already non-blocking), waking each thread once.
+    pub fn add_all(&mut self, batch: Vec<WebSocket<TcpStream>>) {
+        let mut woken = vec![false; self.threads.len()];
+        for ws in batch {
+            let i = self.next % self.threads.len();
+            self.next += 1;
+            self.added += 1;
+            woken[i] |= self.threads[i].tx.send(ws).is_ok();
+        }
+        for (t, _) in self.threads.iter().zip(woken).filter(|(_, w)| *w) {
+            let _ = t.waker.wake();
+        }
+    }
+
     /// Stops the threads, closes every connection (by dropping it), returns each thread's sink.
     pub fn finish(self) -> Vec<(S, Ended)> {
         self.stop.store(true, Ordering::Release);
