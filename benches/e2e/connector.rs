@@ -1,8 +1,8 @@
 //! Opens many WebSocket connections from one thread, several at once, as cheaply as a client can:
 //! non-blocking connects from a chosen loopback source address, driven by epoll (`mio`); a fixed
 //! upgrade request; the `101` response and the first two frames (`hello`, `snapshot`) read as
-//! bytes; one masked first frame (`auth`) written. Only then is the socket wrapped in a
-//! tungstenite client, for the pollers that hold it.
+//! bytes; one masked first frame (`auth`) written. The socket then goes to the pollers as a
+//! bare [`Raw`] connection.
 //!
 //! A blocking tungstenite client per connect cost this harness about as much CPU as the relay
 //! spent accepting (a random key, an `http` request, three blocking reads and two thread
@@ -18,10 +18,8 @@ use std::{
 
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use socket2::{Domain, Socket, Type};
-use tungstenite::{
-    WebSocket,
-    protocol::{Role, WebSocketConfig},
-};
+
+use crate::poller::Raw;
 
 /// The key every connection sends, and the `Sec-WebSocket-Accept` RFC 6455 derives from it (the
 /// example of its section 1.3).
@@ -33,8 +31,8 @@ const AUTH_FRAME: &[u8] = b"\x81\x8f\0\0\0\0{\"type\":\"auth\"}";
 
 /// One connection that completed its greeting.
 pub struct Opened {
-    /// Non-blocking, with whatever the relay sent after `snapshot` already inside.
-    pub ws: WebSocket<TcpStream>,
+    /// Non-blocking, with whatever the relay sent after `snapshot`.
+    pub raw: Raw,
     /// From the start of its connect to its first frame written.
     pub took: Duration,
 }
@@ -243,7 +241,7 @@ fn frame(bytes: &[u8]) -> Result<Option<(&[u8], usize)>, String> {
     Ok((bytes.len() >= header + len).then(|| (&bytes[header..header + len], header + len)))
 }
 
-/// Writes the first frame and hands the socket to tungstenite, with what followed `snapshot`.
+/// Writes the first frame; the socket, with what followed `snapshot`, is ready for a poller.
 fn finish(mut p: Pending) -> Result<Opened, String> {
     let end = greeting(&p.read)?.ok_or("greeting incomplete")?;
     // 19 bytes into an empty send buffer of a fresh socket: written whole or the socket failed.
@@ -253,8 +251,6 @@ fn finish(mut p: Pending) -> Result<Opened, String> {
         Err(e) => return Err(format!("first frame: {e}")),
     }
     let took = p.started.elapsed();
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let rest = p.read.split_off(end);
-    let ws = WebSocket::from_partially_read(p.stream, rest, Role::Client, Some(config));
-    Ok(Opened { ws, took })
+    let pending = p.read.split_off(end);
+    Ok(Opened { raw: Raw { stream: p.stream, pending }, took })
 }

@@ -16,7 +16,7 @@
 //! timed from its send to its arrival at every one of the N (p50, p99, max over the N).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, TcpStream},
+    net::{IpAddr, Ipv4Addr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -26,13 +26,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 use crate::{
     Out, Settings,
     client::{Client, READ_TIMEOUT},
     connector, pair,
-    poller::{Pollers, Sink},
+    poller::{Pollers, Raw, Sink},
     procs::{OursConfig, Relay, histogram},
     report::{Goal, Row},
     util::{cpu_secs, env_or, machine_busy_secs, meminfo_kib, ms, percentile, tcp_ext},
@@ -182,7 +182,7 @@ fn open_all(relay: &Relay, k: &Knobs, pool: &mut Pollers<Receiver>, out: &mut Id
     let next = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel::<Vec<(WebSocket<TcpStream>, Duration)>>();
+    let (tx, rx) = mpsc::channel::<Vec<(Raw, Duration)>>();
     let overflows_before = (tcp_ext("ListenOverflows"), tcp_ext("ListenDrops"));
     let slab_before = meminfo_kib("Slab");
     let (relay_cpu, bench_cpu, busy) = (relay.cpu_secs(), cpu_secs("self"), machine_busy_secs());
@@ -201,7 +201,7 @@ fn open_all(relay: &Relay, k: &Knobs, pool: &mut Pollers<Receiver>, out: &mut Id
                 };
                 connector::run(&plan, claim, |opened| {
                     match opened {
-                        Ok(o) => batch.push((o.ws, o.took)),
+                        Ok(o) => batch.push((o.raw, o.took)),
                         Err(e) => {
                             let mut errors = errors.lock().expect("errors lock");
                             errors.push(format!("a client of {n}: {e}"));
@@ -226,7 +226,7 @@ fn open_all(relay: &Relay, k: &Knobs, pool: &mut Pollers<Receiver>, out: &mut Id
     for batch in rx {
         let before = latencies.len();
         let (sockets, took): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        pool.add_all(sockets);
+        pool.add_raw(sockets);
         latencies.extend(took);
         let held = latencies.len();
         if let Some(q) = (0..4).find(|q| before < (q + 1) * k.conns / 4 && held >= (q + 1) * k.conns / 4) {

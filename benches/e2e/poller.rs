@@ -1,10 +1,16 @@
 //! Many client connections read by a few threads: each thread waits on its sockets with `mio`
 //! (epoll) and reads whatever arrives, so thousands of connections cost a few threads, not
-//! thousands. Reading also answers the relay's pings (tungstenite queues the pong and sends it on
-//! the next read or flush), so the connections stay alive as browser tabs do.
+//! thousands. Reading also answers the relay's pings, so the connections stay alive as browser
+//! tabs do.
+//!
+//! A connection is either a tungstenite client or, from `connector`, a bare socket whose frames
+//! are read here as bytes ([`Raw`]): one `recv` per wake-up (a short read means the socket is
+//! drained; epoll wakes the thread again for more), no allocation per frame. Dense scenarios hold
+//! tens of thousands of these on the same two cores as the relay, where the harness's CPU per
+//! delivered frame is taken from the relay's.
 
 use std::{
-    io,
+    io::{self, Read, Write},
     net::TcpStream,
     os::fd::AsRawFd,
     sync::{
@@ -36,8 +42,30 @@ pub struct Ended {
     pub reasons: Vec<(Instant, String)>,
 }
 
+/// A bare client socket past its greeting, and any bytes of its next frames already read.
+pub struct Raw {
+    /// Non-blocking.
+    pub stream: TcpStream,
+    /// The start of a frame not yet whole.
+    pub pending: Vec<u8>,
+}
+
+enum Conn {
+    Ws(Box<WebSocket<TcpStream>>),
+    Raw(Raw),
+}
+
+impl Conn {
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Conn::Ws(ws) => ws.get_ref().as_raw_fd(),
+            Conn::Raw(raw) => raw.stream.as_raw_fd(),
+        }
+    }
+}
+
 struct Thread<S> {
-    tx: mpsc::Sender<WebSocket<TcpStream>>,
+    tx: mpsc::Sender<Conn>,
     waker: Arc<Waker>,
     join: JoinHandle<(S, Ended)>,
 }
@@ -76,19 +104,19 @@ impl<S: Sink> Pollers<S> {
         let t = &self.threads[self.next % self.threads.len()];
         self.next += 1;
         self.added += 1;
-        if t.tx.send(ws).is_ok() {
+        if t.tx.send(Conn::Ws(Box::new(ws))).is_ok() {
             let _ = t.waker.wake();
         }
     }
 
-    /// Hands out several connections (already non-blocking), waking each thread once.
-    pub fn add_all(&mut self, batch: Vec<WebSocket<TcpStream>>) {
+    /// Hands out several bare connections, waking each thread once.
+    pub fn add_raw(&mut self, batch: Vec<Raw>) {
         let mut woken = vec![false; self.threads.len()];
-        for ws in batch {
+        for raw in batch {
             let i = self.next % self.threads.len();
             self.next += 1;
             self.added += 1;
-            woken[i] |= self.threads[i].tx.send(ws).is_ok();
+            woken[i] |= self.threads[i].tx.send(Conn::Raw(raw)).is_ok();
         }
         for (t, _) in self.threads.iter().zip(woken).filter(|(_, w)| *w) {
             let _ = t.waker.wake();
@@ -108,13 +136,8 @@ impl<S: Sink> Pollers<S> {
     }
 }
 
-fn run<S: Sink>(
-    mut poll: Poll,
-    rx: mpsc::Receiver<WebSocket<TcpStream>>,
-    mut sink: S,
-    stop: &AtomicBool,
-) -> (S, Ended) {
-    let mut conns: Vec<Option<WebSocket<TcpStream>>> = Vec::new();
+fn run<S: Sink>(mut poll: Poll, rx: mpsc::Receiver<Conn>, mut sink: S, stop: &AtomicBool) -> (S, Ended) {
+    let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut ended = Ended::default();
     let mut events = Events::with_capacity(1024);
     while !stop.load(Ordering::Acquire) {
@@ -126,11 +149,11 @@ fn run<S: Sink>(
         }
         for event in &events {
             if event.token() == WAKE {
-                while let Ok(ws) = rx.try_recv() {
+                while let Ok(conn) = rx.try_recv() {
                     let i = conns.len();
-                    let fd = ws.get_ref().as_raw_fd();
+                    let fd = conn.fd();
                     poll.registry().register(&mut SourceFd(&fd), Token(i), Interest::READABLE).expect("register");
-                    conns.push(Some(ws));
+                    conns.push(Some(conn));
                     // Frames may already sit in the client's buffer (read along with the snapshot).
                     drain(&mut conns[i], &mut poll, &mut sink, &mut ended);
                 }
@@ -142,9 +165,26 @@ fn run<S: Sink>(
     (sink, ended)
 }
 
-/// Reads until the socket would block (edge-triggered readiness), then sends pending pongs.
-fn drain<S: Sink>(slot: &mut Option<WebSocket<TcpStream>>, poll: &mut Poll, sink: &mut S, ended: &mut Ended) {
-    let Some(ws) = slot.as_mut() else { return };
+/// Reads what arrived (edge-triggered readiness: all of it) and answers pings; an ended
+/// connection is deregistered and dropped.
+fn drain<S: Sink>(slot: &mut Option<Conn>, poll: &mut Poll, sink: &mut S, ended: &mut Ended) {
+    let outcome = match slot {
+        None => return,
+        Some(Conn::Ws(ws)) => drain_ws(ws, sink, ended),
+        Some(Conn::Raw(raw)) => drain_raw(raw, sink, ended),
+    };
+    if let (Some(error), Some(conn)) = (outcome, slot.as_ref()) {
+        ended.reasons.extend(error.map(|e| (Instant::now(), e)));
+        let _ = poll.registry().deregister(&mut SourceFd(&conn.fd()));
+        *slot = None;
+    }
+}
+
+/// `None`: open; `Some(why)`: ended (`why` is `None` for a plain close).
+type Outcome = Option<Option<String>>;
+
+/// Reads until the socket would block, then sends pending pongs (tungstenite queues them).
+fn drain_ws<S: Sink>(ws: &mut WebSocket<TcpStream>, sink: &mut S, ended: &mut Ended) -> Outcome {
     let outcome = loop {
         match ws.read() {
             Ok(Message::Text(text)) => sink.frame(text.as_str(), Instant::now()),
@@ -155,15 +195,80 @@ fn drain<S: Sink>(slot: &mut Option<WebSocket<TcpStream>>, poll: &mut Poll, sink
             Err(e) => break Some(Some(format!("read: {e}"))),
         }
     };
-    match outcome {
-        None => {
-            let _ = ws.flush();
+    if outcome.is_none() {
+        let _ = ws.flush();
+    }
+    outcome
+}
+
+/// Reads what arrived on a bare socket and handles its whole frames; keeps a partial one.
+fn drain_raw<S: Sink>(raw: &mut Raw, sink: &mut S, ended: &mut Ended) -> Outcome {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match raw.stream.read(&mut buf) {
+            Ok(0) => return Some(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Some(Some(format!("read: {e}"))),
+        };
+        let at = Instant::now();
+        let mut data = std::mem::take(&mut raw.pending);
+        let bytes: &[u8] = if data.is_empty() {
+            &buf[..n]
+        } else {
+            data.extend_from_slice(&buf[..n]);
+            &data
+        };
+        let mut used = 0;
+        while let Some((opcode, payload, end)) = server_frame(&bytes[used..]) {
+            used += end;
+            match opcode {
+                0x1 => match std::str::from_utf8(payload) {
+                    Ok(text) => sink.frame(text, at),
+                    Err(_) => return Some(Some("a text frame that is not UTF-8".to_owned())),
+                },
+                0x8 => {
+                    let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    let reason = payload.get(2..).map(String::from_utf8_lossy).unwrap_or_default();
+                    ended.reasons.push((
+                        at,
+                        match code {
+                            Some(code) => format!("closed by the relay: {code} {reason}"),
+                            None => "closed by the relay without a code".to_owned(),
+                        },
+                    ));
+                    return Some(None);
+                }
+                0x9 => {
+                    // Pong with the ping's payload (at most 125 bytes), masked with a zero key.
+                    let mut pong = vec![0x8a, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+                    pong.extend_from_slice(payload);
+                    if let Err(e) = raw.stream.write_all(&pong) {
+                        return Some(Some(format!("pong: {e}")));
+                    }
+                }
+                0xa => {}
+                other => return Some(Some(format!("unexpected frame: opcode {other:#x} (or a fragment)"))),
+            }
         }
-        Some(error) => {
-            ended.reasons.extend(error.map(|e| (Instant::now(), e)));
-            let fd = ws.get_ref().as_raw_fd();
-            let _ = poll.registry().deregister(&mut SourceFd(&fd));
-            *slot = None;
+        raw.pending = bytes[used..].to_vec();
+        if n < buf.len() {
+            return None; // a short read drained the socket; epoll says when more comes
         }
     }
+}
+
+/// A whole unmasked, unfragmented server frame at the start of `bytes`: its opcode (with the FIN
+/// bit cleared; a fragment gives an opcode above 0xf), its payload and where it ends.
+fn server_frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
+    let opcode = if first & 0x80 != 0 { first & 0x0f } else { 0x10 | (first & 0x0f) };
+    let (len, header): (usize, usize) = match second & 0x7f {
+        126 => (usize::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])), 4),
+        127 => (usize::try_from(u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)).ok()?, 10),
+        n => (usize::from(n), 2),
+    };
+    let end = header.checked_add(len)?;
+    Some((opcode, bytes.get(header..end)?, end))
 }
