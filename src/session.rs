@@ -307,12 +307,29 @@ struct Bounds {
 /// pings and never takes the pongs) cannot hold its task, and with it its connection slot, by
 /// filling actix-ws's channel, and the keepalive holds while the session waits on the socket.
 /// `Err` carries the end of the connection.
+///
+/// Most writes complete at once (actix-ws's channel has room): those are tried first, after a
+/// look at the kick, without arming the two timers (a timer-wheel entry each, per write, was a
+/// measurable share of a broadcast to thousands of connections: benches/README.md).
 async fn bounded(
     kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>,
     bounds: Bounds,
     stalled: &mut bool,
     write: impl Future<Output = Result<(), actix_ws::Closed>>,
 ) -> Result<(), End> {
+    match kick.as_mut().map(oneshot::Receiver::try_recv) {
+        Some(Ok(reason)) => {
+            *kick = None;
+            return Err(Some(reason));
+        }
+        Some(Err(oneshot::error::TryRecvError::Closed)) => *kick = None,
+        Some(Err(oneshot::error::TryRecvError::Empty)) | None => {}
+    }
+    let mut write = std::pin::pin!(write);
+    let at_once = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(written) = at_once {
+        return written.map_err(|_| None);
+    }
     tokio::select! {
         biased;
         reason = kicked(kick) => Err(Some(reason)),
