@@ -211,6 +211,12 @@ impl LwwMap {
         LwwMap { entries: entries.into_iter().collect(), live }
     }
 
+    /// The map of `runs`: their entries one after the other are sorted by key, each key once.
+    pub fn from_sorted_runs(runs: Vec<Vec<(String, Register)>>) -> Self {
+        let live = runs.iter().flatten().filter(|(_, r)| !r.tombstone).count();
+        LwwMap { entries: runs.into_iter().flatten().collect(), live }
+    }
+
     /// The register for `key`, tombstones included.
     pub fn register(&self, key: &str) -> Option<&Register> {
         self.entries.get(key)

@@ -225,16 +225,6 @@ impl Winner {
             by: self.by.as_deref(),
         }
     }
-
-    fn register(self) -> Register {
-        let value = if self.tombstone { Value::Null } else { self.value.into_value() };
-        Register {
-            value,
-            stamp: Stamp { p: self.p, l: self.l, n: String::from(&*self.n) },
-            tombstone: self.tombstone,
-            by: self.by,
-        }
-    }
 }
 
 /// Does `offer` beat `current`? The same order as [`crate::lww::beats`]: stamp, then tombstone
@@ -485,57 +475,79 @@ impl Part {
     }
 }
 
-/// The persistent map of one room's winners: values parsed and registers hashed into `digest` on
-/// every core, entries sorted by key. Returns the map and the XOR of its registers' hashes.
+/// Entries of a map, sorted by key.
+type Run = Vec<(String, Register)>;
+
+/// The persistent map of one room's winners: registers made and hashed into `digest` on every
+/// core, entries sorted by key. Returns the map and the XOR of its registers' hashes.
 fn build(room: &Room, table: Table, digest: &mut Digest) -> (LwwMap, u64) {
-    let (keys, winners) = table.into_keys();
-    let mut winners: Vec<Option<Winner>> = winners.into_iter().map(Some).collect();
-    let mut registers: Vec<Option<Register>> = Vec::new();
-    registers.resize_with(winners.len(), || None);
+    let (mut keys, mut winners) = table.into_keys();
     // Small rooms (there may be thousands) are not worth a thread each.
     let cores = if winners.len() < PARALLEL_BUILD { 1 } else { cores() };
     let chunk = winners.len().div_ceil(cores).max(1);
-    let convert = |keys: &[String], from: &mut [Option<Winner>], to: &mut [Option<Register>], digest: &mut Digest| {
+    // Each core takes its keys and winners out of place (leaving empty strings and values,
+    // which cost no allocation) and makes its run of entries.
+    let convert = |keys: &mut [String], winners: &mut [Winner], digest: &mut Digest| {
+        let mut entries = Vec::with_capacity(keys.len());
         let mut xor = 0;
-        for ((key, winner), register) in keys.iter().zip(from.iter_mut()).zip(to.iter_mut()) {
-            if let Some(winner) = winner.take() {
-                let made = winner.register();
-                let hash = digest::hash_of(room, key, &made);
-                digest.replace(room, key, None, hash);
-                xor ^= hash;
-                *register = Some(made);
-            }
+        for (key, winner) in keys.iter_mut().zip(winners.iter_mut()) {
+            let made = Register {
+                value: if winner.tombstone {
+                    Value::Null
+                } else {
+                    std::mem::replace(&mut winner.value, Val::Raw(String::new())).into_value()
+                },
+                stamp: Stamp { p: winner.p, l: winner.l, n: String::from(&*winner.n) },
+                tombstone: winner.tombstone,
+                by: winner.by.take(),
+            };
+            let key = std::mem::take(key);
+            let hash = digest::hash_of(room, &key, &made);
+            digest.replace(room, &key, None, hash);
+            xor ^= hash;
+            entries.push((key, made));
         }
-        xor
+        (entries, xor)
     };
     let mut xor = 0;
-    if cores == 1 {
-        xor = convert(&keys, &mut winners, &mut registers, digest);
+    let runs: Vec<Run> = if cores == 1 {
+        let (entries, part) = convert(&mut keys, &mut winners, digest);
+        xor = part;
+        vec![entries]
     } else {
-        let done: Vec<(u64, Digest)> = std::thread::scope(|s| {
+        let done: Vec<(Run, u64, Digest)> = std::thread::scope(|s| {
             let handles: Vec<_> = keys
-                .chunks(chunk)
+                .chunks_mut(chunk)
                 .zip(winners.chunks_mut(chunk))
-                .zip(registers.chunks_mut(chunk))
-                .map(|((keys, from), to)| {
+                .map(|(keys, winners)| {
                     s.spawn(move || {
                         let mut digest = Digest::default();
-                        (convert(keys, from, to, &mut digest), digest)
+                        let (entries, xor) = convert(keys, winners, &mut digest);
+                        (entries, xor, digest)
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
-        for (part, part_digest) in done {
-            xor ^= part;
-            digest.absorb(&part_digest);
-        }
+        done.into_iter()
+            .map(|(entries, part, part_digest)| {
+                xor ^= part;
+                digest.absorb(&part_digest);
+                entries
+            })
+            .collect()
+    };
+    drop((keys, winners));
+    let sorted = runs.iter().all(|run| run.is_sorted_by(|a, b| a.0 < b.0))
+        && runs.windows(2).all(|w| match (w[0].last(), w[1].first()) {
+            (Some(a), Some(b)) => a.0 < b.0,
+            _ => true,
+        });
+    if sorted {
+        return (LwwMap::from_sorted_runs(runs), xor);
     }
-    let mut entries: Vec<(String, Register)> =
-        keys.into_iter().zip(registers).filter_map(|(key, register)| Some((key, register?))).collect();
-    if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    }
+    let mut entries: Vec<(String, Register)> = runs.into_iter().flatten().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     (LwwMap::from_sorted(entries), xor)
 }
 
@@ -889,24 +901,28 @@ fn snapshot_by_lines(bytes: &[u8], cores: usize, min_split: usize) -> Option<(Pa
         all.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
         all
     });
-    let mut part = Part::default();
-    part.tables.default.winners.reserve(bytes.len() / 128);
-    part.tables.default.unindexed.reserve(bytes.len() / 128);
     // Where the lines are: in an array (`Some(room)`, `None` for the default room) or between
     // rooms; whether the last entry had its comma (so a value must follow); the room names.
     let (mut room, mut in_array, mut need_value, mut ended, mut count) = (None::<String>, true, false, false, 0u64);
+    let mut opened = true;
     let mut last_room: Option<String> = None;
     // One part that failed fails the whole.
     let read_all: Vec<Vec<Item<'_>>> = read_all.into_iter().collect::<Option<_>>()?;
+    let mut part = Part::default();
+    let lines = read_all.iter().map(Vec::len).sum();
+    part.tables.default.winners.reserve_exact(lines);
+    part.tables.default.unindexed.reserve_exact(lines);
     for item in read_all.into_iter().flatten() {
         if ended {
             return None;
         }
         match item {
             Item::Entry(key, winner, comma) => {
-                if !in_array {
+                // Right after `[` or after a comma; an entry after one without its comma is not.
+                if !in_array || !(opened || need_value) {
                     return None;
                 }
+                opened = false;
                 let table = match &room {
                     None => &mut part.tables.default,
                     Some(name) => &mut part.tables.named.get_mut(name.as_str())?.1,
@@ -940,6 +956,7 @@ fn snapshot_by_lines(bytes: &[u8], cores: usize, min_split: usize) -> Option<(Pa
                 last_room = Some(name.clone());
                 room = Some(name);
                 in_array = true;
+                opened = true;
             }
         }
     }
@@ -949,7 +966,7 @@ fn snapshot_by_lines(bytes: &[u8], cores: usize, min_split: usize) -> Option<(Pa
 /// The lines of `slice` (a part of a snapshot's body), entries parsed; `None` if one fails.
 fn entry_lines(slice: &[u8]) -> Option<Vec<Item<'_>>> {
     let (mut nodes, mut users) = (Interner::default(), Interner::default());
-    let mut items = Vec::with_capacity(slice.len() / 96);
+    let mut items = Vec::with_capacity(slice.iter().filter(|&&b| b == b'\n').count() + 1);
     for line in slice.split(|&b| b == b'\n') {
         if !line.starts_with(b"{") {
             items.push(Item::Other(line));
