@@ -211,10 +211,11 @@ impl LwwMap {
         LwwMap { entries: entries.into_iter().collect(), live }
     }
 
-    /// The map of `runs`: their entries one after the other are sorted by key, each key once.
-    pub fn from_sorted_runs(runs: Vec<Vec<(String, Register)>>) -> Self {
-        let live = runs.iter().flatten().filter(|(_, r)| !r.tombstone).count();
-        LwwMap { entries: runs.into_iter().flatten().collect(), live }
+    /// The map of `entries`, which come sorted by key, each key once.
+    pub fn from_sorted_iter(entries: impl IntoIterator<Item = (String, Register)>) -> Self {
+        let mut live = 0;
+        let entries = entries.into_iter().inspect(|(_, r)| live += usize::from(!r.tombstone)).collect();
+        LwwMap { entries, live }
     }
 
     /// The register for `key`, tombstones included.

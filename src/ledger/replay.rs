@@ -478,6 +478,9 @@ impl Part {
 /// Entries of a map, sorted by key.
 type Run = Vec<(String, Register)>;
 
+/// A run to make: its place among the runs, its keys and winners.
+type Slot<'a> = (usize, &'a mut [String], &'a mut [Winner]);
+
 /// The persistent map of one room's winners: registers made and hashed into `digest` on every
 /// core, entries sorted by key. Returns the map and the XOR of its registers' hashes.
 fn build(room: &Room, table: Table, digest: &mut Digest) -> (LwwMap, u64) {
@@ -509,12 +512,16 @@ fn build(room: &Room, table: Table, digest: &mut Digest) -> (LwwMap, u64) {
         }
         (entries, xor)
     };
-    let mut xor = 0;
-    let runs: Vec<Run> = if cores == 1 {
-        let (entries, part) = convert(&mut keys, &mut winners, digest);
-        xor = part;
-        vec![entries]
-    } else {
+    let convert = &convert;
+    if cores == 1 {
+        let (mut entries, xor) = convert(&mut keys, &mut winners, digest);
+        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        return (LwwMap::from_sorted(entries), xor);
+    }
+    if !keys.is_sorted_by(|a, b| a < b) {
+        // Keys in first-seen order: runs made on every core, then one sort.
         let done: Vec<(Run, u64, Digest)> = std::thread::scope(|s| {
             let handles: Vec<_> = keys
                 .chunks_mut(chunk)
@@ -529,26 +536,79 @@ fn build(room: &Room, table: Table, digest: &mut Digest) -> (LwwMap, u64) {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
-        done.into_iter()
-            .map(|(entries, part, part_digest)| {
-                xor ^= part;
-                digest.absorb(&part_digest);
-                entries
-            })
-            .collect()
-    };
-    drop((keys, winners));
-    let sorted = runs.iter().all(|run| run.is_sorted_by(|a, b| a.0 < b.0))
-        && runs.windows(2).all(|w| match (w[0].last(), w[1].first()) {
-            (Some(a), Some(b)) => a.0 < b.0,
-            _ => true,
-        });
-    if sorted {
-        return (LwwMap::from_sorted_runs(runs), xor);
+        let mut xor = 0;
+        let mut entries = Vec::with_capacity(keys.len());
+        for (run, part, part_digest) in done {
+            xor ^= part;
+            digest.absorb(&part_digest);
+            entries.extend(run);
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        return (LwwMap::from_sorted(entries), xor);
     }
-    let mut entries: Vec<(String, Register)> = runs.into_iter().flatten().collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    (LwwMap::from_sorted(entries), xor)
+    // Keys sorted (a snapshot's, or a ledger written in key order): the persistent map takes one
+    // key at a time on this core while the other cores make the next runs, in small runs so
+    // that the map starts early.
+    let makers = cores - 1;
+    let size = (winners.len() / 32).max(1024);
+    let mut work: Vec<Vec<Slot<'_>>> = (0..makers).map(|_| Vec::new()).collect();
+    for (i, (keys, winners)) in keys.chunks_mut(size).zip(winners.chunks_mut(size)).enumerate() {
+        work[i % makers].push((i, keys, winners));
+    }
+    let (map, done) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Run)>();
+        let handles: Vec<_> = work
+            .into_iter()
+            .map(|mine| {
+                let tx = tx.clone();
+                s.spawn(move || {
+                    let (mut digest, mut xor) = (Digest::default(), 0);
+                    for (i, keys, winners) in mine {
+                        let (run, part) = convert(keys, winners, &mut digest);
+                        xor ^= part;
+                        if tx.send((i, run)).is_err() {
+                            break;
+                        }
+                    }
+                    (xor, digest)
+                })
+            })
+            .collect();
+        drop(tx);
+        // Runs in order: one that comes early waits for those before it.
+        let (mut waiting, mut next) = (HashMap::new(), 0usize);
+        let mut current = Vec::new().into_iter();
+        let entries = std::iter::from_fn(|| {
+            loop {
+                if let Some(entry) = current.next() {
+                    return Some(entry);
+                }
+                let run = match waiting.remove(&next) {
+                    Some(run) => run,
+                    None => loop {
+                        // Every maker gone before the last run: one panicked (resumed below).
+                        let (i, run) = rx.recv().ok()?;
+                        if i == next {
+                            break run;
+                        }
+                        waiting.insert(i, run);
+                    },
+                };
+                next += 1;
+                current = run.into_iter();
+            }
+        });
+        let map = LwwMap::from_sorted_iter(entries);
+        let done: Vec<(u64, Digest)> =
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect();
+        (map, done)
+    });
+    let mut xor = 0;
+    for (part, part_digest) in done {
+        xor ^= part;
+        digest.absorb(&part_digest);
+    }
+    (map, xor)
 }
 
 /// Threads replay uses: the cores this process may run on.
@@ -1341,6 +1401,7 @@ mod tests {
         };
         let rooms = rooms.finish();
         assert_eq!(fingerprints(&replayed.rooms), fingerprints(&rooms));
+        assert_eq!(replayed.digest, Digest::of(replayed.rooms.iter()), "the digest made while building");
         for (room, map) in &replayed.rooms {
             assert_eq!(map.live_len(), rooms[room].live_len());
             for (key, register) in map.registers() {
@@ -1595,6 +1656,43 @@ mod tests {
             String::new(),
         ] {
             same_either_way(b"", Some(snapshot.as_bytes()), WINDOW, MIN_SPLIT);
+        }
+    }
+
+    /// Rooms big enough to be built on every core: keys written in order (the map built while
+    /// the runs are made) and out of order (runs sorted at the end), with a snapshot or without.
+    #[test]
+    fn big_rooms_build_on_every_core_as_record_by_record() {
+        let keys = PARALLEL_BUILD as u64 * 2 + 7;
+        for sorted in [true, false] {
+            let key = |i: u64| if sorted { i } else { (i * 7919) % keys };
+            let lines: Vec<Vec<u8>> = (0..keys + keys / 2)
+                .map(|i| {
+                    let value = if i % 3 == 0 { "{\"a\":[1,\"x\"]}" } else { "1" };
+                    let del = i % 11 == 0;
+                    let kind = if del { "del" } else { "set" };
+                    let value = if del { String::new() } else { format!(",\"value\":{value}") };
+                    format!(
+                        "{{\"kind\":\"{kind}\",\"key\":\"k{:08}\"{value},\"stamp\":{{\"p\":{},\"l\":0,\"n\":\"a\"}}}}",
+                        key(i % keys),
+                        i + 1
+                    )
+                    .into_bytes()
+                })
+                .collect();
+            let bytes = ledger_of(&lines, false);
+            same_either_way(&bytes, None, WINDOW, MIN_SPLIT);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("l.jsonl");
+            fs::write(&path, &bytes).unwrap();
+            let mut rooms = RoomsReplay::default();
+            drop(Ledger::open(&path, SyncMode::Always, |op| {
+                rooms.apply(op);
+            }));
+            let rooms: Vec<(Room, LwwMap)> = rooms.finish().into_iter().collect();
+            let snapshot = crate::ledger::snapshot::encode(&rooms, &path);
+            assert!(by_lines_agrees(&snapshot));
+            same_either_way(&ledger_of(&lines[..100], false), Some(&snapshot), WINDOW, MIN_SPLIT);
         }
     }
 
