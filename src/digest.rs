@@ -142,6 +142,14 @@ impl Digest {
         self.buckets[bucket_of(room, key)] ^= old.unwrap_or(0) ^ new;
     }
 
+    /// Takes in every register `other` holds (XORs its buckets into these): the digest of two
+    /// disjoint sets of registers from the digests of each.
+    pub fn absorb(&mut self, other: &Digest) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *mine ^= theirs;
+        }
+    }
+
     /// The buckets, in order.
     pub fn buckets(&self) -> &[u64] {
         &self.buckets

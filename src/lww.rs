@@ -211,6 +211,13 @@ impl LwwMap {
         LwwMap { entries: entries.into_iter().collect(), live }
     }
 
+    /// The map of `entries`, which come sorted by key, each key once.
+    pub fn from_sorted_iter(entries: impl IntoIterator<Item = (String, Register)>) -> Self {
+        let mut live = 0;
+        let entries = entries.into_iter().inspect(|(_, r)| live += usize::from(!r.tombstone)).collect();
+        LwwMap { entries, live }
+    }
+
     /// The register for `key`, tombstones included.
     pub fn register(&self, key: &str) -> Option<&Register> {
         self.entries.get(key)

@@ -103,7 +103,7 @@ impl Relay {
         if let Some(newest) = &replayed.newest {
             clock.witness(newest);
         }
-        let rooms = replayed.rooms;
+        let rooms = &replayed.rooms;
         log::info!(
             "ledger {} replayed in {} ms: {} records, {} snapshot entries, {} corrupt lines skipped, {} torn bytes cut; {} live keys in {} rooms",
             config.ledger.path.display(),
@@ -131,7 +131,7 @@ impl Relay {
         // panicked, and none of ours stops by itself. A panic aborts the process (Cargo.toml,
         // `panic = "abort"`) and the service manager restarts it; boot replays the ledger.
         let state = StateActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            StateActor::new(clock, rooms, ledger, state_metrics, compaction)
+            StateActor::replayed(clock, replayed, ledger, state_metrics, compaction)
         });
         let limits = Arc::new(config.limits.clone());
         let admission = Arc::new(Semaphore::new(MAX_PENDING_WRITES));

@@ -19,6 +19,13 @@
 //!   JSON text: [`lww::beats`](crate::lww::beats)), so the split cannot change the result.
 //!   Corrupt lines are counted per part and named with their line number in the whole file; the
 //!   torn last line is found before the split and cut as before.
+//! - A snapshot laid out as ours are (one entry a line, keys unique and sorted) is read line by
+//!   line on every core, each value parsed once where it is read; its keys are indexed only if a
+//!   ledger line needs them. A file that deviates from that layout anywhere (upstream's indented
+//!   ones, a hand-edited one, a damaged one) is read as one JSON document, as before, which decides
+//!   what is accepted and how a refusal is worded.
+//! - The digest (see [`crate::digest`]) is made while the maps are built, on every core, and
+//!   handed to the state with them.
 //!
 //! Plain Rust and blocking I/O, run before anything is served.
 
@@ -44,6 +51,7 @@ use super::{
     record::{self, RecordError, lenient_u64},
 };
 use crate::{
+    digest::{self, Digest},
     hlc::Stamp,
     lww::{LwwMap, Register},
     room::Room,
@@ -70,6 +78,11 @@ pub struct Replayed {
     pub rooms: HashMap<Room, LwwMap>,
     /// The greatest stamp of any record or snapshot entry (the clock witnesses it).
     pub newest: Option<Stamp>,
+    /// The digest of every room's registers, made while the maps were built (equal to
+    /// [`Digest::of`] over `rooms`).
+    pub digest: Digest,
+    /// Each room's XOR of its registers' hashes (what [`Digest::add`] returns for it).
+    pub hashes: HashMap<Room, u64>,
 }
 
 /// A value as replay keeps it.
@@ -212,16 +225,6 @@ impl Winner {
             by: self.by.as_deref(),
         }
     }
-
-    fn register(self) -> Register {
-        let value = if self.tombstone { Value::Null } else { self.value.into_value() };
-        Register {
-            value,
-            stamp: Stamp { p: self.p, l: self.l, n: String::from(&*self.n) },
-            tombstone: self.tombstone,
-            by: self.by,
-        }
-    }
 }
 
 /// Does `offer` beat `current`? The same order as [`crate::lww::beats`]: stamp, then tombstone
@@ -285,10 +288,40 @@ impl Interner {
 type Hasher = foldhash::quality::RandomState;
 
 /// One room's winners: keys in first-seen order, indexed by a hash table.
+///
+/// A snapshot's keys come unique and sorted: they wait in `unindexed` (slot order) and go into
+/// the index only when a ledger line needs to look one up, so a boot from a snapshot alone never
+/// builds one. Either `unindexed` or `index` is empty.
 #[derive(Debug, Default)]
 struct Table {
     index: HashMap<String, usize, Hasher>,
+    unindexed: Vec<String>,
     winners: Vec<Winner>,
+}
+
+impl Table {
+    /// The index, with every key in it.
+    fn index(&mut self) -> &mut HashMap<String, usize, Hasher> {
+        if !self.unindexed.is_empty() {
+            self.index.reserve(self.unindexed.len());
+            for (at, key) in self.unindexed.drain(..).enumerate() {
+                self.index.insert(key, at);
+            }
+        }
+        &mut self.index
+    }
+
+    /// The keys in the order of their slots.
+    fn into_keys(self) -> (Vec<String>, Vec<Winner>) {
+        if self.index.is_empty() {
+            return (self.unindexed, self.winners);
+        }
+        let mut keys = vec![String::new(); self.index.len()];
+        for (key, at) in self.index {
+            keys[at] = key;
+        }
+        (keys, self.winners)
+    }
 }
 
 /// Every room's table.
@@ -325,7 +358,7 @@ impl Part {
     /// Merges `offer` at `key` of the room named `room`.
     fn merge(&mut self, room: Option<&str>, key: &str, offer: &Offer<'_>) -> Result<(), RecordError> {
         let table = self.tables.get(room)?;
-        match table.index.get(key) {
+        match table.index().get(key) {
             Some(&at) => {
                 let current = &mut table.winners[at];
                 if beats(offer, current, &mut self.ambiguous) {
@@ -375,7 +408,8 @@ impl Part {
         let rooms = std::iter::once((None, other.tables.default))
             .chain(other.tables.named.into_iter().map(|(name, (_, t))| (Some(name), t)));
         for (name, table) in rooms {
-            for (key, winner) in keys_in_order(table.index).into_iter().zip(table.winners) {
+            let (keys, winners) = table.into_keys();
+            for (key, winner) in keys.into_iter().zip(winners) {
                 // The room was valid in the other part: it is here too.
                 let _ = self.merge(name.as_deref(), &key, &winner.offer());
             }
@@ -428,55 +462,153 @@ impl Part {
             .flat_map(|table| &table.winners)
             .max_by(|a, b| (a.p, a.l, &a.n).cmp(&(b.p, b.l, &b.n)))
             .map(|w| Stamp { p: w.p, l: w.l, n: String::from(&*w.n) });
-        let mut rooms = HashMap::new();
+        let (mut rooms, mut hashes, mut digest) = (HashMap::new(), HashMap::new(), Digest::default());
         let tables = std::iter::once((Room::DEFAULT, self.tables.default)).chain(self.tables.named.into_values());
         for (room, table) in tables {
             if !table.winners.is_empty() {
-                rooms.insert(room, build(table));
+                let (map, xor) = build(&room, table, &mut digest);
+                hashes.insert(room.clone(), xor);
+                rooms.insert(room, map);
             }
         }
-        Replayed { rooms, newest }
+        Replayed { rooms, newest, digest, hashes }
     }
 }
 
-/// The keys of `index` in the order of their slots.
-fn keys_in_order(index: HashMap<String, usize, Hasher>) -> Vec<String> {
-    let mut keys = vec![String::new(); index.len()];
-    for (key, at) in index {
-        keys[at] = key;
-    }
-    keys
-}
+/// Entries of a map, sorted by key.
+type Run = Vec<(String, Register)>;
 
-/// The persistent map of one room's winners: values parsed on every core, entries sorted by key.
-fn build(table: Table) -> LwwMap {
-    let keys = keys_in_order(table.index);
-    let mut winners: Vec<Option<Winner>> = table.winners.into_iter().map(Some).collect();
-    let mut registers: Vec<Option<Register>> = Vec::new();
-    registers.resize_with(winners.len(), || None);
+/// A run to make: its place among the runs, its keys and winners.
+type Slot<'a> = (usize, &'a mut [String], &'a mut [Winner]);
+
+/// The persistent map of one room's winners: registers made and hashed into `digest` on every
+/// core, entries sorted by key. Returns the map and the XOR of its registers' hashes.
+fn build(room: &Room, table: Table, digest: &mut Digest) -> (LwwMap, u64) {
+    let (mut keys, mut winners) = table.into_keys();
     // Small rooms (there may be thousands) are not worth a thread each.
     let cores = if winners.len() < PARALLEL_BUILD { 1 } else { cores() };
     let chunk = winners.len().div_ceil(cores).max(1);
-    let convert = |from: &mut [Option<Winner>], to: &mut [Option<Register>]| {
-        for (winner, register) in from.iter_mut().zip(to.iter_mut()) {
-            *register = winner.take().map(Winner::register);
+    // Each core takes its keys and winners out of place (leaving empty strings and values,
+    // which cost no allocation) and makes its run of entries.
+    let convert = |keys: &mut [String], winners: &mut [Winner], digest: &mut Digest| {
+        let mut entries = Vec::with_capacity(keys.len());
+        let mut xor = 0;
+        for (key, winner) in keys.iter_mut().zip(winners.iter_mut()) {
+            let made = Register {
+                value: if winner.tombstone {
+                    Value::Null
+                } else {
+                    std::mem::replace(&mut winner.value, Val::Raw(String::new())).into_value()
+                },
+                stamp: Stamp { p: winner.p, l: winner.l, n: String::from(&*winner.n) },
+                tombstone: winner.tombstone,
+                by: winner.by.take(),
+            };
+            let key = std::mem::take(key);
+            let hash = digest::hash_of(room, &key, &made);
+            digest.replace(room, &key, None, hash);
+            xor ^= hash;
+            entries.push((key, made));
         }
+        (entries, xor)
     };
+    let convert = &convert;
     if cores == 1 {
-        convert(&mut winners, &mut registers);
-    } else {
-        std::thread::scope(|s| {
-            for (from, to) in winners.chunks_mut(chunk).zip(registers.chunks_mut(chunk)) {
-                s.spawn(move || convert(from, to));
+        let (mut entries, xor) = convert(&mut keys, &mut winners, digest);
+        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        return (LwwMap::from_sorted(entries), xor);
+    }
+    if !keys.is_sorted_by(|a, b| a < b) {
+        // Keys in first-seen order: runs made on every core, then one sort.
+        let done: Vec<(Run, u64, Digest)> = std::thread::scope(|s| {
+            let handles: Vec<_> = keys
+                .chunks_mut(chunk)
+                .zip(winners.chunks_mut(chunk))
+                .map(|(keys, winners)| {
+                    s.spawn(move || {
+                        let mut digest = Digest::default();
+                        let (entries, xor) = convert(keys, winners, &mut digest);
+                        (entries, xor, digest)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        });
+        let mut xor = 0;
+        let mut entries = Vec::with_capacity(keys.len());
+        for (run, part, part_digest) in done {
+            xor ^= part;
+            digest.absorb(&part_digest);
+            entries.extend(run);
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        return (LwwMap::from_sorted(entries), xor);
+    }
+    // Keys sorted (a snapshot's, or a ledger written in key order): the persistent map takes one
+    // key at a time on this core while the other cores make the next runs, in small runs so
+    // that the map starts early.
+    let makers = cores - 1;
+    let size = (winners.len() / 32).max(1024);
+    let mut work: Vec<Vec<Slot<'_>>> = (0..makers).map(|_| Vec::new()).collect();
+    for (i, (keys, winners)) in keys.chunks_mut(size).zip(winners.chunks_mut(size)).enumerate() {
+        work[i % makers].push((i, keys, winners));
+    }
+    let (map, done) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Run)>();
+        let handles: Vec<_> = work
+            .into_iter()
+            .map(|mine| {
+                let tx = tx.clone();
+                s.spawn(move || {
+                    let (mut digest, mut xor) = (Digest::default(), 0);
+                    for (i, keys, winners) in mine {
+                        let (run, part) = convert(keys, winners, &mut digest);
+                        xor ^= part;
+                        if tx.send((i, run)).is_err() {
+                            break;
+                        }
+                    }
+                    (xor, digest)
+                })
+            })
+            .collect();
+        drop(tx);
+        // Runs in order: one that comes early waits for those before it.
+        let (mut waiting, mut next) = (HashMap::new(), 0usize);
+        let mut current = Vec::new().into_iter();
+        let entries = std::iter::from_fn(|| {
+            loop {
+                if let Some(entry) = current.next() {
+                    return Some(entry);
+                }
+                let run = match waiting.remove(&next) {
+                    Some(run) => run,
+                    None => loop {
+                        // Every maker gone before the last run: one panicked (resumed below).
+                        let (i, run) = rx.recv().ok()?;
+                        if i == next {
+                            break run;
+                        }
+                        waiting.insert(i, run);
+                    },
+                };
+                next += 1;
+                current = run.into_iter();
             }
         });
+        let map = LwwMap::from_sorted_iter(entries);
+        let done: Vec<(u64, Digest)> =
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect();
+        (map, done)
+    });
+    let mut xor = 0;
+    for (part, part_digest) in done {
+        xor ^= part;
+        digest.absorb(&part_digest);
     }
-    let mut entries: Vec<(String, Register)> =
-        keys.into_iter().zip(registers).filter_map(|(key, register)| Some((key, register?))).collect();
-    if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    }
-    LwwMap::from_sorted(entries)
+    (map, xor)
 }
 
 /// Threads replay uses: the cores this process may run on.
@@ -662,7 +794,7 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
     let io = |what: &'static str| move |source: std::io::Error| LedgerError::Io { what, path: path.to_owned(), source };
     let started = std::time::Instant::now();
     let mut parts: Vec<Part> = (0..cores.max(1)).map(|_| Part::default()).collect();
-    let snapshot_entries = load_snapshot(&super::snapshot_path(path), &mut parts[0])?;
+    let snapshot_entries = load_snapshot(&super::snapshot_path(path), &mut parts[0], cores)?;
     let snapshot_read = started.elapsed();
     let mut pass = Pass {
         part: Part::default(),
@@ -739,23 +871,35 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
 
 /// Loads the snapshot file at `path` (version 1, ours or upstream's) into `part`, if it exists;
 /// returns how many entries it had. Refuses it exactly when [`super::snapshot::load`] does.
-fn load_snapshot(path: &Path, part: &mut Part) -> Result<u64, LedgerError> {
+fn load_snapshot(path: &Path, part: &mut Part, cores: usize) -> Result<u64, LedgerError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(source) => return Err(LedgerError::Io { what: "cannot read snapshot", path: path.to_owned(), source }),
     };
+    if let Some((loaded, count)) = snapshot_by_lines(&bytes, cores, MIN_SPLIT) {
+        *part = loaded;
+        return Ok(count);
+    }
+    let (loaded, count) = document(&bytes, path)?;
+    *part = loaded;
+    Ok(count)
+}
+
+/// The snapshot `bytes` (of the file at `path`) read as one JSON document, the way that accepts
+/// anything upstream's loader does.
+fn document(bytes: &[u8], path: &Path) -> Result<(Part, u64), LedgerError> {
     let bad = |reason: String| LedgerError::Snapshot { path: path.to_owned(), reason };
     let mut loaded = Part::default();
     // About 100 bytes an entry (ours and upstream's): a table sized once, not rehashed as it grows.
     let estimate = bytes.len() / 128;
     loaded.tables.default.index.reserve(estimate);
     loaded.tables.default.winners.reserve(estimate);
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let mut failed = None;
     let file = SnapshotSeed { part: &mut loaded, failed: &mut failed }.deserialize(&mut de).map_err(|err| {
         bad(match failed.take() {
-            Some((at, err)) => at_in(&bytes, at.wrapping_sub(bytes.as_ptr() as usize), &err),
+            Some((at, err)) => at_in(bytes, at.wrapping_sub(bytes.as_ptr() as usize), &err),
             None => err.to_string(),
         })
     })?;
@@ -766,8 +910,190 @@ fn load_snapshot(path: &Path, part: &mut Part) -> Result<u64, LedgerError> {
     if let Some(name) = file.bad_room {
         return Err(bad(format!("bad room name {name:?}")));
     }
-    *part = loaded;
-    Ok(file.count)
+    Ok((loaded, file.count))
+}
+
+/// The top of a snapshot as our encoder writes it: the header object's fields before `entries`.
+#[derive(Deserialize)]
+struct Header {
+    version: Value,
+}
+
+/// One line of a snapshot read by [`snapshot_by_lines`].
+enum Item<'a> {
+    /// An entry, and whether a comma followed it.
+    Entry(String, Winner, bool),
+    /// Any other line (`]}`, `],"rooms":{`, `"name":[`, `],`, `]}}`).
+    Other(&'a [u8]),
+}
+
+/// The snapshot `bytes` read as [`super::snapshot::encode`] lays it out (the header and
+/// `"entries":[` on the first line, then one entry a line, each room's keys unique and sorted,
+/// rooms sorted by name), its entry lines parsed on `cores` threads. `None` as soon as anything
+/// deviates from that layout or fails to parse: the caller then reads the file as one JSON
+/// document, which accepts, refuses and words its errors as always. Where this returns a part,
+/// the document read gives the same registers and count (every check here is as strict as the
+/// document's or stricter; keys unique, so no entry replaces another).
+fn snapshot_by_lines(bytes: &[u8], cores: usize, min_split: usize) -> Option<(Part, u64)> {
+    let first = bytes.iter().position(|&b| b == b'\n')?;
+    let header = bytes[..first].strip_suffix(b",\"entries\":[")?;
+    // Fields named twice, escapes that could spell `entries` or `rooms`: the document decides.
+    let suspicious = |word: &[u8]| header.windows(word.len()).any(|w| w == word);
+    if suspicious(b"entries") || suspicious(b"rooms") || suspicious(b"\\u") || !header.starts_with(b"{") {
+        return None;
+    }
+    let mut top = header.to_vec();
+    top.push(b'}');
+    if serde_json::from_slice::<Header>(&top).ok()?.version != 1 {
+        return None;
+    }
+    let body = &bytes[first + 1..];
+    if !body.ends_with(b"\n") {
+        return None;
+    }
+    let body = &body[..body.len() - 1];
+    let slices = if body.len() < min_split { vec![body] } else { split_lines(body, cores) };
+    let read_all: Vec<Option<Vec<Item<'_>>>> = std::thread::scope(|s| {
+        let mut slices = slices.into_iter();
+        let first = slices.next().unwrap_or_default();
+        let handles: Vec<_> = slices.map(|slice| s.spawn(move || entry_lines(slice))).collect();
+        let mut all = vec![entry_lines(first)];
+        all.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+        all
+    });
+    // Where the lines are: in an array (`Some(room)`, `None` for the default room) or between
+    // rooms; whether the last entry had its comma (so a value must follow); the room names.
+    let (mut room, mut in_array, mut need_value, mut ended, mut count) = (None::<String>, true, false, false, 0u64);
+    let mut opened = true;
+    let mut last_room: Option<String> = None;
+    // One part that failed fails the whole.
+    let read_all: Vec<Vec<Item<'_>>> = read_all.into_iter().collect::<Option<_>>()?;
+    let mut part = Part::default();
+    let lines = read_all.iter().map(Vec::len).sum();
+    part.tables.default.winners.reserve_exact(lines);
+    part.tables.default.unindexed.reserve_exact(lines);
+    for item in read_all.into_iter().flatten() {
+        if ended {
+            return None;
+        }
+        match item {
+            Item::Entry(key, winner, comma) => {
+                // Right after `[` or after a comma; an entry after one without its comma is not.
+                if !in_array || !(opened || need_value) {
+                    return None;
+                }
+                opened = false;
+                let table = match &room {
+                    None => &mut part.tables.default,
+                    Some(name) => &mut part.tables.named.get_mut(name.as_str())?.1,
+                };
+                if table.unindexed.last().is_some_and(|last| *last >= key) {
+                    return None; // not sorted, or a key twice
+                }
+                table.unindexed.push(key);
+                table.winners.push(winner);
+                need_value = comma;
+                count += 1;
+            }
+            Item::Other(line) if in_array => {
+                if need_value {
+                    return None;
+                }
+                match (line, room.is_some()) {
+                    (b"]}", false) | (b"]}}", true) => ended = true,
+                    (b"],\"rooms\":{", false) | (b"],", true) => in_array = false,
+                    _ => return None,
+                }
+            }
+            Item::Other(line) => {
+                let name = line.strip_suffix(b":[")?;
+                let name: String = serde_json::from_slice(name).ok()?;
+                let parsed = Room::parse(&name).ok()?;
+                if parsed.is_default() || last_room.as_ref().is_some_and(|last| *last >= name) {
+                    return None;
+                }
+                part.tables.named.insert(name.clone(), (parsed, Table::default()));
+                last_room = Some(name.clone());
+                room = Some(name);
+                in_array = true;
+                opened = true;
+            }
+        }
+    }
+    ended.then_some((part, count))
+}
+
+/// The lines of `slice` (a part of a snapshot's body), entries parsed; `None` if one fails.
+fn entry_lines(slice: &[u8]) -> Option<Vec<Item<'_>>> {
+    let (mut nodes, mut users) = (Interner::default(), Interner::default());
+    let mut items = Vec::with_capacity(slice.iter().filter(|&&b| b == b'\n').count() + 1);
+    for line in slice.split(|&b| b == b'\n') {
+        if !line.starts_with(b"{") {
+            items.push(Item::Other(line));
+            continue;
+        }
+        let (entry, comma) = match line.strip_suffix(b",") {
+            Some(entry) => (entry, true),
+            None => (line, false),
+        };
+        let entry: SnapshotEntry<'_> = serde_json::from_slice(entry).ok()?;
+        // Every value must parse, a tombstone's too (as the document read requires). Nested
+        // deeper than a plain value may be, the document's own depth could count: not here.
+        let value: Value = match entry.value {
+            None => Value::Null,
+            Some(raw) if !is_plain(raw.get()) && !shallow(raw.get()) => return None,
+            Some(raw) => serde_json::from_str(raw.get()).ok()?,
+        };
+        let winner = Winner {
+            p: entry.stamp.p,
+            l: entry.stamp.l,
+            n: nodes.get(&entry.stamp.n),
+            tombstone: entry.tombstone,
+            value: if entry.tombstone { Val::Raw(String::new()) } else { Val::Parsed(value) },
+            by: entry.by.as_deref().filter(|by| !by.is_empty()).map(|by| users.get(by)),
+        };
+        items.push(Item::Entry(entry.key.into_owned(), winner, comma));
+    }
+    Some(items)
+}
+
+/// Does `raw` nest at most [`MAX_DEPTH`] deep (whatever else it holds)?
+fn shallow(raw: &str) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0u32, false, false);
+    for &b in raw.as_bytes() {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') | (false, b'"') => in_string = !in_string,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Splits `buf` into at most `n` slices at newlines, the newlines between them dropped.
+fn split_lines(buf: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut slices = Vec::with_capacity(n);
+    let mut start = 0;
+    for i in 1..n {
+        let target = (buf.len() * i / n).max(start);
+        match buf[target..].iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                slices.push(&buf[start..target + at]);
+                start = target + at + 1;
+            }
+            None => break,
+        }
+    }
+    slices.push(&buf[start..]);
+    slices
 }
 
 /// `err`, from parsing a value on its own that starts at byte `start` of `bytes`, placed where
@@ -1075,6 +1401,7 @@ mod tests {
         };
         let rooms = rooms.finish();
         assert_eq!(fingerprints(&replayed.rooms), fingerprints(&rooms));
+        assert_eq!(replayed.digest, Digest::of(replayed.rooms.iter()), "the digest made while building");
         for (room, map) in &replayed.rooms {
             assert_eq!(map.live_len(), rooms[room].live_len());
             for (key, register) in map.registers() {
@@ -1129,6 +1456,178 @@ mod tests {
         }
     }
 
+    /// What a part holds, compared: each room's fingerprint, authors and live count, the
+    /// newest stamp, the digest made while building.
+    /// Per room: fingerprint, live count, each register's author.
+    type Rooms = BTreeMap<Room, (Vec<u8>, usize, Vec<Option<String>>)>;
+
+    fn summary(part: Part) -> (Rooms, Option<Stamp>, Digest) {
+        let replayed = part.finish();
+        assert_eq!(replayed.digest, Digest::of(replayed.rooms.iter()), "the digest made while building");
+        for (room, map) in &replayed.rooms {
+            assert_eq!(replayed.hashes[room], Digest::default().add(room, map));
+        }
+        let rooms = replayed
+            .rooms
+            .iter()
+            .map(|(room, map)| {
+                let by = map.registers().map(|(_, r)| r.by.as_deref().map(String::from)).collect();
+                (room.clone(), (map.fingerprint(), map.live_len(), by))
+            })
+            .collect();
+        (rooms, replayed.newest, replayed.digest)
+    }
+
+    /// Reads `bytes` by lines on 1 to 3 threads and as a document: wherever the lines read takes
+    /// the file, the document read accepts it with the same registers and count. Returns
+    /// whether the lines read took it.
+    fn by_lines_agrees(bytes: &[u8]) -> bool {
+        let document = document(bytes, Path::new("s.json"));
+        let mut took = None;
+        for cores in 1..=3 {
+            let lines = snapshot_by_lines(bytes, cores, 0);
+            if let Some(took) = took {
+                assert_eq!(took, lines.is_some(), "the same verdict on {cores} threads");
+            }
+            took = Some(lines.is_some());
+            let Some((lines, count)) = lines else { continue };
+            let Ok((document, expected)) = &document else {
+                panic!("taken by lines, refused as a document: {:?}", document.as_ref().err());
+            };
+            assert_eq!(count, *expected);
+            let document = Part {
+                tables: Tables {
+                    default: copy_table(&document.tables.default),
+                    named: document
+                        .tables
+                        .named
+                        .iter()
+                        .map(|(n, (r, t))| (n.clone(), (r.clone(), copy_table(t))))
+                        .collect(),
+                },
+                ..Part::default()
+            };
+            assert_eq!(summary(lines), summary(document));
+        }
+        took.unwrap_or(false)
+    }
+
+    fn copy_table(table: &Table) -> Table {
+        let mut copy = Table::default();
+        let mut keys: Vec<(&String, usize)> = table.index.iter().map(|(k, &at)| (k, at)).collect();
+        keys.sort_by_key(|&(_, at)| at);
+        for (key, at) in keys {
+            let w = &table.winners[at];
+            copy.unindexed.push(key.clone());
+            copy.winners.push(Winner {
+                p: w.p,
+                l: w.l,
+                n: Arc::clone(&w.n),
+                tombstone: w.tombstone,
+                value: Val::Parsed(w.value.as_ref().to_value()),
+                by: w.by.clone(),
+            });
+        }
+        copy
+    }
+
+    /// Snapshots of random rooms (ours, as compaction writes them).
+    fn arb_snapshot() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(arb_line(), 0..60).prop_map(|lines| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("l.jsonl");
+            fs::write(&path, ledger_of(&lines, false)).unwrap();
+            let mut rooms = RoomsReplay::default();
+            drop(Ledger::open(&path, SyncMode::Always, |op| {
+                rooms.apply(op);
+            }));
+            let rooms: Vec<(Room, LwwMap)> = rooms.finish().into_iter().collect();
+            crate::ledger::snapshot::encode(&rooms, &path)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Our own snapshots are read by lines, on any number of threads, to what the document
+        /// read gives.
+        #[test]
+        fn our_snapshots_read_by_lines_as_the_document(snapshot in arb_snapshot()) {
+            prop_assert!(by_lines_agrees(&snapshot), "{}", String::from_utf8_lossy(&snapshot));
+        }
+
+        /// A snapshot changed anywhere (a byte gone, one added, lines swapped, repeated or
+        /// dropped) is read by lines only where the document read gives the same; everywhere
+        /// else the document read decides (and refuses what it always refused).
+        #[test]
+        fn changed_snapshots_fall_back_to_the_document(snapshot in arb_snapshot(), at in any::<prop::sample::Index>(),
+                                                       other in any::<prop::sample::Index>(), how in 0u8..7,
+                                                       byte in prop_oneof![Just(b' '), Just(b'\n'), Just(b','), Just(b'}'), Just(b'"'), any::<u8>()]) {
+            let mut bytes = snapshot;
+            let mut lines: Vec<Vec<u8>> = bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+            let (i, j) = (at.index(lines.len()), other.index(lines.len()));
+            match how {
+                0 => { let k = at.index(bytes.len()); bytes.remove(k); }
+                1 => { let k = at.index(bytes.len() + 1); bytes.insert(k, byte); }
+                2 => { lines.swap(i, j); bytes = lines.join(&b'\n'); }
+                3 => { let line = lines[i].clone(); lines.insert(j, line); bytes = lines.join(&b'\n'); }
+                4 => { lines.remove(i); bytes = lines.join(&b'\n'); }
+                5 => { let k = at.index(bytes.len()); bytes[k] = byte; }
+                _ => bytes.extend_from_slice(b"\n"),
+            }
+            by_lines_agrees(&bytes);
+        }
+    }
+
+    #[test]
+    fn snapshots_outside_our_layout_are_read_as_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let mut map = LwwMap::new();
+        let room = Room::parse("r").unwrap();
+        for (i, value) in ["1", "{\"a\":[1,2]}", "\"x\"", "null", "1.5e300", "\"\\u00e9\""].iter().enumerate() {
+            let value: Value = serde_json::from_str(value).unwrap();
+            map.apply(crate::lww::Op::set(format!("k{i}"), value, Stamp::new(i as u64 + 1, 0, "n")));
+        }
+        map.apply(crate::lww::Op::del("gone", Stamp::new(9, 0, "n")));
+        let ours = crate::ledger::snapshot::encode(&[(Room::DEFAULT, map.clone()), (room.clone(), map.clone())], &path);
+        assert!(by_lines_agrees(&ours), "ours, exponents and escapes in values included");
+        let doc: Value = serde_json::from_slice(&ours).unwrap();
+        let text = String::from_utf8(ours.clone()).unwrap();
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        for (what, other) in [
+            ("indented, as upstream writes", serde_json::to_vec_pretty(&doc).unwrap()),
+            ("on one line", serde_json::to_vec(&doc).unwrap()),
+            ("no newline at the end", text.trim_end().as_bytes().to_vec()),
+            ("version 2", text.replacen("\"version\":1", "\"version\":2", 1).into_bytes()),
+            ("version 1.0", text.replacen("\"version\":1", "\"version\":1.0", 1).into_bytes()),
+            ("version twice", text.replacen("\"version\":1", "\"version\":1,\"version\":1", 1).into_bytes()),
+            ("entries in the header", text.replacen("\"version\":1", "\"version\":1,\"entries\":null", 1).into_bytes()),
+            (
+                "an escaped field name",
+                text.replacen("\"version\":1", "\"version\":1,\"entr\\u0069es\":[]", 1).into_bytes(),
+            ),
+            ("a bad room name", text.replacen("\"r\":[", "\"_r\":[", 1).into_bytes()),
+            ("a value too deep", text.replacen("\"value\":1,", &format!("\"value\":{deep},"), 1).into_bytes()),
+            ("a value out of range", text.replacen("\"value\":1,", "\"value\":1e400,", 1).into_bytes()),
+            ("a lone surrogate", text.replacen("\"value\":1,", "\"value\":\"\\ud800\",", 1).into_bytes()),
+            (
+                "a tombstone's bad value",
+                text.replacen("\"value\":null,\"tombstone\":true", "\"value\":1e400,\"tombstone\":true", 1)
+                    .into_bytes(),
+            ),
+        ] {
+            let took = by_lines_agrees(&other);
+            assert!(!took, "{what}: read by lines");
+        }
+        // Refused exactly as before, with the same words.
+        for bad in [text.replacen("\"r\":[", "\"_r\":[", 1), text.replacen("\"value\":1,", "\"value\":1e400,", 1)] {
+            fs::write(snapshot_path(&path), &bad).unwrap();
+            let mut part = Part::default();
+            let err = load_snapshot(&snapshot_path(&path), &mut part, 2).unwrap_err().to_string();
+            assert_eq!(err, document(bad.as_bytes(), &snapshot_path(&path)).err().unwrap().to_string());
+        }
+    }
+
     #[test]
     fn snapshots_load_and_fail_exactly_as_before() {
         let entry = |key: &str, value: &str| {
@@ -1157,6 +1656,43 @@ mod tests {
             String::new(),
         ] {
             same_either_way(b"", Some(snapshot.as_bytes()), WINDOW, MIN_SPLIT);
+        }
+    }
+
+    /// Rooms big enough to be built on every core: keys written in order (the map built while
+    /// the runs are made) and out of order (runs sorted at the end), with a snapshot or without.
+    #[test]
+    fn big_rooms_build_on_every_core_as_record_by_record() {
+        let keys = PARALLEL_BUILD as u64 * 2 + 7;
+        for sorted in [true, false] {
+            let key = |i: u64| if sorted { i } else { (i * 7919) % keys };
+            let lines: Vec<Vec<u8>> = (0..keys + keys / 2)
+                .map(|i| {
+                    let value = if i % 3 == 0 { "{\"a\":[1,\"x\"]}" } else { "1" };
+                    let del = i % 11 == 0;
+                    let kind = if del { "del" } else { "set" };
+                    let value = if del { String::new() } else { format!(",\"value\":{value}") };
+                    format!(
+                        "{{\"kind\":\"{kind}\",\"key\":\"k{:08}\"{value},\"stamp\":{{\"p\":{},\"l\":0,\"n\":\"a\"}}}}",
+                        key(i % keys),
+                        i + 1
+                    )
+                    .into_bytes()
+                })
+                .collect();
+            let bytes = ledger_of(&lines, false);
+            same_either_way(&bytes, None, WINDOW, MIN_SPLIT);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("l.jsonl");
+            fs::write(&path, &bytes).unwrap();
+            let mut rooms = RoomsReplay::default();
+            drop(Ledger::open(&path, SyncMode::Always, |op| {
+                rooms.apply(op);
+            }));
+            let rooms: Vec<(Room, LwwMap)> = rooms.finish().into_iter().collect();
+            let snapshot = crate::ledger::snapshot::encode(&rooms, &path);
+            assert!(by_lines_agrees(&snapshot));
+            same_either_way(&ledger_of(&lines[..100], false), Some(&snapshot), WINDOW, MIN_SPLIT);
         }
     }
 

@@ -57,7 +57,7 @@ use crate::{
     config::RoomsConfig,
     digest::{self, Digest},
     hlc::Clock,
-    ledger::{Append, Appended, LedgerHandle},
+    ledger::{Append, Appended, LedgerHandle, Replayed},
     limits::TokenBucket,
     lww::{LwwMap, Op, Register},
     metrics::Metrics,
@@ -272,6 +272,40 @@ impl StateActor {
                 (room, state)
             })
             .collect();
+        Self::with_rooms(clock, rooms, digest, ledger, metrics, compaction)
+    }
+
+    /// The actor over a boot's replay, whose digest was made while its maps were built (the
+    /// same as [`StateActor::new`] computes from the maps, without a second pass over them).
+    pub fn replayed(
+        clock: Clock,
+        replayed: Replayed,
+        ledger: LedgerHandle,
+        metrics: Arc<Metrics>,
+        compaction: Compaction,
+    ) -> Self {
+        let Replayed { rooms, digest, hashes, .. } = replayed;
+        let rooms = rooms
+            .into_iter()
+            .filter(|(_, map)| !map.is_empty())
+            .map(|(room, map)| {
+                let bytes =
+                    if room.is_default() { 0 } else { map.live().map(|(k, v)| room::size_of(&room, k, v)).sum() };
+                let hashes = hashes.get(&room).copied().unwrap_or_default();
+                (room, RoomState { map, hashes, bytes, ..RoomState::default() })
+            })
+            .collect();
+        Self::with_rooms(clock, rooms, digest, ledger, metrics, compaction)
+    }
+
+    fn with_rooms(
+        clock: Clock,
+        rooms: HashMap<Room, RoomState>,
+        digest: Digest,
+        ledger: LedgerHandle,
+        metrics: Arc<Metrics>,
+        compaction: Compaction,
+    ) -> Self {
         Self {
             digest,
             settlement: Settlement::default(),
