@@ -15,8 +15,9 @@
 //! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
 //!   durable append, crash-safe compaction of a snapshot staged off-thread), history over archives,
 //!   archive retention, the health the ledger thread publishes for `/healthz`, `LedgerActor`,
-//!   the single thread that appends (group commit) and folds compactions in, and `replay`, boot's
-//!   parallel read of the snapshot and the ledger into every room's map.
+//!   the thread that appends (group commit) and folds compactions in (a quiet relay's lone batch
+//!   is appended by the state actor itself, through the same lock), and `replay`, boot's parallel
+//!   read of the snapshot and the ledger into every room's map and digest.
 //! - [`protocol`]: v1 and v2 wire frames, parsed once at the edge and encoded once per broadcast,
 //!   and `protocol::close`, every close code the relay sends (browsers and peers).
 //! - [`limits`]: token bucket and connection counter.
