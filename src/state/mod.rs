@@ -210,36 +210,52 @@ impl Handler<Flush> for StateActor {
 ///
 /// A lone write's round trip is mostly thread hand-offs and the disk (benches/README.md, "Speed at
 /// the limit"): handing the batch to the ledger thread and being woken by its answer cost two
-/// cross-thread wake-ups. When the relay is quiet (the last batch came back at least [`Self::QUIET`]
-/// ago: nothing was waiting behind it) and the disk is fast, the state actor writes and
+/// cross-thread wake-ups. When the relay is quiet and the disk is fast, the state actor writes and
 /// `fdatasync`s the batch itself, then publishes it, exactly as it would on the thread's answer.
-/// Under load, batches come back to back and go to the thread as before, so one `fdatasync` still
-/// runs while the next batch gathers. A compaction always goes to the thread. The cost: while an
-/// inline `fdatasync` runs (at most [`Self::FAST_DISK`], as the last one took), the actor handles
+/// Quiet: nothing was queued when the last batch came back, and the first write of this batch came
+/// at least [`Self::QUIET`] after that (a write that waited in the mailbox behind the last batch is
+/// handled right after it, so it does not count as quiet). Under load, batches come back to back
+/// with writes behind them and go to the thread as before, so one `fdatasync` still runs while the
+/// next batch gathers. A compaction always goes to the thread. The cost: while an inline
+/// `fdatasync` runs (at most about [`Self::FAST_DISK`], as the last one took), the actor handles
 /// nothing else; what arrives meanwhile waits in its mailbox and leaves in the next batch, which
 /// goes to the thread.
 #[derive(Clone, Copy)]
 struct Inline {
     /// When the last batch came back (published or dropped).
     settled_at: Instant,
+    /// Whether the queue was empty then.
+    idle_at_settle: bool,
+    /// When the oldest write in the queue was queued.
+    first_queued_at: Instant,
     /// How long the last append (write + `fdatasync`) took.
     last_append: Duration,
 }
 
 impl Inline {
-    /// Quiet: no batch came back for this long.
+    /// Quiet: the batch's first write came this long after the last batch came back.
     const QUIET: Duration = Duration::from_micros(50);
     /// A disk whose last append took longer is left to the ledger thread.
     const FAST_DISK: Duration = Duration::from_millis(2);
 
     fn allows(&self, append: &Append) -> bool {
-        append.compact.is_none() && self.last_append <= Self::FAST_DISK && self.settled_at.elapsed() >= Self::QUIET
+        append.compact.is_none()
+            && self.last_append <= Self::FAST_DISK
+            && self.idle_at_settle
+            && self.first_queued_at.saturating_duration_since(self.settled_at) >= Self::QUIET
+    }
+
+    /// A batch came back; `idle`: nothing is queued behind it.
+    fn settled(&mut self, idle: bool) {
+        self.settled_at = Instant::now();
+        self.idle_at_settle = idle;
     }
 }
 
 impl Default for Inline {
     fn default() -> Self {
-        Inline { settled_at: Instant::now(), last_append: Duration::ZERO }
+        let now = Instant::now();
+        Inline { settled_at: now, idle_at_settle: true, first_queued_at: now, last_append: Duration::ZERO }
     }
 }
 
@@ -331,6 +347,9 @@ impl StateActor {
 
     /// Queues a winning op for the next batch; with a mesh, remembers it as its key's newest.
     fn enqueue(&mut self, op: Op, meta: WriteMeta) {
+        if self.queue.is_empty() {
+            self.inline.first_queued_at = Instant::now();
+        }
         let room = self.rooms.entry(meta.room.clone()).or_default();
         if let Some(bytes) = meta.source.local_bytes() {
             room.queued += 1;
@@ -452,7 +471,7 @@ impl StateActor {
         self.maybe_compact(ctx);
         self.maybe_finish_stopping();
         self.metrics.state_busy(started.elapsed());
-        self.inline.settled_at = Instant::now();
+        self.inline.settled(self.queue.is_empty());
     }
 
     /// A batch the ledger refused: its writers are told (v2 `nack ledger_failed`), transports'
