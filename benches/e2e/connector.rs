@@ -19,7 +19,7 @@ use std::{
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use socket2::{Domain, Socket, Type};
 
-use crate::poller::Raw;
+use crate::poller::{Raw, server_frame};
 
 /// The key every connection sends, and the `Sec-WebSocket-Accept` RFC 6455 derives from it (the
 /// example of its section 1.3).
@@ -210,7 +210,10 @@ fn greeting(read: &[u8]) -> Result<Option<usize>, String> {
     }
     let mut at = head_end;
     for expected in ["hello", "snapshot"] {
-        let Some((payload, end)) = frame(&read[at..])? else { return Ok(None) };
+        let Some((opcode, payload, end)) = server_frame(&read[at..]) else { return Ok(None) };
+        if opcode != 0x1 {
+            return Err(format!("expected a whole text frame ({expected}), got opcode {opcode:#x}"));
+        }
         let needle = format!(r#""type":"{expected}""#);
         if !payload.windows(needle.len()).any(|w| w == needle.as_bytes()) {
             return Err(format!("expected {expected}, got {:.120}", String::from_utf8_lossy(payload)));
@@ -218,27 +221,6 @@ fn greeting(read: &[u8]) -> Result<Option<usize>, String> {
         at += end;
     }
     Ok(Some(at))
-}
-
-/// An unmasked server text frame at the start of `bytes`: its payload and where it ends.
-fn frame(bytes: &[u8]) -> Result<Option<(&[u8], usize)>, String> {
-    if bytes.len() < 2 {
-        return Ok(None);
-    }
-    if bytes[0] != 0x81 {
-        return Err(format!("expected a whole text frame, got opcode byte {:#04x}", bytes[0]));
-    }
-    let (len, header) = match bytes[1] & 0x7f {
-        126 if bytes.len() >= 4 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
-        127 if bytes.len() >= 10 => {
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&bytes[2..10]);
-            (usize::try_from(u64::from_be_bytes(n)).map_err(|_| "frame too long")?, 10)
-        }
-        126 | 127 => return Ok(None),
-        n => (usize::from(n), 2),
-    };
-    Ok((bytes.len() >= header + len).then(|| (&bytes[header..header + len], header + len)))
 }
 
 /// Writes the first frame; the socket, with what followed `snapshot`, is ready for a poller.

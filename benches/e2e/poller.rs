@@ -261,7 +261,7 @@ fn drain_raw<S: Sink>(raw: &mut Raw, sink: &mut S, ended: &mut Ended) -> Outcome
 
 /// A whole unmasked, unfragmented server frame at the start of `bytes`: its opcode (with the FIN
 /// bit cleared; a fragment gives an opcode above 0xf), its payload and where it ends.
-fn server_frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
+pub fn server_frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
     let (&first, &second) = (bytes.first()?, bytes.get(1)?);
     let opcode = if first & 0x80 != 0 { first & 0x0f } else { 0x10 | (first & 0x0f) };
     let (len, header): (usize, usize) = match second & 0x7f {
