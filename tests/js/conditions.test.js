@@ -168,6 +168,8 @@ test('full localStorage never brings back an older pending write after a reload 
   assert.deepEqual(stored, [[2]]);
   assert.ok((await a.eval('errors')).includes('storage:quota'), 'the app was told');
   await a.reload({ ignoreCache: true });
+  // The reloaded page takes its stored outbox back once the old page's lock is released: wait.
+  await a.wait('aether.get("K") !== undefined', 10000, 'the reloaded page took its pending write back');
   assert.equal(await a.eval('JSON.stringify(aether.get("K") && aether.get("K").v)'), '2', 'the reloaded page shows K=2, not K=1');
   await w.start();
   await a.wait('aether.connected && aether.pendingWrites() === 0', 15000, 'sent');
