@@ -125,12 +125,12 @@ pub fn run(plan: &Plan, mut next: impl FnMut() -> Option<Instant>, mut done: imp
             let slot = &mut slots[event.token().0];
             let Some(pending) = slot.as_mut() else { continue };
             match advance(pending, request.as_bytes()) {
-                Ok(false) => {}
+                Ok(None) => {}
                 outcome => {
                     let pending = slot.take().expect("slot");
                     let fd = pending.stream.as_raw_fd();
                     let _ = poll.registry().deregister(&mut SourceFd(&fd));
-                    done(outcome.and_then(|_| finish(pending)));
+                    done(outcome.and_then(|end| finish(pending, end.expect("greeting complete"))));
                 }
             }
         }
@@ -161,8 +161,9 @@ fn start(source: IpAddr, addr: SocketAddr) -> Result<TcpStream, String> {
     Ok(socket.into())
 }
 
-/// Moves a connection on as far as it can go now; `Ok(true)` once `hello` and `snapshot` are in.
-fn advance(p: &mut Pending, request: &[u8]) -> Result<bool, String> {
+/// Moves a connection on as far as it can go now; `Ok(Some(end of snapshot))` once `hello` and
+/// `snapshot` are in.
+fn advance(p: &mut Pending, request: &[u8]) -> Result<Option<usize>, String> {
     if let Stage::Connecting = p.stage {
         match p.stream.take_error() {
             Ok(None) => {}
@@ -170,7 +171,7 @@ fn advance(p: &mut Pending, request: &[u8]) -> Result<bool, String> {
         }
         match p.stream.peer_addr() {
             Ok(_) => p.stage = Stage::Upgrading(0),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(None),
             Err(e) => return Err(format!("connect: {e}")),
         }
     }
@@ -179,11 +180,11 @@ fn advance(p: &mut Pending, request: &[u8]) -> Result<bool, String> {
     {
         match p.stream.write(&request[*sent..]) {
             Ok(n) => *sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(format!("upgrade request: {e}")),
         }
         if *sent < request.len() {
-            return Ok(false);
+            return Ok(None);
         }
     }
     let mut buf = [0u8; 4096];
@@ -196,7 +197,7 @@ fn advance(p: &mut Pending, request: &[u8]) -> Result<bool, String> {
             Err(e) => return Err(format!("read: {e}")),
         }
     }
-    Ok(greeting(&p.read)?.is_some())
+    greeting(&p.read)
 }
 
 /// Checks the `101` and the first two frames in `read`: `Some(end of snapshot)` once both are in.
@@ -223,9 +224,9 @@ fn greeting(read: &[u8]) -> Result<Option<usize>, String> {
     Ok(Some(at))
 }
 
-/// Writes the first frame; the socket, with what followed `snapshot`, is ready for a poller.
-fn finish(mut p: Pending) -> Result<Opened, String> {
-    let end = greeting(&p.read)?.ok_or("greeting incomplete")?;
+/// Writes the first frame; the socket, with what followed `snapshot` (from `end` on), is ready
+/// for a poller.
+fn finish(mut p: Pending, end: usize) -> Result<Opened, String> {
     // 19 bytes into an empty send buffer of a fresh socket: written whole or the socket failed.
     match p.stream.write(AUTH_FRAME) {
         Ok(n) if n == AUTH_FRAME.len() => {}

@@ -394,10 +394,15 @@ impl StateActor {
         }
     }
 
+    /// No batch is in flight and there is something to send (writes, or a compaction to fold in).
+    fn can_send_batch(&self) -> bool {
+        self.in_flight.is_none() && (!self.queue.is_empty() || self.compaction.has_ready())
+    }
+
     /// Asks for the next batch to go to the ledger once the messages already in the mailbox are
     /// handled (they join it), unless one is in flight: its return flushes again.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_requested || self.in_flight.is_some() || (self.queue.is_empty() && !self.compaction.has_ready()) {
+        if self.flush_requested || !self.can_send_batch() {
             return;
         }
         self.flush_requested = true;
@@ -407,7 +412,7 @@ impl StateActor {
     /// Sends the next batch to the ledger if none is in flight: appended here and now if the
     /// relay is quiet ([`Inline`]), otherwise handed to the ledger thread.
     fn flush_now(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight.is_some() || (self.queue.is_empty() && !self.compaction.has_ready()) {
+        if !self.can_send_batch() {
             return;
         }
         let take = self.queue.len().min(MAX_BATCH_OPS);
