@@ -2,6 +2,8 @@
 //! exactly as strictly as [`Ledger::open`](super::Ledger::open) reads them record by record.
 //!
 //! What makes it fast, and why each step reads the same:
+//! - A line in exactly the layout we (and upstream) write is read by matching that layout
+//!   ([`Fast`]); any other line, or one that layout could misread, goes through `serde`.
 //! - A line is decoded with borrowed fields: key, room and node id point into the read buffer,
 //!   and the value stays its raw JSON text (`serde_json`'s `RawValue`, which checks its syntax).
 //!   The text is kept per key (overwritten in place, no allocation once a key has a winner) and
@@ -13,12 +15,16 @@
 //!   a line is corrupt here exactly when it is there.
 //! - The winners per key sit in a hash table during replay; the sorted persistent map is built
 //!   once, from the winners.
-//! - The ledger is read in windows of [`WINDOW`] bytes cut at newlines; each window is split at
-//!   newlines over the cores, each core merging into its own tables, and the tables are merged
-//!   at the end. Merging is a join on a total order (stamp, then tombstone first, then the value's
-//!   JSON text: [`lww::beats`](crate::lww::beats)), so the split cannot change the result.
-//!   Corrupt lines are counted per part and named with their line number in the whole file; the
-//!   torn last line is found before the split and cut as before.
+//! - The ledger is read in windows of [`WINDOW`] bytes cut at newlines. Every core reads every
+//!   line of a window and takes those whose key it owns (a fixed hash of room and key, read from
+//!   the line's start without decoding it: [`route`]), in file order, into its own tables; so no
+//!   key is in two cores' tables and they join without a lookup, and each core's table is a
+//!   fraction of the whole, kinder to its cache. A line whose key cannot be read so is taken by
+//!   one core by line number into a part of its own, merged into the key's owner at the end.
+//!   Merging is a join on a total order (stamp, then tombstone first, then the value's JSON
+//!   text: [`lww::beats`](crate::lww::beats)), so the order of merging cannot change the result.
+//!   Corrupt lines are counted by the core that took them and named with their line number in
+//!   the whole file; the torn last line is found before the cores start and cut as before.
 //! - A snapshot laid out as ours are (one entry a line, keys unique and sorted) is read line by
 //!   line on every core, each value parsed once where it is read; its keys are indexed only if a
 //!   ledger line needs them. A file that deviates from that layout anywhere (upstream's indented
@@ -379,7 +385,8 @@ type Hasher = foldhash::quality::RandomState;
 ///
 /// A snapshot's keys come unique and sorted: they wait in `unindexed` (slot order) and go into
 /// the index only when a ledger line needs to look one up, so a boot from a snapshot alone never
-/// builds one. Either `unindexed` or `index` is empty.
+/// builds one. The parts' tables, joined, wait there too (unique, not sorted). Either
+/// `unindexed` or `index` is empty.
 #[derive(Debug, Default)]
 struct Table {
     index: HashMap<String, usize, Hasher>,
@@ -420,6 +427,12 @@ struct Tables {
 }
 
 impl Tables {
+    /// Every room's table, the default room's (named `None`) first.
+    fn into_rooms(self) -> impl Iterator<Item = (Option<String>, Table)> {
+        std::iter::once((None, self.default))
+            .chain(self.named.into_iter().map(|(name, (_, table))| (Some(name), table)))
+    }
+
     /// The table of the room named `name` (the default room for `None`), or why it is not a room.
     fn get(&mut self, name: Option<&str>) -> Result<&mut Table, RecordError> {
         let Some(name) = name else { return Ok(&mut self.default) };
@@ -491,17 +504,57 @@ impl Part {
         Ok(())
     }
 
-    /// Merges every winner of `other` (another part) into this one.
-    fn absorb(&mut self, other: Part) {
-        let rooms = std::iter::once((None, other.tables.default))
-            .chain(other.tables.named.into_iter().map(|(name, (_, t))| (Some(name), t)));
-        for (name, table) in rooms {
+    /// Moves every entry of `parts[0]` (the snapshot's) to the part that owns its key.
+    fn distribute(parts: &mut [Part]) {
+        let of = parts.len();
+        let Some((first, _)) = parts.split_first_mut() else { return };
+        let tables = std::mem::take(&mut first.tables);
+        for (name, table) in tables.into_rooms() {
+            let room = name.as_deref().unwrap_or_default().as_bytes();
             let (keys, winners) = table.into_keys();
             for (key, winner) in keys.into_iter().zip(winners) {
-                // The room was valid in the other part: it is here too.
-                let _ = self.merge(name.as_deref(), &key, &winner.offer());
+                let part = &mut parts[owner(key_hash(room, key.as_bytes()), of)];
+                // The room was valid where it was read. Keys stay sorted, each in one part.
+                if let Ok(table) = part.tables.get(name.as_deref()) {
+                    table.unindexed.push(key);
+                    table.winners.push(winner);
+                }
             }
         }
+    }
+
+    /// One part of `parts`, whose keys are their owners' (no key in two), and of `strays`, the
+    /// lines no owner could be told for, merged into the owners' tables first.
+    fn join(mut parts: Vec<Part>, strays: Vec<Part>) -> Part {
+        let of = parts.len();
+        for stray in strays {
+            for (name, table) in stray.tables.into_rooms() {
+                let room = name.as_deref().unwrap_or_default().as_bytes();
+                let (keys, winners) = table.into_keys();
+                for (key, winner) in keys.into_iter().zip(winners) {
+                    let part = &mut parts[owner(key_hash(room, key.as_bytes()), of)];
+                    part.ambiguous |= stray.ambiguous;
+                    // The room was valid in the stray part: it is valid here.
+                    let _ = part.merge(name.as_deref(), &key, &winner.offer());
+                }
+            }
+        }
+        let mut parts = parts.into_iter();
+        let mut joined = parts.next().unwrap_or_default();
+        for part in parts {
+            joined.ambiguous |= part.ambiguous;
+            for (name, table) in part.tables.into_rooms().filter(|(_, table)| !table.winners.is_empty()) {
+                let (keys, winners) = table.into_keys();
+                // The room was valid in its part: it is valid here.
+                if let Ok(into) = joined.tables.get(name.as_deref()) {
+                    let (mut all, mut all_winners) = std::mem::take(into).into_keys();
+                    all.extend(keys);
+                    all_winners.extend(winners);
+                    *into = Table { index: HashMap::default(), unindexed: all, winners: all_winners };
+                }
+            }
+        }
+        joined
     }
 
     /// Merges one ledger line; `Err` when it is not a record (the line is then skipped).
@@ -773,12 +826,32 @@ struct Scan {
     named: Vec<(u64, String)>,
 }
 
-fn scan(part: &mut Part, slice: &[u8]) -> Scan {
+/// Which lines of a window a core takes.
+#[derive(Clone, Copy)]
+enum Take {
+    /// Every line (one core).
+    All,
+    /// The lines of the keys this core owns (see [`owner`]), and its share of the lines that
+    /// name no key plainly (by line number), which go to a part of their own.
+    Owned { me: usize, of: usize },
+}
+
+fn scan(part: &mut Part, stray: &mut Part, slice: &[u8], take: Take) -> Scan {
     let mut out = Scan::default();
     let mut rest = slice;
     while let Some(end) = memchr::memchr(b'\n', rest) {
         out.lines += 1;
-        match part.line(&rest[..end]) {
+        let line = &rest[..end];
+        rest = &rest[end + 1..];
+        let into = match take {
+            Take::All => &mut *part,
+            Take::Owned { me, of } => match route(line) {
+                Some(hash) if owner(hash, of) == me => &mut *part,
+                None if (out.lines % of as u64) as usize == me => &mut *stray,
+                _ => continue,
+            },
+        };
+        match into.line(line) {
             Ok(()) => out.records += 1,
             Err(err) => {
                 out.corrupt += 1;
@@ -787,30 +860,40 @@ fn scan(part: &mut Part, slice: &[u8]) -> Scan {
                 }
             }
         }
-        rest = &rest[end + 1..];
     }
     out
 }
 
-/// Splits `buf` (whole lines) into at most `n` slices of whole lines.
-fn split(buf: &[u8], n: usize) -> Vec<&[u8]> {
-    let mut slices = Vec::with_capacity(n);
-    let mut start = 0;
-    for i in 1..n {
-        let target = buf.len() * i / n;
-        if target < start {
-            continue;
+/// The hash that decides which core owns a key of a room (the default room: no bytes).
+fn key_hash(room: &[u8], key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    // Fixed: every core must agree. A ledger whose keys all land on one core is only slower.
+    foldhash::fast::FixedState::with_seed(0x0ae7_4e12).hash_one((room, key))
+}
+
+/// The core of `of` that owns a key with `hash`.
+fn owner(hash: u64, of: usize) -> usize {
+    (hash % of as u64) as usize
+}
+
+/// The owner hash of the key a line names, read without decoding the line: `None` unless it
+/// begins as [`record::encode`] writes (`{"kind":"…","key":"K"` or `{"room":"R","op":"…","key":"K"`)
+/// with room and key free of escapes, so that their bytes are what the line decodes to.
+fn route(line: &[u8]) -> Option<u64> {
+    let (room, rest) = match line.strip_prefix(b"{\"kind\":\"") {
+        Some(rest) => (&b""[..], rest),
+        None => {
+            let rest = line.strip_prefix(b"{\"room\":\"")?;
+            let end = memchr::memchr(b'"', rest)?;
+            (&rest[..end], rest[end + 1..].strip_prefix(b",\"op\":\"")?)
         }
-        match buf[target..].iter().position(|&b| b == b'\n') {
-            Some(at) if target + at + 1 < buf.len() => {
-                slices.push(&buf[start..=target + at]);
-                start = target + at + 1;
-            }
-            _ => break,
-        }
+    };
+    let rest = rest.get(3..)?.strip_prefix(b"\",\"key\":\"")?;
+    let key = &rest[..memchr::memchr(b'"', rest)?];
+    if memchr::memchr(b'\\', room).is_some() || memchr::memchr(b'\\', key).is_some() {
+        return None;
     }
-    slices.push(&buf[start..]);
-    slices
+    Some(key_hash(room, key))
 }
 
 /// The boot's replay of the snapshot (if any) and the ledger `file` at `path`: every room's map.
@@ -900,6 +983,15 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
         timings: (snapshot_read, std::time::Duration::ZERO),
     };
     let size = file.metadata().map_err(io("cannot stat ledger"))?.len();
+    // A ledger worth the threads is read by every core, each taking the lines of the keys it
+    // owns: no key is in two parts, so the parts join without looking keys up. The snapshot's
+    // entries go to their owners first.
+    let routed = parts.len() > 1 && size >= min_split as u64;
+    pass.split = routed;
+    if routed {
+        Part::distribute(&mut parts);
+    }
+    let mut strays: Vec<Part> = (0..parts.len()).map(|_| Part::default()).collect();
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Fill the window (more if one line is longer than it), no larger than what is left
@@ -922,27 +1014,41 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
         if whole == 0 && !eof {
             continue; // one line longer than the window: read on
         }
-        let slices = if whole < min_split { vec![&buf[..whole]] } else { split(&buf[..whole], parts.len()) };
-        pass.split |= slices.len() > 1;
-        let scans: Vec<Scan> = std::thread::scope(|s| {
-            let mut work = parts.iter_mut().zip(slices);
-            let first = work.next();
-            let handles: Vec<_> = work.map(|(part, slice)| s.spawn(move || scan(part, slice))).collect();
-            let mut scans = vec![first.map_or_else(Scan::default, |(part, slice)| scan(part, slice))];
-            scans
-                .extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
-            scans
-        });
-        for scan in scans {
+        let window = &buf[..whole];
+        let mut scans: Vec<Scan> = if routed {
+            std::thread::scope(|s| {
+                let of = parts.len();
+                let mut work = parts.iter_mut().zip(strays.iter_mut()).enumerate();
+                let first = work.next();
+                let handles: Vec<_> = work
+                    .map(|(me, (part, stray))| s.spawn(move || scan(part, stray, window, Take::Owned { me, of })))
+                    .collect();
+                let mut scans: Vec<Scan> = first
+                    .map(|(me, (part, stray))| scan(part, stray, window, Take::Owned { me, of }))
+                    .into_iter()
+                    .collect();
+                scans.extend(
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+                );
+                scans
+            })
+        } else {
+            vec![scan(&mut parts[0], &mut Part::default(), window, Take::All)]
+        };
+        // Every core counted every line of the window; each named its own corrupt ones.
+        let mut named: Vec<(u64, String)> = Vec::new();
+        for scan in &mut scans {
             pass.records += scan.records;
             pass.corrupt += scan.corrupt;
-            for (line, why) in scan.named {
-                if pass.named.len() < LOGGED_CORRUPT {
-                    pass.named.push((pass.lines + line, why));
-                }
-            }
-            pass.lines += scan.lines;
+            named.append(&mut scan.named);
         }
+        named.sort_by_key(|&(line, _)| line);
+        for (line, why) in named {
+            if pass.named.len() < LOGGED_CORRUPT {
+                pass.named.push((pass.lines + line, why));
+            }
+        }
+        pass.lines += scans.first().map_or(0, |scan| scan.lines);
         pass.good += whole as u64;
         buf.drain(..whole);
         if eof {
@@ -951,12 +1057,7 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
     }
     pass.torn = buf.len() as u64;
     pass.timings.1 = started.elapsed() - snapshot_read;
-    let mut parts = parts.into_iter();
-    pass.part = parts.next().unwrap_or_default();
-    for part in parts {
-        pass.part.ambiguous |= part.ambiguous;
-        pass.part.absorb(part);
-    }
+    pass.part = Part::join(parts, strays);
     Ok(pass)
 }
 
@@ -1431,17 +1532,21 @@ mod tests {
     #[allow(clippy::too_many_arguments)] // one per field of the line
     fn line(kind: u8, room: u8, key: u8, p: u64, l: u64, node: u8, value: Option<usize>, by: u8) -> Vec<u8> {
         let kind = ["\"set\"", "\"del\"", "\"put\""][usize::from(kind % 3)];
-        let head = match room % 5 {
+        let head = match room % 7 {
             0 | 1 => format!("{{\"kind\":{kind}"),
             2 => format!("{{\"room\":\"r1\",\"op\":{kind}"),
             3 => format!("{{\"room\":\"r2\",\"op\":{kind}"),
+            // Not as we write them (no core can tell their key's owner without decoding).
+            4 => format!("{{ \"kind\":{kind}"),
+            5 => format!("{{\"room\":\"r\\u0031\",\"op\":{kind}"),
             _ => format!("{{\"room\":\"_bad\",\"op\":{kind}"),
         };
         let value = value.map_or(String::new(), |v| format!(",\"value\":{}", VALUES[v % VALUES.len()]));
         let node = ["\"a\"", "\"b\"", "7", "\"\\u0061\""][usize::from(node % 4)];
         let by = ["", ",\"by\":\"alice\"", ",\"by\":\"\"", ",\"by\":\"bob\""][usize::from(by % 4)];
-        format!("{head},\"key\":\"k{}\"{value},\"stamp\":{{\"p\":{p},\"l\":{l},\"n\":{node}}}{by}}}", key % 4)
-            .into_bytes()
+        // "k\u0031" is "k1" written another way.
+        let key = ["\"k0\"", "\"k1\"", "\"k2\"", "\"k3\"", "\"k\\u0031\""][usize::from(key % 5)];
+        format!("{head},\"key\":{key}{value},\"stamp\":{{\"p\":{p},\"l\":{l},\"n\":{node}}}{by}}}").into_bytes()
     }
 
     fn arb_line() -> impl Strategy<Value = Vec<u8>> {
