@@ -514,7 +514,8 @@ impl Part {
             let (keys, winners) = table.into_keys();
             for (key, winner) in keys.into_iter().zip(winners) {
                 let part = &mut parts[owner(key_hash(room, key.as_bytes()), of)];
-                // The room was valid where it was read. Keys stay sorted, each in one part.
+                // The room was valid where it was read. Each key goes to one part, in the order
+                // they came (sorted, for a snapshot of ours).
                 if let Ok(table) = part.tables.get(name.as_deref()) {
                     table.unindexed.push(key);
                     table.winners.push(winner);
