@@ -286,6 +286,55 @@ pub fn snapshot<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> B
     into_frame(out)
 }
 
+/// [`snapshot`] and [`snapshot_v2`] of the same `entries`, encoded on `cores` threads: for a
+/// room of a million keys, which its first joiner waits for (at boot, for its `hello`). Each
+/// thread encodes a run of entries; one then writes the v1 frame and another the v2 frame from
+/// the runs, so neither frame is copied out of the other.
+pub fn snapshots_on_cores(entries: &[(&String, &Value)], resume: &str, cores: usize) -> (ByteString, ByteString) {
+    let encode = |run: &[(&String, &Value)]| {
+        let mut out = Vec::with_capacity(run.len() * 64);
+        for (i, (key, value)) in run.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_json(&mut out, *key);
+            out.push(b':');
+            push_json(&mut out, *value);
+        }
+        // serde_json writes UTF-8 only (checked here, on every thread, not again below).
+        String::from_utf8(out).unwrap_or_default()
+    };
+    let chunk = entries.len().div_ceil(cores.max(1)).max(1);
+    let runs: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = entries.chunks(chunk).map(|run| s.spawn(move || encode(run))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let frame = |tail: &str| {
+        let body = runs.iter().map(String::len).sum::<usize>() + runs.len();
+        let mut out = String::with_capacity(body + tail.len() + 32);
+        out.push_str(r#"{"type":"snapshot","data":{"#);
+        for (i, run) in runs.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(run);
+        }
+        out.push('}');
+        out.push_str(tail);
+        ByteString::from(out)
+    };
+    let mut v2_tail = Vec::with_capacity(resume.len() + 16);
+    v2_tail.extend_from_slice(b",\"resume\":");
+    push_json(&mut v2_tail, resume);
+    v2_tail.push(b'}');
+    let v2_tail = String::from_utf8(v2_tail).unwrap_or_default();
+    std::thread::scope(|s| {
+        let v2 = s.spawn(|| frame(&v2_tail));
+        let v1 = frame("}");
+        (v1, v2.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
+}
+
 /// `{"type":"set","key":K,"value":V}` or `{"type":"delete","key":K}` for an applied op, written
 /// without copying the value.
 pub fn op_frame(op: &Op) -> ByteString {
@@ -611,6 +660,20 @@ mod tests {
             r#"{"type":"snapshot","data":{"a":null,"é\"":{"x":[1.5,"é"]}}}"#
         );
         assert_eq!(&*snapshot(std::iter::empty()), r#"{"type":"snapshot","data":{}}"#);
+    }
+
+    #[test]
+    fn snapshots_on_cores_are_the_one_core_frames() {
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i:02}é\"")).collect();
+        let values: Vec<Value> = (0..50).map(|i| json!({"i": i, "s": "é\n"})).collect();
+        for len in [0, 1, 2, 3, 7, 50] {
+            let entries: Vec<(&String, &Value)> = keys.iter().zip(&values).take(len).collect();
+            let v1 = snapshot(entries.iter().copied());
+            let v2 = snapshot_v2(&v1, "e.7\"");
+            for cores in [1, 2, 3, 8, 64] {
+                assert_eq!(snapshots_on_cores(&entries, "e.7\"", cores), (v1.clone(), v2.clone()), "{len} on {cores}");
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Rooms in the ledger's files (issue #12): ledgers written by hand with ops in several rooms, by
 //! several users, replayed with the library, compacted, pruned and queried with the real binary,
 //! and booted by upstream's own `ChronoLedger` (in the upstream venv), which must see exactly our
-//! default room.
+//! default room; and a large room's snapshot, encoded on every core, sent as the ledger holds it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -265,4 +265,44 @@ fn retention_folds_archives_per_room() {
     assert_eq!(lines.len(), 2, "{log}");
     assert!(lines[0].starts_with('~') && lines[0].ends_with("  set  2"), "{log}");
     assert!(lines[1].starts_with('*') && lines[1].ends_with("  by=u3  set  4"), "{log}");
+}
+
+/// A room big enough that its snapshot is encoded on every core (60,000 live keys, over the
+/// relay's parallel threshold): a booted relay sends a v1 and a v2 client exactly the state its
+/// ledger holds, each key once and in order, with the v2 resume token.
+#[test]
+fn a_large_rooms_snapshot_is_the_ledgers_state_in_both_versions() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let ledger = dir.path().join("ledger.jsonl");
+    let mut ops: Vec<Op> = (0..60_000u64)
+        .map(|i| Op::set(format!("k{i:05}"), json!({"i": i, "s": "é\"\n"}), Stamp::new(10 + i, 0, "alpha")))
+        .collect();
+    // Overwrites and deletes among them, then a few past the end.
+    ops.extend(
+        (0..60_000u64).step_by(7).map(|i| Op::set(format!("k{i:05}"), json!(i), Stamp::new(100_000 + i, 0, "b"))),
+    );
+    ops.extend((0..60_000u64).step_by(11).map(|i| Op::del(format!("k{i:05}"), Stamp::new(200_000 + i, 0, "b"))));
+    ops.extend((0..500u64).map(|i| Op::set(format!("z{i}"), json!([i]), Stamp::new(300_000 + i, 0, "b"))));
+    append(&ledger, &ops, &[]);
+    let want = expected(&ops, u64::MAX).into_values().next().unwrap();
+    assert!(want.as_object().unwrap().len() > 50_000);
+    let server = common::Server::start_in(dir, "");
+    for (path, v2) in [("/ws", false), ("/ws?v=2", true)] {
+        let url = server.url().replace("/ws", path);
+        let mut ws = common::Client::raw(&url);
+        assert_eq!(common::recv_json(&mut ws)["type"], "hello");
+        // Read as text, so that a key sent twice would show (a JSON object keeps the last).
+        let text = loop {
+            match ws.read().unwrap() {
+                tungstenite::Message::Text(text) => break text.to_string(),
+                _ => continue,
+            }
+        };
+        let snapshot: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(snapshot["type"], "snapshot");
+        assert_eq!(snapshot["data"], want, "{path}");
+        let keys: Vec<&String> = snapshot["data"].as_object().unwrap().keys().collect();
+        assert_eq!(text.matches("\"k").count() + text.matches("\"z").count(), keys.len(), "each key once");
+        assert_eq!(snapshot["resume"].is_string(), v2, "{path}");
+    }
 }

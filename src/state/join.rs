@@ -34,6 +34,9 @@ use crate::{
 /// Maps with at most this many registers are encoded on the actor's thread (well under a
 /// millisecond); larger ones off it.
 pub const INLINE_REGISTERS: usize = 20_000;
+/// Live keys from which a snapshot is encoded on every core (off the actor: above
+/// [`INLINE_REGISTERS`]).
+const PARALLEL_ENCODE: usize = 50_000;
 
 /// Snapshots larger than this are freed off the actor's thread.
 const INLINE_FREE_BYTES: usize = 1 << 20;
@@ -109,8 +112,15 @@ struct Encoded {
 }
 
 impl Encoded {
-    /// `map`, at sequence number `at`, as both versions' `snapshot` frames (one encoding).
+    /// `map`, at sequence number `at`, as both versions' `snapshot` frames (one encoding; on
+    /// every core for a map of [`PARALLEL_ENCODE`] live keys or more).
     fn of(room: Room, map: &LwwMap, at: u64, token: &str) -> Self {
+        if map.live_len() >= PARALLEL_ENCODE {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+            let entries: Vec<_> = map.live().collect();
+            let (v1, v2) = protocol::snapshots_on_cores(&entries, token, cores);
+            return Self { room, at, v1, v2 };
+        }
         let v1 = protocol::snapshot(map.live());
         let v2 = protocol::snapshot_v2(&v1, token);
         Self { room, at, v1, v2 }
