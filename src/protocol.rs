@@ -257,6 +257,18 @@ fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
+/// `K:V,K:V,…` for a snapshot's `data` object.
+fn push_entries<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
+    for (i, (key, value)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json(out, key);
+        out.push(b':');
+        push_json(out, value);
+    }
+}
+
 fn into_frame(out: Vec<u8>) -> ByteString {
     // serde_json writes UTF-8 only; the fallback is unreachable and merely avoids a panic path.
     String::from_utf8(out).map(ByteString::from).unwrap_or_default()
@@ -271,14 +283,7 @@ pub fn hello(id: &str, color: &str) -> ByteString {
 pub fn snapshot<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> ByteString {
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{\"type\":\"snapshot\",\"data\":{");
-    for (i, (key, value)) in entries.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        push_json(&mut out, key);
-        out.push(b':');
-        push_json(&mut out, value);
-    }
+    push_entries(&mut out, entries);
     out.extend_from_slice(b"}}");
     // Cached per room for as long as the room lives: no spare capacity (an empty room's
     // snapshot would otherwise hold 4 KiB for 30 bytes).
@@ -293,14 +298,7 @@ pub fn snapshot<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> B
 pub fn snapshots_on_cores(entries: &[(&String, &Value)], resume: &str, cores: usize) -> (ByteString, ByteString) {
     let encode = |run: &[(&String, &Value)]| {
         let mut out = Vec::with_capacity(run.len() * 64);
-        for (i, (key, value)) in run.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            push_json(&mut out, *key);
-            out.push(b':');
-            push_json(&mut out, *value);
-        }
+        push_entries(&mut out, run.iter().copied());
         // serde_json writes UTF-8 only (checked here, on every thread, not again below).
         String::from_utf8(out).unwrap_or_default()
     };
