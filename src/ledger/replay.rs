@@ -63,9 +63,10 @@ use crate::{
     room::Room,
 };
 
-/// Bytes of ledger read (and split over the cores) at a time.
+/// Bytes of ledger read (and shared by the cores) at a time.
 const WINDOW: usize = 32 << 20;
-/// A window smaller than this is not split: threads would cost more than they save.
+/// A ledger (or a snapshot's body) smaller than this is read on one core: threads would cost
+/// more than they save.
 const MIN_SPLIT: usize = 1 << 20;
 /// Deepest nesting of a raw value trusted without a `Value` parse (`serde_json` stops at 128,
 /// the record's own object included).
@@ -903,7 +904,7 @@ pub(super) fn replay(path: &Path, file: &File, stats: &mut ReplayStats) -> Resul
     replay_in(path, file, stats, WINDOW, MIN_SPLIT)
 }
 
-/// [`replay`] reading `window` bytes at a time, splitting windows of at least `min_split`.
+/// [`replay`] reading `window` bytes at a time, on every core from a ledger of `min_split`.
 fn replay_in(
     path: &Path,
     file: &File,
@@ -947,7 +948,7 @@ fn replay_in(
 /// One read of the snapshot and the ledger into tables.
 struct Pass {
     part: Part,
-    /// Whether any window was split over several parts.
+    /// Whether the lines were shared by several parts (strays then merge out of file order).
     split: bool,
     snapshot_entries: u64,
     records: u64,
@@ -963,8 +964,8 @@ struct Pass {
     timings: (std::time::Duration, std::time::Duration),
 }
 
-/// Reads the snapshot and every whole line of `file`, `window` bytes at a time, splitting
-/// windows of at least `min_split` bytes over `cores` parts, merged at the end.
+/// Reads the snapshot and every whole line of `file`, `window` bytes at a time; a ledger of at
+/// least `min_split` bytes by `cores` parts, each taking the keys it owns, joined at the end.
 fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: usize) -> Result<Pass, LedgerError> {
     let io = |what: &'static str| move |source: std::io::Error| LedgerError::Io { what, path: path.to_owned(), source };
     let started = std::time::Instant::now();
