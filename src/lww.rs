@@ -213,8 +213,17 @@ impl LwwMap {
 
     /// The map of `entries`, which come sorted by key, each key once.
     pub fn from_sorted_iter(entries: impl IntoIterator<Item = (String, Register)>) -> Self {
-        let mut live = 0;
-        let entries = entries.into_iter().inspect(|(_, r)| live += usize::from(!r.tombstone)).collect();
+        let (mut live, mut last) = (0, None::<String>);
+        let entries = entries
+            .into_iter()
+            .inspect(|(key, r)| {
+                if cfg!(debug_assertions) {
+                    debug_assert!(last.as_ref().is_none_or(|last| last < key), "sorted, each key once");
+                    last = Some(key.clone());
+                }
+                live += usize::from(!r.tombstone);
+            })
+            .collect();
         LwwMap { entries, live }
     }
 

@@ -14,7 +14,8 @@
 //!   Any other value makes the line go through [`record::decode`], the record-by-record path, so
 //!   a line is corrupt here exactly when it is there.
 //! - The winners per key sit in a hash table during replay; the sorted persistent map is built
-//!   once, from the winners.
+//!   once, from the winners: every core sorts a share of them and makes their registers in runs,
+//!   which one thread merges into the map as they come ([`build`]).
 //! - The ledger is read in windows of [`WINDOW`] bytes cut at newlines. Every core reads every
 //!   line of a window and takes those whose key it owns (a fixed hash of room and key, read from
 //!   the line's start without decoding it: [`route`]), in file order, into its own tables; so no
@@ -612,7 +613,7 @@ impl Part {
         let tables = std::iter::once((Room::DEFAULT, self.tables.default)).chain(self.tables.named.into_values());
         for (room, table) in tables {
             if !table.winners.is_empty() {
-                let (map, xor) = build(&room, table, &mut digest);
+                let (map, xor) = build(&room, table, &mut digest, cores());
                 hashes.insert(room.clone(), xor);
                 rooms.insert(room, map);
             }
@@ -624,127 +625,89 @@ impl Part {
 /// Entries of a map, sorted by key.
 type Run = Vec<(String, Register)>;
 
-/// A run to make: its place among the runs, its keys and winners.
-type Slot<'a> = (usize, &'a mut [String], &'a mut [Winner]);
+/// Entries a core hands over at a time: small, so that the map starts early.
+const RUN: usize = 2048;
+
+/// Keys and their winners that one core makes registers of.
+type Share<'a> = (&'a mut [String], &'a mut [Winner]);
 
 /// The persistent map of one room's winners: registers made and hashed into `digest` on every
 /// core, entries sorted by key. Returns the map and the XOR of its registers' hashes.
-fn build(room: &Room, table: Table, digest: &mut Digest) -> (LwwMap, u64) {
+///
+/// Each core takes a share of the winners, sorts it by key (a snapshot's come sorted) and makes
+/// its registers in that order, a run at a time; this thread merges the cores' runs into the
+/// persistent map as they come, one key at a time (the map has no bulk constructor).
+fn build(room: &Room, table: Table, digest: &mut Digest, cores: usize) -> (LwwMap, u64) {
     let (mut keys, mut winners) = table.into_keys();
-    // Small rooms (there may be thousands) are not worth a thread each.
-    let cores = if winners.len() < PARALLEL_BUILD { 1 } else { cores() };
-    let chunk = winners.len().div_ceil(cores).max(1);
     // Each core takes its keys and winners out of place (leaving empty strings and values,
-    // which cost no allocation) and makes its run of entries.
-    let convert = |keys: &mut [String], winners: &mut [Winner], digest: &mut Digest| {
-        let mut entries = Vec::with_capacity(keys.len());
-        let mut xor = 0;
-        for (key, winner) in keys.iter_mut().zip(winners.iter_mut()) {
-            let made = Register {
-                value: if winner.tombstone {
-                    Value::Null
-                } else {
-                    std::mem::replace(&mut winner.value, Val::Raw(String::new())).into_value()
-                },
-                stamp: Stamp { p: winner.p, l: winner.l, n: String::from(&*winner.n) },
-                tombstone: winner.tombstone,
-                by: winner.by.take(),
-            };
-            let key = std::mem::take(key);
-            let hash = digest::hash_of(room, &key, &made);
-            digest.replace(room, &key, None, hash);
-            xor ^= hash;
-            entries.push((key, made));
-        }
-        (entries, xor)
+    // which cost no allocation) and makes their registers.
+    let convert = |key: &mut String, winner: &mut Winner, digest: &mut Digest, xor: &mut u64| {
+        let made = Register {
+            value: if winner.tombstone {
+                Value::Null
+            } else {
+                std::mem::replace(&mut winner.value, Val::Raw(String::new())).into_value()
+            },
+            stamp: Stamp { p: winner.p, l: winner.l, n: String::from(&*winner.n) },
+            tombstone: winner.tombstone,
+            by: winner.by.take(),
+        };
+        let key = std::mem::take(key);
+        let hash = digest::hash_of(room, &key, &made);
+        digest.replace(room, &key, None, hash);
+        *xor ^= hash;
+        (key, made)
     };
-    let convert = &convert;
-    if cores == 1 {
-        let (mut entries, xor) = convert(&mut keys, &mut winners, digest);
+    // Small rooms (there may be thousands) are not worth a thread each.
+    if winners.len() < PARALLEL_BUILD || cores == 1 {
+        let mut xor = 0;
+        let mut entries: Run = keys
+            .iter_mut()
+            .zip(winners.iter_mut())
+            .map(|(key, winner)| convert(key, winner, digest, &mut xor))
+            .collect();
         if !entries.is_sorted_by(|a, b| a.0 < b.0) {
             entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
         return (LwwMap::from_sorted(entries), xor);
     }
-    if !keys.is_sorted_by(|a, b| a < b) {
-        // Keys in first-seen order: runs made on every core, then one sort.
-        let done: Vec<(Run, u64, Digest)> = std::thread::scope(|s| {
-            let handles: Vec<_> = keys
-                .chunks_mut(chunk)
-                .zip(winners.chunks_mut(chunk))
-                .map(|(keys, winners)| {
-                    s.spawn(move || {
-                        let mut digest = Digest::default();
-                        let (entries, xor) = convert(keys, winners, &mut digest);
-                        (entries, xor, digest)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-        });
-        let mut xor = 0;
-        let mut entries = Vec::with_capacity(keys.len());
-        for (run, part, part_digest) in done {
-            xor ^= part;
-            digest.absorb(&part_digest);
-            entries.extend(run);
-        }
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        return (LwwMap::from_sorted(entries), xor);
+    // Keys in first-seen order: every core sorts and converts one share. Keys sorted (a
+    // snapshot's, or a ledger written in key order): converting is cheap and the map is the
+    // bound, so one core fewer makes the runs, round robin, and none takes time from the map.
+    let sorted = keys.is_sorted_by(|a, b| a < b);
+    let makers = if sorted { cores - 1 } else { cores };
+    let size = if sorted { RUN } else { winners.len().div_ceil(makers) };
+    let mut shares: Vec<Vec<Share<'_>>> = (0..makers).map(|_| Vec::new()).collect();
+    for (i, share) in keys.chunks_mut(size).zip(winners.chunks_mut(size)).enumerate() {
+        shares[i % makers].push(share);
     }
-    // Keys sorted (a snapshot's, or a ledger written in key order): the persistent map takes one
-    // key at a time on this core while the other cores make the next runs, in small runs so
-    // that the map starts early.
-    let makers = cores - 1;
-    let size = (winners.len() / 32).max(1024);
-    let mut work: Vec<Vec<Slot<'_>>> = (0..makers).map(|_| Vec::new()).collect();
-    for (i, (keys, winners)) in keys.chunks_mut(size).zip(winners.chunks_mut(size)).enumerate() {
-        work[i % makers].push((i, keys, winners));
-    }
+    let convert = &convert;
     let (map, done) = std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, Run)>();
-        let handles: Vec<_> = work
+        let (handles, queues): (Vec<_>, Vec<_>) = shares
             .into_iter()
-            .map(|mine| {
-                let tx = tx.clone();
-                s.spawn(move || {
+            .map(|shares| {
+                let (tx, rx) = std::sync::mpsc::channel::<Run>();
+                let handle = s.spawn(move || {
                     let (mut digest, mut xor) = (Digest::default(), 0);
-                    for (i, keys, winners) in mine {
-                        let (run, part) = convert(keys, winners, &mut digest);
-                        xor ^= part;
-                        if tx.send((i, run)).is_err() {
-                            break;
+                    for (keys, winners) in shares {
+                        let mut order: Vec<usize> = (0..keys.len()).collect();
+                        if !sorted {
+                            order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+                        }
+                        for piece in order.chunks(RUN) {
+                            let run =
+                                piece.iter().map(|&i| convert(&mut keys[i], &mut winners[i], &mut digest, &mut xor));
+                            if tx.send(run.collect()).is_err() {
+                                return (xor, digest);
+                            }
                         }
                     }
                     (xor, digest)
-                })
+                });
+                (handle, Merging { runs: rx, current: Vec::new().into_iter().peekable() })
             })
-            .collect();
-        drop(tx);
-        // Runs in order: one that comes early waits for those before it.
-        let (mut waiting, mut next) = (HashMap::new(), 0usize);
-        let mut current = Vec::new().into_iter();
-        let entries = std::iter::from_fn(|| {
-            loop {
-                if let Some(entry) = current.next() {
-                    return Some(entry);
-                }
-                let run = match waiting.remove(&next) {
-                    Some(run) => run,
-                    None => loop {
-                        // Every maker gone before the last run: one panicked (resumed below).
-                        let (i, run) = rx.recv().ok()?;
-                        if i == next {
-                            break run;
-                        }
-                        waiting.insert(i, run);
-                    },
-                };
-                next += 1;
-                current = run.into_iter();
-            }
-        });
-        let map = LwwMap::from_sorted_iter(entries);
+            .unzip();
+        let map = LwwMap::from_sorted_iter(merged(queues));
         let done: Vec<(u64, Digest)> =
             handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect();
         (map, done)
@@ -755,6 +718,39 @@ fn build(room: &Room, table: Table, digest: &mut Digest) -> (LwwMap, u64) {
         digest.absorb(&part_digest);
     }
     (map, xor)
+}
+
+/// One core's runs, as [`merged`] takes them.
+struct Merging {
+    runs: std::sync::mpsc::Receiver<Run>,
+    current: std::iter::Peekable<std::vec::IntoIter<(String, Register)>>,
+}
+
+impl Merging {
+    /// The next entry this core offers, waiting for its next run (`None` once it has no more).
+    fn peek(&mut self) -> Option<&(String, Register)> {
+        while self.current.peek().is_none() {
+            // A core gone before its last run panicked: resumed when it is joined.
+            self.current = self.runs.recv().ok()?.into_iter().peekable();
+        }
+        self.current.peek()
+    }
+}
+
+/// The entries of every core's runs (each sorted, no key in two), in key order.
+fn merged(mut queues: Vec<Merging>) -> impl Iterator<Item = (String, Register)> {
+    std::iter::from_fn(move || {
+        let mut least: Option<(usize, &String)> = None;
+        for (at, queue) in queues.iter_mut().enumerate() {
+            if let Some((key, _)) = queue.peek()
+                && least.is_none_or(|(_, least)| key < least)
+            {
+                least = Some((at, key));
+            }
+        }
+        let (at, _) = least?;
+        queues[at].current.next()
+    })
 }
 
 /// Threads replay uses: the cores this process may run on.
@@ -1991,6 +1987,40 @@ mod tests {
             let snapshot = crate::ledger::snapshot::encode(&rooms, &path);
             assert!(by_lines_agrees(&snapshot));
             same_either_way(&ledger_of(&lines[..100], false), Some(&snapshot), WINDOW, MIN_SPLIT);
+        }
+    }
+
+    /// The map, digest and hash one core builds, whatever the number of cores that make and
+    /// merge the runs (more than this machine may have), keys sorted or not.
+    #[test]
+    fn runs_merged_from_any_number_of_cores_build_the_same_map() {
+        let keys = PARALLEL_BUILD + RUN * 3 + 5;
+        let table = |sorted: bool| {
+            let mut table = Table::default();
+            for i in 0..keys {
+                let k = if sorted { i } else { (i * 7919) % keys };
+                table.unindexed.push(format!("k{k:08}"));
+                table.winners.push(Winner {
+                    p: i as u64 + 1,
+                    l: 0,
+                    n: Arc::from("a"),
+                    tombstone: i % 11 == 0,
+                    value: Val::Raw(if i % 3 == 0 { format!("{{\"a\":[{i},\"x\"]}}") } else { i.to_string() }),
+                    by: (i % 5 == 0).then(|| Arc::from("u")),
+                });
+            }
+            table
+        };
+        let room = Room::DEFAULT;
+        for sorted in [true, false] {
+            let mut one = Digest::default();
+            let (map, xor) = build(&room, table(sorted), &mut one, 1);
+            assert_eq!(map.len(), keys);
+            for cores in 2..=5 {
+                let mut digest = Digest::default();
+                assert_eq!(build(&room, table(sorted), &mut digest, cores), (map.clone(), xor), "{cores} cores");
+                assert_eq!(digest, one);
+            }
         }
     }
 
