@@ -708,8 +708,7 @@ fn build(room: &Room, table: Table, digest: &mut Digest, cores: usize) -> (LwwMa
             })
             .unzip();
         let map = LwwMap::from_sorted_iter(merged(queues));
-        let done: Vec<(u64, Digest)> =
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect();
+        let done: Vec<(u64, Digest)> = handles.into_iter().map(joined).collect();
         (map, done)
     });
     let mut xor = 0;
@@ -990,48 +989,34 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
         Part::distribute(&mut parts);
     }
     let mut strays: Vec<Part> = (0..parts.len()).map(|_| Part::default()).collect();
+    // The window's buffer, allocated once and reused.
     let mut buf: Vec<u8> = Vec::new();
+    let (mut len, mut eof) = fill(file, &mut buf, 0, 0, window, size).map_err(io("cannot read ledger"))?;
     loop {
-        // Fill the window (more if one line is longer than it), no larger than what is left
-        // (plus one byte, to see the end): a short ledger does not pay for a whole window.
-        let filled = buf.len();
-        let left = usize::try_from(size.saturating_sub(pass.good + filled as u64)).unwrap_or(usize::MAX);
-        let want = filled + window.max(1).min(left.saturating_add(1));
-        buf.resize(want, 0);
-        let mut len = filled;
-        while len < want {
-            let n = file.read_at(&mut buf[len..], pass.good + len as u64).map_err(io("cannot read ledger"))?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-        }
-        buf.truncate(len);
-        let eof = len < want;
-        let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let whole = memchr::memrchr(b'\n', &buf[..len]).map_or(0, |i| i + 1);
         if whole == 0 && !eof {
-            continue; // one line longer than the window: read on
+            // One line longer than the window: read on.
+            (len, eof) = fill(file, &mut buf, len, pass.good, window, size).map_err(io("cannot read ledger"))?;
+            continue;
         }
-        let window = &buf[..whole];
+        let window_bytes = &buf[..whole];
         let mut scans: Vec<Scan> = if routed {
             std::thread::scope(|s| {
                 let of = parts.len();
                 let mut work = parts.iter_mut().zip(strays.iter_mut()).enumerate();
                 let first = work.next();
                 let handles: Vec<_> = work
-                    .map(|(me, (part, stray))| s.spawn(move || scan(part, stray, window, Take::Owned { me, of })))
+                    .map(|(me, (part, stray))| s.spawn(move || scan(part, stray, window_bytes, Take::Owned { me, of })))
                     .collect();
                 let mut scans: Vec<Scan> = first
-                    .map(|(me, (part, stray))| scan(part, stray, window, Take::Owned { me, of }))
+                    .map(|(me, (part, stray))| scan(part, stray, window_bytes, Take::Owned { me, of }))
                     .into_iter()
                     .collect();
-                scans.extend(
-                    handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
-                );
+                scans.extend(handles.into_iter().map(joined));
                 scans
             })
         } else {
-            vec![scan(&mut parts[0], &mut Part::default(), window, Take::All)]
+            vec![scan(&mut parts[0], &mut Part::default(), window_bytes, Take::All)]
         };
         // Every core counted every line of the window; each named its own corrupt ones.
         let mut named: Vec<(u64, String)> = Vec::new();
@@ -1048,15 +1033,53 @@ fn read_all(path: &Path, file: &File, window: usize, min_split: usize, cores: us
         }
         pass.lines += scans.first().map_or(0, |scan| scan.lines);
         pass.good += whole as u64;
-        buf.drain(..whole);
         if eof {
+            pass.torn = (len - whole) as u64;
             break;
         }
+        // The line the window cut goes first in the next.
+        buf.copy_within(whole..len, 0);
+        (len, eof) = fill(file, &mut buf, len - whole, pass.good, window, size).map_err(io("cannot read ledger"))?;
     }
-    pass.torn = buf.len() as u64;
     pass.timings.1 = started.elapsed() - snapshot_read;
     pass.part = Part::join(parts, strays);
     Ok(pass)
+}
+
+/// What a scoped thread returned (its panic, resumed here).
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Reads the window that starts at byte `at` of `file` (of `size` bytes) into `buf`, whose
+/// first `filled` bytes hold the start of it already: up to `window` bytes more, no more than
+/// what is left plus one byte (to see the end), so a short ledger does not pay for a whole
+/// window. Returns the bytes in `buf` and whether they reach the end of the file.
+fn fill(
+    file: &File,
+    buf: &mut Vec<u8>,
+    filled: usize,
+    at: u64,
+    window: usize,
+    size: u64,
+) -> std::io::Result<(usize, bool)> {
+    let left = usize::try_from(size.saturating_sub(at + filled as u64)).unwrap_or(usize::MAX);
+    let want = filled + window.max(1).min(left.saturating_add(1));
+    if buf.is_empty() {
+        // Zeroed by the system, not by a pass over it.
+        *buf = vec![0; want];
+    } else if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut len = filled;
+    while len < want {
+        let n = file.read_at(&mut buf[len..want], at + len as u64)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    Ok((len, len < want))
 }
 
 /// Loads the snapshot file at `path` (version 1, ours or upstream's) into `part`, if it exists;
@@ -1148,7 +1171,7 @@ fn snapshot_by_lines(bytes: &[u8], cores: usize, min_split: usize) -> Option<(Pa
         let first = slices.next().unwrap_or_default();
         let handles: Vec<_> = slices.map(|slice| s.spawn(move || entry_lines(slice))).collect();
         let mut all = vec![entry_lines(first)];
-        all.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+        all.extend(handles.into_iter().map(joined));
         all
     });
     // Where the lines are: in an array (`Some(room)`, `None` for the default room) or between
