@@ -27,10 +27,10 @@
 //!   Corrupt lines are counted by the core that took them and named with their line number in
 //!   the whole file; the torn last line is found before the cores start and cut as before.
 //! - A snapshot laid out as ours are (one entry a line, keys unique and sorted) is read line by
-//!   line on every core, each value parsed once where it is read; its keys are indexed only if a
-//!   ledger line needs them. A file that deviates from that layout anywhere (upstream's indented
-//!   ones, a hand-edited one, a damaged one) is read as one JSON document, as before, which decides
-//!   what is accepted and how a refusal is worded.
+//!   line on every core, in windows like the ledger, each value parsed once where it is read; its
+//!   keys are indexed only if a ledger line needs them. A file that deviates from that layout
+//!   anywhere (upstream's indented ones, a hand-edited one, a damaged one) is read whole, as one
+//!   JSON document, as before, which decides what is accepted and how a refusal is worded.
 //! - The digest (see [`crate::digest`]) is made while the maps are built, on every core, and
 //!   handed to the state with them.
 //!
@@ -1085,15 +1085,17 @@ fn fill(
 /// Loads the snapshot file at `path` (version 1, ours or upstream's) into `part`, if it exists;
 /// returns how many entries it had. Refuses it exactly when [`super::snapshot::load`] does.
 fn load_snapshot(path: &Path, part: &mut Part, cores: usize) -> Result<u64, LedgerError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    let io = |source| LedgerError::Io { what: "cannot read snapshot", path: path.to_owned(), source };
+    let file = match File::open(path) {
+        Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => return Err(LedgerError::Io { what: "cannot read snapshot", path: path.to_owned(), source }),
+        Err(source) => return Err(io(source)),
     };
-    if let Some((loaded, count)) = snapshot_by_lines(&bytes, cores, MIN_SPLIT) {
+    if let Some((loaded, count)) = snapshot_by_lines(&file, cores, MIN_SPLIT, WINDOW).map_err(io)? {
         *part = loaded;
         return Ok(count);
     }
+    let bytes = std::fs::read(path).map_err(io)?;
     let (loaded, count) = document(&bytes, path)?;
     *part = loaded;
     Ok(count)
@@ -1140,81 +1142,162 @@ enum Item<'a> {
     Other(&'a [u8]),
 }
 
-/// The snapshot `bytes` read as [`super::snapshot::encode`] lays it out (the header and
+/// The snapshot `file` read as [`super::snapshot::encode`] lays it out (the header and
 /// `"entries":[` on the first line, then one entry a line, each room's keys unique and sorted,
-/// rooms sorted by name), its entry lines parsed on `cores` threads. `None` as soon as anything
-/// deviates from that layout or fails to parse: the caller then reads the file as one JSON
-/// document, which accepts, refuses and words its errors as always. Where this returns a part,
-/// the document read gives the same registers and count (every check here is as strict as the
-/// document's or stricter; keys unique, so no entry replaces another).
-fn snapshot_by_lines(bytes: &[u8], cores: usize, min_split: usize) -> Option<(Part, u64)> {
-    let first = bytes.iter().position(|&b| b == b'\n')?;
-    let header = bytes[..first].strip_suffix(b",\"entries\":[")?;
+/// rooms sorted by name), `window` bytes at a time into one buffer, each window's entry lines
+/// parsed on `cores` threads. `None` as soon as anything deviates from that layout or fails to
+/// parse: the caller then reads the file as one JSON document, which accepts, refuses and words
+/// its errors as always. Where this returns a part, the document read gives the same registers
+/// and count (every check here is as strict as the document's or stricter; keys unique, so no
+/// entry replaces another).
+fn snapshot_by_lines(
+    file: &File,
+    cores: usize,
+    min_split: usize,
+    window: usize,
+) -> std::io::Result<Option<(Part, u64)>> {
+    let size = file.metadata()?.len();
+    let mut buf = Vec::new();
+    let (mut len, mut eof) = fill(file, &mut buf, 0, 0, window, size)?;
+    let first = loop {
+        if let Some(at) = memchr::memchr(b'\n', &buf[..len]) {
+            break at;
+        }
+        if eof {
+            return Ok(None);
+        }
+        (len, eof) = fill(file, &mut buf, len, 0, window, size)?;
+    };
+    let Some(header) = buf[..first].strip_suffix(b",\"entries\":[") else { return Ok(None) };
     // Fields named twice, escapes that could spell `entries` or `rooms`: the document decides.
     let suspicious = |word: &[u8]| header.windows(word.len()).any(|w| w == word);
     if suspicious(b"entries") || suspicious(b"rooms") || suspicious(b"\\u") || !header.starts_with(b"{") {
-        return None;
+        return Ok(None);
     }
     let mut top = header.to_vec();
     top.push(b'}');
-    if serde_json::from_slice::<Header>(&top).ok()?.version != 1 {
-        return None;
+    if serde_json::from_slice::<Header>(&top).ok().is_none_or(|header| header.version != 1) {
+        return Ok(None);
     }
-    let body = &bytes[first + 1..];
-    if !body.ends_with(b"\n") {
-        return None;
+    let mut lines = Lines::default();
+    let mut at = first as u64 + 1;
+    buf.copy_within(first + 1..len, 0);
+    len -= first + 1;
+    loop {
+        let whole = memchr::memrchr(b'\n', &buf[..len]).map_or(0, |i| i + 1);
+        if whole == 0 && !eof {
+            // One line longer than the window: read on.
+            (len, eof) = fill(file, &mut buf, len, at, window, size)?;
+            continue;
+        }
+        if eof && whole != len {
+            return Ok(None); // the file does not end with a newline
+        }
+        if whole > 0 {
+            // The window's lines, without the newline after the last.
+            let body = &buf[..whole - 1];
+            let slices = if body.len() < min_split { vec![body] } else { split_lines(body, cores) };
+            let read: Vec<Option<Vec<Item<'_>>>> = std::thread::scope(|s| {
+                let mut slices = slices.into_iter();
+                let first = slices.next().unwrap_or_default();
+                let handles: Vec<_> = slices.map(|slice| s.spawn(move || entry_lines(slice))).collect();
+                let mut all = vec![entry_lines(first)];
+                all.extend(handles.into_iter().map(joined));
+                all
+            });
+            // One part that failed fails the whole.
+            let Some(read) = read.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
+            if lines.count == 0 {
+                // Sized once for the whole file, from the first window's lines.
+                let expected = read.iter().map(Vec::len).sum::<usize>() as u64 * size / (at + whole as u64);
+                let expected = usize::try_from(expected + expected / 16).unwrap_or(0);
+                lines.part.tables.default.winners.reserve_exact(expected);
+                lines.part.tables.default.unindexed.reserve_exact(expected);
+            }
+            if !read.into_iter().flatten().all(|item| lines.take(item)) {
+                return Ok(None);
+            }
+        }
+        at += whole as u64;
+        if eof {
+            break;
+        }
+        buf.copy_within(whole..len, 0);
+        (len, eof) = fill(file, &mut buf, len - whole, at, window, size)?;
     }
-    let body = &body[..body.len() - 1];
-    let slices = if body.len() < min_split { vec![body] } else { split_lines(body, cores) };
-    let read_all: Vec<Option<Vec<Item<'_>>>> = std::thread::scope(|s| {
-        let mut slices = slices.into_iter();
-        let first = slices.next().unwrap_or_default();
-        let handles: Vec<_> = slices.map(|slice| s.spawn(move || entry_lines(slice))).collect();
-        let mut all = vec![entry_lines(first)];
-        all.extend(handles.into_iter().map(joined));
-        all
-    });
-    // Where the lines are: in an array (`Some(room)`, `None` for the default room) or between
-    // rooms; whether the last entry had its comma (so a value must follow); the room names.
-    let (mut room, mut in_array, mut need_value, mut ended, mut count) = (None::<String>, true, false, false, 0u64);
-    let mut opened = true;
-    let mut last_room: Option<String> = None;
-    // One part that failed fails the whole.
-    let read_all: Vec<Vec<Item<'_>>> = read_all.into_iter().collect::<Option<_>>()?;
-    let mut part = Part::default();
-    let lines = read_all.iter().map(Vec::len).sum();
-    part.tables.default.winners.reserve_exact(lines);
-    part.tables.default.unindexed.reserve_exact(lines);
-    for item in read_all.into_iter().flatten() {
-        if ended {
+    Ok(lines.ended.then_some((lines.part, lines.count)))
+}
+
+/// Where [`snapshot_by_lines`] is in the snapshot's layout, and what it read.
+struct Lines {
+    part: Part,
+    /// The room whose array the lines are in (`None`: the default room's).
+    room: Option<String>,
+    /// In an array (else between rooms).
+    in_array: bool,
+    /// Right after an array's `[`.
+    opened: bool,
+    /// The last entry had its comma, so an entry must follow.
+    need_value: bool,
+    /// The closing line was read: nothing may follow.
+    ended: bool,
+    /// The last named room.
+    last_room: Option<String>,
+    /// Entries read.
+    count: u64,
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Lines {
+            part: Part::default(),
+            room: None,
+            in_array: true,
+            opened: true,
+            need_value: false,
+            ended: false,
+            last_room: None,
+            count: 0,
+        }
+    }
+}
+
+impl Lines {
+    /// Takes the next line; false when it breaks the layout.
+    fn take(&mut self, item: Item<'_>) -> bool {
+        self.take_checked(item).is_some()
+    }
+
+    fn take_checked(&mut self, item: Item<'_>) -> Option<()> {
+        if self.ended {
             return None;
         }
         match item {
             Item::Entry(key, winner, comma) => {
                 // Right after `[` or after a comma; an entry after one without its comma is not.
-                if !in_array || !(opened || need_value) {
+                if !self.in_array || !(self.opened || self.need_value) {
                     return None;
                 }
-                opened = false;
-                let table = match &room {
-                    None => &mut part.tables.default,
-                    Some(name) => &mut part.tables.named.get_mut(name.as_str())?.1,
+                self.opened = false;
+                let table = match &self.room {
+                    None => &mut self.part.tables.default,
+                    Some(name) => &mut self.part.tables.named.get_mut(name.as_str())?.1,
                 };
                 if table.unindexed.last().is_some_and(|last| *last >= key) {
                     return None; // not sorted, or a key twice
                 }
                 table.unindexed.push(key);
                 table.winners.push(winner);
-                need_value = comma;
-                count += 1;
+                self.need_value = comma;
+                self.count += 1;
             }
-            Item::Other(line) if in_array => {
-                if need_value {
+            Item::Other(line) if self.in_array => {
+                if self.need_value {
                     return None;
                 }
-                match (line, room.is_some()) {
-                    (b"]}", false) | (b"]}}", true) => ended = true,
-                    (b"],\"rooms\":{", false) | (b"],", true) => in_array = false,
+                match (line, self.room.is_some()) {
+                    (b"]}", false) | (b"]}}", true) => self.ended = true,
+                    (b"],\"rooms\":{", false) | (b"],", true) => self.in_array = false,
                     _ => return None,
                 }
             }
@@ -1222,18 +1305,18 @@ fn snapshot_by_lines(bytes: &[u8], cores: usize, min_split: usize) -> Option<(Pa
                 let name = line.strip_suffix(b":[")?;
                 let name: String = serde_json::from_slice(name).ok()?;
                 let parsed = Room::parse(&name).ok()?;
-                if parsed.is_default() || last_room.as_ref().is_some_and(|last| *last >= name) {
+                if parsed.is_default() || self.last_room.as_ref().is_some_and(|last| *last >= name) {
                     return None;
                 }
-                part.tables.named.insert(name.clone(), (parsed, Table::default()));
-                last_room = Some(name.clone());
-                room = Some(name);
-                in_array = true;
-                opened = true;
+                self.part.tables.named.insert(name.clone(), (parsed, Table::default()));
+                self.last_room = Some(name.clone());
+                self.room = Some(name);
+                self.in_array = true;
+                self.opened = true;
             }
         }
+        Some(())
     }
-    ended.then_some((part, count))
 }
 
 /// The lines of `slice` (a part of a snapshot's body), entries parsed; `None` if one fails.
@@ -1800,11 +1883,16 @@ mod tests {
     /// whether the lines read took it.
     fn by_lines_agrees(bytes: &[u8]) -> bool {
         let document = document(bytes, Path::new("s.json"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        fs::write(&path, bytes).unwrap();
+        let file = File::open(&path).unwrap();
         let mut took = None;
-        for cores in 1..=3 {
-            let lines = snapshot_by_lines(bytes, cores, 0);
+        // Whole, and in windows down to a few bytes (lines longer than the window included).
+        for (cores, window) in [(1, WINDOW), (2, WINDOW), (3, WINDOW), (1, 16), (2, 64), (3, 5)] {
+            let lines = snapshot_by_lines(&file, cores, 0, window).unwrap();
             if let Some(took) = took {
-                assert_eq!(took, lines.is_some(), "the same verdict on {cores} threads");
+                assert_eq!(took, lines.is_some(), "the same verdict on {cores} threads, windows of {window}");
             }
             took = Some(lines.is_some());
             let Some((lines, count)) = lines else { continue };
