@@ -1868,19 +1868,27 @@ mod tests {
         #[test]
         fn the_fast_read_agrees_with_the_general_one(line in arb_line(), at in any::<usize>(), byte in any::<u8>(),
                                                      how in 0u8..4) {
-            let mut line = line;
             fast_agrees(&line);
-            if !line.is_empty() {
-                let at = at % line.len();
-                match how {
-                    0 => line[at] = byte,
-                    1 => line.insert(at, byte),
-                    2 => { line.remove(at); }
-                    _ => line.truncate(at),
-                }
-            }
-            fast_agrees(&line);
+            fast_agrees(&changed(&line, at, byte, how));
         }
+    }
+
+    /// `line` with one byte changed (`how` 0), added (1) or removed (2), or cut short (3), at
+    /// `at` (modulo its length).
+    fn changed(line: &[u8], at: usize, byte: u8, how: u8) -> Vec<u8> {
+        let mut line = line.to_vec();
+        if !line.is_empty() {
+            let at = at % line.len();
+            match how {
+                0 => line[at] = byte,
+                1 => line.insert(at, byte),
+                2 => {
+                    line.remove(at);
+                }
+                _ => line.truncate(at),
+            }
+        }
+        line
     }
 
     proptest! {
@@ -2063,15 +2071,7 @@ mod tests {
             for line in snapshot.split(|&b| b == b'\n').filter(|line| line.starts_with(b"{\"key\"")) {
                 let line = line.strip_suffix(b",").unwrap_or(line);
                 entry_agrees(line);
-                let mut changed = line.to_vec();
-                let at = at % changed.len();
-                match how {
-                    0 => changed[at] = byte,
-                    1 => changed.insert(at, byte),
-                    2 => { changed.remove(at); }
-                    _ => changed.truncate(at),
-                }
-                entry_agrees(&changed);
+                entry_agrees(&changed(line, at, byte, how));
             }
         }
     }
