@@ -322,9 +322,7 @@ pub fn snapshots_on_cores(entries: &[(&String, &Value)], resume: &str, cores: us
         ByteString::from(out)
     };
     let mut v2_tail = Vec::with_capacity(resume.len() + 16);
-    v2_tail.extend_from_slice(b",\"resume\":");
-    push_json(&mut v2_tail, resume);
-    v2_tail.push(b'}');
+    push_resume_end(&mut v2_tail, resume);
     let v2_tail = String::from_utf8(v2_tail).unwrap_or_default();
     std::thread::scope(|s| {
         let v2 = s.spawn(|| frame(&v2_tail));
@@ -465,10 +463,15 @@ pub fn snapshot_v2(v1: &ByteString, resume: &str) -> ByteString {
     // `{"type":"snapshot","data":{…}}` + `,"resume":…}`.
     let mut out = Vec::with_capacity(v1.len() + resume.len() + 16);
     out.extend_from_slice(&v1.as_bytes()[..v1.len() - 1]);
-    out.extend_from_slice(b",\"resume\":");
-    push_json(&mut out, resume);
-    out.push(b'}');
+    push_resume_end(&mut out, resume);
     into_frame(out)
+}
+
+/// `,"resume":TOKEN}`: how a v2 snapshot ends, after the v1 frame's last brace.
+fn push_resume_end(out: &mut Vec<u8>, resume: &str) {
+    out.extend_from_slice(b",\"resume\":");
+    push_json(out, resume);
+    out.push(b'}');
 }
 
 /// v2 `{"type":"delta","data":{changed…},"deleted":[keys…],"resume":TOKEN}`: what changed since
