@@ -207,7 +207,7 @@ pub fn state_at(
         )));
     }
     let map = history::state_at(&history.base, &history.records, room, at_ns.unwrap_or(u64::MAX));
-    let state: Map<String, Value> = map.live().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let state: Map<String, Value> = map.live().map(|(k, v)| (k.clone(), v.to_value())).collect();
     writeln!(out, "{}", serde_json::to_string_pretty(&Value::Object(state)).unwrap_or_default())?;
     Ok(())
 }

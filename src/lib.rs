@@ -10,6 +10,8 @@
 //! Core, plain Rust without actix:
 //! - [`hlc`]: stamps and the hybrid logical clock.
 //! - [`digest`]: bucketed digests of the map, kept current, for anti-entropy between nodes.
+//! - [`json`]: a value as the relay keeps it, its canonical JSON text (made once where it enters,
+//!   copied as bytes into ledger lines, frames, snapshots and digests).
 //! - [`lww`]: ops, registers and the Last-Writer-Wins map.
 //! - [`room`]: room names (the default room is upstream's one map).
 //! - [`ledger`]: the JSONL record codec, snapshot files, the ledger file (replay, torn-tail repair,
@@ -68,6 +70,7 @@ pub mod config;
 pub mod digest;
 pub mod hlc;
 pub mod http;
+pub mod json;
 pub mod ledger;
 pub mod limits;
 pub mod lww;

@@ -15,11 +15,9 @@ use std::{
 
 use imbl::OrdMap;
 
-use serde_json::Value;
-
 use std::sync::Arc;
 
-use crate::{hlc::Stamp, room::Room};
+use crate::{hlc::Stamp, json::Json, room::Room};
 
 /// What an op does to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,7 +46,7 @@ pub struct Op {
     /// The key; opaque to the server.
     pub key: String,
     /// The value; `null` for deletes.
-    pub value: Value,
+    pub value: Json,
     /// When and where the op was made.
     pub stamp: Stamp,
     /// The room whose map it writes.
@@ -59,13 +57,13 @@ pub struct Op {
 
 impl Op {
     /// A set of `key` to `value` at `stamp`, in the default room.
-    pub fn set(key: impl Into<String>, value: Value, stamp: Stamp) -> Self {
-        Self { kind: OpKind::Set, key: key.into(), value, stamp, room: Room::DEFAULT, by: None }
+    pub fn set(key: impl Into<String>, value: impl Into<Json>, stamp: Stamp) -> Self {
+        Self { kind: OpKind::Set, key: key.into(), value: value.into(), stamp, room: Room::DEFAULT, by: None }
     }
 
     /// A delete of `key` at `stamp`, in the default room.
     pub fn del(key: impl Into<String>, stamp: Stamp) -> Self {
-        Self { kind: OpKind::Del, key: key.into(), value: Value::Null, stamp, room: Room::DEFAULT, by: None }
+        Self { kind: OpKind::Del, key: key.into(), value: Json::null(), stamp, room: Room::DEFAULT, by: None }
     }
 
     /// The same op in `room`.
@@ -87,7 +85,7 @@ impl Op {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Register {
     /// The value (`null` for tombstones).
-    pub value: Value,
+    pub value: Json,
     /// Stamp of the op that wrote this register.
     pub stamp: Stamp,
     /// True when the key was deleted.
@@ -100,7 +98,7 @@ impl Register {
     /// The register an op would write.
     pub fn from_op(op: Op) -> (String, Register) {
         let tombstone = op.kind == OpKind::Del;
-        let value = if tombstone { Value::Null } else { op.value };
+        let value = if tombstone { Json::null() } else { op.value };
         (op.key, Register { value, stamp: op.stamp, tombstone, by: op.by })
     }
 
@@ -122,7 +120,7 @@ impl Register {
 ///
 /// Strictly greater stamps win. Equal stamps fall back to a deterministic order so that merging
 /// stays commutative even for conflicting ops that share a stamp.
-pub fn beats(stamp: &Stamp, tombstone: bool, value: &Value, current: &Register) -> bool {
+pub fn beats(stamp: &Stamp, tombstone: bool, value: &Json, current: &Register) -> bool {
     match stamp.cmp(&current.stamp) {
         Ordering::Greater => true,
         Ordering::Less => false,
@@ -130,10 +128,7 @@ pub fn beats(stamp: &Stamp, tombstone: bool, value: &Value, current: &Register) 
             Ordering::Greater => true,
             Ordering::Less => false,
             Ordering::Equal => {
-                !tombstone && value != &current.value && {
-                    let (ours, theirs) = (value.to_string(), current.value.to_string());
-                    ours > theirs
-                }
+                !tombstone && !value.same_value(&current.value) && value.as_str() > current.value.as_str()
             }
         },
     }
@@ -233,7 +228,7 @@ impl LwwMap {
     }
 
     /// The live value of `key` (`None` if absent or deleted).
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    pub fn get(&self, key: &str) -> Option<&Json> {
         self.entries.get(key).filter(|r| !r.tombstone).map(|r| &r.value)
     }
 
@@ -275,7 +270,7 @@ impl LwwMap {
     }
 
     /// Live (non-deleted) entries in key order; `null` values included.
-    pub fn live(&self) -> impl Iterator<Item = (&String, &Value)> {
+    pub fn live(&self) -> impl Iterator<Item = (&String, &Json)> {
         self.entries.iter().filter(|(_, r)| !r.tombstone).map(|(k, r)| (k, &r.value))
     }
 
@@ -332,6 +327,7 @@ impl LwwMap {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use serde_json::Value;
     use serde_json::json;
 
     use super::*;
@@ -345,7 +341,7 @@ mod tests {
         let mut map = LwwMap::new();
         assert!(map.apply(Op::set("k", json!(1), st(2, "a"))));
         assert!(!map.apply(Op::set("k", json!(0), st(1, "a"))));
-        assert_eq!(map.get("k"), Some(&json!(1)));
+        assert_eq!(map.get("k"), Some(&Json::from(json!(1))));
     }
 
     #[test]
@@ -356,7 +352,7 @@ mod tests {
         assert_eq!(map.get("k"), None);
         assert!(map.register("k").is_some_and(|r| r.tombstone));
         assert!(map.apply(Op::set("k", json!("new"), st(6, "b"))));
-        assert_eq!(map.get("k"), Some(&json!("new")));
+        assert_eq!(map.get("k"), Some(&Json::from(json!("new"))));
     }
 
     #[test]
@@ -367,7 +363,7 @@ mod tests {
         let mut ba = LwwMap::new();
         ba.apply(Op::set("k", json!("from b"), st(7, "b")));
         ba.apply(Op::set("k", json!("from a"), st(7, "a")));
-        assert_eq!(ab.get("k"), Some(&json!("from b")));
+        assert_eq!(ab.get("k"), Some(&Json::from(json!("from b"))));
         assert_eq!(ab, ba);
     }
 
@@ -375,7 +371,7 @@ mod tests {
     fn null_is_a_live_value() {
         let mut map = LwwMap::new();
         map.apply(Op::set("k", Value::Null, st(1, "a")));
-        assert_eq!(map.get("k"), Some(&Value::Null));
+        assert_eq!(map.get("k"), Some(&Json::null()));
         assert_eq!(map.live().count(), 1);
     }
 

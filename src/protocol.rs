@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     config::Limits,
+    json::Json,
     lww::{Op, OpKind},
     room::Room,
 };
@@ -24,7 +25,7 @@ pub enum ClientFrame {
         /// The key.
         key: String,
         /// The value.
-        value: Value,
+        value: Json,
         /// v2: the client's reference for this write, echoed in its `ack` or `nack`.
         reference: Option<Value>,
     },
@@ -163,7 +164,7 @@ pub fn parse(text: &str, limits: &Limits) -> Result<ClientFrame, Dropped> {
     let reference = msg.remove("ref").filter(valid_reference);
     match msg.get("type").and_then(Value::as_str) {
         Some("set") => {
-            let value = msg.remove("value").unwrap_or(Value::Null);
+            let value = Json::from_value(&msg.remove("value").unwrap_or(Value::Null));
             check_value(&value, limits)?;
             Ok(ClientFrame::Set { key, value, reference })
         }
@@ -199,37 +200,11 @@ fn take_key(msg: &mut Map<String, Value>, limits: &Limits) -> Result<String, Dro
 ///
 /// # Errors
 /// [`Dropped::BadValue`].
-pub fn check_value(value: &Value, limits: &Limits) -> Result<(), Dropped> {
-    if depth(value) > MAX_VALUE_DEPTH || json_len(value) > limits.max_value_bytes {
+pub fn check_value(value: &Json, limits: &Limits) -> Result<(), Dropped> {
+    if value.len() > limits.max_value_bytes || value.depth() > MAX_VALUE_DEPTH {
         return Err(Dropped::BadValue);
     }
     Ok(())
-}
-
-fn depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-/// Length of the compact JSON text of `value`, in UTF-8 bytes.
-pub fn json_len(value: &Value) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    // A Value always serializes; on the impossible error the count is merely short.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
 }
 
 /// Upstream's `int(msg.get(field, 0))`: integers as they are, floats truncated, integer strings
@@ -258,14 +233,14 @@ fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 }
 
 /// `K:V,K:V,…` for a snapshot's `data` object.
-fn push_entries<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
+fn push_entries<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a String, &'a Json)>) {
     for (i, (key, value)) in entries.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         push_json(out, key);
         out.push(b':');
-        push_json(out, value);
+        out.extend_from_slice(value.as_str().as_bytes());
     }
 }
 
@@ -280,7 +255,7 @@ pub fn hello(id: &str, color: &str) -> ByteString {
 }
 
 /// `{"type":"snapshot","data":{K:V,…}}` from live entries, written without copying the values.
-pub fn snapshot<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> ByteString {
+pub fn snapshot<'a>(entries: impl Iterator<Item = (&'a String, &'a Json)>) -> ByteString {
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{\"type\":\"snapshot\",\"data\":{");
     push_entries(&mut out, entries);
@@ -295,8 +270,8 @@ pub fn snapshot<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> B
 /// room of a million keys, which its first joiner waits for (at boot, for its `hello`). Each
 /// thread encodes a run of entries; one then writes the v1 frame and another the v2 frame from
 /// the runs, so neither frame is copied out of the other.
-pub fn snapshots_on_cores(entries: &[(&String, &Value)], resume: &str, cores: usize) -> (ByteString, ByteString) {
-    let encode = |run: &[(&String, &Value)]| {
+pub fn snapshots_on_cores(entries: &[(&String, &Json)], resume: &str, cores: usize) -> (ByteString, ByteString) {
+    let encode = |run: &[(&String, &Json)]| {
         let mut out = Vec::with_capacity(run.len() * 64);
         push_entries(&mut out, run.iter().copied());
         // serde_json writes UTF-8 only (checked here, on every thread, not again below).
@@ -340,7 +315,7 @@ pub fn op_frame(op: &Op) -> ByteString {
             out.extend_from_slice(b"{\"type\":\"set\",\"key\":");
             push_json(&mut out, &op.key);
             out.extend_from_slice(b",\"value\":");
-            push_json(&mut out, &op.value);
+            out.extend_from_slice(op.value.as_str().as_bytes());
         }
         OpKind::Del => {
             out.extend_from_slice(b"{\"type\":\"delete\",\"key\":");
@@ -477,12 +452,17 @@ fn push_resume_end(out: &mut Vec<u8>, resume: &str) {
 /// v2 `{"type":"delta","data":{changed…},"deleted":[keys…],"resume":TOKEN}`: what changed since
 /// the client's resume token, instead of the whole state.
 pub fn delta_v2<'a>(
-    changed: impl Iterator<Item = (&'a String, &'a Value)>,
+    changed: impl Iterator<Item = (&'a String, &'a Json)>,
     deleted: &[&String],
     resume: &str,
 ) -> ByteString {
-    let data: Map<String, Value> = changed.map(|(k, v)| (k.clone(), v.clone())).collect();
-    frame(&serde_json::json!({"type": "delta", "data": data, "deleted": deleted, "resume": resume}))
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"type\":\"delta\",\"data\":{");
+    push_entries(&mut out, changed);
+    out.extend_from_slice(b"},\"deleted\":");
+    push_json(&mut out, deleted);
+    push_resume_end(&mut out, resume);
+    into_frame(out)
 }
 
 /// v2 `set`/`delete` with `"stamp":"<p>.<l>.<node>"` (zero-padded: compare as text),
@@ -561,11 +541,11 @@ mod tests {
     fn parses_the_four_message_types() {
         assert_eq!(
             p(r#"{"type":"set","key":"k","value":{"a":[1]}}"#),
-            Ok(ClientFrame::Set { key: "k".into(), value: json!({"a":[1]}), reference: None })
+            Ok(ClientFrame::Set { key: "k".into(), value: json!({"a":[1]}).into(), reference: None })
         );
         assert_eq!(
             p(r#"{"type":"set","key":"k"}"#),
-            Ok(ClientFrame::Set { key: "k".into(), value: Value::Null, reference: None })
+            Ok(ClientFrame::Set { key: "k".into(), value: Json::null(), reference: None })
         );
         assert_eq!(p(r#"{"type":"delete","key":"k"}"#), Ok(ClientFrame::Delete { key: "k".into(), reference: None }));
         assert_eq!(
@@ -636,12 +616,12 @@ mod tests {
         assert!(p(&format!(r#"{{"type":"delete","key":"{}"}}"#, "k".repeat(256))).is_ok());
         assert_eq!(p(&format!(r#"{{"type":"delete","key":"{}"}}"#, "k".repeat(257))), Err(Dropped::BadKey));
         // 6000 × é is 12 000 UTF-8 bytes: accepted (upstream measured 36 000 escaped bytes).
-        let value = Value::String("é".repeat(6000));
+        let value = Json::from(Value::String("é".repeat(6000)));
         assert_eq!(check_value(&value, &limits), Ok(()));
-        let exact = Value::String("x".repeat(limits.max_value_bytes - 2));
-        assert_eq!(json_len(&exact), limits.max_value_bytes);
+        let exact = Json::from(Value::String("x".repeat(limits.max_value_bytes - 2)));
+        assert_eq!(exact.len(), limits.max_value_bytes);
         assert_eq!(check_value(&exact, &limits), Ok(()));
-        let over = Value::String("x".repeat(limits.max_value_bytes - 1));
+        let over = Json::from(Value::String("x".repeat(limits.max_value_bytes - 1)));
         assert_eq!(check_value(&over, &limits), Err(Dropped::BadValue));
     }
 
@@ -655,7 +635,7 @@ mod tests {
         assert_eq!(&*op_frame(&Op::del("k", Stamp::new(1, 0, "n"))), r#"{"type":"delete","key":"k"}"#);
         assert_eq!(&*presence("i", "c", 1, -2), r#"{"type":"presence","id":"i","color":"c","x":1,"y":-2}"#);
         assert_eq!(&*presence_leave("i"), r#"{"type":"presence-leave","id":"i"}"#);
-        let (a, b, c, d) = ("a".to_string(), json!(null), "é\"".to_string(), json!({"x": [1.5, "é"]}));
+        let (a, b, c, d) = ("a".to_string(), Json::null(), "é\"".to_string(), Json::from(json!({"x": [1.5, "é"]})));
         assert_eq!(
             &*snapshot([(&a, &b), (&c, &d)].into_iter()),
             r#"{"type":"snapshot","data":{"a":null,"é\"":{"x":[1.5,"é"]}}}"#
@@ -666,9 +646,9 @@ mod tests {
     #[test]
     fn snapshots_on_cores_are_the_one_core_frames() {
         let keys: Vec<String> = (0..50).map(|i| format!("k{i:02}é\"")).collect();
-        let values: Vec<Value> = (0..50).map(|i| json!({"i": i, "s": "é\n"})).collect();
+        let values: Vec<Json> = (0..50).map(|i| Json::from(json!({"i": i, "s": "é\n"}))).collect();
         for len in [0, 1, 2, 3, 7, 50] {
-            let entries: Vec<(&String, &Value)> = keys.iter().zip(&values).take(len).collect();
+            let entries: Vec<(&String, &Json)> = keys.iter().zip(&values).take(len).collect();
             let v1 = snapshot(entries.iter().copied());
             let v2 = snapshot_v2(&v1, "e.7\"");
             for cores in [1, 2, 3, 8, 64] {
@@ -721,7 +701,7 @@ mod tests {
             match parse(&value.to_string(), &limits) {
                 Ok(ClientFrame::Set { key, value, .. }) => {
                     prop_assert!(!key.is_empty() && key.len() <= 8);
-                    prop_assert!(json_len(&value) <= 64 && depth(&value) <= MAX_VALUE_DEPTH);
+                    prop_assert!(value.len() <= 64 && value.depth() <= MAX_VALUE_DEPTH);
                 }
                 Ok(ClientFrame::Delete { key, .. }) => prop_assert!(!key.is_empty() && key.len() <= 8),
                 Ok(ClientFrame::Presence { .. } | ClientFrame::PresenceLeave { .. } | ClientFrame::Auth { .. } | ClientFrame::Ping) | Err(_) => {}
@@ -733,7 +713,8 @@ mod tests {
         fn fuzz_valid_sets_round_trip(key in "[a-z:0-9é]{1,20}", value in arb_json()) {
             let text = json!({"type": "set", "key": key, "value": value}).to_string();
             let parsed = p(&text);
-            if json_len(&value) <= Limits::default().max_value_bytes && depth(&value) <= MAX_VALUE_DEPTH {
+            let value = Json::from(value);
+            if value.len() <= Limits::default().max_value_bytes && value.depth() <= MAX_VALUE_DEPTH {
                 prop_assert_eq!(parsed, Ok(ClientFrame::Set { key, value, reference: None }));
             }
         }

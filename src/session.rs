@@ -778,7 +778,7 @@ impl Connection {
     /// Sends a write to the state actor once it has an admission slot: at once if one is free,
     /// else it becomes [`Connection::pending`] and the pump waits for one (the ledger is that many
     /// writes behind: the writer is slowed, nothing is buffered without bound).
-    fn write(&mut self, key: String, value: Option<serde_json::Value>, reference: Option<serde_json::Value>) {
+    fn write(&mut self, key: String, value: Option<crate::json::Json>, reference: Option<serde_json::Value>) {
         let state = self.deps.state.clone();
         let (room, origin, by, client, caps) =
             (self.room.clone(), self.id, self.grant.user.clone(), self.client.clone(), self.deps.rooms);

@@ -66,7 +66,7 @@ fn expected(ops: &[Op], at: u64) -> BTreeMap<String, Value> {
     for op in sorted {
         let map = rooms.entry(op.room.to_string()).or_default();
         match op.kind {
-            aether_actix::lww::OpKind::Set => map.insert(op.key.clone(), op.value.clone()),
+            aether_actix::lww::OpKind::Set => map.insert(op.key.clone(), op.value.to_value()),
             aether_actix::lww::OpKind::Del => map.remove(&op.key),
         };
     }
@@ -76,7 +76,9 @@ fn expected(ops: &[Op], at: u64) -> BTreeMap<String, Value> {
 fn live(rooms: &HashMap<Room, LwwMap>) -> BTreeMap<String, Value> {
     rooms
         .iter()
-        .map(|(room, map)| (room.to_string(), Value::Object(map.live().map(|(k, v)| (k.clone(), v.clone())).collect())))
+        .map(|(room, map)| {
+            (room.to_string(), Value::Object(map.live().map(|(k, v)| (k.clone(), v.to_value())).collect()))
+        })
         .collect()
 }
 

@@ -85,7 +85,7 @@ pub(super) async fn key(relay: &Relay, room: Room, key: String, limit: Option<St
                     "at_horizon": at_horizon,
                 });
                 if op.kind == OpKind::Set {
-                    write["value"] = op.value.clone();
+                    write["value"] = op.value.to_value();
                 }
                 if let Some(by) = &op.by {
                     write["by"] = Value::from(&**by);
@@ -123,7 +123,7 @@ pub(super) async fn state_at(relay: &Relay, room: Room, at: String) -> Answer {
             .with("horizon", Value::from(format_time(horizon))));
         }
         let map = files::state_at(&history.base, &history.records, room, at_ns);
-        let keys: Map<String, Value> = map.live().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let keys: Map<String, Value> = map.live().map(|(k, v)| (k.clone(), v.to_value())).collect();
         Ok(json!({"room": room.written(), "at": format_time(at_ns), "keys": keys}))
     })
     .await??;

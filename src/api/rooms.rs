@@ -10,12 +10,15 @@ use actix_web::{
     web,
 };
 use futures_util::StreamExt;
-use serde_json::{Map, Value, json};
+use serde::{Serialize, Serializer};
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::{Answer, ApiError, STATE_TIMEOUT};
 use crate::{
     config::Live,
+    json::Json,
+    lww::LwwMap,
     protocol::{self, MAX_VALUE_DEPTH},
     relay::Relay,
     room::Room,
@@ -51,8 +54,20 @@ pub(super) async fn state(relay: &Relay, room: Room) -> Answer {
     let view = view(relay, &room).await?.ok_or_else(|| unknown_room(&room))?;
     let small = view.map.len() <= SMALL_ROOM;
     let encode = move || {
-        let keys: Map<String, Value> = view.map.live().map(|(k, v)| (k.clone(), v.clone())).collect();
-        serde_json::to_vec(&json!({"room": room.written(), "keys": keys, "members": view.members}))
+        /// The live keys, each value written as it is kept.
+        struct Keys<'a>(&'a LwwMap);
+        impl Serialize for Keys<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.live())
+            }
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            room: &'a str,
+            keys: Keys<'a>,
+            members: usize,
+        }
+        serde_json::to_vec(&Body { room: room.written(), keys: Keys(&view.map), members: view.members })
     };
     let body = if small { Ok(encode()) } else { web::block(encode).await };
     match body {
@@ -89,7 +104,7 @@ pub(super) struct KeyWrite {
 /// `413 too_large` for a body over `[limits] max_frame_bytes` or a value over `max_value_bytes`,
 /// `400 bad_json` for a body that is not one JSON value, `400 too_deep` for a value nested deeper
 /// than a browser's may be.
-pub(super) async fn read_value(mut body: web::Payload, live: &Live) -> Result<Value, ApiError> {
+pub(super) async fn read_value(mut body: web::Payload, live: &Live) -> Result<Json, ApiError> {
     let limit = live.limits.max_frame_bytes.max(live.limits.max_value_bytes);
     let too_large = || {
         ApiError::new(
@@ -108,7 +123,8 @@ pub(super) async fn read_value(mut body: web::Payload, live: &Live) -> Result<Va
     }
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|err| ApiError::bad_request("bad_json", format!("the body is not one JSON value: {err}")))?;
-    if protocol::json_len(&value) > live.limits.max_value_bytes {
+    let value = Json::from_value(&value);
+    if value.len() > live.limits.max_value_bytes {
         return Err(too_large());
     }
     if protocol::check_value(&value, &live.limits).is_err() {
@@ -151,7 +167,7 @@ pub(super) async fn write(
     relay: &Relay,
     live: &Live,
     write: KeyWrite,
-    value: Option<Value>,
+    value: Option<Json>,
     condition: Option<Precondition>,
 ) -> Answer {
     if write.key.len() > live.limits.max_key_bytes {

@@ -547,6 +547,7 @@ fn replay(path: &Path, file: &File, stats: &mut ReplayStats, apply: &mut impl Fn
 
 #[cfg(test)]
 mod tests {
+    use crate::json::Json;
     use std::io::Write as _;
 
     use serde_json::json;
@@ -608,7 +609,7 @@ mod tests {
         let (_, stats, map) = open(&path);
         assert_eq!(stats.records, 3);
         assert_eq!(map.get("a"), None);
-        assert_eq!(map.get("b"), Some(&Value::Null));
+        assert_eq!(map.get("b"), Some(&Json::null()));
     }
 
     #[test]
@@ -620,7 +621,7 @@ mod tests {
         fs::write(&path, format!("{good}garbage\n{good}{torn}")).unwrap();
         let (mut ledger, stats, map) = open(&path);
         assert_eq!((stats.records, stats.corrupt, stats.truncated_bytes), (2, 1, torn.len() as u64));
-        assert_eq!(map.get("k"), Some(&json!(1)));
+        assert_eq!(map.get("k"), Some(&Json::from(json!(1))));
         let expected_len = (2 * good.len() + "garbage\n".len()) as u64;
         assert_eq!(fs::metadata(&path).unwrap().len(), expected_len);
         // Appends continue cleanly after the repaired tail.
@@ -630,7 +631,7 @@ mod tests {
         drop(ledger);
         let (_, stats, map) = open(&path);
         assert_eq!((stats.records, stats.truncated_bytes), (3, 0));
-        assert_eq!(map.get("z"), Some(&json!(2)));
+        assert_eq!(map.get("z"), Some(&Json::from(json!(2))));
     }
 
     #[test]
@@ -656,7 +657,7 @@ mod tests {
         drop(ledger);
         let (_, stats, map) = open(&path);
         assert_eq!((stats.records, stats.corrupt, stats.truncated_bytes), (2, 0, 0));
-        assert_eq!(map.get("t"), Some(&json!(1)));
+        assert_eq!(map.get("t"), Some(&Json::from(json!(1))));
     }
 
     #[test]
@@ -685,8 +686,8 @@ mod tests {
             .unwrap();
         let (_, stats, map) = open(&path);
         assert_eq!((stats.snapshot_entries, stats.records), (2, 1));
-        assert_eq!(map.get("kept"), Some(&json!([1, 2])));
-        assert_eq!(map.get("late"), Some(&json!(true)));
+        assert_eq!(map.get("kept"), Some(&Json::from(json!([1, 2]))));
+        assert_eq!(map.get("late"), Some(&Json::from(json!(true))));
         assert!(map.register("gone").is_some_and(|r| r.tombstone));
     }
 
@@ -832,9 +833,12 @@ mod tests {
         assert_eq!((stats.records, stats.corrupt, stats.truncated_bytes), (4, 3, torn.len() as u64));
         assert_eq!(rooms.len(), 3, "{rooms:?}");
         let default = &rooms[&Room::DEFAULT];
-        assert_eq!((default.get("k"), default.get("u")), (Some(&json!("default")), Some(&json!(1))));
+        assert_eq!(
+            (default.get("k"), default.get("u")),
+            (Some(&Json::from(json!("default"))), Some(&Json::from(json!(1))))
+        );
         let r1 = &rooms[&Room::parse("r1").unwrap()];
-        assert_eq!((r1.get("k"), r1.get("u")), (Some(&json!("r1")), None));
+        assert_eq!((r1.get("k"), r1.get("u")), (Some(&Json::from(json!("r1"))), None));
         assert!(rooms[&Room::parse("r2").unwrap()].register("k").is_some_and(|r| r.tombstone));
     }
 

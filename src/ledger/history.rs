@@ -204,6 +204,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::Json;
 
     #[test]
     fn times_parse_and_format() {
@@ -250,9 +251,9 @@ mod tests {
         std::fs::write(&b, &bytes).unwrap(); // a crash during compaction: every record twice
         let records = records(&[a, b]).unwrap();
         assert_eq!(records.len(), 3);
-        assert_eq!(state_at(&[], &records, &Room::DEFAULT, u64::MAX).get("k"), Some(&json!(1)));
-        assert_eq!(state_at(&[], &records, &room, 5).get("k"), Some(&json!(1)));
-        assert_eq!(state_at(&[], &records, &room, 6).get("k"), Some(&json!(2)));
+        assert_eq!(state_at(&[], &records, &Room::DEFAULT, u64::MAX).get("k"), Some(&Json::from(json!(1))));
+        assert_eq!(state_at(&[], &records, &room, 5).get("k"), Some(&Json::from(json!(1))));
+        assert_eq!(state_at(&[], &records, &room, 6).get("k"), Some(&Json::from(json!(2))));
         assert_eq!(key_log(&records, &room, "k").len(), 2);
         assert_eq!(key_log(&records, &Room::DEFAULT, "k").len(), 1);
         assert_eq!(rooms_at(&[], &records, u64::MAX).len(), 2);

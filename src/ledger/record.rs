@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::{
     hlc::Stamp,
+    json::Json,
     lww::{Op, OpKind},
     room::Room,
 };
@@ -61,7 +62,7 @@ pub fn encode_object(op: &Op, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"key\":");
     write_json(&op.key, out);
     out.extend_from_slice(b",\"value\":");
-    write_json(&op.value, out);
+    out.extend_from_slice(op.value.as_str().as_bytes());
     out.extend_from_slice(b",\"stamp\":");
     encode_stamp(&op.stamp, out);
     if let Some(by) = &op.by {
@@ -79,8 +80,7 @@ pub fn encode_stamp(stamp: &Stamp, out: &mut Vec<u8>) {
 }
 
 fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
-    // unwrap: serializing a String or a serde_json::Value into a Vec cannot fail (no I/O, no
-    // non-string map keys in a Value).
+    // unwrap: serializing a string into a Vec cannot fail (no I/O).
     #[allow(clippy::unwrap_used)]
     serde_json::to_writer(&mut *out, value).unwrap();
 }
@@ -113,7 +113,10 @@ fn from_raw(raw: RawRecord) -> Result<Op, RecordError> {
         "del" => OpKind::Del,
         _ => return Err(RecordError::Kind(kind)),
     };
-    let value = if kind == OpKind::Del { Value::Null } else { raw.value.unwrap_or(Value::Null) };
+    let value = match raw.value {
+        Some(value) if kind == OpKind::Set => Json::from_value(&value),
+        _ => Json::null(),
+    };
     let by = raw.by.filter(|by| !by.is_empty()).map(Arc::from);
     Ok(Op { kind, key: raw.key, value, stamp: raw.stamp.into(), room, by })
 }

@@ -21,6 +21,7 @@ use super::{
 };
 use crate::{
     hlc::wall_clock_ns,
+    json::Json,
     lww::{LwwMap, Op, OpKind},
     room::Room,
 };
@@ -81,7 +82,7 @@ fn push_entries(out: &mut Vec<u8>, map: &LwwMap) {
         out.extend_from_slice(b"{\"key\":");
         push_json(out, key);
         out.extend_from_slice(b",\"value\":");
-        push_json(out, &register.value);
+        out.extend_from_slice(register.value.as_str().as_bytes());
         out.extend_from_slice(if register.tombstone {
             b",\"tombstone\":true,\"stamp\":"
         } else {
@@ -97,7 +98,7 @@ fn push_entries(out: &mut Vec<u8>, map: &LwwMap) {
 }
 
 fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    // A String or a serde_json::Value always serializes into a Vec.
+    // A string always serializes into a Vec.
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
@@ -127,7 +128,7 @@ struct SnapshotEntry {
 impl SnapshotEntry {
     fn into_op(self, room: Room) -> Op {
         let kind = if self.tombstone { OpKind::Del } else { OpKind::Set };
-        let value = if self.tombstone { Value::Null } else { self.value };
+        let value = if self.tombstone { Json::null() } else { Json::from_value(&self.value) };
         let by = self.by.filter(|by| !by.is_empty()).map(std::sync::Arc::from);
         Op { kind, key: self.key, value, stamp: self.stamp.into(), room, by }
     }

@@ -69,7 +69,7 @@ impl SeenCache {
 
     /// Records `op`; false if it was there already.
     pub fn insert(&mut self, op: &Op) -> bool {
-        let id = crate::digest::register_hash(&op.room, &op.key, &op.stamp, false, &Value::Null);
+        let id = crate::digest::register_hash(&op.room, &op.key, &op.stamp, false, &crate::json::Json::null());
         if !self.set.insert(id) {
             return false;
         }

@@ -11,13 +11,13 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{Source, StateActor, WriteMeta, room};
 use crate::{
     config::RoomsConfig,
     hlc::Stamp,
+    json::Json,
     ledger::Compacted,
     lww::{LwwMap, Op},
     outbox::Outbound,
@@ -69,7 +69,7 @@ pub struct ApiWrite {
     /// The key (checked against `[limits]` by the caller).
     pub key: String,
     /// `Some(value)` for a set, `None` for a delete.
-    pub value: Option<Value>,
+    pub value: Option<Json>,
     /// The writer recorded in the ledger (`by`): the JWT `sub`, or `api` for the API key.
     pub by: Arc<str>,
     /// Applied only if this holds.

@@ -57,6 +57,7 @@ use crate::{
     config::RoomsConfig,
     digest::{self, Digest},
     hlc::Clock,
+    json::Json,
     ledger::{Append, Appended, LedgerHandle, Replayed},
     limits::TokenBucket,
     lww::{LwwMap, Op, Register},
@@ -567,7 +568,7 @@ pub struct Write {
     /// The key.
     pub key: String,
     /// `Some(value)` for a set, `None` for a delete.
-    pub value: Option<Value>,
+    pub value: Option<Json>,
     /// The admission slot the session acquired for this write.
     pub permit: OwnedSemaphorePermit,
     /// The writing connection.

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::{Member, join};
 use crate::{
     digest,
+    json::Json,
     lww::{LwwMap, Op, OpKind, Register},
     outbox::{Outbound, PushError},
     protocol::{self, close},
@@ -54,8 +55,8 @@ pub(super) struct RoomState {
 /// The size a register of `room` counts for against `[rooms] max_bytes`: its key and its value
 /// as JSON. Nothing in the default room, which has no byte cap, so its writes and its replay at
 /// boot never pay for the count.
-pub(super) fn size_of(room: &Room, key: &str, value: &serde_json::Value) -> usize {
-    if room.is_default() { 0 } else { key.len() + protocol::json_len(value) }
+pub(super) fn size_of(room: &Room, key: &str, value: &Json) -> usize {
+    if room.is_default() { 0 } else { key.len() + value.len() }
 }
 
 /// What the room's caps say about one more client write.
@@ -80,7 +81,7 @@ impl RoomState {
     /// Would one more client write of `key` (`value`: `None` for a delete) to `room` stay within
     /// `caps`? Deletes always do; a new key must fit under the key cap; growing must fit under the
     /// bytes. The default room is upstream's one map, which had no such caps: it has none either.
-    pub(super) fn admits(&self, room: &Room, key: &str, value: Option<&serde_json::Value>, caps: &Caps) -> bool {
+    pub(super) fn admits(&self, room: &Room, key: &str, value: Option<&Json>, caps: &Caps) -> bool {
         let Some(value) = value.filter(|_| !room.is_default()) else { return true };
         let current = self.map.register(key);
         let new_key = current.is_none();
