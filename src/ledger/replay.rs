@@ -99,8 +99,7 @@ pub struct Replayed {
 ///
 /// Only a line that surely reads the same both ways is taken: every string plain (valid UTF-8,
 /// no escape, no control character), P and L plain integers that fit a `u64`, V one complete
-/// JSON value (checked by `serde_json`) without surrounding whitespace and [`is_plain`]. Such a
-/// line is one JSON object with exactly these fields, so [`Line`] would read the same values
+/// JSON value in canonical form ([`json::is_canonical`]). Such a line is one JSON object with exactly these fields, so [`Line`] would read the same values
 /// from it. Upstream writes this layout too. Anything else (a `\u` escape, whitespace, another
 /// field order, a corrupt line) gives `None` and goes through [`Line`] as before, which decides.
 struct Fast<'a> {
@@ -162,8 +161,8 @@ fn canonical_value(bytes: &[u8]) -> Option<&str> {
 /// A snapshot entry in exactly the layout [`super::snapshot::encode`] writes, read by matching
 /// it, as [`Fast`] reads a ledger line: `{"key":"K","value":V,"tombstone":T,"stamp":{"p":P,
 /// "l":L,"n":"N"}}`, with `,"by":"B"` before the last brace if there is an author. Every string
-/// plain, the integers plain within `u64`, V one JSON value without surrounding whitespace and
-/// [`is_plain`]: such an entry is one JSON object with exactly these fields, so
+/// plain, the integers plain within `u64`, V one JSON value in canonical form
+/// ([`json::is_canonical`]): such an entry is one JSON object with exactly these fields, so
 /// [`SnapshotEntry`] would read the same from it. Anything else is `None`, and goes through
 /// [`SnapshotEntry`] as before.
 struct FastEntry<'a> {
