@@ -71,7 +71,8 @@ async fn websocket(req: HttpRequest, body: web::Payload, relay: web::Data<Relay>
         log::info!("connection from {source} refused: connection cap reached");
     }
     let params = session::Params::from_query(req.query_string());
-    actix_web::rt::spawn(session::run(relay.deps_for(&live), session, stream, slot, params, source));
+    let start = session::Start { deps: relay.deps_for(&live), session, stream, slot, params, source };
+    actix_web::rt::spawn(session::run(Box::new(start)));
     Ok(response)
 }
 

@@ -110,18 +110,30 @@ fn valid_cid(cid: &str) -> bool {
     (1..=64).contains(&cid.len()) && cid.bytes().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b))
 }
 
-/// Runs one connection to its end. `slot` is `None` when the connection caps are reached.
-pub async fn run(
-    deps: Deps,
-    session: Session,
-    stream: MessageStream,
-    slot: Option<ConnectionSlot>,
-    params: Params,
-    source: IpAddr,
-) {
-    // Opening runs once, and its state (the parameters, the join on its way to the state actor)
-    // would otherwise stay in the connection's task for its whole life (about 0.8 of its 2.9 KB,
-    // per connection held): boxed, it is freed before the connection settles in.
+/// What a new connection starts from. `slot` is `None` when the connection caps are reached.
+pub struct Start {
+    /// What every connection shares.
+    pub deps: Deps,
+    /// The WebSocket's writing half.
+    pub session: Session,
+    /// The WebSocket's reading half.
+    pub stream: MessageStream,
+    /// Its place under the connection caps.
+    pub slot: Option<ConnectionSlot>,
+    /// Its query parameters.
+    pub params: Params,
+    /// The client's address.
+    pub source: IpAddr,
+}
+
+/// Runs one connection to its end.
+///
+/// A task keeps room for its future's largest state for its whole life, so what is large and
+/// passing stays out of it: the start (boxed: its parameters and halves, before they move into
+/// the connection), opening (its join on the way to the state actor), and each step of the
+/// pump that writes or reads a message. What stays is the pump's wait for its next event.
+pub async fn run(start: Box<Start>) {
+    let Start { deps, session, stream, slot, params, source } = *start;
     if let Some(open) = Box::pin(open(deps, session, stream, slot, params, source)).await {
         open.serve().await;
     }
@@ -545,7 +557,11 @@ impl Connection {
                         Ok::<(), actix_ws::Closed>(())
                     };
                     self.deps.metrics.frames_out(count);
-                    if let Err(end) = bounded(&mut kick, self.bounds(), &mut self.stalled, write).await {
+                    // Boxed, as each step below that writes: the connection's task keeps room for
+                    // the largest step inline for its whole life, and an idle connection only
+                    // ever waits in the select above.
+                    let bounded = Box::pin(bounded(&mut kick, self.bounds(), &mut self.stalled, write));
+                    if let Err(end) = bounded.await {
                         return end;
                     }
                     rx.written(total);
@@ -575,7 +591,7 @@ impl Connection {
                     if !matches!(msg, Message::Ping(_)) {
                         self.last_heard = Instant::now();
                     }
-                    if let Some(end) = self.inbound(msg, session, &mut kick).await {
+                    if let Some(end) = Box::pin(self.inbound(msg, session, &mut kick)).await {
                         return end;
                     }
                     waiting = self.pending.take();
@@ -590,7 +606,8 @@ impl Connection {
                     if self.last_heard.elapsed() > self.deps.client_timeout() {
                         return Some(SILENT);
                     }
-                    if let Err(end) = bounded(&mut kick, self.bounds(), &mut self.stalled, session.ping(b"")).await {
+                    let ping = Box::pin(bounded(&mut kick, self.bounds(), &mut self.stalled, session.ping(b"")));
+                    if let Err(end) = ping.await {
                         return end;
                     }
                 }
