@@ -557,9 +557,9 @@ impl Connection {
                         Ok::<(), actix_ws::Closed>(())
                     };
                     self.deps.metrics.frames_out(count);
-                    // Boxed, as each step below that writes: the connection's task keeps room for
-                    // the largest step inline for its whole life, and an idle connection only
-                    // ever waits in the select above.
+                    // Boxed, as every step of this loop that writes or reads a message: the
+                    // connection's task would keep room for the largest step inline for its
+                    // whole life, and an idle connection only ever waits in the select above.
                     let bounded = Box::pin(bounded(&mut kick, self.bounds(), &mut self.stalled, write));
                     if let Err(end) = bounded.await {
                         return end;
