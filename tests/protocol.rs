@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::{collections::BTreeSet, thread};
+use std::{collections::BTreeSet, sync::Arc, thread};
 
 use common::{Client, Closed, Server, recv_json, wait_closed};
 use serde_json::{Value, json};
@@ -467,4 +467,61 @@ fn metrics_count_what_happened_in_prometheus_text() {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
     assert!(text.contains("# TYPE aether_ledger_append_seconds histogram"));
+}
+
+/// The next text frame, as the relay wrote it.
+fn next_text(client: &mut Client) -> String {
+    loop {
+        match client.ws.read().expect("read") {
+            Message::Text(text) => return text.as_str().to_owned(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// However a client writes a value (an exponent, an escape, spaces, a key twice, a number past
+/// `u64`), the relay relays it, stores it and replays it in one form: what `serde_json` writes
+/// for it, as it always has. The frames are read as text and compared byte for byte.
+#[test]
+fn values_are_relayed_stored_and_replayed_in_one_form_however_they_were_written() {
+    let cases = [
+        ("1E2", "100.0"),
+        ("-0", "-0.0"),
+        ("0.10000000000000001", "0.1"),
+        ("1e20", "1e+20"),
+        ("18446744073709551616", "1.8446744073709552e+19"),
+        (r#""\u00e9\/""#, r#""é/""#),
+        (r#""\ud83d\ude00""#, "\"😀\""),
+        (r#""\u0001\u001F""#, r#""\u0001\u001f""#),
+        (r#"{ "b" : [1, 2.50] , "a":1, "a":2 }"#, r#"{"b":[1,2.5],"a":2}"#),
+        (r#"{"b":1,"a":2}"#, r#"{"b":1,"a":2}"#),
+    ];
+    let server = Server::start("");
+    let mut writer = server.client();
+    let mut reader = server.client();
+    for (i, (written, _)) in cases.iter().enumerate() {
+        writer.send_text(&format!(r#"{{"type":"set","key":"k{i}","value":{written}}}"#));
+    }
+    for (i, (written, relayed)) in cases.iter().enumerate() {
+        assert_eq!(next_text(&mut reader), format!(r#"{{"type":"set","key":"k{i}","value":{relayed}}}"#), "{written}");
+        assert_eq!(serde_json::from_str::<Value>(written).unwrap().to_string(), *relayed, "serde_json's own form");
+    }
+    let ledger = std::fs::read_to_string(server.ledger_path()).unwrap();
+    for (i, (_, relayed)) in cases.iter().enumerate() {
+        assert!(
+            ledger.contains(&format!(r#""key":"k{i}","value":{relayed},"stamp""#)),
+            "k{i} in the ledger:\n{ledger}"
+        );
+    }
+    let dir = Arc::clone(&server.dir);
+    drop((writer, reader));
+    server.terminate();
+    let server = Server::start_in(dir, "");
+    let mut client = Client::raw(&server.url());
+    let _hello = client.read().expect("hello");
+    let Message::Text(snapshot) = client.read().expect("snapshot") else { panic!("a text snapshot") };
+    let entries: Vec<String> =
+        cases.iter().enumerate().map(|(i, (_, relayed))| format!(r#""k{i}":{relayed}"#)).collect();
+    assert_eq!(snapshot.as_str(), format!(r#"{{"type":"snapshot","data":{{{}}}}}"#, entries.join(",")));
 }
