@@ -15,7 +15,7 @@
 
 use std::{fmt, sync::Arc};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::{Value, value::RawValue};
 
 /// Deepest nesting [`Json::canonical`] follows (further, it leaves the text to a parse, which
@@ -81,28 +81,7 @@ impl Json {
 
     /// How deep arrays and objects nest in it (0 for a scalar), as the value's own structure.
     pub fn depth(&self) -> usize {
-        let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-        for &byte in self.0.as_bytes() {
-            if in_string {
-                match byte {
-                    _ if escaped => escaped = false,
-                    b'\\' => escaped = true,
-                    b'"' => in_string = false,
-                    _ => {}
-                }
-                continue;
-            }
-            match byte {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    deepest = deepest.max(depth);
-                }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-        deepest
+        depth(&self.0)
     }
 
     /// The value, parsed.
@@ -169,10 +148,31 @@ impl Serialize for Json {
     }
 }
 
-impl<'de> Deserialize<'de> for Json {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Json, D::Error> {
-        Value::deserialize(deserializer).map(Json::from)
+/// How deep arrays and objects nest in the JSON `text` (0 for a scalar): the most brackets open
+/// at once outside strings.
+pub fn depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in text.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
+    deepest
 }
 
 /// Do two canonical texts hold the same value? True for the same text, and for objects whose
@@ -488,10 +488,10 @@ mod tests {
     }
 
     #[test]
-    fn it_serializes_verbatim_and_reads_any_json() {
+    fn it_serializes_verbatim_and_parses_any_json() {
         let json = Json::parse(r#"{"b":[1,2.5],"a":"é"}"#).unwrap();
         assert_eq!(serde_json::to_string(&json!({"v": json})).unwrap(), r#"{"v":{"b":[1,2.5],"a":"é"}}"#);
-        let read: Json = serde_json::from_str(r#"{ "b" : [1, 2.50], "a": "\u00e9" }"#).unwrap();
+        let read = Json::parse(r#"{ "b" : [1, 2.50], "a": "\u00e9" }"#).unwrap();
         assert_eq!(read, json);
         assert_eq!(json, json!({"b": [1, 2.5], "a": "é"}));
     }

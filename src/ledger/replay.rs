@@ -71,7 +71,7 @@ const WINDOW: usize = 32 << 20;
 const MIN_SPLIT: usize = 1 << 20;
 /// Deepest nesting of a snapshot value read by lines (`serde_json` stops at 128, the
 /// document's own nesting included, which a value read alone would not count).
-const MAX_DEPTH: u32 = 64;
+const MAX_DEPTH: usize = 64;
 /// Registers of one room below which they are made on one core.
 const PARALLEL_BUILD: usize = 1 << 14;
 /// Corrupt lines named in the log (as record-by-record replay does).
@@ -1268,7 +1268,7 @@ fn entry_lines(slice: &[u8]) -> Option<Vec<Item<'_>>> {
                 let value = match entry.value {
                     None => String::from("null"),
                     Some(raw) if json::is_canonical(raw.get()) => raw.get().to_owned(),
-                    Some(raw) if !shallow(raw.get()) => return None,
+                    Some(raw) if json::depth(raw.get()) > MAX_DEPTH => return None,
                     Some(raw) => serde_json::from_str::<Value>(raw.get()).ok()?.to_string(),
                 };
                 let stamp = entry.stamp;
@@ -1286,27 +1286,6 @@ fn entry_lines(slice: &[u8]) -> Option<Vec<Item<'_>>> {
         items.push(Item::Entry(key.into_owned(), winner, comma));
     }
     Some(items)
-}
-
-/// Does `raw` nest at most [`MAX_DEPTH`] deep (whatever else it holds)?
-fn shallow(raw: &str) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0u32, false, false);
-    for &b in raw.as_bytes() {
-        match (in_string, b) {
-            (true, _) if escaped => escaped = false,
-            (true, b'\\') => escaped = true,
-            (true, b'"') | (false, b'"') => in_string = !in_string,
-            (false, b'[' | b'{') => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return false;
-                }
-            }
-            (false, b']' | b'}') => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
 }
 
 /// Splits `buf` into at most `n` slices at newlines, the newlines between them dropped.
