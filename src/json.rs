@@ -74,11 +74,6 @@ impl Json {
         self.0.is_empty()
     }
 
-    /// True for `null`.
-    pub fn is_null(&self) -> bool {
-        &*self.0 == "null"
-    }
-
     /// How deep arrays and objects nest in it (0 for a scalar), as the value's own structure.
     pub fn depth(&self) -> usize {
         depth(&self.0)
