@@ -1082,7 +1082,10 @@
       this.pingSentAt = 0;
       this.backoff.ended();
       if (ws && how !== 'retry') {
-        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        ws.onopen = ws.onmessage = ws.onclose = null;
+        // Not null: a socket closed while it is still opening reports an error, and Node's `ws`
+        // throws one that has no listener (browsers only fire the event).
+        ws.onerror = function () {};
         try {
           ws.close(how === 'restart' ? 4000 : 1000);
         } catch (_) {

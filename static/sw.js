@@ -24,7 +24,7 @@
  */
 'use strict';
 
-const VERSION = '8b9e46490f6d5d27';
+const VERSION = '345c37706b4217cc';
 const PREFIX = 'aether-shell-';
 const CACHE = PREFIX + VERSION;
 

@@ -235,3 +235,22 @@ test('the real relay: sync, ack, supersede, resume delta, paced flush, auth fail
     }
   });
 });
+
+test('a client closed while its socket is still opening (Node ws) throws nothing', { skip: !NodeWebSocket && 'no WebSocket: npm install (ws) first', timeout: 20000 }, async () => {
+  // A listener that takes the connection and never answers its upgrade: the socket stays opening.
+  const held = [];
+  const server = require('node:net').createServer((socket) => held.push(socket));
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    const a = new Aether(`ws://127.0.0.1:${server.address().port}/ws`, { WebSocket: NodeWebSocket, storage: new MemoryStorage(), BroadcastChannel: null });
+    await until(() => held.length === 1, 5000, 'the connection attempt');
+    // Node's ws reports the abandoned opening as an error event; one without a listener would be
+    // thrown as an uncaught exception, failing this test.
+    a.close();
+    await sleep(200);
+    assert.equal(a.connected, false);
+  } finally {
+    held.forEach((socket) => socket.destroy());
+    server.close();
+  }
+});
