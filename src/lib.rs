@@ -42,6 +42,8 @@
 //!   on appends; `state::remote`: peers' ops and digests; `state::api`: the HTTP API's writes,
 //!   room views, disconnects and compactions on demand).
 //! - [`session`]: one task per WebSocket connection (auth, limits, parsing, writing).
+//! - [`socket`]: a browser's WebSocket on the connection actix-http hands over at the upgrade,
+//!   framed by actix-http's codec, read and written by its session's task alone.
 //! - [`mesh`]: federation. `MeshActor` owns the peer links, forwards durable ops and relays
 //!   cursors; `mesh::dial` redials `peers` with backoff, `mesh::listener` accepts peers,
 //!   `mesh::handshake` authenticates them (challenge-response), `mesh::link` runs one link
@@ -51,7 +53,8 @@
 //!   across relays. `mesh::nats` is the other transport: a NATS JetStream stream instead of peer
 //!   links (connection, position file, publisher/consumer/snapshot tasks), behind the same seam
 //!   (`state::StateEvent` out, checked `RemoteOps` in).
-//! - [`http`]: routes on the one listener (static files, WebSocket, `/healthz`, `/metrics`, the API).
+//! - [`http`]: the one listener (built from actix-http's parts, so an upgraded WebSocket leaves
+//!   it) and its routes (static files, WebSocket, `/healthz`, `/metrics`, the API).
 //! - [`api`]: the HTTP API under `/api/v1/` for backends and operators (`api::auth`: the API key
 //!   or a JWT; `api::rooms`: state, keys, durable writes through `state::ApiWrite`, disconnect,
 //!   compact; `api::history`: a key's history and a room's past state from the ledger files;
@@ -82,6 +85,7 @@ pub mod proxy;
 pub mod relay;
 pub mod room;
 pub mod session;
+pub mod socket;
 pub mod state;
 
 pub use config::Config;

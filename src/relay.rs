@@ -9,7 +9,6 @@ use std::{
 };
 
 use actix::{Actor, Addr, Arbiter};
-use actix_web::{App, HttpServer};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -364,34 +363,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, listener: TcpList
         log::warn!("cannot set TCP_USER_TIMEOUT ({err}): a client that stops reading is dropped by its session only");
     }
     set_backlog(&listener, config.server.listen_backlog);
-    let app_relay = relay.clone();
-    let server = HttpServer::new(move || App::new().configure(|cfg| http::configure(cfg, &app_relay)))
-        .disable_signals()
-        // Frames must leave as soon as they are written, not when Nagle's algorithm says so.
-        .tcp_nodelay(true)
-        // Once a response has ended the connection is closed at once, with no "linger" reading
-        // until the client hangs up (actix's default waits up to 1 s). A WebSocket's response ends
-        // when its Close frame is written: RFC 6455 (7.1.1) has the server close TCP first, and
-        // clients that wait for it (Python `websockets`, Chromium) would wait that second in every
-        // close, and SIGTERM with them (tests/closes.rs).
-        .client_disconnect_timeout(Duration::ZERO)
-        // actix stops accepting on a worker that holds 25,600 connections (its default), and
-        // the listen queue then overflows: no worker should pause below what the process can
-        // hold. Our own caps ([limits], live) refuse past them with 1013, and every connection
-        // is a file descriptor, so the open-file limit bounds them all.
-        .max_connections(open_file_limit().unwrap_or(0).max(25_600))
-        .shutdown_timeout(5);
-    let server = match tls {
-        Some(acceptor) => {
-            log::info!("listening on https://{addr} (WebSocket at wss://{addr}/ws)");
-            server.listen_openssl(listener, acceptor)?
-        }
-        None => {
-            log::info!("listening on http://{addr} (WebSocket at ws://{addr}/ws)");
-            server.listen(listener)?
-        }
-    }
-    .run();
+    // actix stops accepting on a worker that holds 25,600 connections (its default), and the
+    // listen queue then overflows: no worker should pause below what the process can hold. Our
+    // own caps ([limits], live) refuse past them with 1013, and every connection is a file
+    // descriptor, so the open-file limit bounds them all.
+    let serving =
+        http::Serving { max_connections_per_worker: open_file_limit().unwrap_or(0).max(25_600), shutdown_timeout_s: 5 };
+    let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+    log::info!("listening on {}://{addr} (WebSocket at {}://{addr}/ws)", scheme.0, scheme.1);
+    let server = http::serve(listener, tls, &relay, &serving)?;
     let handle = server.handle();
     if let Some(hangups) = signals.hangup.take() {
         actix_web::rt::spawn(reload_on_hangup(hangups, relay.clone(), config_path));

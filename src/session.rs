@@ -1,9 +1,9 @@
 //! One WebSocket connection: auth, registration, inbound parsing and limits, outbound writing.
 //!
-//! Each connection is one task (an actor in the "task + handle" sense) driving an `actix-ws`
-//! session; this is the only module that knows how a socket is driven. The task reaches the
-//! [`StateActor`] through its address and receives frames through a bounded queue, so a client that
-//! stops reading fills only its own queue and is then closed (see [`crate::state`]).
+//! Each connection is one task (an actor in the "task + handle" sense) driving its own
+//! [`Socket`]; this is the only module that knows how a connection's socket is driven. The task
+//! reaches the [`StateActor`] through its address and receives frames through a bounded queue, so a
+//! client that stops reading fills only its own queue and is then closed (see [`crate::state`]).
 
 use std::{
     collections::HashSet,
@@ -14,7 +14,6 @@ use std::{
 
 use actix::Addr;
 use actix_web::web::{Bytes, BytesMut};
-use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, ProtocolError, Session};
 use tokio::sync::{Semaphore, oneshot};
 use uuid::Uuid;
 
@@ -26,6 +25,7 @@ use crate::{
     outbox::{Outbound, OutboxReceiver, outbox},
     protocol::{self, ClientFrame, Tab, Version, close},
     room::Room,
+    socket::{self, CloseCode, CloseReason, Io, Item, Message, ProtocolError, Socket},
     state::{Join, Leave, Presence, Seat, StateActor, TabLeave, Write},
 };
 
@@ -110,14 +110,11 @@ fn valid_cid(cid: &str) -> bool {
     (1..=64).contains(&cid.len()) && cid.bytes().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b))
 }
 
-/// What a new connection starts from. `slot` is `None` when the connection caps are reached.
+/// What a new connection starts from, decided when its upgrade was answered (and carried to
+/// [`run`] in the `101`'s extensions). `slot` is `None` when the connection caps are reached.
 pub struct Start {
     /// What every connection shares.
     pub deps: Deps,
-    /// The WebSocket's writing half.
-    pub session: Session,
-    /// The WebSocket's reading half.
-    pub stream: MessageStream,
     /// Its place under the connection caps.
     pub slot: Option<ConnectionSlot>,
     /// Its query parameters.
@@ -126,54 +123,58 @@ pub struct Start {
     pub source: IpAddr,
 }
 
-/// Runs one connection to its end.
+/// Runs one connection to its end, on `io` (the upgraded connection) and `early` (what the
+/// client sent after its upgrade request, already read).
 ///
 /// A task keeps room for its future's largest state for its whole life, so what is large and
-/// passing stays out of it: the start (boxed: its parameters and halves, before they move into
-/// the connection), opening (its join on the way to the state actor), and each step of the
-/// pump that writes or reads a message. What stays is the pump's wait for its next event.
-pub async fn run(start: Box<Start>) {
-    let Start { deps, session, stream, slot, params, source } = *start;
-    if let Some(open) = Box::pin(open(deps, session, stream, slot, params, source)).await {
-        open.serve().await;
-    }
+/// passing stays out of it: the start (boxed: its parameters, before they move into the
+/// connection), opening (its join on the way to the state actor), and each step of the pump that
+/// writes or reads a message. What stays is the pump's wait for its next event.
+pub async fn run(start: Box<Start>, io: Box<dyn Io>, early: Bytes) {
+    let socket = Socket::new(io, &early, start.deps.limits.max_frame_bytes);
+    drop(early);
+    let Start { deps, slot, params, source } = *start;
+    let socket = match Box::pin(open(deps, socket, slot, params, source)).await {
+        Ok(open) => open.serve().await,
+        Err(socket) => socket,
+    };
+    // Everything else (its slot under the caps, its queue) went before this last wait.
+    socket.finish(CLOSE_WAIT).await;
 }
 
 /// A connection admitted and joined, about to pump.
 struct Open {
     conn: Connection,
-    session: Session,
-    stream: MessageStream,
+    socket: Socket,
     rx: OutboxReceiver,
     kick: oneshot::Receiver<(u16, &'static str)>,
     _slot: ConnectionSlot,
 }
 
-/// Admits and joins a new connection; `None` once it was refused (and closed).
+/// Admits and joins a new connection; its socket back once it was refused (and closed).
 async fn open(
     deps: Deps,
-    mut session: Session,
-    mut stream: MessageStream,
+    mut socket: Socket,
     slot: Option<ConnectionSlot>,
     params: Params,
     source: IpAddr,
-) -> Option<Box<Open>> {
+) -> Result<Box<Open>, Socket> {
     deps.metrics.connection_opened();
     let version = if params.version2 { Version::V2 } else { Version::V1 };
     let Some(slot) = slot else {
-        close_with(&deps, version, session, &mut stream, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
-        return None;
+        close_with(&deps, version, &mut socket, Some((close::TRY_AGAIN_LATER, "server busy"))).await;
+        return Err(socket);
     };
     let Ok(room) = params.room else {
-        close_with(&deps, version, session, &mut stream, Some((close::POLICY, "bad room"))).await;
-        return None;
+        close_with(&deps, version, &mut socket, Some((close::POLICY, "bad room"))).await;
+        return Err(socket);
     };
-    let admitted = match authenticate(&deps, &room, params.token, &mut session, &mut stream).await {
+    let admitted = match authenticate(&deps, &room, params.token, &mut socket).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
             log::info!("connection to room {room} refused: {refusal}");
-            close_with(&deps, version, session, &mut stream, Some(refusal.close(Version::V1))).await;
-            return None;
+            close_with(&deps, version, &mut socket, Some(refusal.close(Version::V1))).await;
+            return Err(socket);
         }
     };
 
@@ -193,8 +194,8 @@ async fn open(
     let join = Join { id, color, version, resume: params.resume, outbox, kick: kick_tx, seat };
     let joined = deps.state.send(join).await.unwrap_or(Err(crate::state::JoinRefused::ShuttingDown));
     if let Err(refused) = joined {
-        close_with(&deps, version, session, &mut stream, Some(refused.close())).await;
-        return None;
+        close_with(&deps, version, &mut socket, Some(refused.close())).await;
+        return Err(socket);
     }
     // Exactly-once is per room: the same client id in two rooms names two clients (`@` is not in
     // a client id, so the scoped ids cannot collide).
@@ -216,20 +217,20 @@ async fn open(
         stalled: false,
         tabs: HashSet::new(),
     };
-    Some(Box::new(Open { conn, session, stream, rx, kick: kick_rx, _slot: slot }))
+    Ok(Box::new(Open { conn, socket, rx, kick: kick_rx, _slot: slot }))
 }
 
 impl Open {
-    /// Pumps until the connection ends, then leaves and closes.
-    async fn serve(self: Box<Self>) {
+    /// Pumps until the connection ends, then leaves and closes; gives back the socket.
+    async fn serve(self: Box<Self>) -> Socket {
         // Out of the box: the task keeps one copy of each part (a by-value `self` would be kept
         // beside its moved-out fields).
-        let Open { mut conn, mut session, mut stream, rx, kick, _slot } = *self;
+        let Open { mut conn, mut socket, rx, kick, _slot } = *self;
         let (id, version) = (conn.id, conn.version);
-        let end = conn.pump(&mut session, &mut stream, rx, kick).await;
+        let end = conn.pump(&mut socket, rx, kick).await;
         conn.deps.state.do_send(Leave { id });
         let stalled = conn.stalled;
-        let sent = close_with(&conn.deps, version, session, &mut stream, end).await;
+        let sent = close_with(&conn.deps, version, &mut socket, end).await;
         if stalled {
             conn.deps.metrics.write_timed_out(sent);
             log::info!(
@@ -238,6 +239,7 @@ impl Open {
                 if sent { "closed (1013 too slow)" } else { "dropped (not even a close frame would go)" }
             );
         }
+        socket
     }
 }
 
@@ -270,15 +272,14 @@ const DRAIN: Duration = Duration::from_millis(20);
 /// How long the kernel lets a connection's sent bytes go unacknowledged before it resets it
 /// (`TCP_USER_TIMEOUT`, set on the listener by [`crate::relay`]): `write_timeout_s` plus the time
 /// the session takes to close, so the session's verdict (1013, or dropped and counted) comes first
-/// and the kernel then frees what actix still buffers for that socket.
+/// and the kernel then frees what it still buffers for that socket.
 pub fn socket_timeout(limits: &Limits) -> Duration {
     limits.write_timeout() + 2 * CLOSE_WAIT
 }
 
-/// Sends the close frame (if any) and waits, briefly, for the connection to end (the relay hangs
-/// up as soon as the frame is flushed: see `client_disconnect_timeout` in [`crate::relay`]), so
-/// the frame is on the wire before the connection's slot goes away. Whether a close frame went.
-async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mut MessageStream, end: End) -> bool {
+/// Sends the close frame (if any) and ends the relay's side of the connection ([`Socket::close`]),
+/// so the frame is on the wire before the connection's slot goes away. Whether a close frame went.
+async fn close_with(deps: &Deps, version: Version, socket: &mut Socket, end: End) -> bool {
     deps.metrics.closed(end.map_or(close::ABNORMAL, |(code, _)| code));
     let Some((code, text)) = end else { return false };
     let code = close_code_for(version, code, text);
@@ -290,17 +291,14 @@ async fn close_with(deps: &Deps, version: Version, session: Session, stream: &mu
     // broken or oversized frame: the stream cannot be read on, and the rest of a frame of
     // megabytes is not worth waiting for.
     if !matches!(code, close::TOO_BIG | close::PROTOCOL | close::INVALID_DATA) {
-        let drain = async { while let Ok(Some(Ok(_))) = tokio::time::timeout(QUIET, stream.recv()).await {} };
+        let drain = async { while let Ok(Some(Ok(_))) = tokio::time::timeout(QUIET, socket.recv()).await {} };
         let _ = tokio::time::timeout(DRAIN, drain).await;
     }
     // A client that stopped reading cannot take a close frame either; do not wait for it.
-    let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await else { return false };
-    // Stop at the first error: a broken stream may report the same error forever.
-    let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Some(Ok(_)) = stream.recv().await {} }).await;
-    true
+    matches!(tokio::time::timeout(CLOSE_WAIT, socket.close(Some(reason))).await, Ok(Ok(())))
 }
 
-/// Why a write stalled: the client accepts nothing (its socket and actix-ws's channel are full).
+/// Why a write stalled: the client accepts nothing (its socket's buffers are full).
 const STALLED: (u16, &str) = (close::TRY_AGAIN_LATER, "too slow");
 
 /// The client sent nothing (pongs included) for [`Deps::client_timeout`].
@@ -317,17 +315,17 @@ struct Bounds {
 /// Runs one write to the socket, raced against a kick and bounded by `bounds`: every write goes
 /// through here (frames, pings, pongs, nacks), so a client that never reads (say, one that sends
 /// pings and never takes the pongs) cannot hold its task, and with it its connection slot, by
-/// filling actix-ws's channel, and the keepalive holds while the session waits on the socket.
+/// filling its socket, and the keepalive holds while the session waits on the socket.
 /// `Err` carries the end of the connection.
 ///
-/// Most writes complete at once (actix-ws's channel has room): those are tried first, after a
+/// Most writes complete at once (the socket's buffer has room): those are tried first, after a
 /// look at the kick, without arming the two timers (a timer-wheel entry each, per write, was a
 /// measurable share of a broadcast to thousands of connections: benches/README.md).
 async fn bounded(
     kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>,
     bounds: Bounds,
     stalled: &mut bool,
-    write: impl Future<Output = Result<(), actix_ws::Closed>>,
+    write: impl Future<Output = Result<(), socket::Closed>>,
 ) -> Result<(), End> {
     match kick.as_mut().map(oneshot::Receiver::try_recv) {
         Some(Ok(reason)) => {
@@ -395,8 +393,7 @@ async fn authenticate(
     deps: &Deps,
     room: &Room,
     query_token: Option<String>,
-    session: &mut Session,
-    stream: &mut MessageStream,
+    socket: &mut Socket,
 ) -> Result<Admitted, Refusal> {
     let access = &deps.access;
     if !access.required() {
@@ -407,9 +404,9 @@ async fn authenticate(
     }
     let first = tokio::time::timeout(deps.limits.handshake_timeout(), async {
         loop {
-            match stream.recv().await {
+            match socket.recv().await {
                 Some(Ok(Message::Ping(bytes))) => {
-                    let _ = session.pong(&bytes).await;
+                    let _ = socket.pong(&bytes).await;
                 }
                 Some(Ok(Message::Pong(_) | Message::Nop)) => {}
                 Some(Ok(Message::Text(text))) => return Some(text.to_string()),
@@ -493,8 +490,7 @@ impl Connection {
     /// Moves frames both ways until the connection ends; returns the close to send.
     async fn pump(
         &mut self,
-        session: &mut Session,
-        stream: &mut MessageStream,
+        socket: &mut Socket,
         mut rx: OutboxReceiver,
         kick: oneshot::Receiver<(u16, &'static str)>,
     ) -> End {
@@ -518,7 +514,7 @@ impl Connection {
                 reason = kicked(&mut kick) => Event::Kicked(reason),
                 out = rx.recv() => Event::Out(out),
                 // While a write waits for admission nothing more is read: the writer is slowed.
-                msg = stream.recv(), if waiting.is_none() => Event::In(msg),
+                msg = socket.recv(), if waiting.is_none() => Event::In(msg),
                 () = admitted(&mut waiting) => Event::Admitted,
                 _ = ticker.tick() => Event::Tick,
                 () = &mut deadline, if !heard => Event::Silent,
@@ -550,17 +546,15 @@ impl Connection {
                         }
                     }
                     let count: usize = batches.iter().map(|b| b.len()).sum();
-                    let write = async {
-                        for frame in batches.iter().flat_map(|b| b.iter()) {
-                            session.text(frame.clone()).await?;
-                        }
-                        Ok::<(), actix_ws::Closed>(())
-                    };
+                    for frame in batches.iter().flat_map(|b| b.iter()) {
+                        socket.queue_text(frame.clone());
+                    }
+                    drop(batches);
                     self.deps.metrics.frames_out(count);
                     // Boxed, as every step of this loop that writes or reads a message: the
                     // connection's task would keep room for the largest step inline for its
                     // whole life, and an idle connection only ever waits in the select above.
-                    let bounded = Box::pin(bounded(&mut kick, self.bounds(), &mut self.stalled, write));
+                    let bounded = Box::pin(bounded(&mut kick, self.bounds(), &mut self.stalled, socket.flush()));
                     if let Err(end) = bounded.await {
                         return end;
                     }
@@ -591,7 +585,7 @@ impl Connection {
                     if !matches!(msg, Message::Ping(_)) {
                         self.last_heard = Instant::now();
                     }
-                    if let Some(end) = Box::pin(self.inbound(msg, session, &mut kick)).await {
+                    if let Some(end) = Box::pin(self.inbound(msg, socket, &mut kick)).await {
                         return end;
                     }
                     waiting = self.pending.take();
@@ -606,7 +600,7 @@ impl Connection {
                     if self.last_heard.elapsed() > self.deps.client_timeout() {
                         return Some(SILENT);
                     }
-                    let ping = Box::pin(bounded(&mut kick, self.bounds(), &mut self.stalled, session.ping(b"")));
+                    let ping = Box::pin(bounded(&mut kick, self.bounds(), &mut self.stalled, socket.ping(b"")));
                     if let Err(end) = ping.await {
                         return end;
                     }
@@ -625,7 +619,7 @@ impl Connection {
     async fn inbound(
         &mut self,
         msg: Message,
-        session: &mut Session,
+        socket: &mut Socket,
         kick: &mut Option<oneshot::Receiver<(u16, &'static str)>>,
     ) -> Option<End> {
         let max = self.deps.limits.max_frame_bytes;
@@ -656,7 +650,7 @@ impl Connection {
                 buf.freeze()
             }
             Message::Ping(bytes) => {
-                return bounded(kick, self.bounds(), &mut self.stalled, session.pong(&bytes)).await.err();
+                return bounded(kick, self.bounds(), &mut self.stalled, socket.pong(&bytes)).await.err();
             }
             Message::Pong(_) | Message::Nop => return None,
             Message::Close(_) => return Some(Some((close::NORMAL, ""))),
@@ -689,7 +683,7 @@ impl Connection {
                         kick,
                         self.bounds(),
                         &mut self.stalled,
-                        session.text(protocol::nack(&reference, protocol::Dropped::Forbidden.as_str())),
+                        socket.text(protocol::nack(&reference, protocol::Dropped::Forbidden.as_str())),
                     )
                     .await
                 {
@@ -746,13 +740,13 @@ impl Connection {
                             return Some(Some(refusal.close(Version::V1)));
                         }
                     };
-                    if let Err(end) = bounded(kick, self.bounds(), &mut self.stalled, session.text(frame)).await {
+                    if let Err(end) = bounded(kick, self.bounds(), &mut self.stalled, socket.text(frame)).await {
                         return Some(end);
                     }
                 }
             }
             Ok(ClientFrame::Ping) if self.version == Version::V2 => {
-                if session.text(protocol::pong()).await.is_err() {
+                if socket.text(protocol::pong()).await.is_err() {
                     return Some(None);
                 }
             }
@@ -768,7 +762,7 @@ impl Connection {
                         kick,
                         self.bounds(),
                         &mut self.stalled,
-                        session.text(protocol::nack(&reference, reason.as_str())),
+                        socket.text(protocol::nack(&reference, reason.as_str())),
                     )
                     .await
                 {

@@ -525,3 +525,40 @@ fn values_are_relayed_stored_and_replayed_in_one_form_however_they_were_written(
         cases.iter().enumerate().map(|(i, (_, relayed))| format!(r#""k{i}":{relayed}"#)).collect();
     assert_eq!(snapshot.as_str(), format!(r#"{{"type":"snapshot","data":{{{}}}}}"#, entries.join(",")));
 }
+
+/// A client may send its first frames in the same packet as its upgrade request, before the
+/// `101` comes back: the relay reads them (they were read with the request, before the relay took
+/// the socket over), and the connection goes on as any other. A raw socket, one write.
+#[test]
+fn frames_sent_with_the_upgrade_request_are_read() {
+    use std::io::{Read, Write};
+    let server = Server::start("");
+    let mut reader = Client::connect(&server.url());
+    let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    for (i, key) in ["early-1", "early-2"].into_iter().enumerate() {
+        let payload = json!({"type": "set", "key": key, "value": i}).to_string();
+        let mask = [7u8, 1, 2, 9];
+        bytes.extend([0x81, 0x80 | u8::try_from(payload.len()).unwrap()]);
+        bytes.extend(mask);
+        bytes.extend(payload.bytes().enumerate().map(|(at, b)| b ^ mask[at % 4]));
+    }
+    tcp.write_all(&bytes).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert_eq!(reader.recv_set("early-1")["value"], 0);
+    assert_eq!(reader.recv_set("early-2")["value"], 1);
+    let state = server.healthz();
+    assert_eq!(state["keys"], 2, "{state}");
+}
