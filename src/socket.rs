@@ -4,8 +4,8 @@
 //! actix-ws would keep actix-http's dispatcher alive under every connection for its whole life:
 //! two 8 KiB buffers, its task, and a channel between the session and the dispatcher, 14.8 KiB of
 //! 18 KiB per idle connection (benches/README.md). Here a connection owns its socket: frames are
-//! decoded and encoded by actix-http's own WebSocket codec, a buffer exists only while bytes wait
-//! in it, and a write goes to the socket from the connection's task, with no hop between.
+//! decoded and encoded by actix-http's own WebSocket codec, buffers are as large as what waits in
+//! them, and a write goes to the socket from the connection's task, with no hop between.
 //!
 //! Reading and writing are cancel-safe: what was read or is still to write stays in the socket,
 //! so the session can race a read against its queue and give up on a write that waits too long.
@@ -46,7 +46,8 @@ impl std::error::Error for Closed {}
 pub struct Socket {
     io: Box<dyn Io>,
     codec: Codec,
-    /// Bytes read and not yet decoded. No allocation while the connection idles between frames.
+    /// Bytes read and not yet decoded: while the connection idles, only room for a first read
+    /// ([`FIRST_READ`]); a larger buffer goes once its frames were taken.
     read: BytesMut,
     /// Frames encoded and not yet taken by the socket. No allocation once they all were.
     write: BytesMut,
