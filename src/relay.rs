@@ -355,8 +355,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, listener: TcpList
     };
     let addr = listener.local_addr()?;
     // Sockets accepted from here inherit it: the kernel resets a connection whose sent bytes go
-    // unacknowledged that long, which frees what actix still buffers for a client that stopped
-    // reading after its session gave up on it (tests/hostile.rs).
+    // unacknowledged that long, which frees what the kernel still holds to send to a client that
+    // stopped reading after its session gave up on it (tests/hostile.rs).
     let timeout = session::socket_timeout(&config.limits);
     let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
     if let Err(err) = rustix::net::sockopt::set_tcp_user_timeout(&listener, millis) {
