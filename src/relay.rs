@@ -363,15 +363,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, listener: TcpList
         log::warn!("cannot set TCP_USER_TIMEOUT ({err}): a client that stops reading is dropped by its session only");
     }
     set_backlog(&listener, config.server.listen_backlog);
-    // actix stops accepting on a worker that holds 25,600 connections (its default), and the
-    // listen queue then overflows: no worker should pause below what the process can hold. Our
-    // own caps ([limits], live) refuse past them with 1013, and every connection is a file
-    // descriptor, so the open-file limit bounds them all.
+    // actix stops accepting on a worker that holds 25,600 connections (its default; a WebSocket
+    // leaves that count at its upgrade), and the listen queue then overflows: no worker should
+    // pause below what the process can hold. Our own caps ([limits], live) refuse past them with
+    // 1013, and every connection is a file descriptor, so the open-file limit bounds them all.
     let serving =
         http::Serving { max_connections_per_worker: open_file_limit().unwrap_or(0).max(25_600), shutdown_timeout_s: 5 };
     let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
-    log::info!("listening on {}://{addr} (WebSocket at {}://{addr}/ws)", scheme.0, scheme.1);
     let server = http::serve(listener, tls, &relay, &serving)?;
+    log::info!("listening on {}://{addr} (WebSocket at {}://{addr}/ws)", scheme.0, scheme.1);
     let handle = server.handle();
     if let Some(hangups) = signals.hangup.take() {
         actix_web::rt::spawn(reload_on_hangup(hangups, relay.clone(), config_path));
