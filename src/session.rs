@@ -746,8 +746,8 @@ impl Connection {
                 }
             }
             Ok(ClientFrame::Ping) if self.version == Version::V2 => {
-                if socket.text(protocol::pong()).await.is_err() {
-                    return Some(None);
+                if let Err(end) = bounded(kick, self.bounds(), &mut self.stalled, socket.text(protocol::pong())).await {
+                    return Some(end);
                 }
             }
             // v1: a message without a key, dropped silently as upstream does.

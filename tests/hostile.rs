@@ -180,8 +180,8 @@ fn flood_pings(tcp: &mut TcpStream, max: usize) -> usize {
 }
 
 /// A client (raw TCP, a tiny receive window) that sends pings and never reads: the pongs fill its
-/// window, the relay's socket buffers and actix-ws's channel. It is closed in bounded time and its
-/// slot comes back; a well-behaved client is not held up meanwhile.
+/// window and the relay's socket buffers. It is closed in bounded time and its slot comes back; a
+/// well-behaved client is not held up meanwhile.
 #[test]
 fn a_client_that_pings_and_never_reads_is_closed_and_its_slot_freed() {
     let server = Server::start("[limits]\nhandshake_timeout_s = 1.0\n[server]\nping_interval_s = 0.5\n");
@@ -204,6 +204,37 @@ fn a_client_that_pings_and_never_reads_is_closed_and_its_slot_freed() {
     let metrics = server.get("/metrics").1;
     let closed = |code: u16| metrics.contains(&format!("aether_connections_closed_total{{code=\"{code}\"}} 1"));
     assert!(closed(1013) || closed(1011), "{metrics}");
+    drop(flooder);
+}
+
+/// The same with protocol v2's own `ping` message: each `pong` is a write like any other, bounded
+/// by `write_timeout_s`, so a client that sends pings and never reads is closed as too slow (and
+/// counted), not left to hold its session until the kernel gives up on the socket.
+#[test]
+fn a_v2_client_that_sends_ping_messages_and_never_reads_times_out_as_too_slow() {
+    use std::io::Write;
+    let server = Server::start(&format!("{FAST}write_timeout_s = 1.0\nhandshake_timeout_s = 1.0\n"));
+    let mut flooder = small_window_upgrade(server.addr, "/ws?v=2", 4096);
+    let payload = br#"{"type":"ping"}"#;
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | u8::try_from(payload.len()).unwrap()];
+    frame.extend(mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let burst: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 256).collect();
+    flooder.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    let started = Instant::now();
+    // Until the relay stops taking them: it stops reading while a pong waits for the socket.
+    while flooder.write_all(&burst).is_ok() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the relay kept taking pings: no pong ever waited");
+    }
+    common::wait_within(Duration::from_secs(15), "the pong's write to time out", || {
+        common::metric(&server, "aether_write_timeouts_total{outcome=\"dropped\"}")
+            + common::metric(&server, "aether_write_timeouts_total{outcome=\"closed\"}")
+            >= 1.0
+    });
+    common::wait_within(Duration::from_secs(10), "the flooder's slot to be freed", || {
+        server.health("connections") == 0
+    });
     drop(flooder);
 }
 
