@@ -15,7 +15,6 @@ use actix_http::{ConnectionType, HttpService, Request, StatusCode, h1};
 use actix_service::{Service, ServiceFactory, fn_factory, fn_service, map_config};
 use actix_web::{
     App, HttpRequest, HttpResponse,
-    body::MessageBody,
     dev::{AppConfig, ServiceResponse},
     guard,
     http::header,
@@ -54,9 +53,7 @@ pub fn serve(
         .disable_signals()
         .max_concurrent_connections(serving.max_connections_per_worker)
         .shutdown_timeout(serving.shutdown_timeout_s);
-    // One builder for both listeners, whose connection types differ (TCP, or TLS over it). The
-    // app's `AppConfig` is the default one: actix-web fills in the listener's address and host
-    // only inside `HttpServer`, and no route reads them (nor builds URLs from them).
+    // One builder for both listeners, whose connection types differ (TCP, or TLS over it).
     macro_rules! service {
         ($relay:expr) => {{
             let relay: Relay = $relay;
@@ -69,7 +66,7 @@ pub fn serve(
                 .client_disconnect_timeout(Duration::ZERO)
                 .local_addr(addr)
                 .upgrade(upgrades(relay.clone()))
-                .finish(map_config(App::new().configure(move |cfg| configure(cfg, &relay)), |()| AppConfig::default()))
+                .finish(app(relay))
         }};
     }
     let server = match tls {
@@ -84,6 +81,22 @@ pub fn serve(
         }
     };
     Ok(server.run())
+}
+
+/// The app, with every route of [`configure`]. Its `AppConfig` is the default one: actix-web
+/// fills in the listener's address and host only inside `HttpServer`, and no route reads them
+/// (nor builds URLs from them).
+fn app(
+    relay: Relay,
+) -> impl ServiceFactory<
+    Request,
+    Config = (),
+    Response = ServiceResponse,
+    Error = actix_web::Error,
+    InitError = (),
+    Service = impl Service<Request, Response = ServiceResponse, Error = actix_web::Error> + 'static,
+> + 'static {
+    map_config(App::new().configure(move |cfg| configure(cfg, &relay)), |()| AppConfig::default())
 }
 
 /// The acceptor, offering HTTP/2 and HTTP/1.1 (the WebSocket's) by ALPN, as `HttpServer` does.
@@ -110,8 +123,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     fn_factory(move || {
-        let app = App::new().configure(|cfg| configure(cfg, &relay));
-        let app = map_config(app, |()| AppConfig::default());
+        let app = app(relay.clone());
         async move {
             let app = Rc::new(app.new_service(()).await?);
             Ok(fn_service(move |(req, framed): (Request, Framed<T, h1::Codec>)| upgrade(Rc::clone(&app), req, framed)))
@@ -120,14 +132,13 @@ where
 }
 
 /// Answers one upgrade request, and starts its WebSocket if the answer was `101`.
-async fn upgrade<T, A, B>(app: Rc<A>, req: Request, framed: Framed<T, h1::Codec>) -> Result<(), actix_web::Error>
+async fn upgrade<T, A>(app: Rc<A>, req: Request, framed: Framed<T, h1::Codec>) -> Result<(), actix_web::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
-    A: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody + 'static,
+    A: Service<Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
     let mut response = match app.call(req).await {
-        Ok(response) => response.into_parts().1.map_into_boxed_body(),
+        Ok(response) => response.into_parts().1,
         Err(err) => HttpResponse::from_error(err),
     };
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
