@@ -165,8 +165,7 @@ fn small_window_upgrade(addr: std::net::SocketAddr, path: &str, rcvbuf: usize) -
 /// blocks for 300 ms) or `max` were sent; returns how many went out.
 fn flood_pings(tcp: &mut TcpStream, max: usize) -> usize {
     use std::io::Write;
-    let mut frame = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
-    frame.extend((0..125u8).map(|i| i ^ [1, 2, 3, 4][usize::from(i) % 4]));
+    let frame = common::client_frame(0x89, &[0u8; 125]);
     let burst: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 64).collect();
     tcp.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut sent = 0;
@@ -215,11 +214,7 @@ fn a_v2_client_that_sends_ping_messages_and_never_reads_times_out_as_too_slow() 
     use std::io::Write;
     let server = Server::start(&format!("{FAST}write_timeout_s = 1.0\nhandshake_timeout_s = 1.0\n"));
     let mut flooder = small_window_upgrade(server.addr, "/ws?v=2", 4096);
-    let payload = br#"{"type":"ping"}"#;
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | u8::try_from(payload.len()).unwrap()];
-    frame.extend(mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let frame = common::client_frame(0x81, br#"{"type":"ping"}"#);
     let burst: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 256).collect();
     flooder.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
     let started = Instant::now();

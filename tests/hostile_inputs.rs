@@ -23,26 +23,6 @@ enum Outcome {
     Closed(u16),
 }
 
-/// A masked client frame: `head` is the first byte (FIN, RSV, opcode).
-fn frame(head: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![head];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
 fn text(s: impl Into<String>) -> Input {
     Input::Text(s.into())
 }
@@ -107,15 +87,15 @@ fn cases() -> Vec<(&'static str, Input, Outcome)> {
         ("binary, not UTF-8", Input::Binary(vec![0xff, 0xfe, 0xfd]), Dropped),
         ("binary, truncated UTF-8", Input::Binary(vec![b'{', 0xc3]), Dropped),
         ("binary, JSON array", Input::Binary(b"[1,2]".to_vec()), Dropped),
-        ("text frame, not UTF-8", Input::Raw(frame(0x81, &[0xff, 0xfe])), Closed(1007)),
-        ("frame over max_frame_bytes", Input::Raw(frame(0x81, &vec![b' '; 300 * 1024])), Closed(1009)),
+        ("text frame, not UTF-8", Input::Raw(common::client_frame(0x81, &[0xff, 0xfe])), Closed(1007)),
+        ("frame over max_frame_bytes", Input::Raw(common::client_frame(0x81, &vec![b' '; 300 * 1024])), Closed(1009)),
         ("unmasked frame", Input::Raw(vec![0x81, 0x02, b'{', b'}']), Closed(1002)),
-        ("reserved opcode 3", Input::Raw(frame(0x83, b"x")), Closed(1002)),
-        ("continuation without a start", Input::Raw(frame(0x80, b"x")), Closed(1002)),
-        ("close with a code", Input::Raw(frame(0x88, &[0x03, 0xe8])), Closed(1000)),
-        ("ping over 125 bytes", Input::Raw(frame(0x89, &[b'p'; 200])), Closed(1002)),
-        ("fragmented ping", Input::Raw(frame(0x09, b"p")), Closed(1002)),
-        ("RSV1 set without an extension", Input::Raw(frame(0xc1, b"{}")), Closed(1002)),
+        ("reserved opcode 3", Input::Raw(common::client_frame(0x83, b"x")), Closed(1002)),
+        ("continuation without a start", Input::Raw(common::client_frame(0x80, b"x")), Closed(1002)),
+        ("close with a code", Input::Raw(common::client_frame(0x88, &[0x03, 0xe8])), Closed(1000)),
+        ("ping over 125 bytes", Input::Raw(common::client_frame(0x89, &[b'p'; 200])), Closed(1002)),
+        ("fragmented ping", Input::Raw(common::client_frame(0x09, b"p")), Closed(1002)),
+        ("RSV1 set without an extension", Input::Raw(common::client_frame(0xc1, b"{}")), Closed(1002)),
     ]
 }
 

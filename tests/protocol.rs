@@ -543,11 +543,7 @@ fn frames_sent_with_the_upgrade_request_are_read() {
     )
     .into_bytes();
     for (i, key) in ["early-1", "early-2"].into_iter().enumerate() {
-        let payload = json!({"type": "set", "key": key, "value": i}).to_string();
-        let mask = [7u8, 1, 2, 9];
-        bytes.extend([0x81, 0x80 | u8::try_from(payload.len()).unwrap()]);
-        bytes.extend(mask);
-        bytes.extend(payload.bytes().enumerate().map(|(at, b)| b ^ mask[at % 4]));
+        bytes.extend(common::client_frame(0x81, json!({"type": "set", "key": key, "value": i}).to_string().as_bytes()));
     }
     tcp.write_all(&bytes).unwrap();
     let mut head = Vec::new();

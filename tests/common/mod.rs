@@ -474,6 +474,26 @@ pub fn raw_close(frames: &[(u8, Vec<u8>)]) -> Closed {
     }
 }
 
+/// A masked client frame: `head` is the first byte (FIN, RSV, opcode).
+pub fn client_frame(head: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![head];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 /// Writes a self-signed certificate for `localhost` / 127.0.0.1 and its key into `dir`.
 pub fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
     use openssl::{
